@@ -1,0 +1,166 @@
+"""Build the classifier: in-model normalisation + a Keras Applications backbone + a softmax head.
+
+The model takes ``float32`` NHWC RGB images in ``0..255`` (see ``serving.preprocess``) and outputs
+class probabilities in float32, whatever the training precision. Normalisation uses standard
+serialisable layers (no Lambda), so ``keras.saving.load_model(path, safe_mode=True)`` loads it and
+exported graphs need no external preprocessing.
+
+Example:
+    >>> model = build_classifier("mobilenet_v2", num_classes=5, image_size=(160, 160), alpha=0.35,
+    ...                          weights="none")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cvkeras.registry import ModelSpec, get, resolve_alpha
+
+IMAGENET_MEAN_RGB = np.array([123.675, 116.28, 103.53])
+IMAGENET_STD_RGB = np.array([58.395, 57.12, 57.375])
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
+BACKBONE = "backbone"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probs"
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be had; the message names the alternatives."""
+
+
+def _normalisation_layers(mode: str):
+    import keras
+
+    if mode == "tf":
+        return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")]
+    if mode == "torch":
+        return [
+            keras.layers.Normalization(
+                mean=IMAGENET_MEAN_RGB.tolist(), variance=(IMAGENET_STD_RGB**2).tolist(), name="normalize"
+            )
+        ]
+    if mode == "caffe":
+        # RGB -> BGR and mean subtraction as one frozen 1x1 convolution: a standard layer that every
+        # converter (ONNX, TFLite int8) handles, unlike a custom channel-flip op.
+        kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+        for out_c, in_c in enumerate((2, 1, 0)):
+            kernel[0, 0, in_c, out_c] = 1.0
+        conv = keras.layers.Conv2D(3, 1, use_bias=True, trainable=False, name="normalize")
+        conv.build((None, None, None, 3))
+        conv.set_weights([kernel, (-CAFFE_MEAN_BGR).astype("float32")])
+        return [conv]
+    if mode == "none":
+        return []
+    raise ValueError(f"unknown preprocessing mode {mode!r}")
+
+
+def _resolve_weights(weights: str | None) -> str | None:
+    if weights is None or str(weights).lower() in ("none", "random", ""):
+        return None
+    if str(weights).lower() == "imagenet":
+        return "imagenet"
+    path = Path(os.path.expanduser(str(weights)))
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found; pass --weights imagenet, none or a no-top .h5 file")
+    return str(path)
+
+
+def build_backbone(spec: ModelSpec, image_size: tuple[int, int], alpha: float | None, weights: str | None):
+    """Instantiate the Keras Applications backbone without its top."""
+    import keras
+
+    ctor = getattr(keras.applications, spec.constructor)
+    kwargs = dict(spec.extra_kwargs)
+    if alpha is not None:
+        kwargs["alpha"] = alpha
+    shape = (int(image_size[0]), int(image_size[1]), 3)
+    if min(shape[:2]) < spec.min_size:
+        raise ValueError(f"{spec.name} needs an input of at least {spec.min_size} px, not {shape[:2]}")
+    resolved = _resolve_weights(weights)
+    try:
+        base = ctor(include_top=False, weights=resolved, input_shape=shape, pooling=None, **kwargs)
+    except ValueError:
+        raise
+    except Exception as exc:  # download failures surface as URLError, OSError or Exception("URL fetch failure")
+        if resolved == "imagenet":
+            raise WeightsError(
+                f"could not download ImageNet weights for {spec.name} ({type(exc).__name__}); offline? "
+                "use --weights PATH (a no-top .h5 weights file) or --weights none"
+            ) from None
+        if resolved is not None:
+            raise WeightsError(
+                f"{resolved}: cannot load these weights into {spec.name} ({str(exc).splitlines()[0][:160]}); "
+                "pass the matching no-top .h5 file or --weights none"
+            ) from None
+        raise
+    base.name = BACKBONE
+    return base
+
+
+def build_classifier(
+    model: str | ModelSpec,
+    num_classes: int,
+    image_size: tuple[int, int] | None = None,
+    alpha: float | None = None,
+    weights: str | None = "imagenet",
+    dropout: float = 0.2,
+):
+    """Build the classifier for a registry row; the softmax head always computes in float32."""
+    import keras
+
+    spec = get(model) if isinstance(model, str) else model
+    alpha = resolve_alpha(spec, alpha)
+    size = tuple(image_size) if image_size else spec.input_size
+    inputs = keras.Input(shape=(size[0], size[1], 3), name=INPUT_NAME, dtype="float32")
+    x = inputs
+    for layer in _normalisation_layers(spec.preprocess):
+        x = layer(x)
+    base = build_backbone(spec, size, alpha, weights)
+    x = base(x, training=False)  # BatchNorm stays in inference mode, also when unfrozen
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name=f"cvkeras_{spec.name}")
+
+
+def set_trainable(model, stage: int, unfreeze: float | str = 0.3) -> int:
+    """Freeze for stage 1 (head only) or unfreeze the top fraction of the backbone for stage 2.
+
+    BatchNorm layers stay frozen in both stages. Returns the number of trainable backbone layers.
+    """
+    import keras
+
+    base = model.get_layer(BACKBONE)
+    if stage == 1:
+        base.trainable = False
+        return 0
+    base.trainable = True
+    layers = base.layers
+    frac = 1.0 if str(unfreeze) == "all" else float(unfreeze)
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"--unfreeze must be a fraction in 0..1 or 'all', not {unfreeze}")
+    cut = len(layers) - int(round(frac * len(layers)))
+    count = 0
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        count += int(layer.trainable and bool(layer.weights))
+    return count
+
+
+def to_float32(model, spec_name: str, num_classes: int, image_size, alpha, dropout: float):
+    """Rebuild ``model`` under the float32 policy and copy its weights (for saving and export)."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clone = build_classifier(spec_name, num_classes, image_size, alpha, weights="none", dropout=dropout)
+        clone.set_weights([np.asarray(w, dtype="float32") if np.asarray(w).dtype.kind == "f" else w
+                           for w in model.get_weights()])
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return clone

@@ -1,0 +1,1 @@
+"""Device side of cvkeras: numpy, Pillow and onnxruntime only -- never TensorFlow."""

@@ -1,0 +1,96 @@
+"""Self-describing model metadata: what a deployed model carries so it needs no run directory.
+
+One JSON document, stored under the key ``"cvkeras"`` in an ONNX model's ``metadata_props`` and as
+the JSON sidecar ``<model>.tflite.json`` next to a TFLite file. ``cvkeras export`` writes it; the
+predictor reads it (device side: no TensorFlow, no ``onnx`` package needed).
+
+Example:
+    >>> meta = read_metadata("export/model_int8.onnx")
+    >>> meta.labels, meta.input_size
+    (['cat', 'dog'], (224, 224))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.preprocess import contract
+
+METADATA_KEY = "cvkeras"
+SCHEMA_VERSION = 1
+
+
+class MetadataError(ValueError):
+    """A model without usable cvkeras metadata; the message names the file and the fix."""
+
+
+@dataclass
+class ModelMetadata:
+    """Everything a device needs to run a model: labels, input contract, provenance, reference accuracy."""
+
+    labels: list[str]
+    input_size: tuple[int, int]
+    model_name: str = ""
+    precision: str = "float32"  # float32 | fp16 | int8 | dynamic
+    producer: str = "cvkeras"
+    producer_version: str = ""
+    reference_accuracy: float | None = None  # Keras model's accuracy on the validation split
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        if not self.preprocess:
+            self.preprocess = contract(*self.input_size)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<metadata>") -> ModelMetadata:
+        try:
+            d = json.loads(text)
+            known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+            meta = cls(**known)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise MetadataError(f"{source}: cvkeras metadata is malformed ({exc}); re-export the model") from None
+        if not meta.labels:
+            raise MetadataError(f"{source}: metadata has no labels; re-export the model with `cvkeras export`")
+        return meta
+
+
+def sidecar_path(tflite_path: str | os.PathLike) -> Path:
+    """The JSON sidecar that describes a TFLite file: ``model.tflite`` -> ``model.tflite.json``."""
+    p = Path(tflite_path)
+    return p.with_name(p.name + ".json")
+
+
+def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
+    """Read the metadata of an ``.onnx`` (metadata_props) or ``.tflite`` (JSON sidecar) model."""
+    path = Path(model_path)
+    if path.suffix == ".tflite":
+        side = sidecar_path(path)
+        if not side.is_file():
+            raise MetadataError(f"{path}: no metadata sidecar {side.name}; keep it next to the model")
+        return ModelMetadata.from_json(side.read_text(), str(side))
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        try:
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise MetadataError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+        props = sess.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise MetadataError(f"{path}: no cvkeras metadata; export it with `cvkeras export`")
+        return ModelMetadata.from_json(props[METADATA_KEY], str(path))
+    raise MetadataError(f"{path}: unknown model type {path.suffix!r}; expected .onnx or .tflite")
