@@ -1,0 +1,104 @@
+"""tf.data input pipelines that honour the image contract of ``serving.preprocess``.
+
+Decode (accurate-DCT JPEG, PNG/BMP/GIF first frame) and antialiased bilinear resize with rounding to
+8-bit values run in parallel on the graph; decoded images are cached (memory or a file), then shuffled,
+augmented (training only; never inside the model), batched and prefetched.
+
+Example:
+    >>> ds = make_dataset(paths, labels, (160, 160), batch_size=32, training=True, num_classes=5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from serving import preprocess as contract
+
+
+def decode_resize(path, size: Sequence[int]):
+    """TensorFlow twin of ``serving.preprocess.load_image`` + ``resize``: file path -> float32 HWC 0..255."""
+    import tensorflow as tf
+
+    raw = tf.io.read_file(path)
+    is_jpeg = tf.strings.substr(raw, 0, 2) == b"\xff\xd8"
+
+    def jpeg():
+        return tf.io.decode_jpeg(raw, channels=3, dct_method=contract.JPEG_DCT_METHOD)
+
+    def other():
+        img = tf.io.decode_image(raw, channels=3, dtype=tf.uint8, expand_animations=False)
+        return tf.ensure_shape(img, [None, None, 3])
+
+    img = tf.cond(is_jpeg, jpeg, other)
+    return resize_image(img, size)
+
+
+def resize_image(img, size: Sequence[int]):
+    """Resize an HWC uint8/float image per the contract and round to 8-bit values (float32 out)."""
+    import tensorflow as tf
+
+    img = tf.image.resize(
+        tf.cast(img, tf.float32), (int(size[0]), int(size[1])),
+        method=contract.RESIZE_METHOD, antialias=contract.RESIZE_ANTIALIAS,
+    )
+    return tf.clip_by_value(tf.round(img), 0.0, 255.0)
+
+
+def decoded_dataset(paths: Sequence[str], labels: Sequence[int], size: Sequence[int]):
+    """(image float32 HWC 0..255, label int32) per file, decoded in parallel, order kept."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, dtype=np.int32)))
+    return ds.map(lambda p, y: (decode_resize(p, size), y), num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
+
+
+def stratified_sample(labels: Sequence[int], max_samples: int | None, seed: int) -> np.ndarray:
+    """Indices of at most ``max_samples`` items, spread evenly across classes, deterministic in ``seed``."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if max_samples is None or max_samples >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    per_class = {c: rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)}
+    chosen: list[int] = []
+    while len(chosen) < max_samples:  # round-robin over classes keeps the mix balanced
+        for c in sorted(per_class):
+            if per_class[c] and len(chosen) < max_samples:
+                chosen.append(per_class[c].pop())
+    return np.sort(np.asarray(chosen))
+
+
+def load_split_images(
+    run: Any, split: str = "train", max_samples: int | None = None, seed: int | None = None,
+    image_size: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decoded, resized images of a run's split as ``(uint8 NHWC, int labels, paths)``, no augmentation.
+
+    Used for calibration (stratified, ``max_samples``) and for reference outputs. Deterministic: the
+    seed defaults to the run's own.
+    """
+    from cvkeras import rundir
+
+    split_doc = rundir.read_split(run)
+    cfg = rundir.read_config(run)
+    size = image_size or cfg["model"]["image_size"]
+    seed = int(cfg["data"].get("seed", 0) if seed is None else seed)
+    if split_doc.get("source") == "tfds":
+        from cvkeras.data import tfds_split_arrays
+
+        images, labels = tfds_split_arrays(split_doc, split, size)
+        idx = stratified_sample(labels, max_samples, seed)
+        return images[idx], labels[idx], [f"tfds:{split}:{i}" for i in idx]
+    items = split_doc.get(split) or []
+    if not items:
+        raise rundir.RunDirError(f"{run}/split.json: split {split!r} is empty")
+    paths = [p for p, _ in items]
+    labels = np.asarray([y for _, y in items], dtype=np.int64)
+    idx = stratified_sample(labels, max_samples, seed)
+    ds = decoded_dataset([paths[i] for i in idx], labels[idx], size).batch(64)
+    images = np.concatenate([x.numpy().astype(np.uint8) for x, _ in ds]) if len(idx) else np.zeros((0, *size, 3))
+    return images, labels[idx], [paths[i] for i in idx]
