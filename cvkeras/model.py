@@ -119,7 +119,14 @@ def build_classifier(
     for layer in _normalisation_layers(spec.preprocess):
         x = layer(x)
     base = build_backbone(spec, size, alpha, weights)
-    x = base(x, training=False)  # BatchNorm stays in inference mode, also when unfrozen
+    # Pretrained: BatchNorm stays in inference mode, also when unfrozen (its statistics are the
+    # backbone's knowledge). From scratch there are no statistics yet, so BatchNorm must train.
+    pretrained = _resolve_weights(weights) is not None
+    if not pretrained:
+        for layer in base.layers:  # Keras' 0.999 momentum needs thousands of steps to settle
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, 0.9)
+    x = base(x, training=False) if pretrained else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
@@ -127,10 +134,11 @@ def build_classifier(
     return keras.Model(inputs, outputs, name=f"cvkeras_{spec.name}")
 
 
-def set_trainable(model, stage: int, unfreeze: float | str = 0.3) -> int:
+def set_trainable(model, stage: int, unfreeze: float | str = 0.3, freeze_bn: bool = True) -> int:
     """Freeze for stage 1 (head only) or unfreeze the top fraction of the backbone for stage 2.
 
-    BatchNorm layers stay frozen in both stages. Returns the number of trainable backbone layers.
+    BatchNorm layers stay frozen in both stages when ``freeze_bn`` (pretrained backbones); a backbone
+    trained from scratch needs them to learn. Returns the number of trainable backbone layers.
     """
     import keras
 
@@ -146,7 +154,7 @@ def set_trainable(model, stage: int, unfreeze: float | str = 0.3) -> int:
     cut = len(layers) - int(round(frac * len(layers)))
     count = 0
     for i, layer in enumerate(layers):
-        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= cut and not (freeze_bn and isinstance(layer, keras.layers.BatchNormalization))
         count += int(layer.trainable and bool(layer.weights))
     return count
 

@@ -102,3 +102,44 @@ def load_split_images(
     ds = decoded_dataset([paths[i] for i in idx], labels[idx], size).batch(64)
     images = np.concatenate([x.numpy().astype(np.uint8) for x, _ in ds]) if len(idx) else np.zeros((0, *size, 3))
     return images, labels[idx], [paths[i] for i in idx]
+
+
+def make_dataset(
+    paths: Sequence[str] | None,
+    labels: Sequence[int] | None,
+    size: Sequence[int],
+    batch_size: int,
+    num_classes: int,
+    training: bool = False,
+    augmenter: Any = None,
+    cache: str = "memory",
+    seed: int = 0,
+    source: Any = None,
+):
+    """The full input pipeline: decode/resize -> cache -> shuffle -> batch -> augment -> prefetch.
+
+    ``paths``/``labels`` name image files; alternatively ``source`` is a ready (uint8 image, label)
+    dataset (TFDS). Labels come out one-hot float32 (label smoothing and mixup need soft labels).
+    ``cache`` is ``memory``, ``none`` or a file path prefix for data that does not fit in memory.
+    """
+    import tensorflow as tf
+
+    if source is not None:
+        ds = source.map(lambda x, y: (resize_image(x, size), tf.cast(y, tf.int32)),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        n = None
+    else:
+        ds = decoded_dataset(paths, labels, size)
+        n = len(paths)
+    if cache == "memory":
+        ds = ds.cache()
+    elif cache and cache != "none":
+        ds = ds.cache(str(cache))
+    if training:
+        ds = ds.shuffle(min(n or 10_000, 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    if training and augmenter is not None and augmenter.active:
+        ds = ds.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,214 @@
+"""The ``cvkeras`` command line: thin Typer commands that parse, call the library and print.
+
+Heavy libraries (TensorFlow, Keras, tf2onnx) are imported inside the commands that need them, so
+``cvkeras --help``, ``models``, ``predict``, ``validate`` and ``benchmark`` start fast and work on a
+device without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Fine-tune Keras Applications classifiers, export them to ONNX/TFLite and run them on devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one ``error:`` line on stderr and return the Exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _quiet_tf() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@app.command()
+def models() -> None:
+    """List the model registry: names, input size, normalisation and width multipliers."""
+    from cvkeras.registry import REGISTRY
+
+    table = Table(title=f"{len(REGISTRY)} Keras Applications backbones")
+    for col in ("name", "constructor", "input", "normalisation", "--alpha"):
+        table.add_column(col, no_wrap=col != "--alpha")
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, spec.constructor, f"{spec.input_size[0]}x{spec.input_size[1]}",
+                      spec.preprocess, ", ".join(map(str, spec.alphas)) or "-")
+    console.print(table)
+
+
+@app.command()
+def finetune(
+    data: str = typer.Argument(None, help="Class folder, CSV manifest (path,label[,split]), tfds:NAME[:cfg] "
+                                          "or demo:shapes."),
+    model: str = typer.Option(None, "--model", "-m", help="Registry name (see `cvkeras models`). [mobilenet_v2]"),
+    alpha: float = typer.Option(None, help="Width multiplier, for families that have one."),
+    image_size: int = typer.Option(None, "--image-size", help="Square input size in px. [the model's default]"),
+    weights: str = typer.Option(None, help="imagenet (Keras download), none, or a no-top .h5 path. [imagenet]"),
+    output: str = typer.Option(None, "--output", "-o", help="Run directory. [runs/<model>-N]"),
+    config: Path = typer.Option(None, "--config", help="Read settings from a config.yaml; flags override it."),
+    epochs: int = typer.Option(None, help="Head-training epochs, backbone frozen (0 skips). [8]"),
+    fine_tune_epochs: int = typer.Option(None, help="Fine-tuning epochs, top of backbone unfrozen (0 skips). [8]"),
+    unfreeze: str = typer.Option(None, help="Fraction of backbone layers to unfreeze in stage 2, or 'all'. [0.3]"),
+    batch_size: int = typer.Option(None, help="Global batch size (split across replicas). [32]"),
+    learning_rate: float = typer.Option(None, "--lr", help="Stage-1 peak learning rate. [1e-3]"),
+    fine_tune_learning_rate: float = typer.Option(None, "--fine-tune-lr", help="Stage-2 peak learning rate. [1e-4]"),
+    optimizer: str = typer.Option(None, help="adamw or sgd (momentum 0.9). [adamw]"),
+    weight_decay: float = typer.Option(None, help="Weight decay. [1e-4]"),
+    warmup_epochs: float = typer.Option(None, help="Linear warm-up before cosine decay, in epochs. [1]"),
+    label_smoothing: float = typer.Option(None, help="Label smoothing. [0.1]"),
+    dropout: float = typer.Option(None, help="Dropout before the head. [0.2]"),
+    class_weights: str = typer.Option(None, help="auto (inverse frequency) or none. [none]"),
+    patience: int = typer.Option(None, help="Early stopping patience on val accuracy (0: off). [5]"),
+    augment: str = typer.Option(None, help="none, light, medium or heavy. [light]"),
+    randaugment: bool = typer.Option(None, "--randaugment/--no-randaugment", help="Add RandAugment."),
+    mixup: float = typer.Option(None, help="MixUp Beta alpha (0: off)."),
+    cutmix: float = typer.Option(None, help="CutMix Beta alpha (0: off)."),
+    val_split: float = typer.Option(None, help="Validation fraction when the data has no val split. [0.2]"),
+    seed: int = typer.Option(None, help="Seed for the split, shuffling, augmentation and init. [42]"),
+    cache: str = typer.Option(None, help="memory, none, or a file path prefix for a file cache. [memory]"),
+    tfds_data_dir: str = typer.Option(None, help="TFDS data_dir (a prepared or offline copy)."),
+    precision: str = typer.Option(None, help="auto, float32, mixed_float16 or mixed_bfloat16. [auto]"),
+    strategy: str = typer.Option(None, help="auto, none, mirrored or multi-worker (TF_CONFIG). [auto]"),
+    jit: bool = typer.Option(None, "--jit/--no-jit", help="Compile with XLA."),
+    steps_per_epoch: int = typer.Option(None, help="Cap on steps per epoch (quick runs)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --output."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output run."),
+) -> None:
+    """Fine-tune a classifier on labelled images and write a run directory."""
+    _quiet_tf()
+    from cvkeras import rundir
+    from cvkeras.config import FinetuneConfig
+
+    try:
+        base = FinetuneConfig.from_dict(rundir.read_config(config)) if config else FinetuneConfig()
+    except (rundir.RunDirError, ValueError, TypeError) as exc:
+        raise fail(f"{config}: {exc}") from None
+    overrides = dict(
+        data=data, model=model, alpha=alpha, image_size=[image_size, image_size] if image_size else None,
+        weights=weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=unfreeze,
+        batch_size=batch_size, learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate,
+        optimizer=optimizer, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing, dropout=dropout, class_weights=class_weights, patience=patience,
+        augment=augment, randaugment=randaugment, mixup=mixup, cutmix=cutmix, val_split=val_split, seed=seed,
+        cache=cache, tfds_data_dir=tfds_data_dir, precision=precision, strategy=strategy, jit=jit,
+        steps_per_epoch=steps_per_epoch,
+    )
+    cfg = base.merged(overrides)
+    run_finetune(cfg, output, force, resume)
+
+
+def run_finetune(cfg, output: str | None, force: bool, resume: bool):
+    """Call the trainer, turning expected failures into one-line errors; print the summary."""
+    from cvkeras.data import DataError
+    from cvkeras.model import WeightsError
+    from cvkeras.registry import UnknownModelError
+    from cvkeras.rundir import RunDirError
+    from cvkeras.train import RunExistsError, finetune
+
+    try:
+        result = finetune(cfg, output=output, force=force, resume=resume)
+    except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        where = output or "the run directory"
+        raise fail(f"interrupted; finished epochs are saved -- continue with "
+                   f"`cvkeras finetune --resume --output {where}`", 130) from None
+    table = Table(title=f"run {result.run_dir}")
+    table.add_column("")
+    table.add_column("value")
+    from cvkeras.evaluate import summary_rows
+
+    for k, v in [("epochs run", str(result.epochs_run)), ("precision", result.precision),
+                 ("replicas", str(result.replicas)), ("skipped files", str(result.skipped))]:
+        table.add_row(k, v)
+    if result.metrics:
+        for k, v in summary_rows(result.metrics):
+            table.add_row(f"val {k}", v)
+    console.print(table)
+    if result.skipped:
+        err.print(f"skipped {result.skipped} unreadable file(s); see {result.run_dir / 'skipped.txt'}")
+    return result
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),
+    data: str = typer.Option(None, help="Evaluate on another dataset with the same classes."),
+    split: str = typer.Option("val", help="val or test."),
+) -> None:
+    """Recompute a run's metrics report (metrics.json, confusion_matrix.png) from best.keras."""
+    _quiet_tf()
+    from cvkeras.data import DataError
+    from cvkeras.evaluate import evaluate_run, summary_rows
+    from cvkeras.rundir import RunDirError
+
+    if split not in ("val", "test"):
+        raise fail(f"unknown --split {split!r}; use val or test")
+    try:
+        report = evaluate_run(run, data=data, split=split)
+    except (RunDirError, DataError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"{run} ({split})")
+    table.add_column("metric")
+    table.add_column("value")
+    for k, v in summary_rows(report):
+        table.add_row(k, v)
+    console.print(table)
+
+
+def _register_optional() -> None:
+    """Commands implemented by the export and serving packages (thin wrappers live there)."""
+    try:
+        from export.cli import export as export_cmd
+    except ImportError:  # pragma: no cover - export is part of the distribution
+        export_cmd = None
+    if export_cmd is not None:
+        app.command(name="export")(export_cmd)
+    from serving import cli as serving_cli
+
+    for name in ("predict", "validate", "benchmark"):
+        fn = getattr(serving_cli, name, None)
+        if fn is not None:
+            app.command(name=name)(fn)
+
+
+try:
+    _register_optional()
+except ImportError:  # pragma: no cover
+    pass
+
+
+@app.command()
+def demo(
+    output: str = typer.Option("runs/demo", "--output", "-o", help="Run directory for the demo."),
+    force: bool = typer.Option(True, "--force/--no-force", help="Overwrite an earlier demo run."),
+) -> None:
+    """The main job on built-in data: fine-tune on demo:shapes, export int8, validate, predict."""
+    _quiet_tf()
+    from cvkeras.demo_job import run_demo
+
+    code = run_demo(output, force, console)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="cvkeras")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

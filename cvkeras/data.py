@@ -1,0 +1,254 @@
+"""Data sources: class folders, CSV manifests, TFDS and the built-in demo, scanned and split.
+
+``load_source`` turns a ``--data`` argument into a :class:`DataSplit` of ``(path, label)`` lists:
+
+* a folder of class sub-folders (``train/`` + ``val/``/``validation/`` [+ ``test/``] are used as given,
+  otherwise a seeded stratified split is made);
+* a CSV manifest ``path,label[,split]`` (paths relative to the CSV);
+* ``tfds:NAME[:config]`` through tensorflow-datasets;
+* ``demo:shapes``, a generated dataset (see :mod:`cvkeras.demo`).
+
+Every image is decoded once before training (in threads, with the device decoder of
+``serving.preprocess``); unreadable files are skipped and reported, structural problems raise
+:class:`DataError` with one line naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.preprocess import ImageError, is_image_file, load_image
+
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on; the message is one line naming the path and the fix."""
+
+
+@dataclass
+class DataSplit:
+    """Labelled items per split, plus what was skipped while scanning."""
+
+    classes: list[str]
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    test: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: str = "folder"
+    root: str | None = None
+    tfds: dict[str, Any] | None = None  # for tfds sources: name, config, data_dir, split names
+
+    def to_json(self, seed: int) -> dict[str, Any]:
+        doc: dict[str, Any] = {"source": self.source, "root": self.root, "seed": seed, "classes": self.classes}
+        if self.tfds is not None:
+            doc["tfds"] = self.tfds
+        for name in ("train", "val", "test"):
+            doc[name] = [[p, int(y)] for p, y in getattr(self, name)]
+        return doc
+
+    def counts(self, split: str = "train") -> list[int]:
+        c = Counter(y for _, y in getattr(self, split))
+        return [c.get(i, 0) for i in range(len(self.classes))]
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+
+
+def _check_readable(paths: list[str], workers: int = 8) -> tuple[list[bool], list[tuple[str, str]]]:
+    """Decode every file once; returns ok flags and (path, reason) for the unreadable ones."""
+
+    def probe(p: str) -> str | None:
+        try:
+            load_image(p)
+            return None
+        except ImageError as exc:
+            return str(exc).split(": ", 1)[-1]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(probe, paths))
+    return [r is None for r in reasons], [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+
+
+def stratified_split(
+    items: list[tuple[str, int]], val_split: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Seeded per-class split: each class keeps at least one training and (if >1 image) one val image."""
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must be between 0 and 1, not {val_split}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for it in sorted(items):
+        by_class.setdefault(it[1], []).append(it)
+    train, val = [], []
+    for y in sorted(by_class):
+        group = by_class[y]
+        order = rng.permutation(len(group))
+        n_val = int(round(val_split * len(group)))
+        n_val = min(max(n_val, 1 if len(group) > 1 else 0), len(group) - 1)
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return sorted(train), sorted(val)
+
+
+def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where: str, val_split: float,
+            seed: int, source: str, root: str | None) -> DataSplit:
+    """Drop unreadable files, check every class has images, and split when no val split was given."""
+    all_items = [it for items in splits.values() for it in items]
+    ok, skipped = _check_readable([p for p, _ in all_items])
+    bad = {p for p, _ in skipped}
+    splits = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
+    if len(classes) < 2:
+        raise DataError(f"{where}: found {len(classes)} class(es); need at least two class folders or labels")
+    counts = Counter(y for items in splits.values() for _, y in items)
+    empty = [classes[i] for i in range(len(classes)) if counts.get(i, 0) == 0]
+    if empty:
+        raise DataError(f"{where}: class {empty[0]!r} has no readable images; add images or remove the class")
+    if not splits.get("val"):
+        splits["train"], splits["val"] = stratified_split(splits.get("train", []), val_split, seed)
+    if not splits["val"]:
+        raise DataError(f"{where}: the validation split is empty; add images or raise --val-split")
+    return DataSplit(classes, splits["train"], splits["val"], splits.get("test", []), skipped, source, root)
+
+
+def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42, source: str = "folder") -> DataSplit:
+    """Scan a class-folder dataset (optionally with train/val/test sub-folders)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: data folder not found; pass a folder of class sub-folders, a .csv, or tfds:NAME")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; pass a folder of class sub-folders, a .csv manifest or tfds:NAME")
+    found = {name: next((root / d for d in dirs if (root / d).is_dir()), None) for name, dirs in SPLIT_DIRS.items()}
+    if found["train"] is not None and found["val"] is not None:
+        classes = [d.name for d in _class_dirs(found["train"])]
+        index = {c: i for i, c in enumerate(classes)}
+        splits: dict[str, list[tuple[str, int]]] = {}
+        for name, folder in found.items():
+            if folder is None:
+                continue
+            items = []
+            for d in _class_dirs(folder):
+                if d.name not in index:
+                    raise DataError(f"{d}: class {d.name!r} is not in {found['train']}; use the same class folders")
+                items += [(str(p.resolve()), index[d.name]) for p in _list_images(d)]
+            splits[name] = items
+    else:
+        classes = [d.name for d in _class_dirs(root)]
+        index = {c: i for i, c in enumerate(classes)}
+        splits = {"train": [(str(p.resolve()), index[d.name]) for d in _class_dirs(root) for p in _list_images(d)]}
+    return _finish(classes, splits, str(root), val_split, seed, source, str(root.resolve()))
+
+
+def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) -> DataSplit:
+    """Read a ``path,label[,split]`` manifest; a header row is optional; paths are relative to the CSV."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: CSV manifest not found")
+    base = path.parent
+    rows = []
+    with open(path, newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) < 2:
+                raise DataError(f"{path}:{lineno}: expected 'path,label[,split]', got {','.join(row)!r}")
+            rows.append((lineno, row[0].strip(), row[1].strip(), row[2].strip().lower() if len(row) > 2 else ""))
+    classes = sorted({label for _, _, label, _ in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    splits: dict[str, list[tuple[str, int]]] = {"train": []}
+    aliases = {"train": "train", "val": "val", "validation": "val", "test": "test", "": "train"}
+    for lineno, rel, label, split in rows:
+        file = (base / rel).resolve()
+        if not file.is_file():
+            raise DataError(f"{path}:{lineno}: {rel} does not exist (paths are relative to the CSV); fix the row")
+        if split not in aliases:
+            raise DataError(f"{path}:{lineno}: unknown split {split!r}; use train, val or test")
+        splits.setdefault(aliases[split], []).append((str(file), index[label]))
+    return _finish(classes, splits, str(path), val_split, seed, "csv", str(base.resolve()))
+
+
+def _parse_tfds(spec: str) -> tuple[str, str | None]:
+    parts = spec.split(":")
+    if len(parts) < 2 or not parts[1]:
+        raise DataError(f"{spec}: expected tfds:NAME or tfds:NAME:CONFIG")
+    return parts[1], (parts[2] if len(parts) > 2 and parts[2] else None)
+
+
+def load_tfds(spec: str, data_dir: str | None = None, val_split: float = 0.2, seed: int = 42) -> DataSplit:
+    """Describe a TFDS dataset: class names from the builder info, train/val(/test) split names."""
+    import tensorflow_datasets as tfds
+
+    name, config = _parse_tfds(spec)
+    try:
+        builder = tfds.builder(name, config=config, data_dir=data_dir)
+        info = builder.info
+    except Exception as exc:  # tfds raises DatasetNotFoundError and friends
+        raise DataError(f"{spec}: cannot open TFDS dataset ({str(exc).splitlines()[0][:200]})") from None
+    label = info.features["label"] if "label" in info.features else None
+    if label is None or not hasattr(label, "names"):
+        raise DataError(f"{spec}: the dataset has no 'label' ClassLabel feature")
+    splits = list(info.splits.keys())
+    if "train" not in splits:
+        raise DataError(f"{spec}: the dataset has no 'train' split")
+    val_name = next((s for s in ("validation", "val") if s in splits), None)
+    test_name = "test" if "test" in splits else None
+    if val_name is None:
+        pct = int(round(val_split * 100))
+        val_name, train_name = f"train[:{pct}%]", f"train[{pct}%:]"
+    else:
+        train_name = "train"
+    meta = {"name": name, "config": config, "data_dir": data_dir,
+            "splits": {"train": train_name, "val": val_name, "test": test_name}}
+    return DataSplit(list(label.names), [], [], [], [], "tfds", None, meta)
+
+
+def tfds_dataset(tfds_meta: dict[str, Any], split: str):
+    """The (uint8 image, label) tf.data dataset of one split of a TFDS source."""
+    import tensorflow_datasets as tfds
+
+    name = tfds_meta["splits"].get(split)
+    if not name:
+        raise DataError(f"tfds:{tfds_meta['name']}: has no {split} split")
+    full = tfds_meta["name"] + (f"/{tfds_meta['config']}" if tfds_meta.get("config") else "")
+    return tfds.load(full, split=name, data_dir=tfds_meta.get("data_dir"), as_supervised=True,
+                     shuffle_files=False, download=True)
+
+
+def tfds_split_arrays(split_doc: dict[str, Any], split: str, size) -> tuple[np.ndarray, np.ndarray]:
+    """All images of a TFDS split, resized per the contract, as uint8 arrays (for calibration/eval)."""
+    from cvkeras.pipeline import resize_image
+
+    ds = tfds_dataset(split_doc["tfds"], split).map(lambda x, y: (resize_image(x, size), y)).batch(256)
+    xs, ys = [], []
+    for x, y in ds:
+        xs.append(x.numpy().astype(np.uint8))
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+
+def load_source(data: str, val_split: float = 0.2, seed: int = 42, tfds_data_dir: str | None = None) -> DataSplit:
+    """Resolve a ``--data`` argument to a :class:`DataSplit`."""
+    if data.startswith("demo:"):
+        from cvkeras.demo import ensure_demo
+
+        return scan_folder(ensure_demo(data), val_split, seed, source="demo")
+    if data.startswith("tfds:"):
+        return load_tfds(data, tfds_data_dir, val_split, seed)
+    if data.lower().endswith(".csv"):
+        return read_csv(data, val_split, seed)
+    return scan_folder(data, val_split, seed)

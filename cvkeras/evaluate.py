@@ -1,0 +1,107 @@
+"""Evaluation: the metrics report of a model on a labelled split, from ``best.keras``.
+
+``classification_report`` is pure numpy (accuracy, top-k, loss, per-class precision/recall/F1/support,
+confusion matrix) so it can be checked independently; ``evaluate_run`` recomputes a run's report
+(``cvkeras evaluate RUN``) and writes ``metrics.json`` and ``confusion_matrix.png`` atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvkeras import rundir
+
+
+def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[str], k: int = 5) -> dict[str, Any]:
+    """Metrics of predicted probabilities ``(N, C)`` against integer labels ``(N,)``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, c = probs.shape
+    pred = probs.argmax(axis=1)
+    k = min(k, c)
+    topk = np.argsort(-probs, axis=1)[:, :k]
+    cm = np.zeros((c, c), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp = cm[i, i]
+        support = int(cm[i].sum())
+        predicted = int(cm[:, i].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                           "support": support}
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(n), labels], eps, 1.0)))) if n else float("nan")
+    return {
+        "n": int(n),
+        "accuracy": float((pred == labels).mean()) if n else float("nan"),
+        f"top_{k}_accuracy": float((topk == labels[:, None]).any(axis=1).mean()) if n else float("nan"),
+        "loss": loss,
+        "macro_f1": float(np.mean([v["f1"] for v in per_class.values()])),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+    }
+
+
+def predict_paths(model, paths: list[str], size, batch_size: int = 64) -> np.ndarray:
+    """Keras model probabilities for image files through the training decode/resize (no augmentation)."""
+    from cvkeras.pipeline import decoded_dataset
+
+    ds = decoded_dataset(paths, np.zeros(len(paths), dtype=np.int32), size).batch(batch_size)
+    out = [model.predict_on_batch(x) for x, _ in ds]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "val",
+                 write: bool = True) -> dict[str, Any]:
+    """Recompute a run's metrics from ``best.keras`` on its own split, or on another dataset ``data``."""
+    import keras
+
+    import cvkeras.model  # noqa: F401  (registers nothing custom today; keeps load_model future-proof)
+    from cvkeras.data import load_source
+    from cvkeras.pipeline import load_split_images
+
+    run = rundir.check_run(run)
+    classes = rundir.read_labels(run)
+    cfg = rundir.read_config(run)
+    size = cfg["model"]["image_size"]
+    model = keras.saving.load_model(run / rundir.BEST, safe_mode=True)
+    if data is None:
+        images, labels, _ = load_split_images(run, split)
+        probs = model.predict(images.astype(np.float32), batch_size=64, verbose=0)
+    else:
+        ds_split = load_source(data, seed=int(cfg["data"].get("seed", 42)))
+        if ds_split.classes != classes:
+            raise rundir.RunDirError(f"{data}: classes {ds_split.classes} differ from the run's {classes}")
+        items = getattr(ds_split, split) or (ds_split.train + ds_split.val if split == "val" else [])
+        labels = np.asarray([y for _, y in items])
+        probs = predict_paths(model, [p for p, _ in items], size)
+    report = classification_report(probs, labels, classes)
+    report["split"] = split
+    report["data"] = data or "run"
+    if write:
+        rundir.write_json(run / rundir.METRICS, report)
+        from cvkeras.plots import plot_confusion
+
+        plot_confusion(report["confusion_matrix"], classes, run / rundir.CONFUSION)
+    return report
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Headline figures for a console table."""
+    topk = next((k for k in report if k.startswith("top_")), None)
+    rows = [("images", str(report["n"])), ("accuracy", f"{report['accuracy']:.4f}")]
+    if topk:
+        rows.append((topk.replace("_", "-"), f"{report[topk]:.4f}"))
+    rows += [("loss", f"{report['loss']:.4f}"), ("macro F1", f"{report['macro_f1']:.4f}")]
+    return rows
+
+
+__all__ = ["classification_report", "evaluate_run", "predict_paths", "summary_rows", "Path"]

@@ -1,0 +1,336 @@
+"""The trainer: two-stage fine-tuning with checkpoints, resume, mixed precision and tf.distribute.
+
+Stage 1 trains the head on a frozen backbone (BatchNorm in inference mode); stage 2 unfreezes the top
+``unfreeze`` fraction of the backbone (BatchNorm stays frozen) at a lower learning rate. Every epoch
+writes ``checkpoints/last.keras`` (with optimizer state) and ``checkpoints/state.json`` atomically, so an
+interrupted run resumes where it stopped; the best model by validation accuracy is kept as a float32
+``best.keras``.
+
+Example:
+    >>> result = finetune(FinetuneConfig(data="demo:shapes", model="mobilenet_v2", alpha=0.35,
+    ...                                  weights="none"), output="runs/demo")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvkeras import rundir
+from cvkeras.config import FinetuneConfig
+from cvkeras.registry import get, resolve_alpha
+
+STATE = "state.json"
+LAST = "last.keras"
+HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+class RunExistsError(FileExistsError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    best_val_accuracy: float
+    epochs_run: int
+    skipped: int
+    precision: str
+    replicas: int
+
+
+def next_run_dir(model: str, base: str | os.PathLike = "runs") -> Path:
+    """``runs/<model>-N`` with the first free N (never an existing run)."""
+    base = Path(base)
+    taken = {int(m.group(1)) for p in base.glob(f"{model}-*") if (m := re.fullmatch(rf"{model}-(\d+)", p.name))}
+    n = 1
+    while n in taken:
+        n += 1
+    return base / f"{model}-{n}"
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` picks mixed_float16 on a GPU of compute capability >= 7.0, else float32."""
+    allowed = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+    if precision not in allowed:
+        raise ValueError(f"unknown --precision {precision!r}; choose one of {', '.join(allowed)}")
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        cc = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        if cc and cc[0] >= 7:
+            return "mixed_float16"
+    return "float32"
+
+
+def make_strategy(name: str):
+    """tf.distribute strategy: auto (mirrored on >1 GPU), none, mirrored, multi-worker (TF_CONFIG)."""
+    import tensorflow as tf
+
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multi-worker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown --strategy {name!r}; choose auto, none, mirrored or multi-worker")
+
+
+def split_cpu(n: int) -> None:
+    """Expose the CPU as ``n`` logical devices (for mirrored training tests); call before TF runs."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+
+
+def is_chief() -> bool:
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = cluster.get("task", {})
+    return task.get("type", "worker") in ("chief", "worker") and int(task.get("index", 0)) == 0 and \
+        not (task.get("type") == "worker" and "chief" in cluster.get("cluster", {}))
+
+
+def _schedule(lr: float, warmup_steps: int, total_steps: int):
+    import keras
+
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr * 0.1 if warmup_steps else lr,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        alpha=0.01,
+        warmup_target=lr if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def compile_model(model, cfg: FinetuneConfig, lr: float, steps_per_epoch: int, epochs: int, num_classes: int):
+    """Compile with AdamW/SGD, warm-up + cosine decay, label smoothing, accuracy and top-k."""
+    import keras
+
+    schedule = _schedule(lr, int(round(cfg.warmup_epochs * steps_per_epoch)), steps_per_epoch * epochs)
+    if cfg.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
+    else:
+        raise ValueError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
+    model.compile(
+        optimizer=opt,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top_k")],
+        jit_compile=bool(cfg.jit),
+    )
+
+
+def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
+    """``auto``: inverse frequency (n / (C * count_c)); ``none``: no weighting."""
+    if mode == "none":
+        return None
+    if mode != "auto":
+        raise ValueError(f"unknown --class-weights {mode!r}; choose auto or none")
+    total, c = sum(counts), len(counts)
+    return {i: total / (c * n) if n else 0.0 for i, n in enumerate(counts)}
+
+
+def _make_checkpointer(run: Path, export_model, state: dict[str, Any], patience: int, write: bool):
+    """A Keras callback that checkpoints each epoch, keeps the best float32 model and stops early."""
+    import keras
+
+    class Checkpointer(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            stage = state["stage"]
+            val_acc = float(logs.get("val_accuracy", float("nan")))
+            improved = not math.isnan(val_acc) and val_acc > state["best_val_accuracy"]
+            if improved:
+                state["best_val_accuracy"] = val_acc
+                state["best_epoch"] = state["global_epoch"] + 1
+                state["wait"] = 0
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch + 1
+            state["global_epoch"] += 1
+            lr = self.model.optimizer.learning_rate
+            row = {"epoch": state["global_epoch"], "stage": stage, "learning_rate": float(np.asarray(lr))}
+            row.update({k: float(logs[k]) for k in HISTORY_FIELDS if k in logs})
+            state["history"].append(row)
+            if write:
+                if improved or not (run / rundir.BEST).exists():
+                    export_model.set_weights(self.model.get_weights())
+                    rundir.atomic_write(run / rundir.BEST, lambda tmp: export_model.save(tmp))
+                buf = io.StringIO()
+                w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(state["history"])
+                rundir.atomic_write(run / rundir.HISTORY, buf.getvalue())
+                ckpt = run / rundir.CHECKPOINTS
+                rundir.atomic_write(ckpt / LAST, lambda tmp: self.model.save(tmp))
+                rundir.write_json(ckpt / STATE, state)
+            if patience and state["wait"] >= patience:
+                self.model.stop_training = True
+
+    return Checkpointer()
+
+
+def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool) -> tuple[Path, FinetuneConfig]:
+    if resume:
+        if not output:
+            raise RunExistsError("--resume needs --output RUN_DIR naming the run to continue")
+        run = Path(output)
+        if not (run / rundir.CHECKPOINTS / STATE).is_file():
+            raise RunExistsError(f"{run}: no checkpoint to resume from; start it without --resume")
+        saved = FinetuneConfig.from_dict(rundir.read_config(run))
+        # epochs may be raised on resume; everything else comes from the run itself
+        return run, saved.merged({"epochs": max(cfg.epochs, saved.epochs),
+                                  "fine_tune_epochs": max(cfg.fine_tune_epochs, saved.fine_tune_epochs)})
+    run = Path(output) if output else next_run_dir(get(cfg.model).name)
+    if run.exists() and any(run.iterdir()):
+        if not force:
+            raise RunExistsError(f"{run}: run directory exists; pass --force to overwrite or --resume to continue")
+        import shutil
+
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    return run, cfg
+
+
+def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False, resume: bool = False,
+             verbose: int | None = None, callbacks: list | None = None) -> FinetuneResult:
+    """Run (or resume) a fine-tuning job end to end and write the run directory."""
+    if os.environ.get("CVKERAS_CPU_DEVICES"):
+        split_cpu(int(os.environ["CVKERAS_CPU_DEVICES"]))
+    import keras
+    import tensorflow as tf
+
+    from cvkeras.augment import Augmenter
+    from cvkeras.data import load_source, tfds_dataset
+    from cvkeras.model import build_classifier, set_trainable
+    from cvkeras.pipeline import make_dataset
+
+    if not cfg.data and not resume:
+        raise ValueError("no data given; pass a class folder, a .csv manifest, tfds:NAME or demo:shapes")
+    run, cfg = _prepare_run(cfg, output, force, resume)
+    spec = get(cfg.model)
+    cfg.model = spec.name
+    cfg.alpha = resolve_alpha(spec, cfg.alpha)
+    cfg.image_size = list(cfg.image_size or spec.input_size)
+    if len(cfg.image_size) == 1:
+        cfg.image_size = [cfg.image_size[0]] * 2
+    keras.utils.set_random_seed(cfg.seed)
+    precision = resolve_precision(cfg.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    strategy = make_strategy(cfg.strategy)
+    write = is_chief()
+    if not write:  # non-chief workers checkpoint into their own scratch folder
+        import tempfile
+
+        run = Path(tempfile.mkdtemp(prefix="cvkeras-worker-"))
+
+    split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
+    classes = split.classes
+    num_classes = len(classes)
+    if write and not resume:
+        doc = cfg.to_dict()
+        doc["run"] = {"precision": precision, "replicas": strategy.num_replicas_in_sync,
+                      "classes": num_classes, "cvkeras": __import__("cvkeras").__version__}
+        rundir.write_config(run, doc)
+        rundir.write_labels(run, classes)
+        rundir.write_json(run / rundir.SPLIT, split.to_json(cfg.seed))
+        if split.skipped:
+            rundir.atomic_write(run / rundir.SKIPPED, "".join(f"{p}\t{why}\n" for p, why in split.skipped))
+
+    size = cfg.image_size
+    augmenter = Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)
+    if split.source == "tfds":
+        train_src, val_src = tfds_dataset(split.tfds, "train"), tfds_dataset(split.tfds, "val")
+        n_train = int(train_src.cardinality().numpy())
+        train_ds = make_dataset(None, None, size, cfg.batch_size, num_classes, True, augmenter, cfg.cache,
+                                cfg.seed, source=train_src)
+        val_ds = make_dataset(None, None, size, cfg.batch_size, num_classes, cache=cfg.cache, source=val_src)
+        counts = None
+    else:
+        n_train = len(split.train)
+        train_ds = make_dataset([p for p, _ in split.train], [y for _, y in split.train], size, cfg.batch_size,
+                                num_classes, True, augmenter, cfg.cache, cfg.seed)
+        val_ds = make_dataset([p for p, _ in split.val], [y for _, y in split.val], size, cfg.batch_size,
+                              num_classes, cache=cfg.cache)
+        counts = split.counts("train")
+    steps = max(1, math.ceil(n_train / cfg.batch_size))
+    if cfg.steps_per_epoch:
+        steps = min(steps, int(cfg.steps_per_epoch))
+        train_ds = train_ds.repeat()
+    weights = class_weights(counts, cfg.class_weights) if counts else None
+
+    state_path = run / rundir.CHECKPOINTS / STATE
+    state: dict[str, Any] = json.loads(state_path.read_text()) if resume else {
+        "stage": 1, "epoch": 0, "global_epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0,
+        "history": [], "finished": False}
+    with strategy.scope():
+        if resume:
+            model = keras.saving.load_model(run / rundir.CHECKPOINTS / LAST, safe_mode=True)
+        else:
+            model = build_classifier(spec, num_classes, size, cfg.alpha, cfg.weights, cfg.dropout)
+    keras.mixed_precision.set_global_policy("float32")
+    export_model = build_classifier(spec, num_classes, size, cfg.alpha, "none", cfg.dropout)
+    keras.mixed_precision.set_global_policy(precision)
+    checkpointer = _make_checkpointer(run, export_model, state, cfg.patience, write)
+    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
+    fit_kwargs = dict(validation_data=val_ds, steps_per_epoch=steps, class_weight=weights, verbose=verbose,
+                      callbacks=[checkpointer, *(callbacks or [])])
+
+    pretrained = str(cfg.weights).lower() not in ("none", "random", "")
+    stages = [(1, cfg.epochs, cfg.learning_rate), (2, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate)]
+    for stage, epochs, lr in stages:
+        if stage < state["stage"] or epochs <= 0:
+            continue
+        continuing = resume and stage == state["stage"] and state["epoch"] > 0
+        if state["stage"] != stage:
+            state.update(stage=stage, epoch=0, wait=0)
+        if state["epoch"] >= epochs:
+            continue
+        if not continuing:
+            with strategy.scope():
+                set_trainable(model, stage, cfg.unfreeze, freeze_bn=pretrained)
+                compile_model(model, cfg, lr, steps, epochs, num_classes)
+        model.fit(train_ds, initial_epoch=state["epoch"], epochs=epochs, **fit_kwargs)
+        resume = False  # a later stage starts fresh
+    state["finished"] = True
+    if write:
+        rundir.write_json(state_path, state)
+
+    from cvkeras.evaluate import evaluate_run
+    from cvkeras.plots import plot_curves
+
+    metrics: dict[str, Any] = {}
+    if write:
+        plot_curves(run / rundir.HISTORY, run / rundir.CURVES)
+        metrics = evaluate_run(run, split="val")
+        if split.test:
+            test = evaluate_run(run, split="test", write=False)
+            metrics["test"] = {k: test[k] for k in ("n", "accuracy", "loss", "macro_f1")}
+            rundir.write_json(run / rundir.METRICS, metrics)
+    return FinetuneResult(run, metrics, state["best_val_accuracy"], state["global_epoch"], len(split.skipped),
+                          precision, strategy.num_replicas_in_sync)
