@@ -202,7 +202,7 @@ def load_tfds(spec: str, data_dir: str | None = None, val_split: float = 0.2, se
     label = info.features["label"] if "label" in info.features else None
     if label is None or not hasattr(label, "names"):
         raise DataError(f"{spec}: the dataset has no 'label' ClassLabel feature")
-    splits = list(info.splits.keys())
+    splits = list(info.splits.keys()) or ["train"]  # metadata-less (mocked/partial) copies list none
     if "train" not in splits:
         raise DataError(f"{spec}: the dataset has no 'train' split")
     val_name = next((s for s in ("validation", "val") if s in splits), None)

@@ -1,8 +1,8 @@
 """``demo:shapes``: a small synthetic class-folder dataset, generated on demand, so the main command
 runs on a fresh machine with no data and no internet.
 
-Four classes (circle, square, triangle, cross) drawn with random colour, size, position, rotation and a
-random two-tone background. The set is deterministic and written once to the cache folder
+Four classes (circle, square, triangle, cross) drawn with random colour, size, position and rotation on a
+random noisy background. The set is deterministic and written once to the cache folder
 (``$CVKERAS_CACHE`` or ``~/.cache/cvkeras``) as PNG files in ``train/`` and ``val/`` class folders.
 
 Example:
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "square", "triangle", "cross")
-VERSION = "v2"
+VERSION = "v3"
 
 
 def cache_dir() -> Path:
@@ -43,15 +43,13 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 def draw_shape(kind: str, rng: np.random.Generator, size: int = 64) -> Image.Image:
     """One image of ``kind`` with random colours, scale, position and rotation."""
     bg = tuple(int(v) for v in rng.integers(0, 256, 3))
-    bg2 = tuple(int(v) for v in np.clip(np.array(bg) + rng.integers(-60, 61, 3), 0, 255))
-    img = Image.new("RGB", (size, size), bg)
+    noise = rng.integers(-12, 13, (size, size, 1))
+    img = Image.fromarray(np.clip(np.array(bg)[None, None] + noise, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
-    split = int(rng.integers(0, size))
-    draw.rectangle([0, split, size, size], fill=bg2)  # two-tone background
     fg = rng.integers(0, 256, 3)
     while np.abs(fg - np.array(bg)).sum() < 150:  # keep the shape visible
         fg = rng.integers(0, 256, 3)
-    r = float(rng.uniform(0.18, 0.38) * size)
+    r = float(rng.uniform(0.22, 0.42) * size)
     cx, cy = (float(rng.uniform(r, size - r)) for _ in range(2))
     fill = tuple(int(v) for v in fg)
     if kind == "circle":

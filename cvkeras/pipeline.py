@@ -141,5 +141,7 @@ def make_dataset(
     ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     if training and augmenter is not None and augmenter.active:
-        ds = ds.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # Sequential on purpose: the random ops are stateful, and a parallel map would draw from them in
+        # a racy order (non-deterministic batches). Each call is a whole vectorised batch, so it is cheap.
+        ds = ds.map(augmenter)
     return ds.prefetch(tf.data.AUTOTUNE)
