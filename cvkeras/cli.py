@@ -92,10 +92,11 @@ def finetune(
     from cvkeras import rundir
     from cvkeras.config import FinetuneConfig
 
+    source = config or (Path(output) / rundir.CONFIG if resume and output else None)
     try:
-        base = FinetuneConfig.from_dict(rundir.read_config(config)) if config else FinetuneConfig()
+        base = FinetuneConfig.from_dict(rundir.read_config(source)) if source else FinetuneConfig()
     except (rundir.RunDirError, ValueError, TypeError) as exc:
-        raise fail(f"{config}: {exc}") from None
+        raise fail(f"{source}: {exc}") from None
     overrides = dict(
         data=data, model=model, alpha=alpha, image_size=[image_size, image_size] if image_size else None,
         weights=weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=unfreeze,

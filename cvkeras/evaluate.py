@@ -62,9 +62,6 @@ def predict_paths(model, paths: list[str], size, batch_size: int = 64) -> np.nda
 def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "val",
                  write: bool = True) -> dict[str, Any]:
     """Recompute a run's metrics from ``best.keras`` on its own split, or on another dataset ``data``."""
-    import keras
-
-    import cvkeras.model  # noqa: F401  (registers nothing custom today; keeps load_model future-proof)
     from cvkeras.data import load_source
     from cvkeras.pipeline import load_split_images
 
@@ -72,7 +69,9 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
     classes = rundir.read_labels(run)
     cfg = rundir.read_config(run)
     size = cfg["model"]["image_size"]
-    model = keras.saving.load_model(run / rundir.BEST, safe_mode=True)
+    from cvkeras.model import load_model
+
+    model = load_model(run / rundir.BEST)
     if data is None:
         images, labels, _ = load_split_images(run, split)
         probs = model.predict(images.astype(np.float32), batch_size=64, verbose=0)

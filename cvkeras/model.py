@@ -172,3 +172,19 @@ def to_float32(model, spec_name: str, num_classes: int, image_size, alpha, dropo
     finally:
         keras.mixed_precision.set_global_policy(previous)
     return clone
+
+
+def load_model(path: str | os.PathLike):
+    """Load a saved classifier (safe mode) as a float32 model, whatever the global dtype policy.
+
+    Keras gives the input layer and nested backbone the *global* policy on load, so a process that
+    trained in mixed precision would otherwise get a mixed model back.
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -202,10 +202,8 @@ def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: b
         run = Path(output)
         if not (run / rundir.CHECKPOINTS / STATE).is_file():
             raise RunExistsError(f"{run}: no checkpoint to resume from; start it without --resume")
-        saved = FinetuneConfig.from_dict(rundir.read_config(run))
-        # epochs may be raised on resume; everything else comes from the run itself
-        return run, saved.merged({"epochs": max(cfg.epochs, saved.epochs),
-                                  "fine_tune_epochs": max(cfg.fine_tune_epochs, saved.fine_tune_epochs)})
+        # A config without data means "as saved"; the CLI passes the saved config with its flags applied.
+        return run, cfg if cfg.data else FinetuneConfig.from_dict(rundir.read_config(run))
     run = Path(output) if output else next_run_dir(get(cfg.model).name)
     if run.exists() and any(run.iterdir()):
         if not force:
@@ -222,6 +220,17 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
     """Run (or resume) a fine-tuning job end to end and write the run directory."""
     if os.environ.get("CVKERAS_CPU_DEVICES"):
         split_cpu(int(os.environ["CVKERAS_CPU_DEVICES"]))
+    import keras
+
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _finetune(cfg, output, force, resume, verbose, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool, verbose: int | None,
+              callbacks: list | None) -> FinetuneResult:
     import keras
     import tensorflow as tf
 
@@ -290,7 +299,7 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
         "history": [], "finished": False}
     with strategy.scope():
         if resume:
-            model = keras.saving.load_model(run / rundir.CHECKPOINTS / LAST, safe_mode=True)
+            model = keras.saving.load_model(run / rundir.CHECKPOINTS / LAST, safe_mode=True)  # keeps policy
         else:
             model = build_classifier(spec, num_classes, size, cfg.alpha, cfg.weights, cfg.dropout)
     keras.mixed_precision.set_global_policy("float32")
