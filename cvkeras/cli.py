@@ -27,7 +27,8 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one ``error:`` line on stderr and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    lines = str(message).strip().splitlines() or ["failed"]
+    err.print(f"[bold red]error:[/] {lines[0]}", highlight=False, soft_wrap=True, markup=True)
     return typer.Exit(code)
 
 

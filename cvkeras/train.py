@@ -93,6 +93,11 @@ def make_strategy(name: str):
     if name == "multi-worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multi-worker needs TF_CONFIG describing the cluster")
+        if not os.environ.get("CVKERAS_TRY_MULTI_WORKER"):
+            # Keras 3's model.fit breaks under MultiWorkerMirroredStrategy (PerReplica conversion error,
+            # keras-team/keras#20585, open on Keras 3.15); fail before any work instead of mid-epoch.
+            raise ValueError("--strategy multi-worker is not supported by Keras 3's model.fit yet "
+                             "(keras-team/keras#20585); use --strategy mirrored on one machine")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown --strategy {name!r}; choose auto, none, mirrored or multi-worker")
 
@@ -105,11 +110,18 @@ def split_cpu(n: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
 
 
+def worker_index() -> int:
+    return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
+
+
 def is_chief() -> bool:
+    """Whether this process writes the run directory: the chief, or worker 0 when there is no chief."""
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
     task = cluster.get("task", {})
-    return task.get("type", "worker") in ("chief", "worker") and int(task.get("index", 0)) == 0 and \
-        not (task.get("type") == "worker" and "chief" in cluster.get("cluster", {}))
+    kind = task.get("type", "worker")
+    if kind == "chief":
+        return True
+    return kind == "worker" and worker_index() == 0 and "chief" not in cluster.get("cluster", {})
 
 
 def _schedule(lr: float, warmup_steps: int, total_steps: int):
@@ -241,6 +253,12 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
 
     if not cfg.data and not resume:
         raise ValueError("no data given; pass a class folder, a .csv manifest, tfds:NAME or demo:shapes")
+    strategy = make_strategy(cfg.strategy)  # first: multi-worker needs it before other TF ops
+    write = True
+    if not is_chief():  # a non-chief worker writes its own copy beside the run, never into it
+        output = str(Path(output or "runs/worker").with_name(f".{Path(output or 'worker').name}-worker"
+                                                               f"{worker_index()}"))
+        force = True
     run, cfg = _prepare_run(cfg, output, force, resume)
     spec = get(cfg.model)
     cfg.model = spec.name
@@ -251,12 +269,6 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     keras.utils.set_random_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
     keras.mixed_precision.set_global_policy(precision)
-    strategy = make_strategy(cfg.strategy)
-    write = is_chief()
-    if not write:  # non-chief workers checkpoint into their own scratch folder
-        import tempfile
-
-        run = Path(tempfile.mkdtemp(prefix="cvkeras-worker-"))
 
     split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
     classes = split.classes
