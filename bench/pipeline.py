@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
     import keras
@@ -86,18 +87,23 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for stage in (1, 2):
         results[f"stage{stage}"] = {}
-        for name, ds in (("in_memory", in_memory), ("cvkeras", ours), ("plain", plain)):
-            model = build_classifier("mobilenet_v2", n, size, alpha=0.35, weights=str(WEIGHTS))
-            set_trainable(model, stage, cfg.unfreeze)
-            compile_model(model, cfg, 1e-3, args.steps, 2, n)
-            results[f"stage{stage}"][name] = round(_throughput(model, ds, args.steps, args.batch), 1)
-            keras.backend.clear_session()
+        feeds = (("in_memory", in_memory), ("cvkeras", ours), ("plain", plain))
+        for _ in range(args.rounds):  # interleaved rounds, best of each: load noise hits all feeds alike
+            for name, ds in feeds:
+                model = build_classifier("mobilenet_v2", n, size, alpha=0.35, weights=str(WEIGHTS))
+                set_trainable(model, stage, cfg.unfreeze)
+                compile_model(model, cfg, 1e-3, args.steps, 2, n)
+                ips = _throughput(model, ds, args.steps, args.batch)
+                best = results[f"stage{stage}"].get(name, 0.0)
+                results[f"stage{stage}"][name] = round(max(best, ips), 1)
+                keras.backend.clear_session()
         r = results[f"stage{stage}"]
         r["cvkeras_vs_in_memory"] = round(r["cvkeras"] / r["in_memory"], 3)
         r["cvkeras_vs_plain"] = round(r["cvkeras"] / r["plain"], 3)
     print(json.dumps({
         "benchmark": "pipeline", "unit": "training images/s", "model": "mobilenet_v2 alpha 0.35",
-        "image_size": args.size, "batch": args.batch, "steps_timed": args.steps, "train_images": len(paths),
+        "image_size": args.size, "batch": args.batch, "steps_timed": args.steps, "rounds": args.rounds,
+        "train_images": len(paths),
         "first_epoch_decode_s": round(first_epoch_decode_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}, numpy {np.__version__}",
         **results,

@@ -51,6 +51,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], No
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
     try:
         if callable(data):
             data(tmp)
@@ -121,5 +124,6 @@ def check_run(run: str | os.PathLike, need_model: bool = True) -> Path:
         raise RunDirError(f"{p}: run directory not found; pass the --output of `cvkeras finetune`")
     for name in (CONFIG, LABELS, SPLIT) + ((BEST,) if need_model else ()):
         if not (p / name).is_file():
-            raise RunDirError(f"{p / name}: missing; the run did not finish -- resume it with `cvkeras finetune --resume`")
+            raise RunDirError(f"{p / name}: missing; the run did not finish -- "
+                              "resume it with `cvkeras finetune --resume`")
     return p

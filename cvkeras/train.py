@@ -244,7 +244,6 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
 def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool, verbose: int | None,
               callbacks: list | None) -> FinetuneResult:
     import keras
-    import tensorflow as tf
 
     from cvkeras.augment import Augmenter
     from cvkeras.data import load_source, tfds_dataset

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from shapes_helpers import write_shapes
 
 from cvkeras.data import DataError, load_source, read_csv, scan_folder, stratified_split
-from tests.conftest import write_shapes
 
 
 def test_flat_folder_gets_a_seeded_stratified_split(shapes_dir):

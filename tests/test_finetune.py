@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from shapes_helpers import write_shapes
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
-from tests.conftest import write_shapes
 
 TINY = ["--model", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
         "--batch-size", "8", "--augment", "light"]

@@ -1,0 +1,96 @@
+"""``cvkeras export RUN``: the Typer command (registered by ``cvkeras.cli`` with ``app.command()``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from export.calibration import DEFAULT_SAMPLES
+from export.errors import ExportError
+from export.to_onnx import DEFAULT_OPSET
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(report) -> None:
+    """The per-artifact table: accuracy, drop, agreement, max diff, size, latency, status."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report.model_name}: Keras accuracy {100 * report.keras_accuracy:.2f}% "
+                        f"on {report.n_val} validation images", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    table.add_column("artifact", no_wrap=True)
+    for col in ("acc %", "drop", "agree %", "max|dp|", "MB", "ms/img"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for a in report.artifacts:
+        colour = {"passed": "green", "failed": "red", "error": "red"}.get(a.status, "yellow")
+        table.add_row(
+            a.name, _fmt(None if a.accuracy is None else 100 * a.accuracy, ".2f"),
+            _fmt(a.accuracy_drop, "+.2f"),
+            _fmt(None if a.agreement is None else 100 * a.agreement, ".1f"), _fmt(a.max_abs_diff, ".1e"),
+            _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms, ".2f"),
+            f"[{colour}]{a.status}[/{colour}]",
+        )
+    # A pipe or a log file gets the whole table rather than rich's 80-column default.
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+def export(
+    run: Path = typer.Argument(..., help="Run directory written by `cvkeras finetune`."),
+    output: Path | None = typer.Option(None, "--output", "-o",
+                                       help="Export directory [default: RUN/export]."),
+    format: str = typer.Option("onnx,tflite", "--format", help="Comma-separated formats: onnx, tflite."),
+    int8: bool = typer.Option(False, "--int8", help="Also make calibrated int8 models (ONNX QDQ, TFLite full "
+                                                     "integer) and a dynamic-range TFLite."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also make float16 models."),
+    calibration: str = typer.Option("minmax", "--calibration", help="ONNX int8 calibration: minmax, entropy "
+                                                                     "or percentile."),
+    calibration_samples: int = typer.Option(DEFAULT_SAMPLES, "--calibration-samples",
+                                            help="Training images used for calibration (stratified)."),
+    io_type: str = typer.Option("uint8", "--io-type",
+                                help="Input/output type of model_int8.tflite: uint8, int8 or float32."),
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset."),
+    max_accuracy_drop: float = typer.Option(
+        1.0, "--max-accuracy-drop", help="Largest accuracy loss (points) allowed for reduced precision."),
+    threads: int | None = typer.Option(None, "--threads", help="Runtime threads for verification."),
+) -> None:
+    """Export a fine-tuned run to ONNX and TFLite, each checked against the Keras model.
+
+    Writes model.onnx and model.tflite (float32) to RUN/export; --int8 adds model_int8.onnx,
+    model_int8.tflite and model_dynamic.tflite, --fp16 adds model_fp16.onnx and model_fp16.tflite. Every
+    artifact carries its labels and input contract, and is run on the validation split: float32 must match
+    Keras, reduced precision must stay within --max-accuracy-drop. Exit 1 when a check fails (files are
+    kept), 2 when the export cannot run or a conversion fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    from rich.console import Console
+
+    from cvkeras.rundir import RunDirError
+    from export.exporter import REPORT_FILE, export_run
+
+    err = Console(stderr=True)
+    try:
+        report = export_run(
+            run, output, format, int8=int8, fp16=fp16, calibration=calibration,
+            calibration_samples=calibration_samples, io_type=io_type, opset=opset,
+            max_accuracy_drop=max_accuracy_drop, threads=threads,
+            progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+        )
+    except (ExportError, RunDirError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print_table(report)
+    for a in report.artifacts:
+        if not a.ok:
+            print(f"error: {a.error or a.name + ': ' + a.status}", file=sys.stderr)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+    print(f"all {len(report.artifacts)} artifacts verified; report: {Path(report.output) / REPORT_FILE}")

@@ -1,0 +1,361 @@
+"""``export_run``: a fine-tuned run directory -> checked, self-describing ONNX and TFLite artifacts.
+
+What is produced (fixed names in ``RUN/export/`` or ``output``), in this order:
+
+==================== ============== =====================================================
+artifact             when           what
+==================== ============== =====================================================
+model.onnx           onnx           float32, tf2onnx, dynamic batch
+model_int8.onnx      onnx + int8    ONNX Runtime static QDQ int8, per-channel weights
+model_fp16.onnx      onnx + fp16    float16 weights/compute, float32 input and output
+model.tflite         tflite         float32
+model_int8.tflite    tflite + int8  full integer (int8 builtin ops), ``io_type`` I/O
+model_fp16.tflite    tflite + fp16  float16 weights
+model_dynamic.tflite tflite + int8  dynamic-range (int8 weights, float activations)
+==================== ============== =====================================================
+
+plus ``labels.txt``, ``reference.npz`` (Keras outputs on fixed validation images), a JSON sidecar
+``<name>.tflite.json`` per TFLite file and ``export_report.json``. Every file is written atomically.
+Each artifact is then run on the validation split through ``serving`` and compared with Keras.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import calibration as calib
+from export import metadata as meta_io
+from export.errors import ConversionError, ExportError, first_line
+from export.quantize import QuantSettings
+from export.to_onnx import DEFAULT_OPSET
+from export.to_tflite import IO_TYPES
+from export.verify import DEFAULT_FLOAT_TOLERANCE, ArtifactResult, verify_artifact
+
+FORMATS = ("onnx", "tflite")
+REPORT_FILE = "export_report.json"
+EXPORT_DIR = "export"
+#: (file name, format, precision, needs) in conversion order; ``needs`` is the flag that adds it.
+ARTIFACTS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("model.onnx", "onnx", "float32", None),
+    ("model_int8.onnx", "onnx", "int8", "int8"),
+    ("model_fp16.onnx", "onnx", "fp16", "fp16"),
+    ("model.tflite", "tflite", "float32", None),
+    ("model_int8.tflite", "tflite", "int8", "int8"),
+    ("model_fp16.tflite", "tflite", "fp16", "fp16"),
+    ("model_dynamic.tflite", "tflite", "dynamic", "int8"),
+)
+#: Validation images whose Keras outputs go into ``reference.npz``.
+REFERENCE_SAMPLES = 500
+MIN_OPSET, MAX_OPSET = 13, 18
+
+
+@dataclass
+class ExportReport:
+    """What ``export_run`` did: the Keras reference, the settings and one result per artifact."""
+
+    run: str
+    output: str
+    model_name: str
+    input_size: list[int]
+    labels: list[str]
+    keras_accuracy: float
+    n_val: int
+    settings: dict[str, Any]
+    artifacts: list[ArtifactResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def conversion_errors(self) -> list[ArtifactResult]:
+        return [a for a in self.artifacts if a.status in ("error", "skipped")]
+
+    @property
+    def verification_failures(self) -> list[ArtifactResult]:
+        return [a for a in self.artifacts if a.status == "failed"]
+
+    @property
+    def passed(self) -> bool:
+        return all(a.ok for a in self.artifacts)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all passed, 2 a conversion failed, 1 an artifact failed its verification gate."""
+        return 0 if self.passed else (2 if self.conversion_errors else 1)
+
+    def artifact(self, name: str) -> ArtifactResult:
+        return next(a for a in self.artifacts if a.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run, "output": self.output, "model_name": self.model_name,
+            "input_size": self.input_size, "labels": self.labels,
+            "keras": {"accuracy": self.keras_accuracy, "n": self.n_val},
+            "settings": self.settings, "passed": self.passed, "seconds": round(self.seconds, 1),
+            "artifacts": [a.to_dict() for a in self.artifacts],
+        }
+
+
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """``"onnx,tflite"`` or ``["onnx"]`` -> validated tuple; unknown names raise ExportError."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    names = tuple(dict.fromkeys(f.strip().lower() for f in items if f.strip()))
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown or not names:
+        raise ExportError(f"unknown format {', '.join(unknown) or repr(formats)}; "
+                          f"choose from {', '.join(FORMATS)}")
+    return names
+
+
+def plan_artifacts(formats: Sequence[str] = FORMATS, int8: bool = False, fp16: bool = False) -> list[str]:
+    """Names of the artifacts an export with these options produces, in conversion order."""
+    flags = {"int8": int8, "fp16": fp16}
+    return [name for name, fmt, _, need in ARTIFACTS if fmt in formats and (need is None or flags[need])]
+
+
+def _check_options(calibration: str, io_type: str, calibration_samples: int, opset: int,
+                   max_accuracy_drop: float, float_tolerance: float) -> None:
+    if calibration not in calib.METHODS:
+        raise ExportError(f"unknown --calibration {calibration!r}; choose from {', '.join(calib.METHODS)}")
+    if io_type not in IO_TYPES:
+        raise ExportError(f"unknown --io-type {io_type!r}; choose from {', '.join(IO_TYPES)}")
+    if calibration_samples < 1:
+        raise ExportError(f"--calibration-samples must be at least 1, not {calibration_samples}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"--opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} "
+                          f"(default {DEFAULT_OPSET})")
+    if max_accuracy_drop < 0 or float_tolerance < 0:
+        raise ExportError("--max-accuracy-drop and the float tolerance must not be negative")
+
+
+def _iter_layers(layer) -> list:
+    out = [layer]
+    for sub in getattr(layer, "layers", []) or []:
+        out += _iter_layers(sub)
+    return out
+
+
+def load_float32_model(run: Path, cfg: dict[str, Any], num_classes: int):
+    """Load ``best.keras`` (safe mode); rebuild under float32 if any layer computes in mixed precision."""
+    import keras
+
+    import cvkeras.model as cvmodel
+    from cvkeras.rundir import BEST
+
+    path = run / BEST
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # corrupt zip, unknown layer, safe-mode refusal
+        raise ExportError(f"{path}: cannot load the model ({first_line(exc, 200)}); "
+                          "re-run `cvkeras finetune` to write it again") from None
+    mixed = any(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32") != "float32"
+                for layer in _iter_layers(model))
+    if mixed:
+        m = cfg.get("model", {})
+        model = cvmodel.to_float32(model, m["name"], num_classes, m["image_size"], m.get("alpha"),
+                                   float(m.get("dropout") or 0.0))
+    out_classes = int(model.output_shape[-1])
+    if out_classes != num_classes:
+        raise ExportError(f"{path}: the model outputs {out_classes} classes but labels.txt has "
+                          f"{num_classes}; the run directory is inconsistent -- re-run `cvkeras finetune`")
+    return model
+
+
+def export_run(
+    run: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    formats: str | Sequence[str] = FORMATS,
+    int8: bool = False,
+    fp16: bool = False,
+    calibration: str = "minmax",
+    calibration_samples: int = calib.DEFAULT_SAMPLES,
+    io_type: str = "uint8",
+    opset: int = DEFAULT_OPSET,
+    max_accuracy_drop: float = 1.0,
+    float_tolerance: float = DEFAULT_FLOAT_TOLERANCE,
+    threads: int | None = None,
+    quant: QuantSettings | None = None,
+    verify_samples: int | None = None,
+    progress: Any = None,
+) -> ExportReport:
+    """Export ``run``'s ``best.keras`` to every requested artifact, verify each one, write the report.
+
+    Returns the report; check ``report.exit_code`` (conversion errors and failed gates do not raise, so
+    that every artifact is tried and the files are kept for inspection).
+
+    Raises:
+        ExportError: unknown run directory, missing ``best.keras``, bad options (``RunDirError`` included).
+    """
+    from cvkeras import rundir
+
+    t0 = time.perf_counter()
+    say = progress or (lambda msg: None)
+    fmts = parse_formats(formats)
+    _check_options(calibration, io_type, calibration_samples, opset, max_accuracy_drop, float_tolerance)
+    quant = replace(quant or QuantSettings(), calibration=calibration)
+    try:
+        run_dir = rundir.check_run(run)
+        cfg = rundir.read_config(run_dir)
+        labels = rundir.read_labels(run_dir)
+        split = rundir.read_split(run_dir)
+    except rundir.RunDirError as exc:
+        raise ExportError(str(exc)) from None
+    out_dir = Path(output) if output is not None else run_dir / EXPORT_DIR
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is not a directory; pass another --output")
+    model_name = str(cfg.get("model", {}).get("name", "model"))
+
+    say("loading best.keras")
+    model = load_float32_model(run_dir, cfg, len(labels))
+    size = [int(d) for d in model.input_shape[1:3]]
+
+    say("running the Keras model on the validation split")
+    images, val_labels, paths = _load_split(run_dir, "val", verify_samples, size)
+    keras_probs = _predict(model, images)
+    keras_acc = float((keras_probs.argmax(1) == val_labels).mean())
+    ref_idx = _reference_indices(val_labels, int(cfg.get("data", {}).get("seed", 0)))
+    meta_io.write_labels(out_dir, labels)
+    meta_io.write_reference(out_dir, meta_io.relative_paths([paths[i] for i in ref_idx], split.get("root")),
+                            val_labels[ref_idx], keras_probs[ref_idx], keras_acc)
+
+    calib_images = None
+    if int8:
+        say(f"decoding up to {calibration_samples} calibration images from the training split")
+        try:
+            calib_images = calib.calibration_images(run_dir, calibration_samples)
+        except rundir.RunDirError as exc:
+            raise ExportError(str(exc)) from None
+
+    settings = {
+        "formats": list(fmts), "int8": int8, "fp16": fp16, "opset": opset, "io_type": io_type,
+        "calibration": calibration, "calibration_samples": 0 if calib_images is None else len(calib_images),
+        "quantization": quant.to_dict(), "max_accuracy_drop": max_accuracy_drop,
+        "float_tolerance": float_tolerance, "threads": threads,
+    }
+    report = ExportReport(str(run_dir), str(out_dir), model_name, size, labels, keras_acc, len(val_labels),
+                          settings)
+
+    def metadata(precision: str, extra: dict[str, Any]):
+        return meta_io.make_metadata(labels, size, model_name, precision, keras_acc,
+                                     {"val_samples": len(val_labels), **extra})
+
+    results = {name: ArtifactResult(name, fmt, prec, str(out_dir / name))
+               for name, fmt, prec, _ in ARTIFACTS if name in plan_artifacts(fmts, int8, fp16)}
+    _convert_onnx(model, results, opset, quant, calib_images, metadata, say)
+    _convert_tflite(model, results, io_type, calib_images, metadata, say)
+
+    for res in results.values():
+        if res.status == "converted":
+            say(f"verifying {res.name}")
+            verify_artifact(res, images, val_labels, keras_probs, keras_acc, max_accuracy_drop,
+                            float_tolerance, threads)
+    report.artifacts = list(results.values())
+    report.seconds = time.perf_counter() - t0
+    rundir.write_json(out_dir / REPORT_FILE, report.to_dict())
+    return report
+
+
+def _load_split(run: Path, split: str, max_samples: int | None, size: list[int]):
+    from cvkeras.pipeline import load_split_images
+    from cvkeras.rundir import RunDirError
+
+    try:
+        images, labels, paths = load_split_images(run, split, max_samples=max_samples, image_size=size)
+    except RunDirError as exc:
+        raise ExportError(f"{exc}; verification needs validation images") from None
+    return images, np.asarray(labels, dtype=np.int64), [str(p) for p in paths]
+
+
+def _predict(model, images: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Keras probabilities for uint8 images, converted to float32 a chunk at a time (bounded memory)."""
+    parts = [model.predict(images[i : i + chunk].astype(np.float32), batch_size=32, verbose=0)
+             for i in range(0, len(images), chunk)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _reference_indices(labels: np.ndarray, seed: int) -> np.ndarray:
+    from cvkeras.pipeline import stratified_sample
+
+    return stratified_sample(labels, REFERENCE_SAMPLES, seed)
+
+
+def _fail(res: ArtifactResult, exc: ExportError) -> None:
+    res.status = "error"
+    res.error = str(exc)
+
+
+def _convert_onnx(model, results, opset: int, quant: QuantSettings, calib_images, metadata, say) -> None:
+    from cvkeras.rundir import atomic_write
+    from export import quantize, to_onnx
+
+    base = results.get("model.onnx")
+    if base is None:
+        return
+    say("converting model.onnx (tf2onnx)")
+    try:
+        proto = to_onnx.keras_to_onnx(model, opset, base.name)
+    except ConversionError as exc:
+        _fail(base, exc)
+        for name in ("model_int8.onnx", "model_fp16.onnx"):
+            if name in results:
+                results[name].error = f"{name}: not made because model.onnx failed"
+        return
+    float_extra = {"format": "onnx", "opset": opset}
+
+    def save(res: ArtifactResult, p, extra: dict[str, Any]) -> None:
+        meta_io.embed_onnx(p, metadata(res.precision, extra))
+        atomic_write(res.path, lambda tmp: to_onnx.save(p, tmp))
+        res.status = "converted"
+
+    save(base, proto, float_extra)
+    if "model_int8.onnx" in results:
+        res = results["model_int8.onnx"]
+        say(f"quantizing {res.name} (static QDQ int8, {quant.calibration} calibration, "
+            f"{len(calib_images)} images)")
+        try:
+            q = quantize.quantize_int8(base.path, calib_images, quant, res.name)
+            save(res, q, {**float_extra, "quantization": quant.to_dict(),
+                          "calibration_samples": len(calib_images)})
+        except ExportError as exc:
+            _fail(res, exc)
+    if "model_fp16.onnx" in results:
+        res = results["model_fp16.onnx"]
+        say(f"converting {res.name}")
+        try:
+            save(res, quantize.convert_fp16(proto, res.name), float_extra)
+        except ExportError as exc:
+            _fail(res, exc)
+
+
+def _convert_tflite(model, results, io_type: str, calib_images, metadata, say) -> None:
+    from cvkeras.rundir import atomic_write
+    from export import to_tflite
+
+    wanted = [r for r in results.values() if r.format == "tflite"]
+    if not wanted:
+        return
+    say("tracing the Keras model for TFLite")
+    try:
+        with to_tflite.saved_model(model) as saved:
+            for res in wanted:
+                say(f"converting {res.name}")
+                try:
+                    blob = to_tflite.convert(saved, res.precision, calib_images, io_type, res.name)
+                except ExportError as exc:
+                    _fail(res, exc)
+                    continue
+                extra: dict[str, Any] = {"format": "tflite"}
+                if res.precision == "int8":
+                    extra.update(io_type=io_type,
+                                 calibration={"method": "minmax", "samples": len(calib_images)})
+                atomic_write(res.path, blob)
+                meta_io.write_sidecar(res.path, metadata(res.precision, extra))
+                res.status = "converted"
+    except ConversionError as exc:  # the SavedModel trace failed: no TFLite variant can be made
+        for res in wanted:
+            _fail(res, ConversionError(res.name, str(exc).split(": ", 1)[-1]))

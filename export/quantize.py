@@ -1,0 +1,130 @@
+"""ONNX reduced precision: static int8 (ONNX Runtime, QDQ, per-channel weights) and float16 weights.
+
+int8: ``quant_pre_process`` (shape inference + graph optimisation) first, then ``quantize_static`` with
+activations calibrated on the run's own training images. The final Softmax stays float by default:
+probabilities are what callers compare and threshold, and quantizing them to 1/256 steps buys nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.calibration import METHODS, ort_data_reader
+from export.errors import ConversionError, ExportError, first_line
+from export.to_onnx import check, compact_names, quiet
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """Knobs of ONNX static int8 quantization (recorded in the artifact's metadata)."""
+
+    calibration: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool = True
+    reduce_range: bool = False  # 7-bit weights: only for CPUs without VNNI that overflow
+    # uint8 activations (U8S8): ONNX Runtime fuses every QDQ group into QLinear* kernels on x86; int8
+    # activations (S8S8) left 15 convs in float plus 31 transposes and ran slower than float32.
+    activation_type: str = "uint8"  # uint8 (U8S8) | int8 (S8S8)
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    exclude_softmax: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}
+    if name not in table:
+        raise ExportError(f"unknown calibration method {name!r}; choose from {', '.join(METHODS)}")
+    return table[name]
+
+
+def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
+                  settings: QuantSettings = QuantSettings(), artifact: str = "model_int8.onnx"):
+    """Static QDQ int8 quantization of the float32 ONNX file ``float_model``; returns the ModelProto.
+
+    Raises:
+        ConversionError: pre-processing, calibration or quantization failed.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    method = _method(settings.calibration)
+    act_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}.get(settings.activation_type)
+    if act_type is None:
+        raise ExportError(f"unknown activation type {settings.activation_type!r}; choose int8 or uint8")
+    with tempfile.TemporaryDirectory(prefix="cvkeras-quant-") as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        try:
+            with quiet():
+                quant_pre_process(str(float_model), str(pre))
+                graph = onnx.load(str(pre)).graph
+                exclude = ([n.name for n in graph.node if n.op_type == "Softmax"]
+                           if settings.exclude_softmax else [])
+                quantize_static(
+                    str(pre), str(out), ort_data_reader(images, graph.input[0].name),
+                    quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
+                    reduce_range=settings.reduce_range, activation_type=act_type, weight_type=QuantType.QInt8,
+                    calibrate_method=method, nodes_to_exclude=exclude,
+                    extra_options={"ActivationSymmetric": settings.activation_symmetric,
+                                   "WeightSymmetric": settings.weight_symmetric},
+                )
+            proto = onnx.load(str(out))
+            compact_names(proto)
+        except ExportError:
+            raise
+        except Exception as exc:  # onnxruntime.quantization raises many types
+            raise ConversionError(artifact, f"onnxruntime int8 quantization failed ({first_line(exc)}); "
+                                            "try --calibration minmax or export without --int8") from None
+    check(proto, artifact)
+    return proto
+
+
+def convert_fp16(proto, artifact: str = "model_fp16.onnx"):
+    """float16 weights and compute, float32 input and output (``keep_io_types``)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)  # the converter edits its argument in place
+    try:
+        with quiet():
+            half = convert_float_to_float16(copy, keep_io_types=True)
+    except Exception as exc:  # converter internals
+        raise ConversionError(artifact, f"float16 conversion failed ({first_line(exc)}); "
+                                        "export without --fp16") from None
+    _toposort(half.graph)  # keep_io_types appends its input casts at the end of the node list
+    compact_names(half)
+    check(half, artifact)
+    return half
+
+
+def _toposort(graph) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (stable)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:  # a cycle or a dangling input: leave the rest for the checker to name
+            ordered += pending
+            break
+        for n in ready:
+            available.update(n.output)
+        ordered += ready
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for dst, src in zip(copies, ordered, strict=True):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)

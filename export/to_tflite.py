@@ -1,0 +1,90 @@
+"""Keras -> TFLite (``tf.lite.TFLiteConverter``): float32, fp16, dynamic-range and full-integer int8.
+
+The Keras model is exported once to a temporary SavedModel (weights frozen into the graph) and every
+variant is converted from it. Full int8 uses integer-only builtin ops and is calibrated on the run's own
+training images; its input/output type is ``--io-type`` (uint8 takes camera pixels as they are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+
+from export.calibration import tflite_representative_dataset
+from export.errors import ConversionError, ExportError
+from export.to_onnx import quiet
+
+VARIANTS = ("float32", "fp16", "dynamic", "int8")
+IO_TYPES = ("uint8", "int8", "float32")
+
+
+@contextlib.contextmanager
+def saved_model(model) -> Iterator[str]:
+    """The Keras model as a temporary SavedModel directory (removed on exit)."""
+    with tempfile.TemporaryDirectory(prefix="cvkeras-savedmodel-") as tmp:
+        path = os.path.join(tmp, "saved_model")
+        try:
+            with quiet():
+                model.export(path, format="tf_saved_model", verbose=False)
+        except Exception as exc:  # Keras/TensorFlow tracing errors
+            raise ConversionError("model.tflite",
+                                  f"cannot trace the Keras model for TFLite ({_reason(exc)})") from None
+        yield path
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative part of a converter error (the op that failed), not the first line of its log."""
+    text = str(exc)
+    ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)))
+    if ops:
+        return f"op {', '.join(ops)} has no TFLite builtin kernel"
+    ops = sorted(set(re.findall(r"'tfl?\.(\w+)' op .*?(?:not supported|failed to legalize)", text)))
+    if ops:
+        return f"op {', '.join(ops)} is not supported for this variant"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln:
+            return ln[ln.find("error:") + 6:].strip()[:300]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def convert(saved_model_dir: str, variant: str, images: np.ndarray | None = None, io_type: str = "uint8",
+            artifact: str | None = None) -> bytes:
+    """Convert a SavedModel to one TFLite variant and return the flatbuffer.
+
+    Raises:
+        ExportError: unknown variant or io type, or int8 without calibration images.
+        ConversionError: the converter cannot handle an op (message names it).
+    """
+    import tensorflow as tf
+
+    artifact = artifact or f"model_{variant}.tflite"
+    if variant not in VARIANTS:
+        raise ExportError(f"unknown TFLite variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: plain LiteRT must run it
+    if variant != "float32":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "fp16":
+        conv.target_spec.supported_types = [tf.float16]
+    elif variant == "int8":
+        if io_type not in IO_TYPES:
+            raise ExportError(f"unknown --io-type {io_type!r}; choose from {', '.join(IO_TYPES)}")
+        if images is None or len(images) == 0:
+            raise ExportError(f"{artifact}: full-integer int8 needs calibration images from the run")
+        conv.representative_dataset = tflite_representative_dataset(images)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        dtype = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_type]
+        conv.inference_input_type = dtype
+        conv.inference_output_type = dtype
+    try:
+        with quiet():
+            return bytes(conv.convert())
+    except Exception as exc:  # ConverterError, RuntimeError from the calibrator
+        raise ConversionError(artifact, f"the TFLite converter cannot handle this model ({_reason(exc)}); "
+                                        "export --format onnx or drop this variant") from None

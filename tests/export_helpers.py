@@ -1,0 +1,149 @@
+"""Test helpers for export: a real, tiny, fine-tuned run directory made by hand per the run-dir contract.
+
+The run holds three classes of coloured shapes (48x48 PNG/JPEG files on disk), a MobileNetV2 alpha 0.35
+(random init) trained for a few steps so that it tells the classes apart with confidence, and the
+``config.yaml`` / ``labels.txt`` / ``split.json`` / ``best.keras`` that ``cvkeras finetune`` writes.
+The run is made once per test session (``make_tiny_run`` caches by folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+LABELS = ["red_disc", "green_bar", "blue_cross"]
+SIZE = (48, 48)
+SEED = 42
+_CACHE: dict[str, Path] = {}
+
+
+def _draw(cls: int, rng: np.random.Generator) -> np.ndarray:
+    """One 64x64 image of class ``cls``: a dominant colour and a shape on a noisy background."""
+    # A smooth tinted background with mild noise: colour dominates, so even random features separate it.
+    img = rng.integers(30, 70) + rng.integers(0, 12, (64, 64, 3)).astype(np.int32)
+    img[..., cls] += 100
+    yy, xx = np.mgrid[0:64, 0:64]
+    cy, cx = rng.integers(22, 42, 2)
+    colour = np.zeros(3, dtype=np.int32)
+    colour[cls] = int(rng.integers(190, 256))
+    if cls == 0:
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(12, 20) ** 2
+    elif cls == 1:
+        mask = np.abs(yy - cy) < rng.integers(5, 10)
+    else:
+        w = rng.integers(3, 7)
+        mask = (np.abs(yy - cy) < w) | (np.abs(xx - cx) < w)
+    img[mask] = colour + rng.integers(-20, 20, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_images(root: Path, per_class: int = 20, seed: int = SEED) -> list[tuple[str, int]]:
+    """Write ``per_class`` images per class under ``root/<label>/`` (PNG, every third one JPEG)."""
+    rng = np.random.default_rng(seed)
+    items: list[tuple[str, int]] = []
+    for cls, name in enumerate(LABELS):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext = "jpg" if i % 3 == 2 else "png"
+            path = root / name / f"{name}_{i:03d}.{ext}"
+            Image.fromarray(_draw(cls, rng)).save(path, **({"quality": 95} if ext == "jpg" else {}))
+            items.append((str(path), cls))
+    return items
+
+
+def _split(items: list[tuple[str, int]], val_per_class: int) -> tuple[list, list]:
+    train, val = [], []
+    for cls in range(len(LABELS)):
+        mine = [[p, c] for p, c in items if c == cls]
+        val += mine[:val_per_class]
+        train += mine[val_per_class:]
+    return train, val
+
+
+def _init_batchnorm(model, x: np.ndarray) -> None:
+    """Data-dependent init of a random backbone's BatchNorm statistics (one scalar mean/variance per layer).
+
+    A randomly initialised backbone with inference-mode BatchNorm (mean 0, variance 1) collapses every
+    input to the same output; per-channel batch statistics make it chaotic instead. Pooled per-layer
+    statistics keep colour information, so a few epochs of head training give a confident classifier.
+    """
+    import keras
+
+    bns = [layer for layer in model.get_layer("backbone").layers
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    model.get_layer("backbone")(model.get_layer("normalize")(x), training=True)
+    for layer in bns:
+        layer.momentum = 0.99
+        for var in (layer.moving_mean, layer.moving_variance):
+            v = np.asarray(var.numpy())
+            var.assign(np.full_like(v, v.mean()))
+
+
+def build_run(
+    run: Path, data_root: Path, per_class: int = 20, val_per_class: int = 6, epochs: int = 20,
+    model_name: str = "mobilenet_v2", alpha: float | None = 0.35,
+) -> Path:
+    """A finished run directory at ``run`` (images under ``data_root``), head trained ``epochs`` epochs."""
+    import keras
+
+    from cvkeras import rundir
+    from cvkeras.model import build_classifier
+    from cvkeras.pipeline import decoded_dataset
+
+    items = write_images(data_root, per_class)
+    train, val = _split(items, val_per_class)
+    keras.utils.set_random_seed(SEED)
+    model = build_classifier(model_name, len(LABELS), SIZE, alpha=alpha, weights="none", dropout=0.0)
+    x = np.concatenate([b.numpy() for b, _ in decoded_dataset([p for p, _ in train], [0] * len(train), SIZE)
+                        .batch(64)])
+    y = np.asarray([c for _, c in train])
+    _init_batchnorm(model, x)
+    model.get_layer("backbone").trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=16, epochs=epochs, shuffle=True, verbose=0)
+    run.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write(run / rundir.BEST, lambda tmp: model.save(tmp))
+    rundir.write_labels(run, LABELS)
+    rundir.write_config(run, {
+        "model": {"name": model_name, "alpha": alpha, "image_size": list(SIZE), "weights": "none",
+                  "dropout": 0.0},
+        "data": {"source": str(data_root), "seed": SEED, "val_split": 0.3},
+    })
+    rundir.write_json(run / rundir.SPLIT, {
+        "source": "folder", "root": str(data_root), "seed": SEED, "train": train, "val": val, "test": [],
+    })
+    return run
+
+
+def make_tiny_run(base: Path) -> Path:
+    """The session's shared tiny run (built on first use under ``base``); treat it as read-only."""
+    key = str(base)
+    if key not in _CACHE:
+        _CACHE[key] = build_run(base / "run", base / "data")
+    return _CACHE[key]
+
+
+def _register_svd():
+    import keras
+
+    @keras.saving.register_keras_serializable("cvkeras_export_tests")
+    class Svd(keras.layers.Layer):
+        """Singular values of the pooled colour vector: an op neither tf2onnx nor TFLite builtins support."""
+
+        def call(self, x):
+            import tensorflow as tf
+
+            return tf.linalg.svd(tf.reshape(x, (-1, 3, 1)), compute_uv=False)
+
+    return Svd
+
+
+def __getattr__(name: str):
+    if name == "Svd":  # built lazily so importing this module does not import Keras
+        globals()["Svd"] = _register_svd()
+        return globals()["Svd"]
+    raise AttributeError(name)

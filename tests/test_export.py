@@ -1,0 +1,368 @@
+"""`cvkeras export`: every format from a tiny fine-tuned run, metadata, report figures, failure paths.
+
+The report's figures are checked against an independent computation (Keras, onnxruntime and LiteRT
+called directly here, not through ``serving``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from export_helpers import LABELS, SIZE, make_tiny_run
+from typer.testing import CliRunner
+
+from export import ExportError, export_run, plan_artifacts
+from export.cli import export as export_command
+
+ALL = ["model.onnx", "model_int8.onnx", "model_fp16.onnx", "model.tflite", "model_int8.tflite",
+       "model_fp16.tflite", "model_dynamic.tflite"]
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(export_command)
+
+    @app.command()
+    def other() -> None:  # a second command keeps `export` a named subcommand, as in cvkeras.cli
+        pass
+
+    return app
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(_app(), ["export", *map(str, args)])
+
+
+def _errors(result) -> list[str]:
+    """The ``error: ...`` lines on stderr (progress messages go there too)."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("export_tiny"))
+
+
+@pytest.fixture(scope="session")
+def keras_val(tiny_run):
+    """Independent Keras reference: (uint8 images, labels, paths, probs) on the whole validation split."""
+    import keras
+
+    from cvkeras.pipeline import load_split_images
+
+    images, labels, paths = load_split_images(tiny_run, "val")
+    model = keras.saving.load_model(tiny_run / "best.keras", safe_mode=True)
+    probs = model.predict(images.astype(np.float32), verbose=0)
+    return images, labels, paths, probs
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, tmp_path_factory):
+    """`cvkeras export RUN --int8 --fp16 --output OUT`, run once through the CLI."""
+    out = tmp_path_factory.mktemp("export_out") / "export"
+    result = _invoke(tiny_run, "--int8", "--fp16", "--output", out, "--threads", "1")
+    return result, out
+
+
+# --- options, no model needed ------------------------------------------------------------------------
+def test_plan_default_is_float32_of_both_formats():
+    assert plan_artifacts() == ["model.onnx", "model.tflite"]
+    assert plan_artifacts(int8=True) == ["model.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite",
+                                         "model_dynamic.tflite"]
+    assert plan_artifacts(int8=True, fp16=True) == ALL
+    assert plan_artifacts(["tflite"], fp16=True) == ["model.tflite", "model_fp16.tflite"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--format", "onnx,coreml"], "unknown format coreml"),
+    (["--calibration", "kl"], "unknown --calibration 'kl'"),
+    (["--io-type", "int16"], "unknown --io-type 'int16'"),
+    (["--opset", "7"], "--opset 7 is not supported"),
+])
+def test_bad_options_exit_2_with_one_line(tmp_path, args, needle):
+    result = _invoke(tmp_path / "nope", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and needle in result.stderr
+    assert result.stderr.count("\n") == 1  # nothing else: the options are checked before any work
+
+
+def test_unknown_run_directory_exits_2(tmp_path):
+    result = _invoke(tmp_path / "missing")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {tmp_path / 'missing'}: run directory not found; pass the --output of " \
+                            "`cvkeras finetune`\n"
+
+
+def test_missing_best_keras_exits_2(tmp_path):
+    from cvkeras import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.write_labels(run, LABELS)
+    rundir.write_config(run, {"model": {"name": "mobilenet_v2", "image_size": list(SIZE)},
+                              "data": {"seed": 1}})
+    rundir.write_json(run / rundir.SPLIT, {"source": "folder", "root": None, "seed": 1, "train": [],
+                                           "val": []})
+    result = _invoke(run)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {run / 'best.keras'}: missing")
+    assert result.stderr.count("\n") == 1
+    assert not (run / "export").exists()
+
+
+def test_export_run_raises_export_error_for_bad_format(tmp_path):
+    with pytest.raises(ExportError, match="unknown format"):
+        export_run(tmp_path, formats="onnx,savedmodel")
+
+
+# --- calibration and reference data --------------------------------------------------------------------
+@pytest.mark.slow
+def test_calibration_images_are_stratified_and_deterministic(tiny_run):
+    from cvkeras.rundir import read_split
+    from export.calibration import calibration_images
+
+    a = calibration_images(tiny_run, 9)
+    b = calibration_images(tiny_run, 9)
+    assert a.shape == (9, *SIZE, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    # stratified: three per class; the tinted background channel gives each image's class away
+    assert sorted(np.bincount(a.reshape(9, -1, 3).mean(1).argmax(1), minlength=3)) == [3, 3, 3]
+    n_train = len(read_split(tiny_run)["train"])
+    assert len(calibration_images(tiny_run, 10_000)) == n_train  # fewer when the split is small
+
+
+# --- the full export through the CLI ------------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_exports_every_format_and_exits_0(exported):
+    result, out = exported
+    assert result.exit_code == 0, result.output + result.stderr
+    for name in ALL:
+        assert (out / name).is_file() and (out / name).stat().st_size > 10_000, name
+        assert name in result.stdout
+    for name in ("labels.txt", "export_report.json", "reference.npz"):
+        assert (out / name).is_file()
+    assert (out / "labels.txt").read_text().split() == LABELS
+    assert "all 7 artifacts verified" in result.stdout
+    assert not list(out.glob(".*tmp*")), "temp files left behind"
+
+
+@pytest.mark.slow
+def test_onnx_graphs_contract(exported):
+    import onnx
+
+    _, out = exported
+    for name in ("model.onnx", "model_int8.onnx", "model_fp16.onnx"):
+        model = onnx.load(out / name)
+        onnx.checker.check_model(model, full_check=True)
+        (inp,), (outp,) = model.graph.input, model.graph.output
+        assert inp.name == "image" and outp.name == "probs"
+        dims = inp.type.tensor_type.shape.dim
+        assert not dims[0].HasField("dim_value"), "batch dimension must be dynamic"
+        assert [d.dim_value for d in dims[1:]] == [*SIZE, 3]
+        assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert outp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    q = onnx.load(out / "model_int8.onnx")
+    ops = [n.op_type for n in q.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and ops[-1] == "Softmax"
+    inits = {t.name: t for t in q.graph.initializer}
+    per_channel = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                   and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+                   and len(onnx.numpy_helper.to_array(inits[n.input[1]]).shape) == 1]
+    assert per_channel, "conv weights must be quantized per channel"
+    half = onnx.load(out / "model_fp16.onnx")
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+
+
+@pytest.mark.slow
+def test_tflite_int8_is_integer_only_with_uint8_io(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, out = exported
+    it = Interpreter(model_path=str(out / "model_int8.tflite"))
+    assert it.get_input_details()[0]["dtype"] == np.uint8
+    assert it.get_output_details()[0]["dtype"] == np.uint8
+    assert list(it.get_input_details()[0]["shape_signature"]) == [-1, *SIZE, 3]
+    float_tensors = [t["name"] for t in it.get_tensor_details() if t["dtype"] == np.float32]
+    assert not float_tensors, f"float tensors in a full-integer model: {float_tensors[:5]}"
+
+
+@pytest.mark.slow
+def test_metadata_in_every_artifact(exported, keras_val):
+    from cvkeras import __version__
+    from serving.metadata import read_metadata
+
+    _, out = exported
+    _, labels, _, probs = keras_val
+    keras_acc = float((probs.argmax(1) == labels).mean())
+    precision = {"model.onnx": "float32", "model_int8.onnx": "int8", "model_fp16.onnx": "fp16",
+                 "model.tflite": "float32", "model_int8.tflite": "int8", "model_fp16.tflite": "fp16",
+                 "model_dynamic.tflite": "dynamic"}
+    for name in ALL:
+        meta = read_metadata(out / name)
+        assert meta.labels == LABELS
+        assert meta.input_size == SIZE
+        assert meta.model_name == "mobilenet_v2"
+        assert meta.precision == precision[name]
+        assert meta.producer_version == __version__
+        assert meta.reference_accuracy == pytest.approx(keras_acc)
+        assert meta.preprocess["color_order"] == "RGB" and meta.preprocess["value_range"] == [0.0, 255.0]
+    side = json.loads((out / "model_int8.tflite.json").read_text())
+    assert side["extra"]["io_type"] == "uint8" and side["extra"]["calibration"]["samples"] > 0
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(out / "model_int8.onnx").metadata_props}
+    assert json.loads(props["cvkeras"])["extra"]["quantization"]["per_channel"] is True
+
+
+@pytest.mark.slow
+def test_reference_npz_matches_keras(exported, keras_val, tiny_run):
+    _, out = exported
+    _, labels, paths, probs = keras_val
+    with np.load(out / "reference.npz", allow_pickle=False) as z:
+        ref = {k: z[k] for k in z.files}
+    root = json.loads((tiny_run / "split.json").read_text())["root"]
+    assert list(ref["paths"]) == [str(Path(p).relative_to(root)) for p in paths]
+    assert all(p.count("/") == 1 for p in ref["paths"])  # "class/file"
+    np.testing.assert_array_equal(ref["labels"], labels)
+    np.testing.assert_allclose(ref["probs"], probs, atol=1e-5)
+    assert float(ref["accuracy"]) == pytest.approx(float((probs.argmax(1) == labels).mean()))
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"image": x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], [len(x), *SIZE, 3])
+    it.allocate_tensors()
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    if inp["dtype"] != np.float32:
+        scale, zero = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    y = it.get_tensor(outp["index"])
+    if outp["dtype"] != np.float32:
+        scale, zero = outp["quantization"]
+        y = (y.astype(np.float32) - zero) * scale
+    return y
+
+
+@pytest.mark.slow
+def test_report_figures_match_an_independent_computation(exported, keras_val):
+    _, out = exported
+    images, labels, _, kprobs = keras_val
+    report = json.loads((out / "export_report.json").read_text())
+    keras_acc = float((kprobs.argmax(1) == labels).mean())
+    assert report["keras"] == {"accuracy": pytest.approx(keras_acc), "n": len(labels)}
+    assert report["passed"] is True
+    rows = {a["name"]: a for a in report["artifacts"]}
+    assert list(rows) == ALL
+    x = images.astype(np.float32)
+    for name, row in rows.items():
+        probs = _run_onnx(out / name, x) if name.endswith(".onnx") else _run_tflite(out / name, x)
+        acc = float((probs.argmax(1) == labels).mean())
+        assert row["status"] == "passed", row
+        assert row["n"] == len(labels)
+        assert row["accuracy"] == pytest.approx(acc), name
+        assert row["accuracy_drop"] == pytest.approx(100 * (keras_acc - acc), abs=1e-9), name
+        assert row["agreement"] == pytest.approx(float((probs.argmax(1) == kprobs.argmax(1)).mean())), name
+        assert row["max_abs_diff"] == pytest.approx(float(np.abs(probs - kprobs).max()), abs=2e-5), name
+        assert row["size_bytes"] == (out / name).stat().st_size
+        assert row["latency_ms"] > 0
+        if row["precision"] == "float32":
+            assert row["max_abs_diff"] < 1e-4, name
+    sizes = {name: row["size_bytes"] for name, row in rows.items()}
+    assert sizes["model_int8.onnx"] < 0.6 * sizes["model.onnx"]
+    assert sizes["model_int8.tflite"] < 0.6 * sizes["model.tflite"]
+
+
+# --- failure paths --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_failed_int8_check_exits_1_and_keeps_files(tiny_run, tmp_path, monkeypatch):
+    """Calibrating on black frames (only possible by patching: the exporter never does) breaks int8."""
+    import export.calibration
+
+    real = export.calibration.calibration_images
+    monkeypatch.setattr(export.calibration, "calibration_images",
+                        lambda run, samples=300, seed=None: np.zeros_like(real(run, 4)))
+    out = tmp_path / "out"
+    result = _invoke(tiny_run, "--format", "onnx", "--int8", "--output", out, "--max-accuracy-drop", "0")
+    assert result.exit_code == 1, result.output + result.stderr
+    (line,) = _errors(result)
+    assert line.startswith("error: model_int8.onnx: accuracy drop ")
+    report = json.loads((out / "export_report.json").read_text())
+    status = {a["name"]: a["status"] for a in report["artifacts"]}
+    assert status == {"model.onnx": "passed", "model_int8.onnx": "failed"}
+    assert report["passed"] is False
+    assert (out / "model_int8.onnx").is_file() and (out / "model.onnx").is_file()
+
+
+@pytest.fixture(scope="session")
+def unconvertible_run(tiny_run, tmp_path_factory) -> Path:
+    """A run whose model holds an op neither converter supports (SVD), in a registered custom layer."""
+    import shutil
+
+    import keras
+    from export_helpers import Svd  # noqa: F401 -- registers the layer for loading
+
+    run = tmp_path_factory.mktemp("svd") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("best.keras", "export"))
+    inp = keras.Input((*SIZE, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    x = Svd()(x)
+    out = keras.layers.Dense(len(LABELS), activation="softmax", name="probs")(x)
+    keras.Model(inp, out).save(run / "best.keras")
+    return run
+
+
+@pytest.mark.slow
+def test_unconvertible_op_exits_2_and_writes_no_model_file(unconvertible_run, tmp_path):
+    out = tmp_path / "out"
+    result = _invoke(unconvertible_run, "--output", out)
+    assert result.exit_code == 2, result.output + result.stderr
+    assert _errors(result) == [
+        "error: model.onnx: tf2onnx cannot convert op Svd (not in ONNX opset 17); try --format tflite",
+        "error: model.tflite: the TFLite converter cannot handle this model (op Svd has no TFLite builtin "
+        "kernel); export --format onnx or drop this variant",
+    ]
+    assert not (out / "model.onnx").exists() and not (out / "model.tflite").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "labels.txt", "reference.npz"]
+
+
+@pytest.mark.slow
+def test_mixed_precision_model_exports_float32(tiny_run, tmp_path):
+    import shutil
+
+    import keras
+    import onnx
+
+    from cvkeras.model import build_classifier
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("best.keras", "export"))
+    trained = keras.saving.load_model(tiny_run / "best.keras", safe_mode=True)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = build_classifier("mobilenet_v2", len(LABELS), SIZE, alpha=0.35, weights="none", dropout=0.0)
+        mixed.set_weights(trained.get_weights())
+        mixed.save(run / "best.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    report = export_run(run, tmp_path / "out", formats="onnx")
+    assert report.exit_code == 0, [a.error for a in report.artifacts]
+    model = onnx.load(tmp_path / "out" / "model.onnx")
+    assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert report.artifact("model.onnx").max_abs_diff < 1e-4
