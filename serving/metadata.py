@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,12 @@ class ModelMetadata:
             known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
             meta = cls(**known)
         except (ValueError, TypeError, KeyError) as exc:
-            raise MetadataError(f"{source}: cvkeras metadata is malformed ({exc}); re-export the model") from None
+            raise MetadataError(f"{source}: cvkeras metadata is malformed ({exc}); re-export the model") \
+                from None
+        if not isinstance(meta.labels, list) or not all(isinstance(x, str) for x in meta.labels):
+            raise MetadataError(f"{source}: metadata labels are not a list of names; re-export the model")
         if not meta.labels:
-            raise MetadataError(f"{source}: metadata has no labels; re-export the model with `cvkeras export`")
+            raise MetadataError(f"{source}: metadata has no labels; re-export it with `cvkeras export`")
         return meta
 
 
@@ -70,6 +74,13 @@ def sidecar_path(tflite_path: str | os.PathLike) -> Path:
     """The JSON sidecar that describes a TFLite file: ``model.tflite`` -> ``model.tflite.json``."""
     p = Path(tflite_path)
     return p.with_name(p.name + ".json")
+
+
+def metadata_from_props(props: Mapping[str, str], source: str) -> ModelMetadata:
+    """Parse the metadata of an ONNX model from its ``metadata_props`` (e.g. an open session's map)."""
+    if METADATA_KEY not in props:
+        raise MetadataError(f"{source}: no cvkeras metadata; export the model with `cvkeras export`")
+    return ModelMetadata.from_json(props[METADATA_KEY], source)
 
 
 def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
@@ -89,8 +100,5 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise MetadataError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
-        props = sess.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in props:
-            raise MetadataError(f"{path}: no cvkeras metadata; export it with `cvkeras export`")
-        return ModelMetadata.from_json(props[METADATA_KEY], str(path))
+        return metadata_from_props(sess.get_modelmeta().custom_metadata_map, str(path))
     raise MetadataError(f"{path}: unknown model type {path.suffix!r}; expected .onnx or .tflite")

@@ -5,8 +5,8 @@ carries its own normalisation inside the graph. Getting from a file to that tens
 once, and honoured by training (TensorFlow, ``cvkeras.data``), export calibration and serving (Pillow):
 
 1. decode to 8-bit RGB: greyscale is replicated, alpha is dropped (not composited), palettes are
-   expanded, 16-bit samples are scaled to 8 bit, GIFs use their first frame, EXIF orientation is
-   ignored (TensorFlow's decoders ignore it too);
+   expanded, 16-bit samples keep their high byte (``v >> 8``, as TensorFlow's PNG decoder does), GIFs
+   use their first frame, EXIF orientation is ignored (TensorFlow's decoders ignore it too);
 2. JPEG with accurate integer DCT (``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``, Pillow's default)
    and fancy upsampling on both sides;
 3. resize the whole image (no crop, aspect ratio not kept) to ``(height, width)`` with an antialiased
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # --- the contract, as data (also written into export metadata) ------------------------------------
 COLOR_ORDER = "RGB"
@@ -69,8 +69,9 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         img.seek(0)
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.uint32 if mode == "I" else np.uint16)
-        arr = np.clip(np.round(arr.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+        # Keep the high byte, as TensorFlow's PNG decoder (and Pillow, for 16-bit RGB) does.
+        arr = np.asarray(img)
+        arr = (np.clip(arr, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=-1)
     if mode == "F":
         raise ImageError("32-bit float images are not supported; save it as 8- or 16-bit PNG")
@@ -93,37 +94,78 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
     Raises:
         ImageError: unreadable, truncated, too large or of an unsupported kind, with the reason.
     """
+    return _load(source, None)
+
+
+def load_resized(
+    source: str | os.PathLike | bytes | Image.Image | np.ndarray, size: Sequence[int]
+) -> np.ndarray:
+    """``resize(load_image(source), size)`` in one step, without the extra copy for RGB files.
+
+    This is the serving hot path: same pixels as the two-step form, less memory traffic.
+
+    Raises:
+        ImageError: as :func:`load_image`.
+    """
+    return _load(source, (int(size[0]), int(size[1])))
+
+
+def _load(source: Any, size: tuple[int, int] | None) -> np.ndarray:
     if isinstance(source, np.ndarray):
-        arr = source
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-            raise ImageError(f"array of shape {arr.shape} is not an HWC image; pass HxWx3 uint8 RGB")
-        if arr.shape[-1] == 1:
-            arr = np.repeat(arr, 3, axis=-1)
-        if arr.dtype != np.uint8:
-            raise ImageError(f"array dtype {arr.dtype} is not uint8; pass 0..255 uint8 RGB")
-        return np.ascontiguousarray(arr[..., :3])
+        arr = _from_array(source)
+        return arr if size is None else resize(arr, size)
     if isinstance(source, Image.Image):
-        _check_size(source.size, "image")
-        return _to_rgb(source)
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+        return _decode(source, "image", size)
+    name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
     try:
-        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise ImageError(f"{name}: cannot open ({exc.strerror or exc})") from None
+        fp = io.BytesIO(source) if name == "<bytes>" else open(source, "rb")  # noqa: SIM115
+    except (OSError, TypeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ImageError(f"{name}: cannot open ({reason}); pass an image file, PIL image or array") from None
     with fp:
         try:
-            with Image.open(fp) as img:
-                _check_size(img.size, name)
-                img.load()
-                return _to_rgb(img)
-        except ImageError:
-            raise
+            img = Image.open(fp)
         except Image.DecompressionBombError:
-            raise ImageError(f"{name}: image is larger than {MAX_PIXELS} pixels; downscale it first") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{name}: not a readable image ({exc})") from None
+            raise ImageError(f"{name}: image has more than {MAX_PIXELS} pixels; downscale it first") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image in a known format; pass JPEG, PNG, BMP or GIF") from None
+        except Exception as exc:  # any decoder failure means "not an image" for this one file
+            raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
+        with img:
+            return _decode(img, name, size)
+
+
+def _decode(img: Image.Image, name: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Load pixels (checking size first) and convert; every decoder failure becomes an ImageError."""
+    _check_size(img.size, name)
+    try:
+        img.load()
+        if size is not None and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1:
+            return _resize_pil(img, size)  # fast path: no intermediate array
+        arr = _to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as exc:  # truncated data, broken headers, odd modes
+        raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
+    return arr if size is None else resize(arr, size)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _from_array(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ImageError(f"array of shape {arr.shape} is not an HWC image; pass HxWx3 uint8 RGB")
+    if arr.dtype != np.uint8:
+        raise ImageError(f"array dtype {arr.dtype} is not uint8; pass 0..255 uint8 RGB")
+    _check_size((arr.shape[1], arr.shape[0]), "array")
+    if arr.shape[-1] == 1:
+        return np.repeat(arr, 3, axis=-1)
+    return np.ascontiguousarray(arr[..., :3])
 
 
 def _check_size(size: tuple[int, int], name: str) -> None:
@@ -134,13 +176,19 @@ def _check_size(size: tuple[int, int], name: str) -> None:
         raise ImageError(f"{name}: empty image ({w}x{h})")
 
 
+def _resize_pil(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(img, dtype=np.uint8)
+
+
 def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Resize an HWC uint8 RGB array to ``(height, width)`` with the contract's filter."""
     height, width = int(size[0]), int(size[1])
     if image.shape[0] == height and image.shape[1] == width:
         return image
-    pil = Image.fromarray(image, mode="RGB")
-    return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None))
+    return _resize_pil(Image.fromarray(np.ascontiguousarray(image)), (height, width))
 
 
 def to_model_input(images: Sequence[np.ndarray], size: Sequence[int]) -> np.ndarray:

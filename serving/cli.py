@@ -1,0 +1,247 @@
+"""``cvkeras predict | validate | benchmark``: thin Typer commands over the serving library.
+
+The functions here are plain Typer command functions; ``cvkeras.cli`` registers them with
+``app.command()(serving.cli.predict)`` and so on. They never import TensorFlow, print a rich table by
+default or JSON with ``--json``, and turn every expected failure into one ``error: ...`` line on stderr
+with exit code 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from serving.metadata import MetadataError
+from serving.preprocess import IMAGE_EXTENSIONS, ImageError, is_image_file
+
+#: Failures a user can fix (bad file, wrong folder, missing package); anything else is a bug.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ImageError, MetadataError, ValueError, OSError)
+
+ModelArg = Annotated[Path, typer.Argument(help="Model file: an .onnx or .tflite written by `cvkeras export`.",
+                                          show_default=False)]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Runtime intra-op threads "
+                                                "(default: the runtime's choice).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo("error: " + " ".join(str(message).split()), err=True)
+    return typer.Exit(2)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn expected errors into one stderr line and exit code 2."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except EXPECTED_ERRORS as exc:
+        raise _fail(str(exc) or type(exc).__name__) from None
+
+
+def _console() -> Any:
+    """Rich console on stdout; wide when piped (rich's 80-column default would fold file paths)."""
+    from rich.console import Console
+
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, width=160 if piped else None)
+
+
+def expand_paths(paths: list[Path]) -> list[tuple[str, str | None]]:
+    """``(path, error)`` per input in order: files as given, folders expanded to their images
+    (recursive, sorted); a missing path or an image-less folder becomes one entry with an error."""
+    entries: list[tuple[str, str | None]] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if is_image_file(f) and f.is_file())
+            if not found:
+                entries.append((str(p), f"{p}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
+            entries += [(f, None) for f in found]
+        elif p.exists():
+            entries.append((str(p), None))
+        else:
+            entries.append((str(p), f"{p}: file not found"))
+    return entries
+
+
+def predict(
+    model: ModelArg,
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).",
+                                                show_default=False)],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes listed per image.")] = 5,
+    json_out: JsonOpt = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 16,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Classify images with an exported model; no TensorFlow needed.
+
+    Prints a table, or one JSON object per image with --json.
+    A file that cannot be read gets an error entry; the others still run.
+    Exit code: 0 all classified, 1 some failed, 2 unusable model.
+    """
+    from serving.predictor import Prediction, Predictor
+
+    with _errors():
+        predictor = Predictor.load(model, threads=threads)
+    entries = expand_paths(paths)
+    stream = predictor.iter_predict([p for p, e in entries if e is None], top_k=top_k, batch_size=batch_size)
+    results: list[Prediction] = []
+    with _errors():
+        for path, error in entries:
+            r = Prediction(None, -1, math.nan, path=path, error=error) if error else next(stream)
+            results.append(r)
+            if json_out:
+                typer.echo(json.dumps(r.to_dict()))
+    if not json_out:
+        _prediction_table(results, top_k)
+    failed = sum(not r.ok for r in results)
+    if failed and not json_out:
+        typer.echo(f"{failed} of {len(results)} file(s) could not be classified", err=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _prediction_table(results: list[Any], top_k: int) -> None:
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    if top_k > 1:
+        table.add_column(f"top {top_k}", overflow="fold")
+    for r in results:
+        if r.ok:
+            row = [r.path or "", r.label, f"{r.score:.3f}"]
+            if top_k > 1:
+                row.append(", ".join(f"{name} {score:.3f}" for name, score in r.top_k))
+        else:
+            row = [r.path or "", "[red]error[/red]", "", *([r.error] if top_k > 1 else [])]
+            if top_k == 1:
+                row[2] = r.error or ""
+        table.add_row(*row)
+    _console().print(table)
+
+
+def validate(
+    model: ModelArg,
+    data: Annotated[Path, typer.Option("--data", show_default=False,
+                                       help="Labelled images: DIR/<label>/<image> (or DIR/val/...).")],
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", help="Export folder with reference.npz (default: the model's folder, if it has one)."
+    )] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        "--max-accuracy-drop", min=0.0, help="Largest allowed accuracy drop vs the reference, in points."
+    )] = 1.0,
+    json_out: JsonOpt = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 32,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Check an exported model's accuracy against the Keras model it came from; no TensorFlow needed.
+
+    Reports accuracy, its drop in points, top-1 agreement and largest probability difference with the
+    reference outputs saved by `cvkeras export`, and per-class accuracy.
+    Exit code: 0 passed, 1 drop above --max-accuracy-drop, 2 unusable model or data.
+    """
+    from serving.predictor import Predictor
+    from serving.validate import REFERENCE_FILE, Reference, scan_class_folder
+    from serving.validate import validate as run_validation
+
+    with _errors():
+        predictor = Predictor.load(model, threads=threads)
+        items = scan_class_folder(data, predictor.labels)
+        ref_dir = reference if reference is not None else model.parent
+        ref = None
+        if reference is not None or (ref_dir / REFERENCE_FILE).is_file():
+            ref = Reference.load(ref_dir)
+        report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        _validation_tables(report)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100.0 * v:.2f} %"
+
+
+def _validation_tables(report: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    summary = Table(title=f"validation of {report.model}", show_header=False)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    drop = "-" if report.accuracy_drop is None else f"{report.accuracy_drop:+.2f} points"
+    rows = [
+        ("images", str(report.n)),
+        ("accuracy", _pct(report.accuracy)),
+        ("reference accuracy", _pct(report.reference_accuracy)),
+        ("accuracy drop", f"{drop} (max {report.max_accuracy_drop:g})"),
+        ("top-1 agreement", _pct(report.agreement)),
+        ("max |p - p_ref|", "-" if report.max_abs_diff is None else f"{report.max_abs_diff:.4f}"),
+        ("matched reference outputs", str(report.n_reference)),
+        ("latency per image", f"{report.latency_ms_per_image:.2f} ms"),
+        ("unreadable files", str(len(report.failures))),
+        ("result", "[green]passed[/green]" if report.passed else "[red]FAILED[/red]"),
+    ]
+    for name, value in rows:
+        summary.add_row(name, value)
+    console.print(summary)
+    per_class = Table(title="per-class accuracy")
+    per_class.add_column("class")
+    per_class.add_column("accuracy", justify="right")
+    per_class.add_column("images", justify="right")
+    for name, acc in report.per_class.items():
+        per_class.add_row(name, _pct(acc), str(report.support[name]))
+    console.print(per_class)
+    for f in report.failures[:10]:
+        typer.echo(f"skipped: {f['error']}", err=True)
+
+
+def benchmark(
+    models: Annotated[list[Path], typer.Argument(help="One or more .onnx / .tflite files to compare.",
+                                                 show_default=False)],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 8,
+    threads: ThreadsOpt = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed runs per measurement.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare models on this device: load time, size, latency p50/p95 per image and batch, throughput."""
+    from serving.benchmark import benchmark as run_benchmark
+
+    with _errors():
+        rows = run_benchmark(models, batch_size=batch_size, threads=threads, warmup=warmup, iters=iters)
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"benchmark: batch {batch_size}, threads {threads or 'auto'}")
+    columns = [
+        ("model", "model", "{}"),
+        ("precision", "precision", "{}"),
+        ("size MB", "file_size_bytes", "{:.2f}"),
+        ("load ms", "load_time_ms", "{:.0f}"),
+        ("image p50 ms", "latency_image_p50_ms", "{:.2f}"),
+        ("image p95 ms", "latency_image_p95_ms", "{:.2f}"),
+        ("batch p50 ms", "latency_batch_p50_ms", "{:.2f}"),
+        ("batch p95 ms", "latency_batch_p95_ms", "{:.2f}"),
+        ("images/s", "throughput_ips", "{:.1f}"),
+    ]
+    for title, *_ in columns:
+        table.add_column(title, justify="left" if title == "model" else "right")
+    for row in rows:
+        values = {**row, "file_size_bytes": row["file_size_bytes"] / 1e6}
+        table.add_row(*[fmt.format(values[key]) for _, key, fmt in columns])
+    _console().print(table)

@@ -1,0 +1,148 @@
+"""The validation runner: accuracy, drop, agreement and differences against an independent numpy count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_helpers import LABELS, SIZE, make_onnx, metadata, reference_probs, write_class_folder
+
+from serving import Predictor
+from serving.preprocess import load_image, to_model_input
+from serving.validate import Reference, ValidationError, scan_class_folder, validate
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("val") / "data"
+    items = write_class_folder(root, per_class=4, wrong=1)
+    return root, items
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    path = make_onnx(tmp_path_factory.mktemp("m") / "m.onnx", meta=metadata(reference_accuracy=0.8))
+    return Predictor.load(path, threads=1)
+
+
+def _truth(items):
+    """Independent computation: decode, resize, numpy model."""
+    x = to_model_input([load_image(p) for p, _ in items], SIZE)
+    labels = np.array([y for _, y in items])
+    return reference_probs(x).astype(np.float32), labels, x
+
+
+def _write_reference(path: Path, items, probs, labels, accuracy=None) -> Path:
+    keys = np.array([f"{Path(p).parent.name}/{Path(p).name}" for p, _ in items])
+    extra = {} if accuracy is None else {"accuracy": np.float64(accuracy)}
+    path.mkdir(parents=True, exist_ok=True)
+    np.savez(path / "reference.npz", paths=keys, labels=labels, probs=probs, **extra)
+    return path
+
+
+def test_scan_class_folder_maps_folders_to_model_labels(data):
+    root, items = data
+    found = scan_class_folder(root, LABELS)
+    assert sorted((str(p), y) for p, y in found) == sorted((str(p), y) for p, y in items)
+
+
+def test_accuracy_and_per_class_without_reference(predictor, data):
+    root, items = data
+    probs, labels, _ = _truth(items)
+    correct = probs.argmax(1) == labels
+    report = validate(predictor, scan_class_folder(root, LABELS), max_accuracy_drop=1.0, batch_size=5)
+    assert report.n == 16 and report.accuracy == pytest.approx(correct.mean())
+    assert report.accuracy == pytest.approx(0.75)  # one image per class shows another colour
+    expected = {name: pytest.approx(correct[labels == c].mean()) for c, name in enumerate(LABELS)}
+    assert report.per_class == expected
+    assert report.support == dict.fromkeys(LABELS, 4)
+    # no reference outputs: the reference accuracy is the metadata's 0.8 -> 5 points drop
+    assert report.reference_accuracy == 0.8 and report.reference_source == "model metadata"
+    assert report.accuracy_drop == pytest.approx(5.0)
+    assert report.passed is False
+    assert validate(predictor, scan_class_folder(root, LABELS), max_accuracy_drop=5.5).passed is True
+    assert report.agreement is None and report.max_abs_diff is None and report.latency_ms_per_image > 0
+    keys = {"n", "accuracy", "reference_accuracy", "accuracy_drop", "agreement", "passed", "max_abs_diff",
+            "per_class", "latency_ms_per_image", "failures"}
+    assert set(report.to_dict()) >= keys
+
+
+def test_reference_outputs_give_agreement_difference_and_same_image_accuracy(predictor, data, tmp_path):
+    root, items = data
+    probs, labels, _ = _truth(items)
+    ref = probs.copy()
+    ref[[0, 5, 9]] = np.roll(ref[[0, 5, 9]], 1, axis=1)  # the "Keras" model disagrees on three images
+    ref[3] += np.float32(0.01) * np.arange(4, dtype=np.float32)  # and differs slightly on another
+    export_dir = _write_reference(tmp_path / "export", items, ref, labels, accuracy=0.5)
+    report = validate(predictor, scan_class_folder(root, LABELS), export_dir, max_accuracy_drop=1.0)
+    assert report.n_reference == 16
+    assert report.agreement == pytest.approx(np.mean(ref.argmax(1) == probs.argmax(1)))
+    assert report.agreement == pytest.approx(13 / 16)
+    assert report.max_abs_diff == pytest.approx(np.abs(ref - probs).max(), abs=1e-5)
+    ref_acc = np.mean(ref.argmax(1) == labels)  # Keras accuracy on exactly these images, not the 0.5
+    assert report.reference_accuracy == pytest.approx(ref_acc)
+    assert report.accuracy_drop == pytest.approx(100 * (ref_acc - np.mean(probs.argmax(1) == labels)))
+    assert report.passed == (report.accuracy_drop <= 1.0)
+
+
+def test_partial_reference_uses_its_stored_accuracy(predictor, data, tmp_path):
+    root, items = data
+    probs, labels, _ = _truth(items)
+    half = slice(0, 16, 2)
+    export_dir = _write_reference(tmp_path / "export", items[half], probs[half], labels[half], accuracy=0.76)
+    report = validate(predictor, scan_class_folder(root, LABELS), Reference.load(export_dir), 1.0)
+    assert report.n_reference == 8 and report.agreement == 1.0
+    assert report.max_abs_diff == pytest.approx(0.0, abs=1e-5)
+    assert report.reference_accuracy == 0.76 and report.reference_source.endswith("reference.npz")
+    assert report.accuracy_drop == pytest.approx(1.0) and report.passed is True
+
+
+def test_pre_decoded_arrays_match_by_position(predictor, data):
+    _, items = data
+    probs, labels, x = _truth(items)
+    images = x.astype(np.uint8)
+    ref = Reference(probs=probs, labels=labels)
+    report = validate(predictor, (images, labels), reference=ref, batch_size=6)
+    assert report.n == 16 and report.agreement == 1.0 and report.accuracy_drop == pytest.approx(0.0)
+    assert report.max_abs_diff < 1e-5 and report.passed
+    float_report = validate(predictor, (x, labels))
+    assert float_report.accuracy == report.accuracy
+    with pytest.raises(ValidationError, match="16 reference outputs for 3 images"):
+        validate(predictor, (images[:3], labels[:3]), reference=ref)
+
+
+def test_unreadable_files_are_listed_and_skipped(predictor, data, tmp_path):
+    root, items = data
+    bad = tmp_path / "red" / "zz.png"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    report = validate(predictor, [*items, (bad, 0)])
+    assert report.n == 16 and report.accuracy == pytest.approx(0.75)
+    assert [f["path"] for f in report.failures] == [str(bad)] and "zz.png" in report.failures[0]["error"]
+
+
+def test_class_folder_errors_and_split_subfolder(tmp_path):
+    write_class_folder(tmp_path / "ds" / "val", per_class=1, wrong=0)
+    (tmp_path / "ds" / "train").mkdir()
+    found = scan_class_folder(tmp_path / "ds", LABELS)  # no classes at the top: val/ is used
+    assert sorted((p.parent.name, y) for p, y in found) == sorted((name, i) for i, name in enumerate(LABELS))
+    (tmp_path / "ds" / "val" / "purple").mkdir()
+    with pytest.raises(ValidationError, match="purple are not labels of this model"):
+        scan_class_folder(tmp_path / "ds", LABELS)
+    with pytest.raises(ValidationError, match="data folder not found"):
+        scan_class_folder(tmp_path / "missing", LABELS)
+    (tmp_path / "empty" / "red").mkdir(parents=True)
+    with pytest.raises(ValidationError, match="no .* images"):
+        scan_class_folder(tmp_path / "empty", LABELS)
+
+
+def test_reference_file_errors(tmp_path):
+    with pytest.raises(ValidationError, match="reference outputs not found"):
+        Reference.load(tmp_path)
+    np.savez(tmp_path / "reference.npz", probs=np.zeros((3, 4), np.float32), labels=np.zeros(2, int))
+    with pytest.raises(ValidationError, match="differ in length"):
+        Reference.load(tmp_path)
+    (tmp_path / "reference.npz").write_bytes(b"garbage")
+    with pytest.raises(ValidationError, match="not a readable reference"):
+        Reference.load(tmp_path)
