@@ -171,26 +171,17 @@ def evaluate(
     console.print(table)
 
 
-def _register_optional() -> None:
-    """Commands implemented by the export and serving packages (thin wrappers live there)."""
-    try:
-        from export.cli import export as export_cmd
-    except ImportError:  # pragma: no cover - export is part of the distribution
-        export_cmd = None
-    if export_cmd is not None:
-        app.command(name="export")(export_cmd)
+def _register_package_commands() -> None:
+    """Commands implemented by the export and serving packages (their thin wrappers live there)."""
+    from export.cli import export as export_cmd
     from serving import cli as serving_cli
 
+    app.command(name="export")(export_cmd)
     for name in ("predict", "validate", "benchmark"):
-        fn = getattr(serving_cli, name, None)
-        if fn is not None:
-            app.command(name=name)(fn)
+        app.command(name=name)(getattr(serving_cli, name))
 
 
-try:
-    _register_optional()
-except ImportError:  # pragma: no cover
-    pass
+_register_package_commands()
 
 
 @app.command()

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "square", "triangle", "cross")
-VERSION = "v3"
+VERSION = "v4"
 
 
 def cache_dir() -> Path:
@@ -59,7 +59,7 @@ def draw_shape(kind: str, rng: np.random.Generator, size: int = 64) -> Image.Ima
     return img
 
 
-def generate(root: str | os.PathLike, per_class: int = 300, val_fraction: float = 0.25, size: int = 64,
+def generate(root: str | os.PathLike, per_class: int = 600, val_fraction: float = 0.25, size: int = 64,
              seed: int = 0) -> Path:
     """Write the dataset to ``root/{train,val}/<class>/*.png``; returns ``root``."""
     root = Path(root)

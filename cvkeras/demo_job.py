@@ -14,12 +14,12 @@ from rich.console import Console
 
 #: Settings that make a from-scratch model learn the shapes within a couple of minutes on a CPU.
 DEMO_FLAGS = ["--model", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "64",
-              "--epochs", "0", "--fine-tune-epochs", "15", "--unfreeze", "all", "--fine-tune-lr", "0.002",
-              "--batch-size", "16", "--augment", "none", "--label-smoothing", "0", "--patience", "0"]
+              "--epochs", "0", "--fine-tune-epochs", "20", "--unfreeze", "all", "--fine-tune-lr", "0.003",
+              "--batch-size", "32", "--augment", "light", "--label-smoothing", "0", "--patience", "0"]
 
 
 def _run(console: Console, args: list[str]) -> int:
-    import click
+    """Run one ``cvkeras`` command line in this process, exactly as the console script would."""
     import typer
 
     from cvkeras.cli import app
@@ -27,11 +27,13 @@ def _run(console: Console, args: list[str]) -> int:
     console.rule("$ cvkeras " + " ".join(args))
     try:
         rv = typer.main.get_command(app).main(args, prog_name="cvkeras", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except Exception as exc:  # usage errors of the command line parser carry an exit code
+        if hasattr(exc, "exit_code") and hasattr(exc, "show"):
+            exc.show()
+            return int(exc.exit_code)
+        raise
     return int(rv or 0)
 
 
