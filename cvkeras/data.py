@@ -74,9 +74,15 @@ def _check_readable(paths: list[str], workers: int = 8) -> tuple[list[bool], lis
     def probe(p: str) -> str | None:
         try:
             load_image(p)
-            return None
         except ImageError as exc:
             return str(exc).split(": ", 1)[-1]
+        if p.lower().endswith(".bmp"):
+            from PIL import Image
+
+            with Image.open(p) as img:
+                if img.mode == "P":  # TensorFlow's BMP decoder returns the palette indices as grey
+                    return "palette BMP (TensorFlow cannot decode its colours); save it as PNG"
+        return None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = list(pool.map(probe, paths))

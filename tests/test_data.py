@@ -47,9 +47,11 @@ def test_formats_decode_and_corrupt_files_are_skipped_and_reported(tmp_path):
     Image.new("RGB", (64, 64), "white").save(good, quality=90)
     good.write_bytes(good.read_bytes()[:200])
     (root / "triangle" / "notes.txt").write_text("ignored")
+    Image.new("RGB", (30, 30), "blue").convert("P").save(root / "square" / "palette.bmp")
     s = scan_folder(root)
     skipped = sorted(p.rsplit("/", 1)[-1] for p, _ in s.skipped)
-    assert skipped == ["broken.jpg", "trunc.jpg"]
+    assert skipped == ["broken.jpg", "palette.bmp", "trunc.jpg"]
+    assert "save it as PNG" in dict(s.skipped)[str(root / "square" / "palette.bmp")]
     names = {p.rsplit("/", 1)[-1] for p, _ in s.train + s.val}
     assert {"rgba.png", "grey.png", "palette.png", "pic.bmp", "anim.gif"} <= names
 
