@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,18 @@ def test_tfds_source_with_mock_data(tmp_path):
 
         x, y = tfds_split_arrays(s.to_json(0), "val", (16, 16))
         assert x.shape[1:] == (16, 16, 3) and x.dtype == np.uint8 and len(x) == len(y) > 0
+
+
+def test_file_cache_holds_decoded_images_for_data_that_does_not_fit_in_memory(tmp_path, shapes_dir):
+    from cvkeras.pipeline import make_dataset
+
+    s = scan_folder(shapes_dir)
+    paths, labels = [p for p, _ in s.val], [y for _, y in s.val]
+    prefix = tmp_path / "cache" / "val"
+    prefix.parent.mkdir()
+    first = [x.numpy() for x, _ in make_dataset(paths, labels, (24, 24), 4, 3, cache=str(prefix))]
+    assert list(prefix.parent.iterdir()), "no cache file written"
+    for p in paths:  # the second pass must come from the cache, not the files
+        Path(p).unlink()
+    second = [x.numpy() for x, _ in make_dataset(paths, labels, (24, 24), 4, 3, cache=str(prefix))]
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(second))
