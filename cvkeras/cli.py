@@ -108,8 +108,20 @@ def finetune(
         cache=cache, tfds_data_dir=tfds_data_dir, precision=precision, strategy=strategy, jit=jit,
         steps_per_epoch=steps_per_epoch,
     )
+    if model and base.model and get_model_name(model) != get_model_name(base.model):
+        base.alpha = None  # a replayed config's width and size belong to its own model
+        base.image_size = None
     cfg = base.merged(overrides)
     run_finetune(cfg, output, force, resume)
+
+
+def get_model_name(name: str) -> str:
+    from cvkeras.registry import UnknownModelError, get
+
+    try:
+        return get(name).name
+    except UnknownModelError:
+        return name
 
 
 def run_finetune(cfg, output: str | None, force: bool, resume: bool):
@@ -122,12 +134,17 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool):
 
     try:
         result = finetune(cfg, output=output, force=force, resume=resume)
-    except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError) as exc:
+    except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError, TypeError,
+            OSError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        where = output or "the run directory"
+        where = output or "runs/<model>-N (the run printed above)"
         raise fail(f"interrupted; finished epochs are saved -- continue with "
                    f"`cvkeras finetune --resume --output {where}`", 130) from None
+    except Exception as exc:  # TensorFlow's own errors (e.g. a file its decoders reject) as one line
+        if type(exc).__module__.startswith("tensorflow"):
+            raise fail(f"TensorFlow failed: {str(exc).splitlines()[0][:300]}") from None
+        raise
     table = Table(title=f"run {result.run_dir}")
     table.add_column("")
     table.add_column("value")

@@ -83,6 +83,11 @@ class FinetuneConfig:
                 if key not in known:
                     raise ValueError(f"unknown config key {section}.{name}")
                 kwargs[key] = value
+        size = kwargs.get("image_size")
+        if isinstance(size, int):
+            kwargs["image_size"] = [size, size]
+        elif size is not None and (not isinstance(size, list) or not all(isinstance(v, int) for v in size)):
+            raise ValueError(f"model.image_size must be an int or [height, width], not {size!r}")
         return cls(**kwargs)
 
     def merged(self, overrides: dict[str, Any]) -> FinetuneConfig:

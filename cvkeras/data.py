@@ -9,7 +9,8 @@
 * ``demo:shapes``, a generated dataset (see :mod:`cvkeras.demo`).
 
 Every image is decoded once before training (in threads, with the device decoder of
-``serving.preprocess``); unreadable files are skipped and reported, structural problems raise
+``serving.preprocess``, and checked to be a format TensorFlow decodes the same way); unreadable files are
+skipped and reported, structural problems raise
 :class:`DataError` with one line naming the path and the fix.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from serving.preprocess import ImageError, is_image_file, load_image
 
+TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 
 
@@ -71,17 +73,18 @@ def _list_images(folder: Path) -> list[Path]:
 def _check_readable(paths: list[str], workers: int = 8) -> tuple[list[bool], list[tuple[str, str]]]:
     """Decode every file once; returns ok flags and (path, reason) for the unreadable ones."""
 
+    from PIL import Image
+
     def probe(p: str) -> str | None:
         try:
             load_image(p)
         except ImageError as exc:
             return str(exc).split(": ", 1)[-1]
-        if p.lower().endswith(".bmp"):
-            from PIL import Image
-
-            with Image.open(p) as img:
-                if img.mode == "P":  # TensorFlow's BMP decoder returns the palette indices as grey
-                    return "palette BMP (TensorFlow cannot decode its colours); save it as PNG"
+        with Image.open(p) as img:  # what Pillow reads, TensorFlow's decoders may not
+            if img.format not in TF_FORMATS:
+                return f"{img.format} image (training decodes JPEG, PNG, BMP, GIF only); convert it to PNG"
+            if img.format == "BMP" and (img.mode not in ("RGB", "RGBA", "L") or img.info.get("compression")):
+                return f"{img.mode} or compressed BMP (TensorFlow decodes it wrongly); save it as PNG"
         return None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -119,12 +122,12 @@ def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where:
     splits = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
     if len(classes) < 2:
         raise DataError(f"{where}: found {len(classes)} class(es); need at least two class folders or labels")
-    counts = Counter(y for items in splits.values() for _, y in items)
-    empty = [classes[i] for i in range(len(classes)) if counts.get(i, 0) == 0]
-    if empty:
-        raise DataError(f"{where}: class {empty[0]!r} has no readable images; add images or remove the class")
     if not splits.get("val"):
         splits["train"], splits["val"] = stratified_split(splits.get("train", []), val_split, seed)
+    counts = Counter(y for _, y in splits.get("train", []))
+    empty = [classes[i] for i in range(len(classes)) if counts.get(i, 0) == 0]
+    if empty:
+        raise DataError(f"{where}: class {empty[0]!r} has no readable training images; add images or remove it")
     if not splits["val"]:
         raise DataError(f"{where}: the validation split is empty; add images or raise --val-split")
     return DataSplit(classes, splits["train"], splits["val"], splits.get("test", []), skipped, source, root)
@@ -138,7 +141,7 @@ def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42,
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; pass a folder of class sub-folders, a .csv manifest or tfds:NAME")
     found = {name: next((root / d for d in dirs if (root / d).is_dir()), None) for name, dirs in SPLIT_DIRS.items()}
-    if found["train"] is not None and found["val"] is not None:
+    if found["train"] is not None:  # train/ [+ val/ or validation/] [+ test/]; val is split off train if absent
         classes = [d.name for d in _class_dirs(found["train"])]
         index = {c: i for i, c in enumerate(classes)}
         splits: dict[str, list[tuple[str, int]]] = {}
@@ -165,7 +168,7 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) ->
         raise DataError(f"{path}: CSV manifest not found")
     base = path.parent
     rows = []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
         for lineno, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -231,8 +234,12 @@ def tfds_dataset(tfds_meta: dict[str, Any], split: str):
     if not name:
         raise DataError(f"tfds:{tfds_meta['name']}: has no {split} split")
     full = tfds_meta["name"] + (f"/{tfds_meta['config']}" if tfds_meta.get("config") else "")
-    return tfds.load(full, split=name, data_dir=tfds_meta.get("data_dir"), as_supervised=True,
-                     shuffle_files=False, download=True)
+    try:
+        return tfds.load(full, split=name, data_dir=tfds_meta.get("data_dir"), as_supervised=True,
+                         shuffle_files=False, download=True)
+    except Exception as exc:  # offline, not prepared, bad split name...
+        raise DataError(f"tfds:{full}: cannot load split {name!r} ({str(exc).splitlines()[0][:200]}); "
+                        "prepare it or pass --tfds-data-dir") from None
 
 
 def tfds_split_arrays(split_doc: dict[str, Any], split: str, size) -> tuple[np.ndarray, np.ndarray]:

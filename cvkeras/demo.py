@@ -6,7 +6,7 @@ random noisy background. The set is deterministic and written once to the cache 
 (``$CVKERAS_CACHE`` or ``~/.cache/cvkeras``) as PNG files in ``train/`` and ``val/`` class folders.
 
 Example:
-    >>> root = ensure_demo("demo:shapes")   # -> ~/.cache/cvkeras/demo/shapes-v1
+    >>> root = ensure_demo("demo:shapes")   # -> ~/.cache/cvkeras/demo/shapes-v4
 """
 
 from __future__ import annotations

@@ -61,7 +61,11 @@ def predict_paths(model, paths: list[str], size, batch_size: int = 64) -> np.nda
 
 def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "val",
                  write: bool = True) -> dict[str, Any]:
-    """Recompute a run's metrics from ``best.keras`` on its own split, or on another dataset ``data``."""
+    """Recompute a run's metrics from ``best.keras`` on its own split, or on all of another dataset ``data``.
+
+    The run's validation report goes to ``metrics.json``; ``--split test`` and ``--data`` reports go to
+    ``metrics-test.json`` / ``metrics-data.json`` (and matching confusion-matrix plots).
+    """
     from cvkeras.data import load_source
     from cvkeras.pipeline import load_split_images
 
@@ -79,17 +83,21 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
         ds_split = load_source(data, seed=int(cfg["data"].get("seed", 42)))
         if ds_split.classes != classes:
             raise rundir.RunDirError(f"{data}: classes {ds_split.classes} differ from the run's {classes}")
-        items = getattr(ds_split, split) or (ds_split.train + ds_split.val if split == "val" else [])
+        # another dataset is a held-out set as a whole: every image in it counts
+        items = ds_split.train + ds_split.val + ds_split.test
         labels = np.asarray([y for _, y in items])
         probs = predict_paths(model, [p for p, _ in items], size)
     report = classification_report(probs, labels, classes)
     report["split"] = split
     report["data"] = data or "run"
     if write:
-        rundir.write_json(run / rundir.METRICS, report)
+        # the run's own validation report is metrics.json; other evaluations get their own files
+        default = data is None and split == "val"
+        name = "" if default else ("-data" if data is not None else f"-{split}")
+        rundir.write_json(run / rundir.METRICS.replace(".json", f"{name}.json"), report)
         from cvkeras.plots import plot_confusion
 
-        plot_confusion(report["confusion_matrix"], classes, run / rundir.CONFUSION)
+        plot_confusion(report["confusion_matrix"], classes, run / rundir.CONFUSION.replace(".png", f"{name}.png"))
     return report
 
 

@@ -40,6 +40,10 @@ def resize_image(img, size: Sequence[int]):
     """Resize an HWC uint8/float image per the contract and round to 8-bit values (float32 out)."""
     import tensorflow as tf
 
+    if img.shape[-1] == 1:  # grey sources (e.g. TFDS mnist) are replicated to RGB, as the contract says
+        img = tf.image.grayscale_to_rgb(img)
+    elif img.shape[-1] == 4:
+        img = img[..., :3]
     img = tf.image.resize(
         tf.cast(img, tf.float32), (int(size[0]), int(size[1])),
         method=contract.RESIZE_METHOD, antialias=contract.RESIZE_ANTIALIAS,

@@ -217,14 +217,53 @@ def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: b
         # A config without data means "as saved"; the CLI passes the saved config with its flags applied.
         return run, cfg if cfg.data else FinetuneConfig.from_dict(rundir.read_config(run))
     run = Path(output) if output else next_run_dir(get(cfg.model).name)
+    if run.exists() and not run.is_dir():
+        raise RunExistsError(f"{run}: is a file; pass a folder to --output")
     if run.exists() and any(run.iterdir()):
         if not force:
             raise RunExistsError(f"{run}: run directory exists; pass --force to overwrite or --resume to continue")
+        if not ((run / rundir.CONFIG).is_file() or (run / rundir.CHECKPOINTS).is_dir()):
+            # --force replaces earlier runs only: never a dataset, a home folder or anything else
+            raise RunExistsError(f"{run}: not a cvkeras run directory; refusing to overwrite it, pick another --output")
         import shutil
 
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     return run, cfg
+
+
+def validate_config(cfg: FinetuneConfig) -> None:
+    """Check every option before any file is touched, so a typo never leaves a half-made run."""
+    from cvkeras.augment import Augmenter
+
+    spec = get(cfg.model)
+    resolve_alpha(spec, cfg.alpha)
+    size = list(cfg.image_size or spec.input_size)
+    if len(size) not in (1, 2) or min(int(v) for v in size) < spec.min_size:
+        raise ValueError(f"--image-size {size} is below {spec.name}'s minimum of {spec.min_size} px")
+    Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)
+    if str(cfg.unfreeze) != "all":
+        try:
+            frac = float(cfg.unfreeze)
+        except ValueError:
+            frac = -1.0
+        if not 0.0 <= frac <= 1.0:
+            raise ValueError(f"--unfreeze must be a fraction in 0..1 or 'all', not {cfg.unfreeze!r}")
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
+    if cfg.class_weights not in ("auto", "none"):
+        raise ValueError(f"unknown --class-weights {cfg.class_weights!r}; choose auto or none")
+    resolve_precision(cfg.precision) if cfg.precision != "auto" else None
+    if cfg.strategy not in ("auto", "none", "mirrored", "multi-worker"):
+        raise ValueError(f"unknown --strategy {cfg.strategy!r}; choose auto, none, mirrored or multi-worker")
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, not {cfg.batch_size}")
+    if cfg.epochs < 0 or cfg.fine_tune_epochs < 0 or cfg.epochs + cfg.fine_tune_epochs == 0:
+        raise ValueError("--epochs and --fine-tune-epochs must be >= 0 and not both 0")
+    if not 0.0 < cfg.val_split < 1.0:
+        raise ValueError(f"--val-split must be between 0 and 1, not {cfg.val_split}")
+    if cfg.learning_rate <= 0 or cfg.fine_tune_learning_rate <= 0:
+        raise ValueError("learning rates must be positive")
 
 
 def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False, resume: bool = False,
@@ -252,8 +291,10 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
 
     if not cfg.data and not resume:
         raise ValueError("no data given; pass a class folder, a .csv manifest, tfds:NAME or demo:shapes")
+    if cfg.data or not resume:
+        validate_config(cfg)
     strategy = make_strategy(cfg.strategy)  # first: multi-worker needs it before other TF ops
-    write = True
+    write = True  # every worker checkpoints (collectives need all of them); only the chief writes the run
     if not is_chief():  # a non-chief worker writes its own copy beside the run, never into it
         output = str(Path(output or "runs/worker").with_name(f".{Path(output or 'worker').name}-worker"
                                                                f"{worker_index()}"))
@@ -324,8 +365,10 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     pretrained = str(cfg.weights).lower() not in ("none", "random", "")
     stages = [(1, cfg.epochs, cfg.learning_rate), (2, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate)]
     for stage, epochs, lr in stages:
-        if stage < state["stage"] or epochs <= 0:
+        if state.get("finished") or stage < state["stage"] or epochs <= 0:
             continue
+        if resume and stage == state["stage"] and cfg.patience and state["wait"] >= cfg.patience:
+            continue  # this stage had already stopped early when the run was interrupted
         continuing = resume and stage == state["stage"] and state["epoch"] > 0
         if state["stage"] != stage:
             state.update(stage=stage, epoch=0, wait=0)

@@ -2,7 +2,7 @@
 
 Every cvkeras model takes ``float32`` NHWC **RGB** images with values ``0..255`` at its input size and
 carries its own normalisation inside the graph. Getting from a file to that tensor is defined here,
-once, and honoured by training (TensorFlow, ``cvkeras.data``), export calibration and serving (Pillow):
+once, and honoured by training (TensorFlow, ``cvkeras.pipeline``), export calibration and serving (Pillow):
 
 1. decode to 8-bit RGB: greyscale is replicated, alpha is dropped (not composited), palettes are
    expanded, 16-bit samples keep their high byte (``v >> 8``, as TensorFlow's PNG decoder does), GIFs

@@ -65,7 +65,7 @@ def test_structural_problems_are_one_line_errors(tmp_path):
         scan_folder(one)
     two = write_shapes(tmp_path / "two", per_class=3, classes=("circle", "square"))
     (two / "empty").mkdir()
-    with pytest.raises(DataError, match="'empty' has no readable images"):
+    with pytest.raises(DataError, match="'empty' has no readable training images"):
         scan_folder(two)
 
 
@@ -184,3 +184,35 @@ def test_file_cache_holds_decoded_images_for_data_that_does_not_fit_in_memory(tm
         Path(p).unlink()
     second = [x.numpy() for x, _ in make_dataset(paths, labels, (24, 24), 4, 3, cache=str(prefix))]
     np.testing.assert_array_equal(np.concatenate(first), np.concatenate(second))
+
+
+def test_train_test_layout_without_val_splits_train_and_keeps_classes(tmp_path):
+    root = write_shapes(tmp_path / "d" / "train", per_class=8)
+    write_shapes(tmp_path / "d" / "test", per_class=2)
+    s = scan_folder(tmp_path / "d", val_split=0.25)
+    assert s.classes == ["circle", "square", "triangle"]
+    assert len(s.test) == 6 and len(s.val) == 6 and all("/train/" in p for p, _ in s.train + s.val)
+    assert root.is_dir()
+
+
+def test_csv_with_byte_order_mark_and_formats_tensorflow_cannot_decode(tmp_path, shapes_dir):
+    files = sorted(shapes_dir.rglob("*.png"))
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "scan.tif")
+    rows = [f"{f.relative_to(tmp_path)},{f.parent.name}" for f in files] + ["scan.tif,circle"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "\n".join(rows), encoding="utf-8-sig")
+    s = read_csv(manifest)
+    assert len(s.train) + len(s.val) == len(files)
+    assert [p.rsplit("/", 1)[-1] for p, _ in s.skipped] == ["scan.tif"]
+    assert "convert it to PNG" in s.skipped[0][1]
+
+
+def test_a_class_with_only_validation_images_is_an_error(tmp_path):
+    root = write_shapes(tmp_path / "d", per_class=8, layout="split")
+    (root / "val" / "hexagon").mkdir()
+    Image.new("RGB", (20, 20), "red").save(root / "val" / "hexagon" / "h.png")
+    with pytest.raises(DataError, match="is not in"):
+        scan_folder(root)
+    (root / "train" / "hexagon").mkdir()
+    with pytest.raises(DataError, match="'hexagon' has no readable training images"):
+        scan_folder(root)

@@ -115,6 +115,8 @@ def test_resume_after_the_process_is_killed(tmp_path, shapes_dir):
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert (run / "metrics.json").is_file()
+    again = invoke("finetune", "--resume", "--output", str(run))  # a finished run is not trained further
+    assert again.exit_code == 0 and json.loads(state.read_text())["global_epoch"] == 4
 
 
 @pytest.mark.slow
@@ -212,3 +214,18 @@ def test_two_local_workers_train_in_sync(tmp_path, shapes_dir):
     for a, b in zip(chief.get_weights(), other.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert yaml.safe_load((run / "config.yaml").read_text())["run"]["replicas"] == 2
+
+
+def test_bad_options_and_unsafe_outputs_fail_before_any_file_is_written(tmp_path, shapes_dir):
+    before = sorted(p.name for p in shapes_dir.rglob("*"))
+    # --force replaces earlier runs only, never a folder that is not a run (here: the dataset itself)
+    result = CliRunner().invoke(app, ["finetune", str(shapes_dir), *TINY, "--output", str(shapes_dir), "--force"])
+    assert result.exit_code == 2 and "not a cvkeras run directory" in result.output
+    assert sorted(p.name for p in shapes_dir.rglob("*")) == before
+    for flag, value, message in [("--unfreeze", "1.5", "--unfreeze"), ("--augment", "wild", "--augment"),
+                                 ("--optimizer", "lion", "--optimizer"), ("--batch-size", "0", "--batch-size"),
+                                 ("--image-size", "16", "minimum")]:
+        run = tmp_path / f"run{flag}"
+        result = CliRunner().invoke(app, ["finetune", str(shapes_dir), *TINY, flag, value, "--output", str(run)])
+        assert result.exit_code == 2 and message in result.output, (flag, result.output)
+        assert not run.exists(), flag
