@@ -113,6 +113,7 @@ def test_tf_pipeline_matches_the_device_decoder(tmp_path):
         pil = resize(load_image(path), (48, 40)).astype(np.float32)
         assert tf_img.shape == pil.shape == (48, 40, 3)
         assert np.abs(tf_img - pil).max() <= 1.0, path
+        assert (tf_img != pil).mean() < 0.03, path  # same two-pass rounding as Pillow, not just close
 
 
 def test_pipeline_is_deterministic_with_a_seed_and_augments_in_range(shapes_dir):
