@@ -145,6 +145,7 @@ def make_dataset(
     else:
         ds = decoded_dataset(paths, labels, size)
         n = len(paths)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), y))  # cache 8-bit values: 4x less memory traffic
     if cache == "memory":
         ds = ds.cache()
     elif cache and cache != "none":
@@ -152,10 +153,15 @@ def make_dataset(
     if training:
         ds = ds.shuffle(min(n or 10_000, 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training and augmenter is not None and augmenter.active:
-        # Sequential on purpose: the random ops are stateful, and a parallel map would draw from them in
-        # a racy order (non-deterministic batches). Each call is a whole vectorised batch, so it is cheap.
-        ds = ds.map(augmenter)
+        # One seed per batch, new each epoch, fixed by the seed: stateless augmentation runs in parallel
+        # and still gives the same batches for the same --seed.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda xy, s: augmenter.stateless(xy[0], xy[1], s),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if augmenter.has_stateful:
+            ds = ds.map(augmenter.stateful)  # stateful Keras layers: sequential, so draws stay in order
     return ds.prefetch(tf.data.AUTOTUNE)
