@@ -15,6 +15,7 @@ stages, and faster than plain. Usage: ``python bench/pipeline.py [--steps 40] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -80,9 +81,10 @@ def main() -> None:
     ours = ours.repeat()
     xb, yb = next(iter(make_dataset(paths[: args.batch], labels[: args.batch], size, args.batch, n)))
     in_memory = tf.data.Dataset.from_tensors((xb, yb)).repeat()
-    plain = keras.utils.image_dataset_from_directory(
-        args.data, image_size=size, batch_size=args.batch, label_mode="categorical", seed=0,
-        validation_split=0.2, subset="training", verbose=False).prefetch(tf.data.AUTOTUNE).repeat()
+    with contextlib.redirect_stdout(sys.stderr):  # it prints "Using N files"; stdout is for the JSON
+        plain = keras.utils.image_dataset_from_directory(
+            args.data, image_size=size, batch_size=args.batch, label_mode="categorical", seed=0,
+            validation_split=0.2, subset="training", verbose=False).prefetch(tf.data.AUTOTUNE).repeat()
 
     results: dict[str, dict[str, float]] = {}
     for stage in (1, 2):

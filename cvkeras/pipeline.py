@@ -164,4 +164,6 @@ def make_dataset(
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if augmenter.has_stateful:
             ds = ds.map(augmenter.stateful)  # stateful Keras layers: sequential, so draws stay in order
-    return ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1  # parallelism comes from the maps, not inside each op
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
