@@ -271,8 +271,12 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
     """Run (or resume) a fine-tuning job end to end and write the run directory."""
     if os.environ.get("CVKERAS_CPU_DEVICES"):
         split_cpu(int(os.environ["CVKERAS_CPU_DEVICES"]))
+    import warnings
+
     import keras
 
+    # Keras warns that fit()'s shuffle flag is ignored for a tf.data input; ours is shuffled in the pipeline.
+    warnings.filterwarnings("ignore", message=".*shuffle=True. was passed", category=UserWarning)
     previous_policy = keras.mixed_precision.global_policy()
     try:
         return _finetune(cfg, output, force, resume, verbose, callbacks)
