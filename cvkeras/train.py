@@ -93,11 +93,6 @@ def make_strategy(name: str):
     if name == "multi-worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multi-worker needs TF_CONFIG describing the cluster")
-        if not os.environ.get("CVKERAS_TRY_MULTI_WORKER"):
-            # Keras 3's model.fit breaks under MultiWorkerMirroredStrategy (PerReplica conversion error,
-            # keras-team/keras#20585, open on Keras 3.15); fail before any work instead of mid-epoch.
-            raise ValueError("--strategy multi-worker is not supported by Keras 3's model.fit yet "
-                             "(keras-team/keras#20585); use --strategy mirrored on one machine")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown --strategy {name!r}; choose auto, none, mirrored or multi-worker")
 
@@ -165,6 +160,67 @@ def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
         raise ValueError(f"unknown --class-weights {mode!r}; choose auto or none")
     total, c = sum(counts), len(counts)
     return {i: total / (c * n) if n else 0.0 for i, n in enumerate(counts)}
+
+
+def fit_multi_worker(model, strategy, train_ds, val_ds, initial_epoch: int, epochs: int, steps: int,
+                     cfg: FinetuneConfig, weights: dict[int, float] | None, num_classes: int, callbacks: list) -> None:
+    """The training loop under MultiWorkerMirroredStrategy, written out with ``strategy.run``.
+
+    Keras 3's ``model.fit`` fails under this strategy (keras-team/keras#20585: a PerReplica value reaches
+    a tensor conversion), so this loop does what fit does: per-replica loss scaled by the *global* batch,
+    gradients all-reduced by the optimizer, metrics summed across workers, validation, then the same
+    callbacks (checkpointing, early stopping) with the same logs.
+    """
+    import keras
+    import tensorflow as tf
+
+    loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing, reduction=None)
+    opt = model.optimizer
+    with strategy.scope():
+        opt.build(model.trainable_variables)
+    class_w = tf.constant([weights.get(i, 1.0) for i in range(num_classes)] if weights else [1.0] * num_classes,
+                          tf.float32)
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds.repeat()))
+
+    @tf.function
+    def train_step(it):
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                p = model(x, training=True)
+                per_example = loss_fn(y, p) * tf.gather(class_w, tf.argmax(y, axis=-1))
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=cfg.batch_size)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            correct = tf.reduce_sum(tf.cast(tf.argmax(p, -1) == tf.argmax(y, -1), tf.float32))
+            return loss, correct, tf.cast(tf.shape(y)[0], tf.float32)
+
+        loss, correct, count = strategy.run(step, args=next(it))
+        return (strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None),
+                strategy.reduce("SUM", count, axis=None))
+
+    for cb in callbacks:
+        cb.set_model(model)
+    for epoch in range(initial_epoch, epochs):
+        total_loss = total_correct = total_count = 0.0
+        for _ in range(steps):
+            loss, correct, count = train_step(iterator)
+            total_loss += float(loss)
+            total_correct += float(correct)
+            total_count += float(count)
+        val_loss = val_correct = val_count = 0.0
+        for x, y in val_ds:  # every worker sees the whole validation set, so all agree on early stopping
+            p = model(x, training=False)
+            val_loss += float(tf.reduce_sum(keras.losses.categorical_crossentropy(y, p)))
+            val_correct += float(tf.reduce_sum(tf.cast(tf.argmax(p, -1) == tf.argmax(y, -1), tf.float32)))
+            val_count += float(tf.shape(y)[0])
+        logs = {"loss": total_loss / steps, "accuracy": total_correct / max(total_count, 1.0),
+                "val_loss": val_loss / max(val_count, 1.0), "val_accuracy": val_correct / max(val_count, 1.0)}
+        print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+        model.stop_training = False
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
 
 
 def _make_checkpointer(run: Path, export_model, state: dict[str, Any], patience: int, write: bool):
@@ -287,6 +343,7 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
 def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool, verbose: int | None,
               callbacks: list | None) -> FinetuneResult:
     import keras
+    import tensorflow as tf
 
     from cvkeras.augment import Augmenter
     from cvkeras.data import load_source, tfds_dataset
@@ -382,7 +439,11 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
             with strategy.scope():
                 set_trainable(model, stage, cfg.unfreeze, freeze_bn=pretrained)
                 compile_model(model, cfg, lr, steps, epochs, num_classes)
-        model.fit(train_ds, initial_epoch=state["epoch"], epochs=epochs, **fit_kwargs)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            fit_multi_worker(model, strategy, train_ds, val_ds, state["epoch"], epochs, steps, cfg,
+                             weights, num_classes, fit_kwargs["callbacks"])
+        else:
+            model.fit(train_ds, initial_epoch=state["epoch"], epochs=epochs, **fit_kwargs)
         resume = False  # a later stage starts fresh
     state["finished"] = True
     if write:
