@@ -120,17 +120,18 @@ def test_resume_after_the_process_is_killed(tmp_path, shapes_dir):
 
 
 @pytest.mark.slow
-def test_mixed_precision_trains_and_saves_a_float32_model(tmp_path, shapes_dir):
+def test_mixed_precision_with_xla_trains_and_saves_a_float32_model(tmp_path, shapes_dir):
     import keras
 
     run = tmp_path / "run"
     result = invoke("finetune", str(shapes_dir), *TINY, "--epochs", "1", "--fine-tune-epochs", "0",
-                    "--precision", "mixed_bfloat16", "--output", str(run))
+                    "--precision", "mixed_bfloat16", "--jit", "--output", str(run))
     assert result.exit_code == 0, result.output
     assert keras.mixed_precision.global_policy().name == "float32", "training leaked its dtype policy"
     model = keras.saving.load_model(run / "best.keras", safe_mode=True)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
-    assert yaml.safe_load((run / "config.yaml").read_text())["run"]["precision"] == "mixed_bfloat16"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["run"]["precision"] == "mixed_bfloat16" and cfg["train"]["jit"] is True
 
 
 @pytest.mark.slow
