@@ -8,7 +8,6 @@ confusion matrix) so it can be checked independently; ``evaluate_run`` recompute
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,14 +66,13 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
     ``metrics-test.json`` / ``metrics-data.json`` (and matching confusion-matrix plots).
     """
     from cvkeras.data import load_source
+    from cvkeras.model import load_model
     from cvkeras.pipeline import load_split_images
 
     run = rundir.check_run(run)
     classes = rundir.read_labels(run)
     cfg = rundir.read_config(run)
     size = cfg["model"]["image_size"]
-    from cvkeras.model import load_model
-
     model = load_model(run / rundir.BEST)
     if data is None:
         images, labels, _ = load_split_images(run, split)
@@ -109,6 +107,3 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((topk.replace("_", "-"), f"{report[topk]:.4f}"))
     rows += [("loss", f"{report['loss']:.4f}"), ("macro F1", f"{report['macro_f1']:.4f}")]
     return rows
-
-
-__all__ = ["classification_report", "evaluate_run", "predict_paths", "summary_rows", "Path"]

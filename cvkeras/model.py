@@ -148,15 +148,26 @@ def set_trainable(model, stage: int, unfreeze: float | str = 0.3, freeze_bn: boo
         return 0
     base.trainable = True
     layers = base.layers
-    frac = 1.0 if str(unfreeze) == "all" else float(unfreeze)
-    if not 0.0 <= frac <= 1.0:
-        raise ValueError(f"--unfreeze must be a fraction in 0..1 or 'all', not {unfreeze}")
+    frac = unfreeze_fraction(unfreeze)
     cut = len(layers) - int(round(frac * len(layers)))
     count = 0
     for i, layer in enumerate(layers):
         layer.trainable = i >= cut and not (freeze_bn and isinstance(layer, keras.layers.BatchNormalization))
         count += int(layer.trainable and bool(layer.weights))
     return count
+
+
+def unfreeze_fraction(unfreeze: float | str) -> float:
+    """``--unfreeze`` as a fraction of backbone layers: a number in 0..1, or ``all`` (= 1.0)."""
+    if str(unfreeze) == "all":
+        return 1.0
+    try:
+        frac = float(unfreeze)
+    except ValueError:
+        frac = -1.0
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"--unfreeze must be a fraction in 0..1 or 'all', not {unfreeze!r}")
+    return frac
 
 
 def to_float32(model, spec_name: str, num_classes: int, image_size, alpha, dropout: float):
@@ -185,6 +196,6 @@ def load_model(path: str | os.PathLike):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
     finally:
         keras.mixed_precision.set_global_policy(previous)

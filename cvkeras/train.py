@@ -33,6 +33,17 @@ from cvkeras.registry import get, resolve_alpha
 STATE = "state.json"
 LAST = "last.keras"
 HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
+OPTIMIZERS = ("adamw", "sgd")
+CLASS_WEIGHTS = ("auto", "none")
+
+
+def check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a ValueError naming the flag and the choices."""
+    if value not in allowed:
+        raise ValueError(f"unknown {flag} {value!r}; choose {', '.join(allowed[:-1])} or {allowed[-1]}")
+    return value
 
 
 class RunExistsError(FileExistsError):
@@ -63,10 +74,7 @@ def next_run_dir(model: str, base: str | os.PathLike = "runs") -> Path:
 
 def resolve_precision(precision: str) -> str:
     """``auto`` picks mixed_float16 on a GPU of compute capability >= 7.0, else float32."""
-    allowed = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-    if precision not in allowed:
-        raise ValueError(f"unknown --precision {precision!r}; choose one of {', '.join(allowed)}")
-    if precision != "auto":
+    if check_choice("--precision", precision, PRECISIONS) != "auto":
         return precision
     import tensorflow as tf
 
@@ -81,6 +89,7 @@ def make_strategy(name: str):
     """tf.distribute strategy: auto (mirrored on >1 GPU), none, mirrored, multi-worker (TF_CONFIG)."""
     import tensorflow as tf
 
+    check_choice("--strategy", name, STRATEGIES)
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "auto":
@@ -90,11 +99,9 @@ def make_strategy(name: str):
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi-worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multi-worker needs TF_CONFIG describing the cluster")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown --strategy {name!r}; choose auto, none, mirrored or multi-worker")
+    if "TF_CONFIG" not in os.environ:  # multi-worker
+        raise ValueError("--strategy multi-worker needs TF_CONFIG describing the cluster")
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def split_cpu(n: int) -> None:
@@ -137,12 +144,10 @@ def compile_model(model, cfg: FinetuneConfig, lr: float, steps_per_epoch: int, e
     import keras
 
     schedule = _schedule(lr, int(round(cfg.warmup_epochs * steps_per_epoch)), steps_per_epoch * epochs)
-    if cfg.optimizer == "adamw":
+    if check_choice("--optimizer", cfg.optimizer, OPTIMIZERS) == "adamw":
         opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "sgd":
-        opt = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
     else:
-        raise ValueError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
+        opt = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
     model.compile(
         optimizer=opt,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
@@ -154,10 +159,8 @@ def compile_model(model, cfg: FinetuneConfig, lr: float, steps_per_epoch: int, e
 
 def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
     """``auto``: inverse frequency (n / (C * count_c)); ``none``: no weighting."""
-    if mode == "none":
+    if check_choice("--class-weights", mode, CLASS_WEIGHTS) == "none":
         return None
-    if mode != "auto":
-        raise ValueError(f"unknown --class-weights {mode!r}; choose auto or none")
     total, c = sum(counts), len(counts)
     return {i: total / (c * n) if n else 0.0 for i, n in enumerate(counts)}
 
@@ -291,6 +294,7 @@ def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: b
 def validate_config(cfg: FinetuneConfig) -> None:
     """Check every option before any file is touched, so a typo never leaves a half-made run."""
     from cvkeras.augment import Augmenter
+    from cvkeras.model import unfreeze_fraction
 
     spec = get(cfg.model)
     resolve_alpha(spec, cfg.alpha)
@@ -298,20 +302,11 @@ def validate_config(cfg: FinetuneConfig) -> None:
     if len(size) not in (1, 2) or min(int(v) for v in size) < spec.min_size:
         raise ValueError(f"--image-size {size} is below {spec.name}'s minimum of {spec.min_size} px")
     Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)
-    if str(cfg.unfreeze) != "all":
-        try:
-            frac = float(cfg.unfreeze)
-        except ValueError:
-            frac = -1.0
-        if not 0.0 <= frac <= 1.0:
-            raise ValueError(f"--unfreeze must be a fraction in 0..1 or 'all', not {cfg.unfreeze!r}")
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
-    if cfg.class_weights not in ("auto", "none"):
-        raise ValueError(f"unknown --class-weights {cfg.class_weights!r}; choose auto or none")
-    resolve_precision(cfg.precision) if cfg.precision != "auto" else None
-    if cfg.strategy not in ("auto", "none", "mirrored", "multi-worker"):
-        raise ValueError(f"unknown --strategy {cfg.strategy!r}; choose auto, none, mirrored or multi-worker")
+    unfreeze_fraction(cfg.unfreeze)
+    check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
+    check_choice("--class-weights", cfg.class_weights, CLASS_WEIGHTS)
+    check_choice("--precision", cfg.precision, PRECISIONS)
+    check_choice("--strategy", cfg.strategy, STRATEGIES)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, not {cfg.batch_size}")
     if cfg.epochs < 0 or cfg.fine_tune_epochs < 0 or cfg.epochs + cfg.fine_tune_epochs == 0:

@@ -142,14 +142,12 @@ def _iter_layers(layer) -> list:
 
 def load_float32_model(run: Path, cfg: dict[str, Any], num_classes: int):
     """Load ``best.keras`` (safe mode); rebuild under float32 if any layer computes in mixed precision."""
-    import keras
-
     import cvkeras.model as cvmodel
     from cvkeras.rundir import BEST
 
     path = run / BEST
     try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = cvmodel.load_model(path)  # safe mode, float32 policy while loading
     except Exception as exc:  # corrupt zip, unknown layer, safe-mode refusal
         raise ExportError(f"{path}: cannot load the model ({first_line(exc, 200)}); "
                           "re-run `cvkeras finetune` to write it again") from None
