@@ -93,9 +93,11 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
         default = data is None and split == "val"
         name = "" if default else ("-data" if data is not None else f"-{split}")
         rundir.write_json(run / rundir.METRICS.replace(".json", f"{name}.json"), report)
-        from cvkeras.plots import plot_confusion
+        from cvkeras.plots import plot_confusion, report_title
 
-        plot_confusion(report["confusion_matrix"], classes, run / rundir.CONFUSION.replace(".png", f"{name}.png"))
+        what = f"{data}" if data is not None else f"{split} split"
+        plot_confusion(report["confusion_matrix"], classes, run / rundir.CONFUSION.replace(".png", f"{name}.png"),
+                       title=report_title(report, what))
     return report
 
 

@@ -445,12 +445,13 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         rundir.write_json(state_path, state)
 
     from cvkeras.evaluate import evaluate_run
-    from cvkeras.plots import plot_curves
+    from cvkeras.plots import plot_curves, report_title
 
     metrics: dict[str, Any] = {}
     if write:
-        plot_curves(run / rundir.HISTORY, run / rundir.CURVES)
         metrics = evaluate_run(run, split="val")
+        plot_curves(run / rundir.HISTORY, run / rundir.CURVES,
+                    title=f"{spec.name} - best epoch on the " + report_title(metrics, "val split"))
         if split.test:
             test = evaluate_run(run, split="test", write=False)
             metrics["test"] = {k: test[k] for k in ("n", "accuracy", "loss", "macro_f1")}
