@@ -36,18 +36,53 @@ def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _num(row: dict, key: str, scale: float = 1.0, fmt: str = ".2f") -> str:
+    return format(row[key] * scale, fmt) if key in row else "?"
+
+
 @app.command()
-def models() -> None:
-    """List the model registry: names, input size, normalisation and width multipliers."""
+def models(
+    measure: str = typer.Option(None, "--measure", help="Build this model here and measure it (needs TensorFlow)."),
+    alpha: float = typer.Option(None, help="Width multiplier for --measure."),
+    image_size: int = typer.Option(None, "--image-size", help="Input size in px for --measure."),
+) -> None:
+    """List the backbones by what an edge model is chosen by: parameters, multiply-adds and file size.
+
+    Figures are computed from the real Keras models at each row's default input size and width (backbone
+    without its head). --measure NAME builds one model here, at any width and size, and adds its CPU latency.
+    """
+    from cvkeras.model_stats import load_table
     from cvkeras.registry import REGISTRY
 
-    table = Table(title=f"{len(REGISTRY)} Keras Applications backbones")
-    for col in ("name", "constructor", "input", "normalisation", "--alpha"):
-        table.add_column(col, no_wrap=col != "--alpha")
-    for spec in REGISTRY.values():
-        table.add_row(spec.name, spec.constructor, f"{spec.input_size[0]}x{spec.input_size[1]}",
-                      spec.preprocess, ", ".join(map(str, spec.alphas)) or "-")
+    if measure:
+        _quiet_tf()
+        from cvkeras.model_stats import measure as measure_row
+
+        try:
+            row = measure_row(measure, alpha, image_size)
+        except (KeyError, ValueError) as exc:
+            raise fail(str(exc)) from None
+        specs, stats = [REGISTRY[row["name"]]], {row["name"]: row}
+    else:
+        specs, stats = list(REGISTRY.values()), load_table()
+    from rich import box
+
+    table = Table(title=f"{len(specs)} Keras Applications backbone{'s' if len(specs) > 1 else ''}",
+                  box=box.SIMPLE_HEAD)
+    timed = any("cpu_ms" in row for row in stats.values())  # latency is machine-specific: shown when measured
+    for col in ("name", "input", "params M", "GMACs", "fp32 MB", *(("CPU ms",) if timed else ()), "--alpha"):
+        left = col in ("name", "input", "--alpha")
+        table.add_column(col, no_wrap=True, min_width=len(col), justify="left" if left else "right")
+    for spec in specs:
+        row = stats.get(spec.name, {})
+        size = row.get("input_size", spec.input_size)
+        alphas = f"{min(spec.alphas):g}-{max(spec.alphas):g}" if spec.alphas else "-"
+        table.add_row(spec.name, f"{size[0]}x{size[1]}", _num(row, "params", 1e-6), _num(row, "gmacs"),
+                      _num(row, "float32_mb"), *((_num(row, "cpu_ms", fmt=".0f"),) if timed else ()), alphas)
     console.print(table)
+    if not measure:
+        console.print("Backbones without head, at the default size and width. `cvkeras models --measure NAME "
+                      "[--alpha A] [--image-size N]` builds one here and times it on this machine.")
 
 
 @app.command()
