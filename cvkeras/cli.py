@@ -223,6 +223,42 @@ def evaluate(
     console.print(table)
 
 
+@app.command()
+def explain(
+    run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    layer: str = typer.Option(None, "--layer", help="Backbone layer to explain (default: the registry row's)."),
+    class_label: str = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
+    method: str = typer.Option("gradcam", "--method", help="gradcam or gradcam++."),
+    output: Path = typer.Option(None, "--output", "-o", help="Folder for the PNGs (default: RUN/explain)."),
+) -> None:
+    """Show where the model looks: a Grad-CAM heatmap over each image, plus one contact sheet."""
+    _quiet_tf()
+    from rich.progress import Progress
+
+    from cvkeras.explain import ExplainError, explain_run
+    from cvkeras.rundir import RunDirError
+
+    try:
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+            task = bar.add_task("explaining", total=None)
+            result = explain_run(run, images, layer, class_label, method, output,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (RunDirError, ExplainError) as exc:
+        raise fail(str(exc)) from None
+    for src, why in result.skipped:
+        err.print(f"skipped {src}: {why}", highlight=False, soft_wrap=True, markup=False)
+    if not result.items:
+        raise fail("no readable image among the given paths; pass image files or folders of them")
+    table = Table(title=f"{result.method} on layer {result.layer}")
+    for col in ("image", "class", "score", "predicted"):
+        table.add_column(col, overflow="fold")
+    for item in result.items:
+        table.add_row(Path(item.source).name, item.label, f"{item.score:.1%}", item.predicted)
+    console.print(table)
+    console.print(f"Results saved to {result.sheet.parent} (contact sheet: {result.sheet.name})", highlight=False)
+
+
 def _register_package_commands() -> None:
     """Commands implemented by the export and serving packages (their thin wrappers live there)."""
     from export.cli import export as export_cmd

@@ -33,14 +33,16 @@ class ModelSpec:
     alphas: tuple[float, ...] = field(default=())  # width multipliers, when the family has them
     min_size: int = 32
     extra_kwargs: tuple[tuple[str, object], ...] = field(default=())  # passed to the constructor
+    cam_layer: str = ""  # Grad-CAM target: the last spatial feature map worth explaining ("" = backbone output)
 
     @property
     def default_alpha(self) -> float | None:
         return 1.0 if self.alphas else None
 
 
-def _row(name, ctor, size, pre, family, alphas=(), min_size=32, **kw) -> ModelSpec:
-    return ModelSpec(name, ctor, (size, size), pre, family, tuple(alphas), min_size, tuple(sorted(kw.items())))
+def _row(name, ctor, size, pre, family, alphas=(), min_size=32, cam_layer="", **kw) -> ModelSpec:
+    return ModelSpec(name, ctor, (size, size), pre, family, tuple(alphas), min_size, tuple(sorted(kw.items())),
+                     cam_layer)
 
 
 _ROWS = [
@@ -83,8 +85,8 @@ _ROWS = [
     _row("resnet50_v2", "ResNet50V2", 224, "tf", "resnet_v2"),
     _row("resnet101_v2", "ResNet101V2", 224, "tf", "resnet_v2"),
     _row("resnet152_v2", "ResNet152V2", 224, "tf", "resnet_v2"),
-    _row("vgg16", "VGG16", 224, "caffe", "vgg"),
-    _row("vgg19", "VGG19", 224, "caffe", "vgg"),
+    _row("vgg16", "VGG16", 224, "caffe", "vgg", cam_layer="block5_conv3"),  # before the last pooling
+    _row("vgg19", "VGG19", 224, "caffe", "vgg", cam_layer="block5_conv4"),
     _row("xception", "Xception", 299, "tf", "xception", min_size=71),
 ]
 
