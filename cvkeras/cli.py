@@ -259,6 +259,24 @@ def explain(
     console.print(f"Results saved to {result.sheet.parent} (contact sheet: {result.sheet.name})", highlight=False)
 
 
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),
+    mistakes: int = typer.Option(8, "--mistakes", min=0, max=100, help="Worst validation mistakes to show."),
+) -> None:
+    """Write RUN/report.html: config, curves, confusion matrix, per-class table, worst mistakes with Grad-CAM,
+    skipped files and the export table; one self-contained file that opens offline."""
+    _quiet_tf()
+    from cvkeras.report import write_report
+    from cvkeras.rundir import RunDirError
+
+    try:
+        path = write_report(run, mistakes)
+    except RunDirError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"Report saved to {path}", highlight=False)
+
+
 def _register_package_commands() -> None:
     """Commands implemented by the export and serving packages (their thin wrappers live there)."""
     from export.cli import export as export_cmd

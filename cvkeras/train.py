@@ -456,5 +456,8 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
             test = evaluate_run(run, split="test", write=False)
             metrics["test"] = {k: test[k] for k in ("n", "accuracy", "loss", "macro_f1")}
             rundir.write_json(run / rundir.METRICS, metrics)
+        from cvkeras.report import refresh
+
+        refresh(run, warn=lambda line: print(line, file=sys.stderr))
     return FinetuneResult(run, metrics, state["best_val_accuracy"], state["global_epoch"], len(split.skipped),
                           precision, strategy.num_replicas_in_sync)

@@ -88,6 +88,10 @@ def export(
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     print_table(report)
+    if output is None or Path(output).resolve() == (Path(run) / "export").resolve():
+        from cvkeras.report import refresh
+
+        refresh(run, warn=lambda line: print(line, file=sys.stderr))
     for a in report.artifacts:
         if not a.ok:
             print(f"error: {a.error or a.name + ': ' + a.status}", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""`report.html`: written by finetune, refreshed by export, every section present, every image decodes, and a
+real browser renders it offline with no console errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY = ["--model", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
+        "--batch-size", "8"]
+SECTIONS = {"summary", "config", "curves", "confusion", "per-class", "mistakes", "skipped"}
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from cvkeras.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[str] = []
+        self.tags: set[str] = set()
+        self.cards = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.add(tag)
+        if tag == "section":
+            self.sections.append(a.get("id"))
+        if tag == "img":
+            self.images.append(a.get("src", ""))
+        if tag == "div" and a.get("class") == "card":
+            self.cards += 1
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text())
+    return page
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    from shapes_helpers import write_shapes
+
+    base = tmp_path_factory.mktemp("report")
+    data = write_shapes(base / "shapes", per_class=12, size=40)
+    (data / "circle" / "broken.png").write_bytes(b"\x89PNG broken")
+    out = base / "run"
+    done = _cli("finetune", data, *TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--output", out)
+    assert done.exit_code == 0, done.output[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_finetune_writes_a_self_contained_report(run):
+    import json
+
+    report = run / "report.html"
+    assert report.is_file()
+    page = _parse(report)
+    assert SECTIONS <= set(page.sections)
+    assert "export" not in page.sections  # nothing exported yet
+    assert "script" not in page.tags and not re.search(r"(src|href)=\"?https?:", report.read_text())
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    for src in page.images:
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            im.load()
+            assert im.width > 10 and im.height > 10
+    metrics = json.loads((run / "metrics.json").read_text())
+    wrong = metrics["n"] - int(round(metrics["accuracy"] * metrics["n"]))
+    assert page.cards == min(8, wrong)
+    assert len(page.images) == 2 + page.cards  # curves, confusion matrix, one overlay per mistake
+    text = report.read_text()
+    for cls in ("circle", "square", "triangle"):
+        assert f"<td>{cls}</td>" in text
+    assert "broken.png" in text  # the skipped file is listed
+
+
+@pytest.mark.slow
+def test_export_refreshes_the_report_with_its_table(run):
+    before = (run / "report.html").stat().st_mtime_ns
+    result = _cli("export", run, "--format", "onnx", "--threads", "1")
+    assert result.exit_code == 0, result.output[-2000:]
+    page = _parse(run / "report.html")
+    assert (run / "report.html").stat().st_mtime_ns > before
+    assert "export" in page.sections
+    assert "model.onnx" in (run / "report.html").read_text()
+    again = _cli("report", run, "--mistakes", "0")
+    assert again.exit_code == 0 and "Report saved to" in again.stdout
+    assert _parse(run / "report.html").cards == 0
+
+
+def test_report_of_a_missing_run_is_one_line(tmp_path):
+    result = _cli("report", tmp_path / "nope")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "run directory not found" in result.stderr
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_real_browser(run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.skip("no Chromium installed (Debian package `chromium`; .ci/run installs it)")
+    page = (run / "report.html").read_text()
+    n_images = page.count("<img ")
+    # a copy with a probe script: the shipped page has none; this one counts images the browser decoded
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", "<script>window.addEventListener('load',()=>{const ok=[...document"
+                                             ".images].filter(i=>i.complete&&i.naturalWidth>0).length;document.body"
+                                             ".setAttribute('data-decoded',String(ok));});</script></body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert f'data-decoded="{n_images}"' in dom.stdout, dom.stderr[-1500:]
+    shot = tmp_path / "shot.png"
+    logged = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
+                             "--window-size=1200,2400", (run / "report.html").as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    console_errors = [line for line in logged.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    assert not console_errors, console_errors
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("L"), dtype=np.float32)
+    assert pixels.std() > 10  # not a blank page: text, plots and thumbnails were painted
