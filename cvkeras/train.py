@@ -446,6 +446,10 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         output = str(Path(output or "runs/worker").with_name(f".{Path(output or 'worker').name}-worker"
                                                                f"{worker_index()}"))
         force = True
+    if not resume:  # the data is scanned (and refused) before the run directory is touched
+        if output:
+            _check_output_vs_data(Path(output), cfg.data)
+        split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
     run, cfg = _prepare_run(cfg, output, force, resume, stack)
     spec = get(cfg.model)
     cfg.model = spec.name
@@ -463,8 +467,6 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
             raise RunExistsError(f"{run}: was trained on {recorded}; --resume continues on its recorded "
                                  f"split, so drop the data argument {cfg.data!r} or start a new run")
         split = recorded_split(run)
-    else:
-        split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
     for message in split.warnings:
         warn(message)
     classes = split.classes
