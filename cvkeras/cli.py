@@ -34,7 +34,16 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cvkeras.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's own log lines too.")) -> None:
+    """Options for every command."""
+    if verbose:
+        os.environ["CVKERAS_VERBOSE"] = "1"
 
 
 @app.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -71,7 +70,9 @@ def export(
     Keras, reduced precision must stay within --max-accuracy-drop. Exit 1 when a check fails (files are
     kept), 2 when the export cannot run or a conversion fails.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    from cvkeras.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up lines are not errors; --verbose shows them
     from rich.console import Console
 
     from cvkeras.rundir import RunDirError
