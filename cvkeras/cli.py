@@ -230,8 +230,20 @@ def demo(
     raise typer.Exit(code)
 
 
+def terminate_as_interrupt() -> None:
+    """SIGTERM acts like Ctrl-C: ``finally`` blocks run, so temp files and folders are removed and
+    checkpoints stay consistent (the default SIGTERM kills the process where it stands)."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
     """Console-script entry point."""
+    terminate_as_interrupt()
     app(prog_name="cvkeras")
 
 

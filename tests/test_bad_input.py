@@ -510,3 +510,22 @@ def test_tensorflow_start_up_lines_are_not_printed(run_copy):
     assert out.returncode == 0, out.stderr[-2000:]
     noise = [x for x in out.stderr.splitlines() if "absl" in x or x[:5] in ("I0000", "W0000", "E0000")]
     assert not noise, noise
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    """Interrupted exports leaked their temp folders: SIGTERM now unwinds like Ctrl-C."""
+    code = textwrap.dedent(f"""
+        import os, signal, tempfile, time
+        from cvkeras.cli import terminate_as_interrupt
+        terminate_as_interrupt()
+        try:
+            with tempfile.TemporaryDirectory(prefix="cvkeras-savedmodel-", dir={str(tmp_path)!r}):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "interrupted", out.stderr
+    assert list(tmp_path.iterdir()) == []
