@@ -233,7 +233,7 @@ def _double(x):
 DAMAGE = [
     (_labels_renamed, "labels.txt"), (_labels_extra, "labels.txt"), (_split_bad_json, "split.json"),
     (_split_list, "split.json"), (_split_bad_item, "val[0]"), (_config_model_string, "'model'"),
-    (_config_size_zero, "model.image_size"), (_best_truncated, "best.keras"), (_best_lambda, "best.keras"),
+    (_config_size_zero, "model.image_size"), (_best_truncated, "truncated"), (_best_lambda, "best.keras"),
 ]
 
 
@@ -529,3 +529,26 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip() == "interrupted", out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text, needle", [("model: mobilenet_v2\n", "'model'"),
+                                          ("train: {learning_rate: fast}\n", "train.learning_rate"),
+                                          ("train: {learning_rate: .nan}\n", "--lr"),
+                                          ("- a\n- list\n", "mapping")])
+def test_a_bad_config_file_is_one_line(tmp_path, data, text, needle):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    result = cli("finetune", data, "--config", config, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, needle)
+    assert not (tmp_path / "run").exists() and config.read_text() == text
+
+
+def test_resume_refuses_other_data_and_a_run_without_checkpoint(tmp_path, run_copy, data):
+    other = write_shapes(tmp_path / "other", per_class=3, size=32)
+    before = snapshot(run_copy)
+    result = cli("finetune", other, "--resume", "--output", run_copy)
+    assert_one_line_error(result, 2, "recorded split")
+    assert snapshot(run_copy) == before
+    shutil.rmtree(run_copy / "checkpoints")
+    result = cli("finetune", "--resume", "--output", run_copy)
+    assert_one_line_error(result, 2, "--force")  # the way out, not another --resume
