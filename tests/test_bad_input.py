@@ -552,3 +552,14 @@ def test_resume_refuses_other_data_and_a_run_without_checkpoint(tmp_path, run_co
     shutil.rmtree(run_copy / "checkpoints")
     result = cli("finetune", "--resume", "--output", run_copy)
     assert_one_line_error(result, 2, "--force")  # the way out, not another --resume
+
+
+def test_a_csv_file_under_two_labels_is_warned_about(tmp_path):
+    from cvkeras.data import read_csv
+
+    data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    rows.append(f"{Path('shapes/circle/circle_000.png')},square")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    split = read_csv(tmp_path / "data.csv")
+    assert any("several labels" in w and "circle and square" in w for w in split.warnings), split.warnings
