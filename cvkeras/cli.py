@@ -7,6 +7,7 @@ device without TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -33,7 +34,16 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cvkeras.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's own log lines too.")) -> None:
+    """Options for every command."""
+    if verbose:
+        os.environ["CVKERAS_VERBOSE"] = "1"
 
 
 def _num(row: dict, key: str, scale: float = 1.0, fmt: str = ".2f") -> str:
@@ -134,7 +144,7 @@ def finetune(
     except (rundir.RunDirError, ValueError, TypeError) as exc:
         raise fail(f"{source}: {exc}") from None
     overrides = dict(
-        data=data, model=model, alpha=alpha, image_size=[image_size, image_size] if image_size else None,
+        data=data, model=model, alpha=alpha, image_size=None if image_size is None else [image_size, image_size],
         weights=weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=unfreeze,
         batch_size=batch_size, learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate,
         optimizer=optimizer, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
@@ -164,14 +174,17 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool):
     from cvkeras.data import DataError
     from cvkeras.model import WeightsError
     from cvkeras.registry import UnknownModelError
-    from cvkeras.rundir import RunDirError
-    from cvkeras.train import RunExistsError, finetune
+    from cvkeras.rundir import RunDirError, os_error_line
+    from cvkeras.train import RunExistsError, TrainingDivergedError, finetune
 
     try:
         result = finetune(cfg, output=output, force=force, resume=resume)
-    except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError, TypeError,
-            OSError) as exc:
+    except TrainingDivergedError as exc:
+        raise fail(str(exc), 1) from None
+    except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError, TypeError) as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(os_error_line(exc)) from None
     except KeyboardInterrupt:
         where = output or "runs/<model>-N (the run printed above)"
         raise fail(f"interrupted; finished epochs are saved -- continue with "
@@ -207,14 +220,17 @@ def evaluate(
     _quiet_tf()
     from cvkeras.data import DataError
     from cvkeras.evaluate import evaluate_run, summary_rows
-    from cvkeras.rundir import RunDirError
+    from cvkeras.rundir import RunDirError, os_error_line, run_lock
 
     if split not in ("val", "test"):
         raise fail(f"unknown --split {split!r}; use val or test")
     try:
-        report = evaluate_run(run, data=data, split=split)
+        with run_lock(run, "evaluate") if run.is_dir() else contextlib.nullcontext():
+            report = evaluate_run(run, data=data, split=split)
     except (RunDirError, DataError, ValueError) as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(os_error_line(exc)) from None
     table = Table(title=f"{run} ({split})")
     table.add_column("metric")
     table.add_column("value")
@@ -303,8 +319,20 @@ def demo(
     raise typer.Exit(code)
 
 
+def terminate_as_interrupt() -> None:
+    """SIGTERM acts like Ctrl-C: ``finally`` blocks run, so temp files and folders are removed and
+    checkpoints stay consistent (the default SIGTERM kills the process where it stands)."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
     """Console-script entry point."""
+    terminate_as_interrupt()
     app(prog_name="cvkeras")
 
 

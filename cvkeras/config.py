@@ -23,6 +23,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
               "strategy", "jit", "steps_per_epoch"),
 }
 _RENAME = {("model", "name"): "model", ("data", "source"): "data"}
+_FLOATS = {"alpha", "dropout", "val_split", "mixup", "cutmix", "learning_rate", "fine_tune_learning_rate",
+           "warmup_epochs", "weight_decay", "label_smoothing"}
 
 
 @dataclass
@@ -74,14 +76,21 @@ class FinetuneConfig:
         known = {f.name for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for section, values in (doc or {}).items():
-            if section not in SECTIONS or not isinstance(values, dict):
-                if section in ("run", "result"):
-                    continue
+            if section in ("run", "result"):
+                continue
+            if section not in SECTIONS:
                 raise ValueError(f"unknown config section {section!r}; expected {', '.join(SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ValueError(f"config section {section!r} must be a mapping of settings, not {values!r:.60}")
             for name, value in values.items():
                 key = _RENAME.get((section, name), name)
                 if key not in known:
                     raise ValueError(f"unknown config key {section}.{name}")
+                if key in _FLOATS and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        raise ValueError(f"config key {section}.{name} must be a number, not {value!r}") from None
                 kwargs[key] = value
         size = kwargs.get("image_size")
         if isinstance(size, int):

@@ -29,6 +29,9 @@ import numpy as np
 from serving.preprocess import ImageError, is_image_file, load_image
 
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
+#: Image files training cannot decode: listed as skipped (with the reason) rather than silently ignored.
+OTHER_IMAGE_EXTENSIONS = (".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".jxl")
+IGNORED_DIRS = ("__MACOSX",)  # archive tool litter, never a class
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 
 
@@ -48,6 +51,7 @@ class DataSplit:
     source: str = "folder"
     root: str | None = None
     tfds: dict[str, Any] | None = None  # for tfds sources: name, config, data_dir, split names
+    warnings: list[str] = field(default_factory=list)  # oddities worth a line (the run goes on)
 
     def to_json(self, seed: int) -> dict[str, Any]:
         doc: dict[str, Any] = {"source": self.source, "root": self.root, "seed": seed, "classes": self.classes}
@@ -62,12 +66,49 @@ class DataSplit:
         return [c.get(i, 0) for i in range(len(self.classes))]
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a file name (surrogate escapes)
+        return False
+    return True
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+def _class_dirs(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Class sub-folders: no hidden or ``__MACOSX`` folders, no symlink back into the data (a loop)."""
+    out = []
+    top = folder.resolve()
+    for d in folder.iterdir():
+        if not d.is_dir() or d.name.startswith(".") or d.name in IGNORED_DIRS:
+            continue
+        target = d.resolve()
+        if d.is_symlink() and (target == top or top.is_relative_to(target)):
+            if skipped is not None:
+                skipped.append((str(d), "symlink to the data folder itself (a loop); not a class"))
+            continue
+        if not _utf8(d.name):
+            if skipped is not None:
+                skipped.append((str(d), "folder name is not valid UTF-8; rename it to use it as a class"))
+            continue
+        out.append(d)
+    return sorted(out)
+
+
+def _list_images(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Image files under ``folder``; undecodable names and unsupported formats go to ``skipped``."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        suffix = p.suffix.lower()
+        if is_image_file(p):
+            if _utf8(str(p)):
+                found.append(p)
+            elif skipped is not None:
+                skipped.append((str(p), "file name is not valid UTF-8; rename it"))
+        elif suffix in OTHER_IMAGE_EXTENSIONS and skipped is not None:
+            skipped.append((str(p), f"{suffix} images are not decoded by training; convert it to PNG or JPEG"))
+    return found
 
 
 def _check_readable(paths: list[str], workers: int = 8) -> tuple[list[bool], list[tuple[str, str]]]:
@@ -114,10 +155,12 @@ def stratified_split(
 
 
 def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where: str, val_split: float,
-            seed: int, source: str, root: str | None) -> DataSplit:
+            seed: int, source: str, root: str | None,
+            pre_skipped: list[tuple[str, str]] | None = None) -> DataSplit:
     """Drop unreadable files, check every class has images, and split when no val split was given."""
     all_items = [it for items in splits.values() for it in items]
     ok, skipped = _check_readable([p for p, _ in all_items])
+    skipped = list(pre_skipped or []) + skipped
     bad = {p for p, _ in skipped}
     splits = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
     if len(classes) < 2:
@@ -130,7 +173,15 @@ def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where:
         raise DataError(f"{where}: class {empty[0]!r} has no readable training images; add images or remove it")
     if not splits["val"]:
         raise DataError(f"{where}: the validation split is empty; add images or raise --val-split")
-    return DataSplit(classes, splits["train"], splits["val"], splits.get("test", []), skipped, source, root)
+    val_counts = Counter(y for _, y in splits["val"])
+    no_val = [classes[i] for i in range(len(classes)) if not val_counts.get(i)]
+    warnings = []
+    if no_val:
+        warnings.append(f"{where}: class(es) {', '.join(map(repr, no_val[:5]))} have no validation image "
+                        "(a class needs 2+ images, or add it to val/); its validation recall is undefined and "
+                        "reported as 0")
+    return DataSplit(classes, splits["train"], splits["val"], splits.get("test", []), skipped, source, root,
+                     warnings=warnings)
 
 
 def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42, source: str = "folder") -> DataSplit:
@@ -141,24 +192,26 @@ def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42,
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; pass a folder of class sub-folders, a .csv manifest or tfds:NAME")
     found = {name: next((root / d for d in dirs if (root / d).is_dir()), None) for name, dirs in SPLIT_DIRS.items()}
+    skipped: list[tuple[str, str]] = []
     if found["train"] is not None:  # train/ [+ val/ or validation/] [+ test/]; val is split off train if absent
-        classes = [d.name for d in _class_dirs(found["train"])]
+        classes = [d.name for d in _class_dirs(found["train"], skipped)]
         index = {c: i for i, c in enumerate(classes)}
         splits: dict[str, list[tuple[str, int]]] = {}
         for name, folder in found.items():
             if folder is None:
                 continue
             items = []
-            for d in _class_dirs(folder):
+            for d in _class_dirs(folder, skipped if name != "train" else None):
                 if d.name not in index:
                     raise DataError(f"{d}: class {d.name!r} is not in {found['train']}; use the same class folders")
-                items += [(str(p.resolve()), index[d.name]) for p in _list_images(d)]
+                items += [(str(p.resolve()), index[d.name]) for p in _list_images(d, skipped)]
             splits[name] = items
     else:
-        classes = [d.name for d in _class_dirs(root)]
+        classes = [d.name for d in _class_dirs(root, skipped)]
         index = {c: i for i, c in enumerate(classes)}
-        splits = {"train": [(str(p.resolve()), index[d.name]) for d in _class_dirs(root) for p in _list_images(d)]}
-    return _finish(classes, splits, str(root), val_split, seed, source, str(root.resolve()))
+        splits = {"train": [(str(p.resolve()), index[d.name]) for d in _class_dirs(root)
+                            for p in _list_images(d, skipped)]}
+    return _finish(classes, splits, str(root), val_split, seed, source, str(root.resolve()), skipped)
 
 
 def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) -> DataSplit:
@@ -176,6 +229,10 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) ->
                 continue
             if len(row) < 2:
                 raise DataError(f"{path}:{lineno}: expected 'path,label[,split]', got {','.join(row)!r}")
+            if not row[0].strip():
+                raise DataError(f"{path}:{lineno}: empty path; give each row an image path")
+            if not row[1].strip():
+                raise DataError(f"{path}:{lineno}: empty label for {row[0].strip()!r}; give every row a class name")
             rows.append((lineno, row[0].strip(), row[1].strip(), row[2].strip().lower() if len(row) > 2 else ""))
     classes = sorted({label for _, _, label, _ in rows})
     index = {c: i for i, c in enumerate(classes)}
@@ -188,7 +245,52 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) ->
         if split not in aliases:
             raise DataError(f"{path}:{lineno}: unknown split {split!r}; use train, val or test")
         splits.setdefault(aliases[split], []).append((str(file), index[label]))
-    return _finish(classes, splits, str(path), val_split, seed, "csv", str(base.resolve()))
+    result = _finish(classes, splits, str(path), val_split, seed, "csv", str(base.resolve()))
+    labels_of: dict[str, set[str]] = {}
+    for _, rel, label, _ in rows:
+        labels_of.setdefault(str((base / rel).resolve()), set()).add(label)
+    twice = [(f, sorted(ls)) for f, ls in labels_of.items() if len(ls) > 1]
+    if twice:
+        result.warnings.append(f"{path}: {len(twice)} file(s) listed under several labels (e.g. {twice[0][0]} as "
+                               f"{' and '.join(twice[0][1])}); each copy is trained on with its own label")
+    return result
+
+
+def recorded_split(run: str | os.PathLike) -> DataSplit:
+    """The split a run recorded in ``split.json`` (for ``--resume``): exactly those files, no rescan.
+
+    Recorded files that are gone are dropped and reported; files added to the data folder since are
+    reported and not used (they would leak into a split chosen before they existed).
+    """
+    from cvkeras import rundir
+
+    doc = rundir.read_split(run)
+    classes = rundir.read_labels(run)
+    if doc.get("classes") not in (None, classes):
+        raise DataError(f"{Path(run) / rundir.LABELS}: differs from the classes in split.json; restore it")
+    if doc.get("source") == "tfds":
+        return DataSplit(classes, [], [], [], [], "tfds", None, doc["tfds"])
+    splits = {name: [(p, int(y)) for p, y in doc.get(name, [])] for name in ("train", "val", "test")}
+    warnings, skipped = [], []
+    for name, items in splits.items():
+        gone = [p for p, _ in items if not os.path.isfile(p)]
+        if gone:
+            warnings.append(f"{len(gone)} recorded {name} file(s) are missing (e.g. {gone[0]}); continuing without "
+                            "them")
+            skipped += [(p, "missing: recorded in split.json but no longer on disk") for p in gone]
+            splits[name] = [it for it in items if it[0] not in set(gone)]
+    root = doc.get("root")
+    if doc.get("source") in ("folder", "demo") and root and Path(root).is_dir():
+        recorded = {p for items in splits.values() for p, _ in items} | {p for p, _ in skipped}
+        new = [str(p.resolve()) for p in _list_images(Path(root)) if str(p.resolve()) not in recorded]
+        if new:
+            warnings.append(f"{root}: {len(new)} file(s) added since the run started (e.g. {new[0]}) are not used; "
+                            "--resume keeps the recorded split -- start a new run to train on them")
+    if not splits["train"] or not splits["val"]:
+        raise DataError(f"{Path(run) / rundir.SPLIT}: the recorded training or validation files are all missing; "
+                        "restore the data or start a new run")
+    return DataSplit(classes, splits["train"], splits["val"], splits["test"], skipped, doc.get("source", "folder"),
+                     root, warnings=warnings)
 
 
 def _parse_tfds(spec: str) -> tuple[str, str | None]:

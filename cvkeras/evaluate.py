@@ -74,6 +74,7 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
     cfg = rundir.read_config(run)
     size = cfg["model"]["image_size"]
     model = load_model(run / rundir.BEST)
+    rundir.check_labels(run, classes, int(model.output_shape[-1]))  # before anything is (re)written
     if data is None:
         images, labels, _ = load_split_images(run, split)
         probs = model.predict(images.astype(np.float32), batch_size=64, verbose=0)

@@ -191,11 +191,24 @@ def load_model(path: str | os.PathLike):
     Keras gives the input layer and nested backbone the *global* policy on load, so a process that
     trained in mixed precision would otherwise get a mixed model back.
     """
+    import zipfile
+
     import keras
 
+    from cvkeras.rundir import RunDirError
+
+    fix = "restore it or re-run `cvkeras finetune` to write it again"
+    if not Path(path).is_file():
+        raise RunDirError(f"{path}: model file not found; {fix}")
+    if str(path).endswith(".keras") and not zipfile.is_zipfile(path):
+        raise RunDirError(f"{path}: truncated or not a .keras archive; {fix}")
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:  # damaged or unsafe content
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise RunDirError(f"{path}: cannot be loaded safely ({first}); cvkeras loads only models without "
+                          f"custom code -- {fix}") from None
     finally:
         keras.mixed_precision.set_global_policy(previous)

@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,6 +112,13 @@ def load_split_images(
     items = split_doc.get(split) or []
     if not items:
         raise rundir.RunDirError(f"{run}/split.json: split {split!r} is empty")
+    gone = [p for p, _ in items if not os.path.isfile(p)]  # e.g. a run copied without (all of) its data
+    if gone:
+        print(f"warning: {len(gone)} of {len(items)} {split} file(s) in split.json are missing (e.g. {gone[0]}); "
+              "skipped", file=sys.stderr)
+        items = [it for it in items if it[0] not in set(gone)]
+        if not items:
+            raise rundir.RunDirError(f"{run}/split.json: none of the {split} files exist any more; restore the data")
     paths = [p for p, _ in items]
     labels = np.asarray([y for _, y in items], dtype=np.int64)
     idx = stratified_sample(labels, max_samples, seed)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -49,6 +50,15 @@ def check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
 class RunExistsError(FileExistsError):
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint and best.keras are kept."""
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr (data oddities the run continues through)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -179,6 +189,9 @@ def fit_multi_worker(model, strategy, train_ds, val_ds, initial_epoch: int, epoc
 
     loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing, reduction=None)
     opt = model.optimizer
+    # mixed_float16: compile wrapped the optimizer in a LossScaleOptimizer whose apply_gradients divides by
+    # the loss scale, so the loss must be multiplied by it first (as fit's train_step does)
+    scaled = isinstance(opt, keras.optimizers.LossScaleOptimizer)
     with strategy.scope():
         opt.build(model.trainable_variables)
     class_w = tf.constant([weights.get(i, 1.0) for i in range(num_classes)] if weights else [1.0] * num_classes,
@@ -192,7 +205,8 @@ def fit_multi_worker(model, strategy, train_ds, val_ds, initial_epoch: int, epoc
                 p = model(x, training=True)
                 per_example = loss_fn(y, p) * tf.gather(class_w, tf.argmax(y, axis=-1))
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=cfg.batch_size)
-            grads = tape.gradient(loss, model.trainable_variables)
+                scaled_loss = opt.scale_loss(loss) if scaled else loss
+            grads = tape.gradient(scaled_loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             correct = tf.reduce_sum(tf.cast(tf.argmax(p, -1) == tf.argmax(y, -1), tf.float32))
             return loss, correct, tf.cast(tf.shape(y)[0], tf.float32)
@@ -231,8 +245,20 @@ def _make_checkpointer(run: Path, export_model, state: dict[str, Any], patience:
     import keras
 
     class Checkpointer(keras.callbacks.Callback):
+        diverged: str | None = None
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.diverged = f"batch {batch + 1}"
+                self.model.stop_training = True
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
+            if self.diverged or not all(math.isfinite(float(logs[k])) for k in ("loss", "val_loss") if k in logs):
+                self.diverged = self.diverged or "the end of the epoch"
+                self.model.stop_training = True  # the NaN model is never checkpointed nor kept as best
+                return
             stage = state["stage"]
             val_acc = float(logs.get("val_accuracy", float("nan")))
             improved = not math.isnan(val_acc) and val_acc > state["best_val_accuracy"]
@@ -266,29 +292,88 @@ def _make_checkpointer(run: Path, export_model, state: dict[str, Any], patience:
     return Checkpointer()
 
 
-def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool) -> tuple[Path, FinetuneConfig]:
+def _check_output_vs_data(run: Path, data: str) -> None:
+    """Refuse an --output inside the data folder (it would be scanned as data) or holding the data."""
+    if not data or data.startswith(("tfds:", "demo:")):
+        return
+    src = Path(data).expanduser().resolve()
+    out = run.expanduser().resolve()
+    if src.is_relative_to(out):
+        raise RunExistsError(f"{run}: holds the data {data}; refusing to use it as a run directory, "
+                             "pick another --output")
+    if src.is_dir() and out.is_relative_to(src):
+        raise RunExistsError(f"{run}: is inside the data folder {data} (it would be read as a class); "
+                             "pick an --output outside it")
+
+
+def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool,
+                 stack: contextlib.ExitStack) -> tuple[Path, FinetuneConfig]:
+    """The run directory to write, locked for this process; with --force only cvkeras' own files are removed."""
     if resume:
         if not output:
             raise RunExistsError("--resume needs --output RUN_DIR naming the run to continue")
         run = Path(output)
         if not (run / rundir.CHECKPOINTS / STATE).is_file():
-            raise RunExistsError(f"{run}: no checkpoint to resume from; start it without --resume")
+            raise RunExistsError(f"{run}: no checkpoint to resume from (the run stopped before its first "
+                                 "epoch ended); start it again with --force")
+        stack.enter_context(rundir.run_lock(run, "finetune --resume"))
         # A config without data means "as saved"; the CLI passes the saved config with its flags applied.
         return run, cfg if cfg.data else FinetuneConfig.from_dict(rundir.read_config(run))
     run = Path(output) if output else next_run_dir(get(cfg.model).name)
+    _check_output_vs_data(run, cfg.data)
     if run.exists() and not run.is_dir():
         raise RunExistsError(f"{run}: is a file; pass a folder to --output")
     if run.exists() and any(run.iterdir()):
         if not force:
             raise RunExistsError(f"{run}: run directory exists; pass --force to overwrite or --resume to continue")
-        if not ((run / rundir.CONFIG).is_file() or (run / rundir.CHECKPOINTS).is_dir()):
-            # --force replaces earlier runs only: never a dataset, a home folder or anything else
-            raise RunExistsError(f"{run}: not a cvkeras run directory; refusing to overwrite it, pick another --output")
-        import shutil
-
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
+        # --force replaces what cvkeras wrote into a run it marked: never a dataset, a home folder or a
+        # folder where anyone else put a file
+        try:
+            foreign = rundir.foreign_entries(run)
+        except rundir.RunDirError as exc:
+            raise RunExistsError(f"{exc}; refusing to overwrite it, pick another --output") from None
+        if foreign:
+            raise RunExistsError(f"{run}: holds files cvkeras did not write (e.g. {foreign[0]}); refusing to "
+                                 "overwrite it, move them or pick another --output")
+        stack.enter_context(rundir.run_lock(run, "finetune --force"))
+        rundir.clear_run(run)  # checks again under the lock; removes only manifest files
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(rundir.run_lock(run, "finetune"))
+        if any(p.name != rundir.LOCK for p in run.iterdir()):  # another run started here meanwhile
+            raise RunExistsError(f"{run}: run directory exists; pass --force to overwrite or --resume to continue")
+    rundir.mark_run(run)
     return run, cfg
+
+
+# (option, smallest, largest, whether the smallest itself is allowed); None: unbounded on that side
+NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "learning_rate": (0.0, None, False), "fine_tune_learning_rate": (0.0, None, False),
+    "weight_decay": (0.0, None, True), "warmup_epochs": (0.0, None, True), "label_smoothing": (0.0, 1.0, True),
+    "dropout": (0.0, 1.0, True), "mixup": (0.0, None, True), "cutmix": (0.0, None, True),
+    "val_split": (0.0, 1.0, False), "batch_size": (1, None, True), "epochs": (0, None, True),
+    "fine_tune_epochs": (0, None, True), "patience": (0, None, True), "seed": (0, 2**32 - 1, True),
+    "steps_per_epoch": (1, None, True),
+}
+
+
+def _check_numbers(cfg: FinetuneConfig) -> None:
+    """Every numeric option is a finite number in its range (NaN, inf and negative sizes are refused)."""
+    whole = {"batch_size", "epochs", "fine_tune_epochs", "patience", "seed", "steps_per_epoch"}
+    for name, (low, high, low_ok) in NUMBER_RANGES.items():
+        value = getattr(cfg, name)
+        if value is None and name == "steps_per_epoch":
+            continue
+        flag = "--" + {"learning_rate": "lr", "fine_tune_learning_rate": "fine-tune-lr"}.get(
+            name, name.replace("_", "-"))
+        if not rundir.is_finite_number(value) or (name in whole and not float(value).is_integer()):
+            raise ValueError(f"{flag} must be a finite {'whole ' if name in whole else ''}number, not {value!r}")
+        if low is not None and (value < low or (value == low and not low_ok)):
+            raise ValueError(f"{flag} must be {'at least' if low_ok else 'above'} {low}, not {value}")
+        if high is not None and (value > high or (value == high and high == 1.0)):
+            raise ValueError(f"{flag} must be below {high}, not {value}")
+    if cfg.alpha is not None and not rundir.is_finite_number(cfg.alpha):
+        raise ValueError(f"--alpha must be a finite number, not {cfg.alpha!r}")
 
 
 def validate_config(cfg: FinetuneConfig) -> None:
@@ -297,10 +382,15 @@ def validate_config(cfg: FinetuneConfig) -> None:
     from cvkeras.model import unfreeze_fraction
 
     spec = get(cfg.model)
+    _check_numbers(cfg)
     resolve_alpha(spec, cfg.alpha)
-    size = list(cfg.image_size or spec.input_size)
-    if len(size) not in (1, 2) or min(int(v) for v in size) < spec.min_size:
+    size = list(spec.input_size if cfg.image_size is None else cfg.image_size)
+    if not size or len(size) > 2 or not all(type(v) is int for v in size):
+        raise ValueError(f"--image-size must be one or two whole numbers of px, not {size}")
+    if min(size) < spec.min_size:
         raise ValueError(f"--image-size {size} is below {spec.name}'s minimum of {spec.min_size} px")
+    if max(size) > rundir.MAX_IMAGE_SIDE:
+        raise ValueError(f"--image-size {size} is above the maximum of {rundir.MAX_IMAGE_SIDE} px")
     Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)
     unfreeze_fraction(cfg.unfreeze)
     check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
@@ -330,18 +420,19 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
     warnings.filterwarnings("ignore", message=".*shuffle=True. was passed", category=UserWarning)
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        return _finetune(cfg, output, force, resume, verbose, callbacks)
+        with contextlib.ExitStack() as stack:  # holds the run directory's lock until training is done
+            return _finetune(cfg, output, force, resume, verbose, callbacks, stack)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool, verbose: int | None,
-              callbacks: list | None) -> FinetuneResult:
+              callbacks: list | None, stack: contextlib.ExitStack) -> FinetuneResult:
     import keras
     import tensorflow as tf
 
     from cvkeras.augment import Augmenter
-    from cvkeras.data import load_source, tfds_dataset
+    from cvkeras.data import load_source, recorded_split, tfds_dataset
     from cvkeras.model import build_classifier, set_trainable
     from cvkeras.pipeline import make_dataset
 
@@ -355,7 +446,11 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         output = str(Path(output or "runs/worker").with_name(f".{Path(output or 'worker').name}-worker"
                                                                f"{worker_index()}"))
         force = True
-    run, cfg = _prepare_run(cfg, output, force, resume)
+    if not resume:  # the data is scanned (and refused) before the run directory is touched
+        if output:
+            _check_output_vs_data(Path(output), cfg.data)
+        split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
+    run, cfg = _prepare_run(cfg, output, force, resume, stack)
     spec = get(cfg.model)
     cfg.model = spec.name
     cfg.alpha = resolve_alpha(spec, cfg.alpha)
@@ -366,7 +461,14 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     precision = resolve_precision(cfg.precision)
     keras.mixed_precision.set_global_policy(precision)
 
-    split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
+    if resume:  # exactly the recorded split: files added since are reported, never mixed in
+        recorded = rundir.read_run_config(run).get("data", {}).get("source")
+        if cfg.data and recorded and cfg.data != recorded:
+            raise RunExistsError(f"{run}: was trained on {recorded}; --resume continues on its recorded "
+                                 f"split, so drop the data argument {cfg.data!r} or start a new run")
+        split = recorded_split(run)
+    for message in split.warnings:
+        warn(message)
     classes = split.classes
     num_classes = len(classes)
     if write and not resume:
@@ -377,7 +479,8 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         rundir.write_labels(run, classes)
         rundir.write_json(run / rundir.SPLIT, split.to_json(cfg.seed))
         if split.skipped:
-            rundir.atomic_write(run / rundir.SKIPPED, "".join(f"{p}\t{why}\n" for p, why in split.skipped))
+            rundir.atomic_write(run / rundir.SKIPPED, "".join(f"{rundir.printable_path(p)}\t{why}\n"
+                                                               for p, why in split.skipped))
 
     size = cfg.image_size
     augmenter = Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)
@@ -396,7 +499,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
                               num_classes, cache=cfg.cache)
         counts = split.counts("train")
     steps = max(1, math.ceil(n_train / cfg.batch_size))
-    if cfg.steps_per_epoch:
+    if cfg.steps_per_epoch is not None:
         steps = min(steps, int(cfg.steps_per_epoch))
         train_ds = train_ds.repeat()
     weights = class_weights(counts, cfg.class_weights) if counts else None
@@ -439,6 +542,11 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
                              weights, num_classes, fit_kwargs["callbacks"])
         else:
             model.fit(train_ds, initial_epoch=state["epoch"], epochs=epochs, **fit_kwargs)
+        if checkpointer.diverged:
+            raise TrainingDivergedError(
+                f"the loss became NaN or infinite at {checkpointer.diverged} of epoch {state['global_epoch'] + 1} "
+                f"(stage {stage}); training stopped -- the last good checkpoint and best.keras in {run} are "
+                "kept; lower --lr/--fine-tune-lr and start again with --force")
         resume = False  # a later stage starts fresh
     state["finished"] = True
     if write:

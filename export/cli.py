@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import sys
 from pathlib import Path
 
@@ -70,22 +70,38 @@ def export(
     Keras, reduced precision must stay within --max-accuracy-drop. Exit 1 when a check fails (files are
     kept), 2 when the export cannot run or a conversion fails.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    from cvkeras.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up lines are not errors; --verbose shows them
     from rich.console import Console
 
     from cvkeras.rundir import RunDirError
     from export.exporter import REPORT_FILE, export_run
 
     err = Console(stderr=True)
+    import math
+
+    from cvkeras.rundir import os_error_line, run_lock
+
+    bad = ("--threads must be a whole number >= 1" if threads is not None and threads < 1 else
+           "--max-accuracy-drop must be a finite number >= 0" if not (math.isfinite(max_accuracy_drop)
+                                                                     and max_accuracy_drop >= 0) else None)
+    if bad:
+        print(f"error: {bad}, not {threads if bad.startswith('--threads') else max_accuracy_drop}", file=sys.stderr)
+        raise typer.Exit(2)
     try:
-        report = export_run(
-            run, output, format, int8=int8, fp16=fp16, calibration=calibration,
-            calibration_samples=calibration_samples, io_type=io_type, opset=opset,
-            max_accuracy_drop=max_accuracy_drop, threads=threads,
-            progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
-        )
+        with run_lock(run, "export") if run.is_dir() else contextlib.nullcontext():
+            report = export_run(
+                run, output, format, int8=int8, fp16=fp16, calibration=calibration,
+                calibration_samples=calibration_samples, io_type=io_type, opset=opset,
+                max_accuracy_drop=max_accuracy_drop, threads=threads,
+                progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+            )
     except (ExportError, RunDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # e.g. a read-only run directory
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         raise typer.Exit(2) from None
     print_table(report)
     if output is None or Path(output).resolve() == (Path(run) / "export").resolve():

@@ -48,6 +48,17 @@ def _errors() -> Iterator[None]:
         raise _fail(str(exc) or type(exc).__name__) from None
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (a model that emits them) become null: bare NaN is not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _console() -> Any:
     """Rich console on stdout; wide when piped (rich's 80-column default would fold file paths)."""
     from rich.console import Console
@@ -100,7 +111,7 @@ def predict(
             r = Prediction(None, -1, math.nan, path=path, error=error) if error else next(stream)
             results.append(r)
             if json_out:
-                typer.echo(json.dumps(r.to_dict()))
+                typer.echo(json.dumps(_json_safe(r.to_dict()), allow_nan=False))
     if not json_out:
         _prediction_table(results, top_k)
     failed = sum(not r.ok for r in results)
@@ -164,7 +175,7 @@ def validate(
             ref = Reference.load(ref_dir)
         report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size)
     if json_out:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps(_json_safe(report.to_dict()), allow_nan=False))
     else:
         _validation_tables(report)
     raise typer.Exit(0 if report.passed else 1)
@@ -223,7 +234,7 @@ def benchmark(
     with _errors():
         rows = run_benchmark(models, batch_size=batch_size, threads=threads, warmup=warmup, iters=iters)
     if json_out:
-        typer.echo(json.dumps(rows))
+        typer.echo(json.dumps(_json_safe(rows), allow_nan=False))
         return
     from rich.table import Table
 

@@ -25,6 +25,9 @@ METADATA_KEY = "cvkeras"
 SCHEMA_VERSION = 1
 
 
+MAX_INPUT_SIDE = 4096  # a larger input is damaged metadata (and would exhaust memory), not a model
+
+
 class MetadataError(ValueError):
     """A model without usable cvkeras metadata; the message names the file and the fix."""
 
@@ -59,10 +62,19 @@ class ModelMetadata:
         try:
             d = json.loads(text)
             known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+            size = known.get("input_size")
+            if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
+                raise MetadataError(f"{source}: metadata field input_size must be [height, width], not "
+                                    f"{size!r:.40}; re-export the model")
             meta = cls(**known)
-        except (ValueError, TypeError, KeyError) as exc:
+        except MetadataError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise MetadataError(f"{source}: cvkeras metadata is malformed ({exc}); re-export the model") \
                 from None
+        if not all(1 <= v <= MAX_INPUT_SIDE for v in meta.input_size):
+            raise MetadataError(f"{source}: metadata field input_size {list(meta.input_size)} is outside "
+                                f"1..{MAX_INPUT_SIDE}; re-export the model")
         if not isinstance(meta.labels, list) or not all(isinstance(x, str) for x in meta.labels):
             raise MetadataError(f"{source}: metadata labels are not a list of names; re-export the model")
         if not meta.labels:

@@ -220,7 +220,7 @@ def test_bad_options_and_unsafe_outputs_fail_before_any_file_is_written(tmp_path
     before = sorted(p.name for p in shapes_dir.rglob("*"))
     # --force replaces earlier runs only, never a folder that is not a run (here: the dataset itself)
     result = CliRunner().invoke(app, ["finetune", str(shapes_dir), *TINY, "--output", str(shapes_dir), "--force"])
-    assert result.exit_code == 2 and "not a cvkeras run directory" in result.output
+    assert result.exit_code == 2 and "holds the data" in result.output
     assert sorted(p.name for p in shapes_dir.rglob("*")) == before
     for flag, value, message in [("--unfreeze", "1.5", "--unfreeze"), ("--augment", "wild", "--augment"),
                                  ("--optimizer", "lion", "--optimizer"), ("--batch-size", "0", "--batch-size"),

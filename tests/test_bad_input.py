@@ -1,0 +1,565 @@
+"""Hostile input through the CLI (issue 14): exit code, one ``error:`` line, and no user file touched.
+
+Most cases fail before any training; the ones that need a trained run share one tiny run (32 px,
+MobileNetV2 alpha 0.35, random init, 1 epoch of 2 steps) made once per module and copied per test.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from shapes_helpers import write_shapes
+from typer.testing import CliRunner
+
+from cvkeras import rundir
+from cvkeras.cli import app
+
+TINY = ["--model", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
+        "--batch-size", "8", "--augment", "none"]
+QUICK = [*TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--steps-per-epoch", "2"]
+ROOT = Path(__file__).resolve().parent.parent
+LOCK_FILE = ".cvkeras-lock"  # rundir.LOCK, spelled out so these tests also run against older code
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file (and symlink) under ``root`` with a hash of its bytes: any change shows.
+
+    The (empty) lock file cvkeras creates to lock a run is its own and is left out.
+    """
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+def assert_one_line_error(result, code: int = 2, *needles: str) -> None:
+    text = result.output.strip()
+    assert result.exit_code == code, text
+    assert "Traceback" not in text, text
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, text
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_shapes(tmp_path_factory.mktemp("data") / "shapes", per_class=8, size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data) -> Path:
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    result = CliRunner().invoke(app, ["finetune", str(data), *QUICK, "--output", str(run)])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def run_copy(tmp_path, tiny_run) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run, dst, symlinks=True, ignore=shutil.ignore_patterns(LOCK_FILE))
+    return dst
+
+
+# --- 1: --force only ever replaces what cvkeras wrote ------------------------------------------------------
+
+def _project(tmp: Path, data: Path) -> Path:
+    proj = tmp / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "config.yaml").write_text("db: x\n")
+    (proj / "src" / "app.py").write_text("code\n")
+    (proj / "checkpoints").mkdir()
+    return proj
+
+
+def _marked_with_user_file(tmp: Path, data: Path) -> Path:
+    run = tmp / "marked"
+    run.mkdir()
+    rundir.mark_run(run)
+    (run / "config.yaml").write_text("model: {name: mobilenet_v2}\n")  # not in the manifest: not ours
+    return run
+
+
+@pytest.mark.parametrize("make, needle", [
+    (_project, "not a cvkeras run directory"),
+    (_marked_with_user_file, "did not write"),
+    (lambda tmp, data: data, "holds the data"),
+    (lambda tmp, data: data.parent, "holds the data"),
+], ids=["project-with-config-yaml", "marked-run-with-user-file", "the-data-itself", "parent-of-the-data"])
+def test_force_never_replaces_a_folder_cvkeras_did_not_write(tmp_path, make, needle):
+    data = write_shapes(tmp_path / "d" / "shapes", per_class=3, size=32)
+    target = make(tmp_path, data)
+    before, data_before = snapshot(target), snapshot(data)
+    result = cli("finetune", data, *QUICK, "--output", target, "--force")
+    assert_one_line_error(result, 2, needle)
+    assert snapshot(target) == before and snapshot(data) == data_before
+
+
+def test_output_inside_the_data_folder_is_refused_before_it_is_made(tmp_path):
+    data = write_shapes(tmp_path / "shapes", per_class=3, size=32)
+    before = snapshot(data)
+    result = cli("finetune", data, *QUICK, "--output", data / "runs" / "r")
+    assert_one_line_error(result, 2, "inside the data folder")
+    assert snapshot(data) == before
+
+
+def test_force_refuses_a_real_run_holding_a_foreign_file(run_copy, data):
+    (run_copy / "checkpoints" / "notes.txt").write_text("mine\n")
+    before = snapshot(run_copy)
+    result = cli("finetune", data, *QUICK, "--output", run_copy, "--force")
+    assert_one_line_error(result, 2, "checkpoints/notes.txt")
+    assert snapshot(run_copy) == before
+
+
+def test_clear_run_removes_only_the_manifest_files(run_copy):
+    written = set(rundir.read_manifest(run_copy))
+    assert {"config.yaml", "best.keras", "checkpoints/last.keras", "split.json"} <= written
+    (run_copy / "link").symlink_to(run_copy / "best.keras")  # a symlink is never ours
+    assert rundir.foreign_entries(run_copy) == ["link"]
+    with pytest.raises(rundir.RunDirError, match="did not write"):
+        rundir.clear_run(run_copy)
+    assert (run_copy / "best.keras").is_file()
+    (run_copy / "link").unlink()
+    assert rundir.clear_run(run_copy) == len(written)
+    assert sorted(p.name for p in run_copy.iterdir()) == [rundir.MARKER]
+    assert rundir.read_manifest(run_copy) == []
+
+
+# --- 2: one writer per run directory ----------------------------------------------------------------------
+
+def test_a_locked_run_is_refused_naming_the_holder(run_copy, data):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cvkeras import rundir\n"
+         f"with rundir.run_lock({str(run_copy)!r}, 'finetune'):\n"
+         "    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(run_copy)
+        for args in (["finetune", data, *QUICK, "--output", run_copy, "--force"],
+                     ["finetune", "--resume", "--output", run_copy],
+                     ["evaluate", run_copy],
+                     ["export", run_copy, "--format", "onnx"]):
+            result = cli(*args)
+            assert_one_line_error(result, 2, "in use by", f"pid {holder.pid}")
+        assert snapshot(run_copy) == before
+        assert not (run_copy / "export").exists()
+    finally:
+        holder.communicate("", timeout=30)
+    with rundir.run_lock(run_copy, "test"):  # released when the holder exits
+        with rundir.run_lock(run_copy, "nested"):  # re-entrant within one process
+            pass
+
+
+# --- 4, 13: files read back are checked; nothing is rewritten ---------------------------------------------
+
+def _labels_renamed(run: Path) -> None:
+    (run / "labels.txt").write_text("circle\nsquare\nstar\n")
+
+
+def _labels_extra(run: Path) -> None:
+    (run / "labels.txt").write_text("circle\nsquare\ntriangle\nstar\n")
+
+
+def _split_bad_json(run: Path) -> None:
+    (run / "split.json").write_text("{not json")
+
+
+def _split_list(run: Path) -> None:
+    (run / "split.json").write_text("[]")
+
+
+def _split_bad_item(run: Path) -> None:
+    doc = json.loads((run / "split.json").read_text())
+    doc["val"][0] = [doc["val"][0][0], 7]
+    (run / "split.json").write_text(json.dumps(doc))
+
+
+def _config_model_string(run: Path) -> None:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"] = "mobilenet_v2"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def _config_size_zero(run: Path) -> None:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["image_size"] = [0, 0]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def _best_truncated(run: Path) -> None:
+    blob = (run / "best.keras").read_bytes()
+    (run / "best.keras").write_bytes(blob[: len(blob) // 3])
+
+
+def _best_lambda(run: Path) -> None:
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Lambda(_double)(inp)[:, 0, 0, :])
+    keras.Model(inp, out).save(run / "best.keras")
+
+
+def _double(x):
+    return x * 2
+
+
+DAMAGE = [
+    (_labels_renamed, "labels.txt"), (_labels_extra, "labels.txt"), (_split_bad_json, "split.json"),
+    (_split_list, "split.json"), (_split_bad_item, "val[0]"), (_config_model_string, "'model'"),
+    (_config_size_zero, "model.image_size"), (_best_truncated, "truncated"), (_best_lambda, "best.keras"),
+]
+
+
+@pytest.mark.parametrize("damage, needle", DAMAGE, ids=[d.__name__.strip("_") for d, _ in DAMAGE])
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_damaged_run_files_are_one_line_errors_and_nothing_is_rewritten(run_copy, damage, needle, command):
+    damage(run_copy)
+    before = snapshot(run_copy)
+    extra = ["--format", "onnx"] if command == "export" else []
+    result = cli(command, run_copy, *extra)
+    assert_one_line_error(result, 2, needle)
+    assert snapshot(run_copy) == before
+
+
+# --- 11, 12: copied and read-only runs ---------------------------------------------------------------------
+
+def test_a_copied_run_with_a_missing_image_skips_and_reports_it(tmp_path, run_copy, data):
+    moved = tmp_path / "moved-data"
+    shutil.copytree(data, moved)
+    text = (run_copy / "split.json").read_text().replace(str(data.resolve()), str(moved.resolve()))
+    (run_copy / "split.json").write_text(text)
+    gone = Path(json.loads(text)["val"][0][0])
+    gone.unlink()
+    result = cli("evaluate", run_copy)
+    assert result.exit_code == 0, result.output
+    assert "missing" in result.output and "Traceback" not in result.output
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert metrics["n"] == len(json.loads(text)["val"]) - 1
+
+
+def test_a_read_only_run_is_one_line_pointing_to_output(run_copy, monkeypatch):
+    """Simulated (tests may run as root, whom chmod does not stop): making files or folders fails EROFS."""
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("dir", args[0] if args else run_copy)))
+
+    before = snapshot(run_copy)
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(os, "mkdir", read_only)
+    for args in (["evaluate", run_copy], ["export", run_copy, "--format", "onnx"]):
+        result = cli(*args)
+        assert_one_line_error(result, 2, "read-only", "--output")
+    assert snapshot(run_copy) == before
+
+
+# --- 7-10: every number is range-checked before anything is written ---------------------------------------
+
+BAD_NUMBERS = [
+    ("--steps-per-epoch", "-1"), ("--steps-per-epoch", "0"), ("--lr", "nan"), ("--lr", "inf"), ("--lr", "-0.1"),
+    ("--fine-tune-lr", "nan"), ("--image-size", "0"), ("--image-size", "10000"), ("--label-smoothing", "-0.1"),
+    ("--label-smoothing", "1"), ("--weight-decay", "-1"), ("--weight-decay", "nan"), ("--warmup-epochs", "-1"),
+    ("--warmup-epochs", "inf"), ("--dropout", "1.0"), ("--mixup", "inf"), ("--val-split", "nan"),
+    ("--seed", "-1"), ("--patience", "-2"), ("--epochs", "-1"), ("--batch-size", "-8"),
+]
+
+
+@pytest.mark.parametrize("flag, value", BAD_NUMBERS, ids=[f"{f}={v}" for f, v in BAD_NUMBERS])
+def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, data, flag, value):
+    before = snapshot(data)
+    run = tmp_path / "run"
+    result = cli("finetune", data, *QUICK, flag, value, "--output", run)
+    assert_one_line_error(result, 2, flag)
+    assert not run.exists() and snapshot(data) == before
+
+
+@pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--threads", "-3"), ("--max-accuracy-drop", "nan"),
+                                         ("--max-accuracy-drop", "inf"), ("--max-accuracy-drop", "-1")])
+def test_bad_export_numbers_are_refused_before_anything_is_written(run_copy, flag, value):
+    before = snapshot(run_copy)
+    result = cli("export", run_copy, flag, value)
+    assert_one_line_error(result, 2, flag)
+    assert snapshot(run_copy) == before
+
+
+# --- 5, 14 and the smaller data items: caught at scan time -------------------------------------------------
+
+def test_a_csv_row_with_an_empty_label_is_refused_with_its_row_number(tmp_path, data):
+    rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    rows[3] = rows[3].split(",")[0] + ", "
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    result = cli("finetune", csv_file, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, "data.csv:4", "empty label")
+    assert not (tmp_path / "run").exists()
+
+
+def test_scan_skips_and_reports_what_it_cannot_use(tmp_path):
+    from cvkeras.data import scan_folder
+
+    data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
+    bad_name = os.fsdecode(b"circle/bad\xff.png")
+    shutil.copy(data / "circle" / "circle_000.png", data / bad_name)
+    (data / "square" / "photo.webp").write_bytes(b"RIFF0000WEBP")
+    (data / "triangle" / "scan.tif").write_bytes(b"II*\0")
+    (data / "__MACOSX" / "circle").mkdir(parents=True)
+    shutil.copy(data / "circle" / "circle_000.png", data / "__MACOSX" / "circle" / "._x.png")
+    (data / "loop").symlink_to(data, target_is_directory=True)
+    split = scan_folder(data)
+    assert split.classes == ["circle", "square", "triangle"]
+    reasons = {Path(p).name: why for p, why in split.skipped}
+    assert "UTF-8" in reasons[os.fsdecode(b"bad\xff.png")]
+    assert "convert it" in reasons["photo.webp"] and "convert it" in reasons["scan.tif"]
+    assert "loop" in reasons["loop"]
+    assert len(split.train) + len(split.val) == 12
+    # skipped.txt can always be written (undecodable bytes escaped)
+    text = "".join(f"{rundir.printable_path(p)}\t{why}\n" for p, why in split.skipped)
+    rundir.atomic_write(tmp_path / "skipped.txt", text)
+    assert "bad\\xff.png" in (tmp_path / "skipped.txt").read_text(encoding="utf-8")
+
+
+def test_a_class_with_one_image_is_warned_about(tmp_path):
+    from cvkeras.data import scan_folder
+
+    data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
+    for p in sorted((data / "triangle").iterdir())[1:]:
+        p.unlink()
+    split = scan_folder(data)
+    assert any("'triangle'" in w and "no validation image" in w for w in split.warnings)
+
+
+# --- 3: --resume keeps its recorded split -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_resume_uses_the_recorded_split_and_reports_new_files(tmp_path, run_copy, data):
+    own = tmp_path / "data"
+    shutil.copytree(data, own)
+    for name in ("split.json", "config.yaml"):
+        text = (run_copy / name).read_text().replace(str(data.resolve()), str(own.resolve()))
+        (run_copy / name).write_text(text.replace(str(data), str(own)))
+    cfg = yaml.safe_load((run_copy / "config.yaml").read_text())
+    cfg["train"]["epochs"] = 2  # the run was interrupted after epoch 1 of 2
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    state = json.loads((run_copy / "checkpoints" / "state.json").read_text())
+    state["finished"] = False
+    (run_copy / "checkpoints" / "state.json").write_text(json.dumps(state))
+    write_shapes(own / "extra", per_class=2, size=32, classes=("circle",))  # nested: scanned as circle
+    shutil.move(own / "extra" / "circle", own / "star")  # a whole new class
+    shutil.rmtree(own / "extra")
+    split_before = (run_copy / "split.json").read_text()
+    result = cli("finetune", "--resume", "--output", run_copy)
+    assert result.exit_code == 0, result.output
+    assert "not used" in result.output and "Traceback" not in result.output
+    assert (run_copy / "split.json").read_text() == split_before
+    assert (run_copy / "labels.txt").read_text().split() == ["circle", "square", "triangle"]
+    assert json.loads((run_copy / "checkpoints" / "state.json").read_text())["global_epoch"] == 2
+
+
+# --- 8: a NaN loss stops the run and keeps the last good checkpoint ---------------------------------------
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):
+    import keras
+
+    from cvkeras.config import FinetuneConfig
+    from cvkeras.train import TrainingDivergedError, finetune
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.layers[-1].kernel
+                kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+
+    cfg = FinetuneConfig(data=str(data), model="mobilenet_v2", alpha=0.35, weights="none", image_size=[32, 32],
+                         batch_size=8, augment="none", epochs=3, fine_tune_epochs=0, steps_per_epoch=2)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match="NaN"):
+        finetune(cfg, output=str(run), verbose=0, callbacks=[Poison()])
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["global_epoch"] == 1 and not state["finished"]
+    for name in ("best.keras", "checkpoints/last.keras"):
+        model = keras.saving.load_model(run / name, safe_mode=True)
+        assert all(np.isfinite(w).all() for w in model.get_weights()), name
+    result = cli("finetune", "--resume", "--output", run, "--lr", "nan")
+    assert_one_line_error(result, 2, "--lr")
+
+
+# --- 6: the multi-worker loop trains at full step size under mixed_float16 --------------------------------
+
+MULTI_WORKER = textwrap.dedent("""
+    import json, numpy as np, keras, tensorflow as tf
+    from cvkeras.config import FinetuneConfig
+    from cvkeras.train import fit_multi_worker
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # single worker: no TF_CONFIG
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    y = np.eye(2, dtype="float32")[np.arange(8) % 2]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    cfg = FinetuneConfig(batch_size=8, label_smoothing=0.0)
+    deltas = {}
+    for policy in ("float32", "mixed_float16"):
+        keras.mixed_precision.set_global_policy(policy)
+        with strategy.scope():
+            inp = keras.Input((4,))
+            out = keras.layers.Dense(2, kernel_initializer="ones", dtype=policy)(inp)
+            model = keras.Model(inp, keras.layers.Activation("softmax", dtype="float32")(out))
+            model.compile(optimizer=keras.optimizers.SGD(1.0), loss="categorical_crossentropy")
+        before = model.get_weights()[0].copy()
+        fit_multi_worker(model, strategy, ds, ds, 0, 1, 1, cfg, None, 2, [])
+        deltas[policy] = (model.get_weights()[0] - before).tolist()
+        deltas[policy + "_optimizer"] = type(model.optimizer).__name__
+    print("RESULT " + json.dumps(deltas))
+""")
+
+
+@pytest.mark.slow
+def test_multi_worker_loop_under_mixed_float16_matches_float32_first_update():
+    out = subprocess.run([sys.executable, "-c", MULTI_WORKER], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env={**{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+                                   "PYTHONPATH": str(ROOT)})
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, out.stderr[-3000:]
+    deltas = json.loads(line[len("RESULT "):])
+    assert deltas["mixed_float16_optimizer"] == "LossScaleOptimizer"
+    f32, f16 = np.asarray(deltas["float32"]), np.asarray(deltas["mixed_float16"])
+    assert np.abs(f32).max() > 1e-2, "the float32 step should move the weights"
+    np.testing.assert_allclose(f16, f32, rtol=2e-2, atol=2e-3)
+
+
+# --- serving side: metadata and JSON ------------------------------------------------------------------------
+
+def _serving_model(tmp_path: Path, meta_doc: dict | None = None, nan: bool = False) -> Path:
+    import onnx
+    from serving_helpers import BIAS, make_onnx
+
+    from serving.metadata import METADATA_KEY
+
+    bias = np.full_like(BIAS, np.nan) if nan else BIAS
+    path = make_onnx(tmp_path / "model.onnx", bias=bias)
+    if meta_doc is not None:
+        model = onnx.load(str(path))
+        prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+        doc = json.loads(prop.value)
+        doc.update(meta_doc)
+        prop.value = json.dumps(doc)
+        onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("size", [[8], [0, 0], [100000, 100000]], ids=["one-number", "zero", "huge"])
+@pytest.mark.parametrize("command", ["predict", "validate", "benchmark"])
+def test_bad_model_metadata_input_size_is_one_line(tmp_path, size, command):
+    from serving_helpers import write_class_folder
+
+    model = _serving_model(tmp_path, {"input_size": size})
+    images = tmp_path / "imgs"
+    write_class_folder(images, per_class=1)
+    args = {"predict": [model, images], "validate": [model, "--data", images], "benchmark": [model]}[command]
+    result = cli(command, *args)
+    assert_one_line_error(result, 2, "input_size")
+
+
+def test_predict_json_never_prints_bare_nan(tmp_path):
+    from serving_helpers import write_class_folder
+
+    model = _serving_model(tmp_path, nan=True)
+    images = tmp_path / "imgs"
+    write_class_folder(images, per_class=1)
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    result = cli("predict", model, images, "--json")
+    lines = [x for x in result.output.splitlines() if x.startswith("{")]
+    assert lines, result.output
+    docs = [json.loads(x, parse_constant=no_constants) for x in lines]
+    assert all(d.get("score") is None for d in docs if "error" not in d)
+
+
+# --- the console holds cvkeras' own lines: TensorFlow's start-up chatter only with --verbose ---------------
+
+def test_tensorflow_start_up_lines_are_not_printed(run_copy):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-m", "cvkeras.cli", "evaluate", str(run_copy)], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    noise = [x for x in out.stderr.splitlines() if "absl" in x or x[:5] in ("I0000", "W0000", "E0000")]
+    assert not noise, noise
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    """Interrupted exports leaked their temp folders: SIGTERM now unwinds like Ctrl-C."""
+    code = textwrap.dedent(f"""
+        import os, signal, tempfile, time
+        from cvkeras.cli import terminate_as_interrupt
+        terminate_as_interrupt()
+        try:
+            with tempfile.TemporaryDirectory(prefix="cvkeras-savedmodel-", dir={str(tmp_path)!r}):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "interrupted", out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text, needle", [("model: mobilenet_v2\n", "'model'"),
+                                          ("train: {learning_rate: fast}\n", "train.learning_rate"),
+                                          ("train: {learning_rate: .nan}\n", "--lr"),
+                                          ("- a\n- list\n", "mapping")])
+def test_a_bad_config_file_is_one_line(tmp_path, data, text, needle):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    result = cli("finetune", data, "--config", config, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, needle)
+    assert not (tmp_path / "run").exists() and config.read_text() == text
+
+
+def test_resume_refuses_other_data_and_a_run_without_checkpoint(tmp_path, run_copy, data):
+    other = write_shapes(tmp_path / "other", per_class=3, size=32)
+    before = snapshot(run_copy)
+    result = cli("finetune", other, "--resume", "--output", run_copy)
+    assert_one_line_error(result, 2, "recorded split")
+    assert snapshot(run_copy) == before
+    shutil.rmtree(run_copy / "checkpoints")
+    result = cli("finetune", "--resume", "--output", run_copy)
+    assert_one_line_error(result, 2, "--force")  # the way out, not another --resume
+
+
+def test_a_csv_file_under_two_labels_is_warned_about(tmp_path):
+    from cvkeras.data import read_csv
+
+    data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    rows.append(f"{Path('shapes/circle/circle_000.png')},square")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    split = read_csv(tmp_path / "data.csv")
+    assert any("several labels" in w and "circle and square" in w for w in split.warnings), split.warnings
