@@ -112,7 +112,8 @@ def finetune(
     learning_rate: float = typer.Option(None, "--lr", help="Stage-1 peak learning rate. [1e-3]"),
     fine_tune_learning_rate: float = typer.Option(None, "--fine-tune-lr", help="Stage-2 peak learning rate. [1e-4]"),
     optimizer: str = typer.Option(None, help="adamw or sgd (momentum 0.9). [adamw]"),
-    weight_decay: float = typer.Option(None, help="Weight decay. [1e-4]"),
+    weight_decay: float = typer.Option(None, help="Decoupled weight decay (per step w -= lr*wd*w; not biases or "
+                                                  "norms), AdamW and SGD. [0.05]"),
     warmup_epochs: float = typer.Option(None, help="Linear warm-up before cosine decay, in epochs. [1]"),
     label_smoothing: float = typer.Option(None, help="Label smoothing. [0.1]"),
     dropout: float = typer.Option(None, help="Dropout before the head. [0.2]"),

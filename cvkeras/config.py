@@ -53,7 +53,7 @@ class FinetuneConfig:
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
     warmup_epochs: float = 1.0
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05  # decoupled: each step w -= lr * weight_decay * w (biases, norms excluded)
     label_smoothing: float = 0.1
     class_weights: str = "none"
     patience: int = 5

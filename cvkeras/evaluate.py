@@ -16,12 +16,16 @@ from cvkeras import rundir
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[str], k: int = 5) -> dict[str, Any]:
-    """Metrics of predicted probabilities ``(N, C)`` against integer labels ``(N,)``."""
+    """Metrics of predicted probabilities ``(N, C)`` against integer labels ``(N,)``.
+
+    ``cross_entropy`` is the plain mean ``-log p(true class)`` (no label smoothing, no class weights), so
+    it is not history.csv's ``val_loss``. ``top_k_accuracy`` is reported only when ``k`` < classes
+    (otherwise it is 1 by construction).
+    """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     n, c = probs.shape
     pred = probs.argmax(axis=1)
-    k = min(k, c)
     topk = np.argsort(-probs, axis=1)[:, :k]
     cm = np.zeros((c, c), dtype=np.int64)
     np.add.at(cm, (labels, pred), 1)
@@ -37,11 +41,15 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[s
                            "support": support}
     eps = 1e-7
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(n), labels], eps, 1.0)))) if n else float("nan")
-    return {
+    report: dict[str, Any] = {
         "n": int(n),
         "accuracy": float((pred == labels).mean()) if n else float("nan"),
-        f"top_{k}_accuracy": float((topk == labels[:, None]).any(axis=1).mean()) if n else float("nan"),
-        "loss": loss,
+    }
+    if k < c:
+        report[f"top_{k}_accuracy"] = float((topk == labels[:, None]).any(axis=1).mean()) if n else float("nan")
+    return {
+        **report,
+        "cross_entropy": loss,
         "macro_f1": float(np.mean([v["f1"] for v in per_class.values()])),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
@@ -108,5 +116,5 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("images", str(report["n"])), ("accuracy", f"{report['accuracy']:.4f}")]
     if topk:
         rows.append((topk.replace("_", "-"), f"{report[topk]:.4f}"))
-    rows += [("loss", f"{report['loss']:.4f}"), ("macro F1", f"{report['macro_f1']:.4f}")]
+    rows += [("cross-entropy", f"{report['cross_entropy']:.4f}"), ("macro F1", f"{report['macro_f1']:.4f}")]
     return rows

@@ -145,6 +145,7 @@ def set_trainable(model, stage: int, unfreeze: float | str = 0.3, freeze_bn: boo
     base = model.get_layer(BACKBONE)
     if stage == 1:
         base.trainable = False
+        pin_frozen_dropout(model)
         return 0
     base.trainable = True
     layers = base.layers
@@ -154,7 +155,32 @@ def set_trainable(model, stage: int, unfreeze: float | str = 0.3, freeze_bn: boo
     for i, layer in enumerate(layers):
         layer.trainable = i >= cut and not (freeze_bn and isinstance(layer, keras.layers.BatchNormalization))
         count += int(layer.trainable and bool(layer.weights))
+    pin_frozen_dropout(model)
     return count
+
+
+def pin_frozen_dropout(model) -> int:
+    """Keep the dropout layers of the frozen part of the backbone in inference mode during ``fit``.
+
+    Under Keras 3, ``base(x, training=False)`` at build time does not hold in ``fit``: the outer
+    ``training=True`` reaches every nested layer. BatchNorm stays in inference mode through
+    ``trainable=False``, Dropout does not, so the dropout inside EfficientNet blocks would perturb a
+    frozen backbone. A frozen Dropout layer is not handed the ``training`` argument (so it runs with its
+    default, inference); an unfrozen one trains as usual. Nothing is saved: call it after every trainability
+    change and after loading a checkpoint. Returns the number of dropout layers pinned.
+    """
+    import keras
+
+    base = model.get_layer(BACKBONE)
+    pinned = 0
+    for layer in base._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Dropout):
+            frozen = not (base.trainable and layer.trainable)
+            # the one attribute Keras reads to inject ``training`` (Layer.__call__ and the functional
+            # graph runner both consult it); without it Dropout.call runs with its default, inference
+            layer._call_context_args = set() if frozen else {"training"}
+            pinned += int(frozen)
+    return pinned
 
 
 def unfreeze_fraction(unfreeze: float | str) -> float:
@@ -170,19 +196,47 @@ def unfreeze_fraction(unfreeze: float | str) -> float:
     return frac
 
 
-def to_float32(model, spec_name: str, num_classes: int, image_size, alpha, dropout: float):
-    """Rebuild ``model`` under the float32 policy and copy its weights (for saving and export)."""
+def _float32_config(obj):
+    """A model config with every mixed-precision dtype (policy or plain float16/bfloat16) set to float32."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "DTypePolicy" and str(obj.get("config", {}).get("name", "")).startswith("mixed_"):
+            return {**obj, "config": {**obj["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_float32_config(v) for v in obj)
+    if obj in ("float16", "bfloat16"):
+        return "float32"
+    return obj
+
+
+def float32_copy(model):
+    """A float32 twin of ``model`` built from the model's *own* config, with its weights copied.
+
+    Rebuilding from the registry would not do: Keras' EfficientNet adds a ``Rescaling`` layer only when
+    built with ``weights="imagenet"``, and that layer has no weights, so ``set_weights`` would succeed
+    on a different network. The config holds every layer the trained model has.
+    """
     import keras
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        clone = build_classifier(spec_name, num_classes, image_size, alpha, weights="none", dropout=dropout)
+        clone = keras.Model.from_config(_float32_config(model.get_config()))
         clone.set_weights([np.asarray(w, dtype="float32") if np.asarray(w).dtype.kind == "f" else w
                            for w in model.get_weights()])
     finally:
         keras.mixed_precision.set_global_policy(previous)
     return clone
+
+
+def to_float32(model, spec_name: str | None = None, num_classes: int | None = None, image_size=None, alpha=None,
+               dropout: float | None = None):
+    """``model`` as float32 (for saving and export): see :func:`float32_copy`.
+
+    The other arguments are accepted for existing callers and not used: the copy follows the model's
+    own config, never a rebuild from the registry.
+    """
+    return float32_copy(model)
 
 
 def load_model(path: str | os.PathLike):

@@ -127,6 +127,25 @@ def load_split_images(
     return images, labels[idx], [paths[i] for i in idx]
 
 
+def cache_file(prefix: str, paths: Sequence[str] | None, labels: Sequence[int] | None, size: Sequence[int],
+               tag: str = "") -> str:
+    """The file-cache name for one dataset: ``PREFIX-<hash>``, never shared by different contents.
+
+    TensorFlow's file cache replays whatever an earlier pipeline wrote under the same name, so one
+    prefix for train and val (or for two runs) would hand one split the other's images and labels.
+    The hash covers the tag (the caller's run and split), the image size and every file with its
+    label, byte size and modification time.
+    """
+    import hashlib
+    import os
+
+    h = hashlib.sha256(f"{tag}\0{list(map(int, size))}\n".encode())
+    for p, y in zip(paths or [], labels if labels is not None else [], strict=True):
+        st = os.stat(p)
+        h.update(f"{p}\0{int(y)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"{prefix}-{h.hexdigest()[:16]}"
+
+
 def make_dataset(
     paths: Sequence[str] | None,
     labels: Sequence[int] | None,
@@ -138,12 +157,14 @@ def make_dataset(
     cache: str = "memory",
     seed: int = 0,
     source: Any = None,
+    cache_tag: str = "",
 ):
     """The full input pipeline: decode/resize -> cache -> shuffle -> batch -> augment -> prefetch.
 
     ``paths``/``labels`` name image files; alternatively ``source`` is a ready (uint8 image, label)
     dataset (TFDS). Labels come out one-hot float32 (label smoothing and mixup need soft labels).
-    ``cache`` is ``memory``, ``none`` or a file path prefix for data that does not fit in memory.
+    ``cache`` is ``memory``, ``none`` or a file path prefix for data that does not fit in memory; the
+    file cache is named by :func:`cache_file` (prefix + the content and ``cache_tag``, e.g. run and split).
     """
     import tensorflow as tf
 
@@ -158,7 +179,7 @@ def make_dataset(
     if cache == "memory":
         ds = ds.cache()
     elif cache and cache != "none":
-        ds = ds.cache(str(cache))
+        ds = ds.cache(cache_file(str(cache), paths, labels, size, cache_tag))
     if training:
         ds = ds.shuffle(min(n or 10_000, 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

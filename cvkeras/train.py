@@ -33,7 +33,11 @@ from cvkeras.registry import get, resolve_alpha
 
 STATE = "state.json"
 LAST = "last.keras"
-HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+#: ``loss``/``val_loss`` are the training objective (label smoothing; ``loss`` also class-weighted), not
+#: metrics.json's ``cross_entropy``; ``learning_rate_first_step`` is the rate of the epoch's first step.
+HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate_first_step")
+#: Variables never decayed: biases, normalisation scale/offset (BatchNorm, LayerNorm) and layer scales.
+NO_DECAY = r"(?:^|/)(?:bias|gamma|beta)(?:/replica_\d+)?(?::\d+)?$"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
 OPTIMIZERS = ("adamw", "sgd")
@@ -150,19 +154,28 @@ def _schedule(lr: float, warmup_steps: int, total_steps: int):
 
 
 def compile_model(model, cfg: FinetuneConfig, lr: float, steps_per_epoch: int, epochs: int, num_classes: int):
-    """Compile with AdamW/SGD, warm-up + cosine decay, label smoothing, accuracy and top-k."""
+    """Compile with AdamW/SGD, warm-up + cosine decay, label smoothing, accuracy and top-5 (> 5 classes).
+
+    Weight decay is decoupled for both optimizers: each step multiplies a decayed weight by
+    ``1 - lr * weight_decay`` (the PyTorch AdamW convention, so the usual 0.05 means what it means
+    there). Biases and normalisation parameters (``NO_DECAY``) are never decayed.
+    """
     import keras
 
     schedule = _schedule(lr, int(round(cfg.warmup_epochs * steps_per_epoch)), steps_per_epoch * epochs)
+    decay = float(cfg.weight_decay) or None
     if check_choice("--optimizer", cfg.optimizer, OPTIMIZERS) == "adamw":
-        opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+        opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=decay or 0.0)
     else:
-        opt = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
+        opt = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True, weight_decay=decay)
+    opt.exclude_from_weight_decay(var_names=[NO_DECAY])
+    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if num_classes > 5:  # with 5 classes or fewer top-5 accuracy is always 1
+        metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top_5"))
     model.compile(
         optimizer=opt,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                 keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top_k")],
+        metrics=metrics,
         jit_compile=bool(cfg.jit),
     )
 
@@ -173,6 +186,28 @@ def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
         return None
     total, c = sum(counts), len(counts)
     return {i: total / (c * n) if n else 0.0 for i, n in enumerate(counts)}
+
+
+def with_sample_weights(ds, weights: dict[int, float], num_classes: int):
+    """Add a per-image weight ``label · class_weights`` to a (images, soft labels) dataset.
+
+    Keras' ``class_weight`` weights by the argmax of the label, so a MixUp/CutMix image would carry
+    one class's weight whatever its mix; the dot product weights it by the mix (and equals the class
+    weight for a one-hot label).
+    """
+    import tensorflow as tf
+
+    cw = tf.constant([weights.get(i, 1.0) for i in range(num_classes)], tf.float32)
+    return ds.map(lambda x, y: (x, y, tf.reduce_sum(tf.cast(y, tf.float32) * cw, axis=-1)),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def label_counts(ds, num_classes: int) -> list[int]:
+    """Images per class of a (image, integer label) dataset, by one pass over its labels (TFDS sources)."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for y in ds.map(lambda x, y: y).batch(4096).as_numpy_iterator():
+        counts += np.bincount(np.asarray(y, dtype=np.int64).ravel(), minlength=num_classes)[:num_classes]
+    return counts.tolist()
 
 
 def fit_multi_worker(model, strategy, train_ds, val_ds, initial_epoch: int, epochs: int, steps: int,
@@ -194,16 +229,14 @@ def fit_multi_worker(model, strategy, train_ds, val_ds, initial_epoch: int, epoc
     scaled = isinstance(opt, keras.optimizers.LossScaleOptimizer)
     with strategy.scope():
         opt.build(model.trainable_variables)
-    class_w = tf.constant([weights.get(i, 1.0) for i in range(num_classes)] if weights else [1.0] * num_classes,
-                          tf.float32)
     iterator = iter(strategy.experimental_distribute_dataset(train_ds.repeat()))
 
     @tf.function
     def train_step(it):
-        def step(x, y):
+        def step(x, y, w=None):  # w: per-image class weights from with_sample_weights
             with tf.GradientTape() as tape:
                 p = model(x, training=True)
-                per_example = loss_fn(y, p) * tf.gather(class_w, tf.argmax(y, axis=-1))
+                per_example = loss_fn(y, p) * (w if w is not None else 1.0)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=cfg.batch_size)
                 scaled_loss = opt.scale_loss(loss) if scaled else loss
             grads = tape.gradient(scaled_loss, model.trainable_variables)
@@ -218,6 +251,8 @@ def fit_multi_worker(model, strategy, train_ds, val_ds, initial_epoch: int, epoc
     for cb in callbacks:
         cb.set_model(model)
     for epoch in range(initial_epoch, epochs):
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch)
         total_loss = total_correct = total_count = 0.0
         for _ in range(steps):
             loss, correct, count = train_step(iterator)
@@ -246,12 +281,17 @@ def _make_checkpointer(run: Path, export_model, state: dict[str, Any], patience:
 
     class Checkpointer(keras.callbacks.Callback):
         diverged: str | None = None
+        first_step_lr = float("nan")
 
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
                 self.diverged = f"batch {batch + 1}"
                 self.model.stop_training = True
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            # before the epoch's first step the optimizer's rate is that step's; at the end it is the next's
+            self.first_step_lr = float(np.asarray(self.model.optimizer.learning_rate))
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
@@ -270,8 +310,7 @@ def _make_checkpointer(run: Path, export_model, state: dict[str, Any], patience:
                 state["wait"] += 1
             state["epoch"] = epoch + 1
             state["global_epoch"] += 1
-            lr = self.model.optimizer.learning_rate
-            row = {"epoch": state["global_epoch"], "stage": stage, "learning_rate": float(np.asarray(lr))}
+            row = {"epoch": state["global_epoch"], "stage": stage, "learning_rate_first_step": self.first_step_lr}
             row.update({k: float(logs[k]) for k in HISTORY_FIELDS if k in logs})
             state["history"].append(row)
             if write:
@@ -433,7 +472,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
 
     from cvkeras.augment import Augmenter
     from cvkeras.data import load_source, recorded_split, tfds_dataset
-    from cvkeras.model import build_classifier, set_trainable
+    from cvkeras.model import build_classifier, float32_copy, load_model, pin_frozen_dropout, set_trainable
     from cvkeras.pipeline import make_dataset
 
     if not cfg.data and not resume:
@@ -471,10 +510,18 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         warn(message)
     classes = split.classes
     num_classes = len(classes)
+    pretrained = str(cfg.weights).lower() not in ("none", "random", "")
+    if not pretrained and str(cfg.unfreeze) != "all":
+        # a random backbone left frozen (with BatchNorm statistics at mean 0 / variance 1) learns nothing:
+        # from scratch the whole network trains in every stage, and config.yaml says so
+        print(f"--weights {cfg.weights}: training the whole network in every stage (--unfreeze all)", flush=True)
+        cfg.unfreeze = "all"
     if write and not resume:
         doc = cfg.to_dict()
         doc["run"] = {"precision": precision, "replicas": strategy.num_replicas_in_sync,
-                      "classes": num_classes, "cvkeras": __import__("cvkeras").__version__}
+                      "classes": num_classes, "cvkeras": __import__("cvkeras").__version__,
+                      "trains": ("head, then the top --unfreeze of the backbone (BatchNorm frozen)" if pretrained
+                                 else "the whole network in every stage, BatchNorm included (from scratch)")}
         rundir.write_config(run, doc)
         rundir.write_labels(run, classes)
         rundir.write_json(run / rundir.SPLIT, split.to_json(cfg.seed))
@@ -488,21 +535,24 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         train_src, val_src = tfds_dataset(split.tfds, "train"), tfds_dataset(split.tfds, "val")
         n_train = int(train_src.cardinality().numpy())
         train_ds = make_dataset(None, None, size, cfg.batch_size, num_classes, True, augmenter, cfg.cache,
-                                cfg.seed, source=train_src)
-        val_ds = make_dataset(None, None, size, cfg.batch_size, num_classes, cache=cfg.cache, source=val_src)
-        counts = None
+                                cfg.seed, source=train_src, cache_tag=f"{run.resolve()}:train:{cfg.data}")
+        val_ds = make_dataset(None, None, size, cfg.batch_size, num_classes, cache=cfg.cache, source=val_src,
+                              cache_tag=f"{run.resolve()}:val:{cfg.data}")
+        counts = label_counts(train_src, num_classes) if cfg.class_weights != "none" else None
     else:
         n_train = len(split.train)
         train_ds = make_dataset([p for p, _ in split.train], [y for _, y in split.train], size, cfg.batch_size,
-                                num_classes, True, augmenter, cfg.cache, cfg.seed)
+                                num_classes, True, augmenter, cfg.cache, cfg.seed, cache_tag=f"{run.resolve()}:train")
         val_ds = make_dataset([p for p, _ in split.val], [y for _, y in split.val], size, cfg.batch_size,
-                              num_classes, cache=cfg.cache)
+                              num_classes, cache=cfg.cache, cache_tag=f"{run.resolve()}:val")
         counts = split.counts("train")
     steps = max(1, math.ceil(n_train / cfg.batch_size))
     if cfg.steps_per_epoch is not None:
         steps = min(steps, int(cfg.steps_per_epoch))
         train_ds = train_ds.repeat()
     weights = class_weights(counts, cfg.class_weights) if counts else None
+    if weights:
+        train_ds = with_sample_weights(train_ds, weights, num_classes)
 
     state_path = run / rundir.CHECKPOINTS / STATE
     state: dict[str, Any] = json.loads(state_path.read_text()) if resume else {
@@ -513,15 +563,12 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
             model = keras.saving.load_model(run / rundir.CHECKPOINTS / LAST, safe_mode=True)  # keeps policy
         else:
             model = build_classifier(spec, num_classes, size, cfg.alpha, cfg.weights, cfg.dropout)
-    keras.mixed_precision.set_global_policy("float32")
-    export_model = build_classifier(spec, num_classes, size, cfg.alpha, "none", cfg.dropout)
-    keras.mixed_precision.set_global_policy(precision)
+    export_model = float32_copy(model)  # the trained network's own config, in float32
     checkpointer = _make_checkpointer(run, export_model, state, cfg.patience, write)
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
-    fit_kwargs = dict(validation_data=val_ds, steps_per_epoch=steps, class_weight=weights, verbose=verbose,
+    fit_kwargs = dict(validation_data=val_ds, steps_per_epoch=steps, verbose=verbose,
                       callbacks=[checkpointer, *(callbacks or [])])
 
-    pretrained = str(cfg.weights).lower() not in ("none", "random", "")
     stages = [(1, cfg.epochs, cfg.learning_rate), (2, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate)]
     for stage, epochs, lr in stages:
         if state.get("finished") or stage < state["stage"] or epochs <= 0:
@@ -534,9 +581,16 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         if state["epoch"] >= epochs:
             continue
         if not continuing:
+            best = run / rundir.BEST
+            if stage > 1 and 0 < state["best_epoch"] < state["global_epoch"] and best.is_file():
+                # the earlier stage's last epoch is not its best (e.g. it stopped early): go on from the best
+                model.set_weights(load_model(best).get_weights())
+                print(f"stage {stage} starts from the best weights so far (epoch {state['best_epoch']})", flush=True)
             with strategy.scope():
-                set_trainable(model, stage, cfg.unfreeze, freeze_bn=pretrained)
+                set_trainable(model, stage if pretrained else 2, cfg.unfreeze, freeze_bn=pretrained)
                 compile_model(model, cfg, lr, steps, epochs, num_classes)
+        else:
+            pin_frozen_dropout(model)  # not saved with the checkpoint
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             fit_multi_worker(model, strategy, train_ds, val_ds, state["epoch"], epochs, steps, cfg,
                              weights, num_classes, fit_kwargs["callbacks"])
@@ -562,7 +616,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
                     title=f"{spec.name} - best epoch on the " + report_title(metrics, "val split"))
         if split.test:
             test = evaluate_run(run, split="test", write=False)
-            metrics["test"] = {k: test[k] for k in ("n", "accuracy", "loss", "macro_f1")}
+            metrics["test"] = {k: test[k] for k in ("n", "accuracy", "cross_entropy", "macro_f1")}
             rundir.write_json(run / rundir.METRICS, metrics)
         from cvkeras.report import refresh
 
