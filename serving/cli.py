@@ -170,8 +170,8 @@ def validate(
         typer.echo(json.dumps(report.to_dict()))
     else:
         _validation_tables(report)
-    for why in report.gate_failures:
-        typer.echo(f"error: {model.name}: {why}", err=True)
+    if report.gate_failures:
+        typer.echo(f"error: {model.name}: {'; '.join(report.gate_failures)}", err=True)
     raise typer.Exit(0 if report.passed else 1)
 
 
