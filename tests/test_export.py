@@ -110,6 +110,7 @@ def test_plan_default_is_float32_of_both_formats():
     (["--calibration", "kl"], "unknown --calibration 'kl'"),
     (["--io-type", "int16"], "unknown --io-type 'int16'"),
     (["--opset", "7"], "--opset 7 is not supported"),
+    (["--min-agreement", "1.5"], "--min-agreement must be a fraction in 0..1, not 1.5"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, args, needle):
     result = _invoke(tmp_path / "nope", *args)
