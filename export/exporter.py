@@ -371,8 +371,11 @@ def _repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, qua
         ranking = repair.rank_onnx_layers(pre, raw_path, debug_images[: repair.DEBUG_IMAGES].astype(np.float32))
         candidate = res.path[: -len(".onnx")] + ".candidate.onnx"
 
+        groups = {r.name: r.nodes or [r.name] for r in ranking}
+
         def build(names: list[str]) -> None:
-            p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=names, preprocessed=True)
+            nodes = [n for name in names for n in groups[name]]
+            p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True)
             meta_io.embed_onnx(p, meta_io.ModelMetadata.from_json(_onnx_meta(res.path)))
             atomic_write(candidate, lambda tmp: to_onnx.save(p, tmp))
 

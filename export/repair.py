@@ -52,6 +52,9 @@ class LayerError:
     op: str
     error: float
     metric: str
+    #: every node to keep in float with this layer: an ONNX Conv takes its fused Relu/Clip along (left
+    #: quantized alone, the activation would be quantized over the conv's unbounded output range)
+    nodes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +89,7 @@ def search(ranking: Sequence[LayerError], build: Callable[[list[str]], None],
            check: Callable[[], tuple[bool, dict[str, Any]]], say: Callable[[str], None]) -> RepairResult:
     """Smallest ``k`` such that the model with the ``k`` worst layers in float passes ``check``.
 
-    ``build(names)`` writes the candidate with those layers in float; ``check()`` returns (passed,
+    ``build(names)`` writes the candidate with those layers (``LayerError.name``) in float; ``check()`` returns (passed,
     figures with ``agreement``, ``accuracy_drop``, ``size_bytes``, ``latency_ms``). The candidate left
     built at the end is the smallest passing one, or the full-float-layers one when none passes.
     """
@@ -187,12 +190,13 @@ def rank_onnx_layers(pre_path: str | os.PathLike, qdq_path: str | os.PathLike, i
     for node in graph.node:
         if node.op_type not in WEIGHTED_OPS or not node.name:
             continue
-        tensors, t = [node.output[0]], node.output[0]
+        tensors, t, group = [node.output[0]], node.output[0], [node.name]
         while len(consumers[t]) == 1 and consumers[t][0].op_type in FUSED_ACTIVATIONS:
+            group.append(consumers[t][0].name)
             t = consumers[t][0].output[0]
             tensors.append(t)
         nsr = max(act.get(t, 0.0) for t in tensors) + sum(weight.get(w, 0.0) for w in node.input[1:])
-        ranked.append(LayerError(node.name, node.op_type, float(nsr), "noise/signal"))
+        ranked.append(LayerError(node.name, node.op_type, float(nsr), "noise/signal", group))
     ranked.sort(key=lambda r: -r.error)
     return ranked
 
