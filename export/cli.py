@@ -11,6 +11,7 @@ import typer
 from export.calibration import DEFAULT_SAMPLES
 from export.errors import ExportError
 from export.to_onnx import DEFAULT_OPSET
+from serving.validate import DEFAULT_MIN_AGREEMENT
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -18,29 +19,44 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(report) -> None:
-    """The per-artifact table: accuracy, drop, agreement, max diff, size, latency, status."""
+    """The per-artifact table: accuracy, drop and agreement with 95 % intervals, size, latency, status."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{report.model_name}: Keras accuracy {100 * report.keras_accuracy:.2f}% "
-                        f"on {report.n_val} validation images", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+    im = report.images
+    table = Table(title=f"{report.model_name}: Keras accuracy {100 * report.keras_accuracy:.2f}% on "
+                        f"{report.n_val} validation images; agreement over {im.get('fidelity')} images "
+                        f"({im.get('val')} val + {im.get('held_back_train')} held-back training), "
+                        f"{im.get('calibration')} calibration images", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("artifact", no_wrap=True)
-    for col in ("acc %", "drop", "agree %", "max|dp|", "MB", "ms/img"):
+    for col in ("acc %", "drop [95% CI]", "agree % [95% CI]", "max|dp|", "MB", "ms/img", "float layers"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
     for a in report.artifacts:
         colour = {"passed": "green", "failed": "red", "error": "red"}.get(a.status, "yellow")
+        drop = _fmt(a.accuracy_drop, "+.2f")
+        if a.accuracy_drop_ci:
+            drop += f" [{a.accuracy_drop_ci[0]:+.2f}, {a.accuracy_drop_ci[1]:+.2f}]"
+        agree = _fmt(None if a.agreement is None else 100 * a.agreement, ".2f")
+        if a.agreement_ci:
+            agree += f" [{100 * a.agreement_ci[0]:.2f}, {100 * a.agreement_ci[1]:.2f}]"
         table.add_row(
-            a.name, _fmt(None if a.accuracy is None else 100 * a.accuracy, ".2f"),
-            _fmt(a.accuracy_drop, "+.2f"),
-            _fmt(None if a.agreement is None else 100 * a.agreement, ".1f"), _fmt(a.max_abs_diff, ".1e"),
+            a.name, _fmt(None if a.accuracy is None else 100 * a.accuracy, ".2f"), drop, agree,
+            _fmt(a.max_abs_diff, ".1e"),
             _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms, ".2f"),
+            "-" if a.float_layers is None else str(len(a.float_layers)),
             f"[{colour}]{a.status}[/{colour}]",
         )
     # A pipe or a log file gets the whole table rather than rich's 80-column default.
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    for a in report.artifacts:
+        if a.float_layers:
+            rep = a.repair or {}
+            print(f"{a.name}: repaired, {len(a.float_layers)} layer(s) kept in float32 "
+                  f"({', '.join(a.float_layers)}); size x{rep.get('size_cost', float('nan')):.3f}, "
+                  f"latency x{rep.get('latency_cost', float('nan')):.3f} of the full int8 model")
 
 
 def export(
@@ -61,6 +77,14 @@ def export(
     max_accuracy_drop: float = typer.Option(
         1.0, "--max-accuracy-drop", help="Largest accuracy loss (points) allowed for reduced precision."),
     threads: int | None = typer.Option(None, "--threads", help="Runtime threads for verification."),
+    min_agreement: float = typer.Option(
+        DEFAULT_MIN_AGREEMENT, "--min-agreement",
+        help="Smallest top-1 agreement with the Keras model (fraction) allowed for reduced precision, "
+             "over the validation and held-back training images."),
+    repair: bool = typer.Option(True, "--repair/--no-repair",
+                                help="When int8 misses a gate, keep its worst layers in float until it passes."),
+    calibration_flip: bool = typer.Option(True, "--calibration-flip/--no-calibration-flip",
+                                          help="Calibrate on the calibration images and their mirror images."),
 ) -> None:
     """Export a fine-tuned run to ONNX and TFLite, each checked against the Keras model.
 
@@ -94,7 +118,8 @@ def export(
             report = export_run(
                 run, output, format, int8=int8, fp16=fp16, calibration=calibration,
                 calibration_samples=calibration_samples, io_type=io_type, opset=opset,
-                max_accuracy_drop=max_accuracy_drop, threads=threads,
+                max_accuracy_drop=max_accuracy_drop, threads=threads, min_agreement=min_agreement,
+                repair=repair, calibration_flip=calibration_flip,
                 progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
             )
     except (ExportError, RunDirError) as exc:

@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 
 from export import calibration as calib
+from export import fidelity
 from export import metadata as meta_io
 from export.errors import ConversionError, ExportError, first_line
 from export.quantize import QuantSettings
 from export.to_onnx import DEFAULT_OPSET
 from export.to_tflite import IO_TYPES
-from export.verify import DEFAULT_FLOAT_TOLERANCE, ArtifactResult, verify_artifact
+from export.verify import DEFAULT_FLOAT_TOLERANCE, ArtifactResult, Gates, verify_artifact
+from serving.validate import DEFAULT_MIN_AGREEMENT
 
 FORMATS = ("onnx", "tflite")
 REPORT_FILE = "export_report.json"
@@ -51,8 +53,6 @@ ARTIFACTS: tuple[tuple[str, str, str, str | None], ...] = (
     ("model_fp16.tflite", "tflite", "fp16", "fp16"),
     ("model_dynamic.tflite", "tflite", "dynamic", "int8"),
 )
-#: Validation images whose Keras outputs go into ``reference.npz``.
-REFERENCE_SAMPLES = 500
 MIN_OPSET, MAX_OPSET = 13, 18
 
 
@@ -70,6 +70,7 @@ class ExportReport:
     settings: dict[str, Any]
     artifacts: list[ArtifactResult] = field(default_factory=list)
     seconds: float = 0.0
+    images: dict[str, Any] = field(default_factory=dict)  # fidelity / val / held-back / calibration counts
 
     @property
     def conversion_errors(self) -> list[ArtifactResult]:
@@ -96,7 +97,7 @@ class ExportReport:
             "run": self.run, "output": self.output, "model_name": self.model_name,
             "input_size": self.input_size, "labels": self.labels,
             "keras": {"accuracy": self.keras_accuracy, "n": self.n_val},
-            "settings": self.settings, "passed": self.passed, "seconds": round(self.seconds, 1),
+            "images": self.images, "settings": self.settings, "passed": self.passed, "seconds": round(self.seconds, 1),
             "artifacts": [a.to_dict() for a in self.artifacts],
         }
 
@@ -180,8 +181,19 @@ def export_run(
     quant: QuantSettings | None = None,
     verify_samples: int | None = None,
     progress: Any = None,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    repair: bool = True,
+    calibration_flip: bool = True,
 ) -> ExportReport:
     """Export ``run``'s ``best.keras`` to every requested artifact, verify each one, write the report.
+
+    Verification is the device's: the fidelity images (validation split plus the training images not
+    used for calibration) are decoded from their files by ``serving.preprocess``, the Keras reference
+    (``reference.npz``) is computed on those tensors, and every artifact is run from its file through
+    ``serving.Predictor`` and ``serving.validate`` -- the code and figures of ``cvkeras validate``.
+    Reduced precision must keep top-1 agreement >= ``min_agreement`` and lose at most
+    ``max_accuracy_drop`` points; an int8 model that misses is repaired (``repair``) by keeping its worst
+    layers in float (``export.repair``).
 
     Returns the report; check ``report.exit_code`` (conversion errors and failed gates do not raise, so
     that every artifact is tried and the files are kept for inspection).
@@ -195,6 +207,8 @@ def export_run(
     say = progress or (lambda msg: None)
     fmts = parse_formats(formats)
     _check_options(calibration, io_type, calibration_samples, opset, max_accuracy_drop, float_tolerance)
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ExportError(f"--min-agreement must be a fraction in 0..1, not {min_agreement}")
     quant = replace(quant or QuantSettings(), calibration=calibration)
     try:
         run_dir = rundir.check_run(run)
@@ -207,66 +221,71 @@ def export_run(
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: exists and is not a directory; pass another --output")
     model_name = str(cfg.get("model", {}).get("name", "model"))
+    seed = int(cfg.get("data", {}).get("seed", 0))
 
     say("loading best.keras")
     model = load_float32_model(run_dir, cfg, len(labels))
     size = [int(d) for d in model.input_shape[1:3]]
 
-    say("running the Keras model on the validation split")
-    images, val_labels, paths = _load_split(run_dir, "val", verify_samples, size)
-    keras_probs = _predict(model, images)
-    keras_acc = float((keras_probs.argmax(1) == val_labels).mean())
-    ref_idx = _reference_indices(val_labels, int(cfg.get("data", {}).get("seed", 0)))
+    say("decoding the validation, calibration and held-back training images (Pillow, as on the device)")
+    try:
+        data = fidelity.fidelity_set(run_dir, (size[0], size[1]), calibration_samples if int8 else None, seed,
+                                     verify_samples)
+    except rundir.RunDirError as exc:
+        raise ExportError(f"{exc}; verification needs validation images") from None
+    say(f"running the Keras model on {len(data.labels)} fidelity images")
+    keras_probs = _predict(model, data.images)
+    val = data.val
+    keras_acc = float((keras_probs[val].argmax(1) == data.labels[val]).mean())
     meta_io.write_labels(out_dir, labels)
-    meta_io.write_reference(out_dir, meta_io.relative_paths([paths[i] for i in ref_idx], split.get("root")),
-                            val_labels[ref_idx], keras_probs[ref_idx], keras_acc)
+    ref_paths = None if data.paths is None else meta_io.relative_paths(data.paths, split.get("root"))
+    meta_io.write_reference(out_dir, ref_paths, data.labels, keras_probs, keras_acc, data.splits)
 
     calib_images = None
     if int8:
-        say(f"decoding up to {calibration_samples} calibration images from the training split")
-        try:
-            calib_images = calib.calibration_images(run_dir, calibration_samples)
-        except rundir.RunDirError as exc:
-            raise ExportError(str(exc)) from None
+        calib_images = fidelity.with_flips(data.calibration) if calibration_flip else data.calibration
 
     settings = {
         "formats": list(fmts), "int8": int8, "fp16": fp16, "opset": opset, "io_type": io_type,
         "calibration": calibration, "calibration_samples": 0 if calib_images is None else len(calib_images),
+        "calibration_images": len(data.calibration), "calibration_flip": bool(int8 and calibration_flip),
         "quantization": quant.to_dict(), "max_accuracy_drop": max_accuracy_drop,
+        "min_agreement": min_agreement, "repair": repair,
         "float_tolerance": float_tolerance, "threads": threads,
     }
-    report = ExportReport(str(run_dir), str(out_dir), model_name, size, labels, keras_acc, len(val_labels),
-                          settings)
+    report = ExportReport(str(run_dir), str(out_dir), model_name, size, labels, keras_acc, int(val.sum()),
+                          settings, images=data.counts())
 
     def metadata(precision: str, extra: dict[str, Any]):
         return meta_io.make_metadata(labels, size, model_name, precision, keras_acc,
-                                     {"val_samples": len(val_labels), **extra})
+                                     {"val_samples": int(val.sum()), **extra})
 
     results = {name: ArtifactResult(name, fmt, prec, str(out_dir / name))
                for name, fmt, prec, _ in ARTIFACTS if name in plan_artifacts(fmts, int8, fp16)}
-    _convert_onnx(model, results, opset, quant, calib_images, metadata, say)
-    _convert_tflite(model, results, io_type, calib_images, metadata, say)
+    gates = Gates(max_accuracy_drop, min_agreement, float_tolerance)
+    from serving.validate import Reference
 
-    for res in results.values():
-        if res.status == "converted":
-            say(f"verifying {res.name}")
-            verify_artifact(res, images, val_labels, keras_probs, keras_acc, max_accuracy_drop,
-                            float_tolerance, threads)
+    reference = Reference.load(out_dir)  # what `cvkeras validate` reads
+    items = data.items()
+
+    def check(res: ArtifactResult) -> ArtifactResult:
+        say(f"verifying {res.name} on {len(data.labels)} images")
+        return verify_artifact(res, items, reference, gates, threads)
+
+    def fast_check(path: str) -> tuple[bool, dict[str, Any]]:
+        """A repair candidate on the decoded arrays (the same pixels as the files, no decoding)."""
+        res = verify_artifact(ArtifactResult(Path(path).name, "", "int8", path), (data.images, data.labels),
+                              reference, gates, threads)
+        return res.status == "passed", res.to_dict()
+
+    _convert_onnx(model, results, opset, quant, calib_images, metadata, say, check, fast_check, repair,
+                  data.calibration)
+    _convert_tflite(model, results, io_type, calib_images, metadata, say, check, fast_check, repair,
+                    data.calibration)
     report.artifacts = list(results.values())
     report.seconds = time.perf_counter() - t0
     rundir.write_json(out_dir / REPORT_FILE, report.to_dict())
     return report
-
-
-def _load_split(run: Path, split: str, max_samples: int | None, size: list[int]):
-    from cvkeras.pipeline import load_split_images
-    from cvkeras.rundir import RunDirError
-
-    try:
-        images, labels, paths = load_split_images(run, split, max_samples=max_samples, image_size=size)
-    except RunDirError as exc:
-        raise ExportError(f"{exc}; verification needs validation images") from None
-    return images, np.asarray(labels, dtype=np.int64), [str(p) for p in paths]
 
 
 def _predict(model, images: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -276,18 +295,15 @@ def _predict(model, images: np.ndarray, chunk: int = 256) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def _reference_indices(labels: np.ndarray, seed: int) -> np.ndarray:
-    from cvkeras.pipeline import stratified_sample
-
-    return stratified_sample(labels, REFERENCE_SAMPLES, seed)
-
-
 def _fail(res: ArtifactResult, exc: ExportError) -> None:
     res.status = "error"
     res.error = str(exc)
 
 
-def _convert_onnx(model, results, opset: int, quant: QuantSettings, calib_images, metadata, say) -> None:
+def _convert_onnx(model, results, opset: int, quant: QuantSettings, calib_images, metadata, say, check,
+                  fast_check, repair: bool, debug_images) -> None:
+    import tempfile
+
     from cvkeras.rundir import atomic_write
     from export import quantize, to_onnx
 
@@ -311,26 +327,110 @@ def _convert_onnx(model, results, opset: int, quant: QuantSettings, calib_images
         res.status = "converted"
 
     save(base, proto, float_extra)
+    check(base)
     if "model_int8.onnx" in results:
         res = results["model_int8.onnx"]
         say(f"quantizing {res.name} (static QDQ int8, {quant.calibration} calibration, "
             f"{len(calib_images)} images)")
-        try:
-            q = quantize.quantize_int8(base.path, calib_images, quant, res.name)
-            save(res, q, {**float_extra, "quantization": quant.to_dict(),
-                          "calibration_samples": len(calib_images)})
-        except ExportError as exc:
-            _fail(res, exc)
+        int8_extra = {**float_extra, "quantization": quant.to_dict(), "calibration_samples": len(calib_images)}
+        with tempfile.TemporaryDirectory(prefix="cvkeras-int8-") as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            try:
+                quantize.preprocess(base.path, pre, res.name)
+                save(res, quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True),
+                     int8_extra)
+            except ExportError as exc:
+                _fail(res, exc)
+            if res.status == "converted":
+                check(res)
+                if repair and res.status == "failed" and not res.error.endswith("cannot be run"):
+                    _repair_onnx(res, pre, calib_images, debug_images, quant, int8_extra, save, check,
+                                 fast_check, say)
     if "model_fp16.onnx" in results:
         res = results["model_fp16.onnx"]
         say(f"converting {res.name}")
         try:
             save(res, quantize.convert_fp16(proto, res.name), float_extra)
+            check(res)
         except ExportError as exc:
             _fail(res, exc)
 
 
-def _convert_tflite(model, results, io_type: str, calib_images, metadata, say) -> None:
+def _repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, quant, extra, save, check,
+                 fast_check, say) -> None:
+    """Keep the fewest worst-measured layers of ``res`` in float until its gate holds (``export.repair``)."""
+    from cvkeras.rundir import atomic_write
+    from export import quantize, repair, to_onnx
+
+    full = res.to_dict()
+    say(f"{res.error}; measuring per-layer int8 error (onnxruntime qdq_loss_debug)")
+    try:
+        raw = quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True, compact=False)
+        raw_path = pre.with_name("raw_int8.onnx")
+        to_onnx.save(raw, raw_path)
+        ranking = repair.rank_onnx_layers(pre, raw_path, debug_images[: repair.DEBUG_IMAGES].astype(np.float32))
+        candidate = res.path[: -len(".onnx")] + ".candidate.onnx"
+
+        groups = {r.name: r.nodes or [r.name] for r in ranking}
+
+        def build(names: list[str]) -> None:
+            nodes = [n for name in names for n in groups[name]]
+            p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True)
+            meta_io.embed_onnx(p, meta_io.ModelMetadata.from_json(_onnx_meta(res.path)))
+            atomic_write(candidate, lambda tmp: to_onnx.save(p, tmp))
+
+        def cand_check() -> tuple[bool, dict[str, Any]]:
+            return fast_check(candidate)
+
+        outcome = repair.search(ranking, build, cand_check, say)
+        if outcome.passed:
+            p = to_onnx_load(candidate)
+            save(res, p, {**extra, "float_layers": outcome.float_layers})
+            check(res)
+    except ExportError as exc:
+        res.repair = {"error": str(exc)}
+        return
+    finally:
+        Path(res.path[: -len(".onnx")] + ".candidate.onnx").unlink(missing_ok=True)
+    _record_repair(res, full, outcome)
+
+
+def _tflite_io_type(path: str) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return np.dtype(Interpreter(model_path=path).get_input_details()[0]["dtype"]).name
+
+
+def to_onnx_load(path: str):
+    import onnx
+
+    return onnx.load(path)
+
+
+def _onnx_meta(path: str) -> str:
+    from serving.metadata import METADATA_KEY
+
+    return next(p.value for p in to_onnx_load(path).metadata_props if p.key == METADATA_KEY)
+
+
+def _record_repair(res: ArtifactResult, full: dict[str, Any], outcome) -> None:
+    """The repair's outcome in the artifact row: layers kept float, what it cost, every candidate tried."""
+    doc = outcome.to_dict()
+    doc["full_int8"] = {k: full.get(k) for k in ("agreement", "agreement_ci", "accuracy_drop", "accuracy_drop_ci",
+                                                   "size_bytes", "latency_ms", "error")}
+    if outcome.passed and res.size_bytes and full.get("size_bytes"):
+        doc["size_cost"] = round(res.size_bytes / full["size_bytes"], 4)
+        if full.get("latency_ms") and res.latency_ms:
+            doc["latency_cost"] = round(res.latency_ms / full["latency_ms"], 4)
+    res.float_layers = outcome.float_layers if outcome.passed else None
+    res.repair = doc
+    if not outcome.passed:
+        res.error = (f"{full.get('error')}; no mix of int8 and float layers passes (tried "
+                     f"{', '.join(str(a.float_layers) for a in outcome.attempts)} layer(s) in float)")
+
+
+def _convert_tflite(model, results, io_type: str, calib_images, metadata, say, check, fast_check,
+                    repair: bool, debug_images) -> None:
     from cvkeras.rundir import atomic_write
     from export import to_tflite
 
@@ -354,6 +454,48 @@ def _convert_tflite(model, results, io_type: str, calib_images, metadata, say) -
                 atomic_write(res.path, blob)
                 meta_io.write_sidecar(res.path, metadata(res.precision, extra))
                 res.status = "converted"
+                check(res)
+                if (repair and res.precision == "int8" and res.status == "failed"
+                        and not res.error.endswith("cannot be run")):
+                    _repair_tflite(res, saved, calib_images, debug_images, io_type, extra, metadata,
+                                   fast_check, check, say)
     except ConversionError as exc:  # the SavedModel trace failed: no TFLite variant can be made
         for res in wanted:
             _fail(res, ConversionError(res.name, str(exc).split(": ", 1)[-1]))
+
+
+def _repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, io_type: str, extra, metadata,
+                   fast_check, check, say) -> None:
+    """TFLite twin of :func:`_repair_onnx`, with the QuantizationDebugger's ``denylisted_nodes``."""
+    import shutil
+
+    from cvkeras.rundir import atomic_write
+    from export import repair
+    from serving.metadata import sidecar_path
+
+    full = res.to_dict()
+    say(f"{res.error}; measuring per-layer int8 error (TFLite QuantizationDebugger)")
+    try:
+        debugger = repair.TFLiteDebugger(saved, calib_images, debug_images[: repair.DEBUG_IMAGES], res.name)
+        ranking = debugger.ranking()
+        candidate = res.path[: -len(".tflite")] + ".candidate.tflite"
+
+        def build(names: list[str]) -> None:
+            atomic_write(candidate, debugger.quantize(names, io_type))
+            shutil.copyfile(sidecar_path(res.path), sidecar_path(candidate))
+
+        outcome = repair.search(ranking, build, lambda: fast_check(candidate), say)
+        if outcome.passed:
+            io = _tflite_io_type(candidate)
+            os.replace(candidate, res.path)
+            meta_io.write_sidecar(res.path, metadata(res.precision, {**extra, "io_type": io,
+                                                                     "float_layers": outcome.float_layers}))
+            check(res)
+    except ExportError as exc:
+        res.repair = {"error": str(exc)}
+        return
+    finally:
+        cand = Path(res.path[: -len(".tflite")] + ".candidate.tflite")
+        cand.unlink(missing_ok=True)
+        sidecar_path(cand).unlink(missing_ok=True)
+    _record_repair(res, full, outcome)

@@ -60,15 +60,22 @@ def relative_paths(paths: Sequence[str], root: str | os.PathLike | None) -> list
     return out
 
 
-def write_reference(out_dir: str | os.PathLike, paths: Sequence[str], labels: np.ndarray, probs: np.ndarray,
-                    accuracy: float) -> Path:
-    """Save the Keras outputs on fixed validation images: ``paths``, ``labels``, ``probs``, ``accuracy``.
+def write_reference(out_dir: str | os.PathLike, paths: Sequence[str] | None, labels: np.ndarray,
+                    probs: np.ndarray, accuracy: float, splits: Sequence[str] | None = None) -> Path:
+    """Save the Keras outputs on the fidelity images: ``paths``, ``labels``, ``probs``, ``split``, ``accuracy``.
 
-    ``accuracy`` is the Keras accuracy (fraction) on the whole validation split.
+    ``split`` is "val" (labelled held-out: drop and agreement) or "train" (held back from calibration:
+    agreement only) per row; ``accuracy`` is the Keras accuracy (fraction) on the "val" rows. ``paths``
+    None (TFDS): rows match images by position.
     """
     def write(tmp: str) -> None:
+        arrays = {"labels": np.asarray(labels, dtype=np.int64), "probs": np.asarray(probs, dtype=np.float32),
+                  "accuracy": np.float64(accuracy)}
+        if paths is not None:
+            arrays["paths"] = np.asarray(list(paths), dtype=str)
+        if splits is not None:
+            arrays["split"] = np.asarray(list(splits), dtype=str)
         with open(tmp, "wb") as fh:
-            np.savez(fh, paths=np.asarray(list(paths), dtype=str), labels=np.asarray(labels, dtype=np.int64),
-                     probs=np.asarray(probs, dtype=np.float32), accuracy=np.float64(accuracy))
+            np.savez(fh, **arrays)
 
     return atomic_write(Path(out_dir) / REFERENCE_FILE, write)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,15 +49,36 @@ def _method(name: str):
     return table[name]
 
 
+def preprocess(float_model: str | os.PathLike, dst: str | os.PathLike,
+               artifact: str = "model_int8.onnx") -> None:
+    """``quant_pre_process`` (shape inference, graph optimisation) of ``float_model`` into ``dst``.
+
+    Node names of ``dst`` are the ones ``exclude`` of :func:`quantize_int8` refers to.
+    """
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        with quiet():
+            quant_pre_process(str(float_model), str(dst))
+    except Exception as exc:  # onnxruntime.quantization raises many types
+        raise ConversionError(artifact, f"onnxruntime pre-processing failed ({first_line(exc)}); "
+                                        "export without --int8") from None
+
+
 def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
-                  settings: QuantSettings = QuantSettings(), artifact: str = "model_int8.onnx"):
+                  settings: QuantSettings = QuantSettings(), artifact: str = "model_int8.onnx",
+                  exclude: Sequence[str] = (), preprocessed: bool = False, compact: bool = True):
     """Static QDQ int8 quantization of the float32 ONNX file ``float_model``; returns the ModelProto.
+
+    ``exclude``: names of nodes (of the pre-processed graph) kept in float32, besides the Softmax.
+    ``preprocessed``: ``float_model`` is already the output of :func:`preprocess`. ``compact`` False keeps
+    the quantizer's tensor names (``qdq_loss_debug`` matches activations by them).
 
     Raises:
         ConversionError: pre-processing, calibration or quantization failed.
     """
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     method = _method(settings.calibration)
     act_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}.get(settings.activation_type)
@@ -64,22 +86,26 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
         raise ExportError(f"unknown activation type {settings.activation_type!r}; choose int8 or uint8")
     with tempfile.TemporaryDirectory(prefix="cvkeras-quant-") as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        if preprocessed:
+            pre = Path(float_model)
+        else:
+            preprocess(float_model, pre, artifact)
         try:
             with quiet():
-                quant_pre_process(str(float_model), str(pre))
                 graph = onnx.load(str(pre)).graph
-                exclude = ([n.name for n in graph.node if n.op_type == "Softmax"]
-                           if settings.exclude_softmax else [])
+                keep_float = ([n.name for n in graph.node if n.op_type == "Softmax"]
+                              if settings.exclude_softmax else []) + list(exclude)
                 quantize_static(
                     str(pre), str(out), ort_data_reader(images, graph.input[0].name),
                     quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
                     reduce_range=settings.reduce_range, activation_type=act_type, weight_type=QuantType.QInt8,
-                    calibrate_method=method, nodes_to_exclude=exclude,
+                    calibrate_method=method, nodes_to_exclude=keep_float,
                     extra_options={"ActivationSymmetric": settings.activation_symmetric,
                                    "WeightSymmetric": settings.weight_symmetric},
                 )
             proto = onnx.load(str(out))
-            compact_names(proto)
+            if compact:
+                compact_names(proto)
         except ExportError:
             raise
         except Exception as exc:  # onnxruntime.quantization raises many types

@@ -1,10 +1,12 @@
 """Check every artifact against the Keras model through the serving runner (``serving.validate``).
 
 Each artifact is loaded the way a device loads it (``serving.Predictor``: metadata and all) and run on the
-validation images; the figures come from ``serving.validate.validate`` against the Keras outputs on the
-same images. Gates: float32 artifacts must match Keras within ``float_tolerance`` (max absolute
-probability difference); reduced-precision ones (fp16, dynamic, int8) must lose at most
-``max_accuracy_drop`` accuracy points.
+fidelity images decoded from their files; the figures come from ``serving.validate.validate`` against
+``reference.npz`` -- the same function, images and reference as ``cvkeras validate``, so both report the
+same figures. Gates: float32 artifacts must match Keras within ``float_tolerance`` (max absolute
+probability difference); reduced-precision ones (fp16, dynamic, int8) must keep top-1 agreement with
+Keras of at least ``min_agreement`` on every fidelity image and lose at most ``max_accuracy_drop``
+accuracy points on the labelled ones.
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from export.errors import first_line
+from serving.validate import DEFAULT_MIN_AGREEMENT
 
 #: Largest max-abs probability difference a float32 artifact may have from Keras.
 DEFAULT_FLOAT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The verification thresholds (drop in points, agreement as a fraction)."""
+
+    max_accuracy_drop: float = 1.0
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    float_tolerance: float = DEFAULT_FLOAT_TOLERANCE
 
 
 @dataclass
@@ -26,8 +36,9 @@ class ArtifactResult:
     """One artifact's conversion and verification outcome (a row of ``export_report.json``).
 
     ``status``: ``passed`` | ``failed`` (missed its gate, or could not be run) | ``error`` (conversion
-    failed) | ``skipped`` (its float32 parent failed). Accuracies are fractions, ``accuracy_drop`` is in
-    points.
+    failed) | ``skipped`` (its float32 parent failed). Accuracies and agreement are fractions,
+    ``accuracy_drop`` and its interval are in points. ``accuracy``/``accuracy_drop`` are over the ``n``
+    labelled validation images, ``agreement`` over all ``n_agreement`` fidelity images.
     """
 
     name: str
@@ -38,12 +49,17 @@ class ArtifactResult:
     size_bytes: int | None = None
     accuracy: float | None = None
     accuracy_drop: float | None = None
+    accuracy_drop_ci: list[float] | None = None
     agreement: float | None = None
+    agreement_ci: list[float] | None = None
     max_abs_diff: float | None = None
     latency_ms: float | None = None
     n: int = 0
+    n_agreement: int = 0
     gate: str = ""
     error: str | None = None
+    float_layers: list[str] | None = None  # layers an int8 repair kept in float32
+    repair: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -53,47 +69,49 @@ class ArtifactResult:
         return asdict(self)
 
 
-def gate_for(precision: str, max_accuracy_drop: float, float_tolerance: float) -> str:
+def gate_for(precision: str, gates: Gates) -> str:
     if precision == "float32":
-        return f"max_abs_diff <= {float_tolerance:g}"
-    return f"accuracy_drop <= {max_accuracy_drop:g} points"
+        return f"max_abs_diff <= {gates.float_tolerance:g}"
+    return f"agreement >= {100 * gates.min_agreement:g} % and accuracy_drop <= {gates.max_accuracy_drop:g} points"
 
 
-def verify_artifact(
-    result: ArtifactResult, images: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray,
-    keras_accuracy: float, max_accuracy_drop: float = 1.0, float_tolerance: float = DEFAULT_FLOAT_TOLERANCE,
-    threads: int | None = None, batch_size: int = 1,
-) -> ArtifactResult:
-    """Run ``result.path`` on ``images`` and fill the figures and the status of ``result`` (returned).
+def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: Gates = Gates(),
+                    threads: int | None = None, batch_size: int = 1) -> ArtifactResult:
+    """Run ``result.path`` on ``items`` against ``reference``; fill the figures and status (returned).
 
-    ``batch_size`` 1 makes ``latency_ms`` the per-image latency a device sees, for ONNX and TFLite alike.
+    ``items`` and ``reference`` are what ``serving.validate.validate`` takes (files or arrays, a
+    ``Reference``). ``batch_size`` 1 makes ``latency_ms`` the per-image latency a device sees.
     """
     from serving.predictor import Predictor
-    from serving.validate import Reference, validate
+    from serving.validate import validate
 
     path = Path(result.path)
     result.size_bytes = path.stat().st_size
-    result.gate = gate_for(result.precision, max_accuracy_drop, float_tolerance)
+    result.gate = gate_for(result.precision, gates)
+    float32 = result.precision == "float32"
     try:
         predictor = Predictor.load(path, threads=threads)
-        reference = Reference(probs=keras_probs, labels=labels, accuracy=keras_accuracy, source="keras")
-        report = validate(predictor, (images, labels), reference, max_accuracy_drop, batch_size)
+        report = validate(predictor, items, reference, gates.max_accuracy_drop, batch_size,
+                          0.0 if float32 else gates.min_agreement)
     except Exception as exc:  # ModelError, MetadataError, runtime failures: report, keep the file
         result.status = "failed"
         result.error = f"{path.name}: cannot be run ({first_line(exc)})"
         return result
-    result.n = report.n
-    result.accuracy = report.accuracy
+    result.n = report.n_paired
+    result.n_agreement = report.n_reference
+    result.accuracy = report.paired_accuracy
     result.accuracy_drop = report.accuracy_drop
+    result.accuracy_drop_ci = report.accuracy_drop_ci
     result.agreement = report.agreement
+    result.agreement_ci = report.agreement_ci
     result.max_abs_diff = report.max_abs_diff
     result.latency_ms = report.latency_ms_per_image
-    if result.precision == "float32":
-        ok = report.max_abs_diff is not None and report.max_abs_diff <= float_tolerance
-        why = f"max abs probability difference {report.max_abs_diff:.2g} > {float_tolerance:g}"
+    if float32:
+        ok = report.max_abs_diff is not None and report.max_abs_diff <= gates.float_tolerance
+        why = f"max abs probability difference {report.max_abs_diff:.2g} > {gates.float_tolerance:g}"
     else:
         ok = report.passed
-        why = f"accuracy drop {report.accuracy_drop:.2f} points > {max_accuracy_drop:g}"
+        why = "; ".join(report.gate_failures)
     result.status = "passed" if ok else "failed"
     result.error = None if ok else f"{path.name}: {why}"
     return result

@@ -155,6 +155,9 @@ def validate(
     json_out: JsonOpt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 32,
     threads: ThreadsOpt = None,
+    min_agreement: Annotated[float, typer.Option(
+        "--min-agreement", min=0.0, max=1.0, help="Smallest top-1 agreement with the reference (fraction).",
+    )] = 0.99,
 ) -> None:
     """Check an exported model's accuracy against the Keras model it came from; no TensorFlow needed.
 
@@ -173,11 +176,13 @@ def validate(
         ref = None
         if reference is not None or (ref_dir / REFERENCE_FILE).is_file():
             ref = Reference.load(ref_dir)
-        report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size)
+        report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size, min_agreement)
     if json_out:
         typer.echo(json.dumps(_json_safe(report.to_dict()), allow_nan=False))
     else:
         _validation_tables(report)
+    if report.gate_failures:
+        typer.echo(f"error: {model.name}: {'; '.join(report.gate_failures)}", err=True)
     raise typer.Exit(0 if report.passed else 1)
 
 
@@ -193,12 +198,19 @@ def _validation_tables(report: Any) -> None:
     summary.add_column("metric")
     summary.add_column("value", justify="right")
     drop = "-" if report.accuracy_drop is None else f"{report.accuracy_drop:+.2f} points"
+    if report.accuracy_drop_ci:
+        drop += f" [95 % CI {report.accuracy_drop_ci[0]:+.2f}..{report.accuracy_drop_ci[1]:+.2f}]"
+    agree = _pct(report.agreement)
+    if report.agreement_ci:
+        agree += f" [95 % CI {100 * report.agreement_ci[0]:.2f}..{100 * report.agreement_ci[1]:.2f}]"
     rows = [
         ("images", str(report.n)),
         ("accuracy", _pct(report.accuracy)),
         ("reference accuracy", _pct(report.reference_accuracy)),
+        ("accuracy on the same images", _pct(report.paired_accuracy)),
+        ("labelled images compared", str(report.n_paired)),
         ("accuracy drop", f"{drop} (max {report.max_accuracy_drop:g})"),
-        ("top-1 agreement", _pct(report.agreement)),
+        ("top-1 agreement", f"{agree} (min {100 * report.min_agreement:g} %)"),
         ("max |p - p_ref|", "-" if report.max_abs_diff is None else f"{report.max_abs_diff:.4f}"),
         ("matched reference outputs", str(report.n_reference)),
         ("latency per image", f"{report.latency_ms_per_image:.2f} ms"),

@@ -47,17 +47,45 @@ def tiny_run(tmp_path_factory) -> Path:
     return make_tiny_run(tmp_path_factory.mktemp("export_tiny"))
 
 
+def _pil(path: str) -> np.ndarray:
+    """The image contract with Pillow called directly (not through serving): RGB, bilinear to SIZE."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (SIZE[1], SIZE[0]):
+            img = img.resize((SIZE[1], SIZE[0]), Image.Resampling.BILINEAR, reducing_gap=None)
+        return np.asarray(img, dtype=np.uint8)
+
+
 @pytest.fixture(scope="session")
 def keras_val(tiny_run):
-    """Independent Keras reference: (uint8 images, labels, paths, probs) on the whole validation split."""
+    """Independent Keras reference on the whole validation split decoded from the files by Pillow:
+    (uint8 images, labels, paths, probs)."""
     import keras
 
-    from cvkeras.pipeline import load_split_images
-
-    images, labels, paths = load_split_images(tiny_run, "val")
+    split = json.loads((tiny_run / "split.json").read_text())
+    paths = [p for p, _ in split["val"]]
+    labels = np.asarray([y for _, y in split["val"]])
+    images = np.stack([_pil(p) for p in paths])
     model = keras.saving.load_model(tiny_run / "best.keras", safe_mode=True)
     probs = model.predict(images.astype(np.float32), verbose=0)
     return images, labels, paths, probs
+
+
+@pytest.fixture(scope="session")
+def fidelity_rows(exported, tiny_run):
+    """Every row of reference.npz as (absolute path, label, split, Keras probs), decoded here by Pillow."""
+    import keras
+
+    _, out = exported
+    root = Path(json.loads((tiny_run / "split.json").read_text())["root"])
+    with np.load(out / "reference.npz", allow_pickle=False) as z:
+        ref = {k: z[k] for k in z.files}
+    paths = [str(root / p) for p in ref["paths"]]
+    images = np.stack([_pil(p) for p in paths])
+    model = keras.saving.load_model(tiny_run / "best.keras", safe_mode=True)
+    return ref, paths, images, model.predict(images.astype(np.float32), verbose=0)
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +110,7 @@ def test_plan_default_is_float32_of_both_formats():
     (["--calibration", "kl"], "unknown --calibration 'kl'"),
     (["--io-type", "int16"], "unknown --io-type 'int16'"),
     (["--opset", "7"], "--opset 7 is not supported"),
+    (["--min-agreement", "1.5"], "--min-agreement must be a fraction in 0..1, not 1.5"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, args, needle):
     result = _invoke(tmp_path / "nope", *args)
@@ -219,17 +248,33 @@ def test_metadata_in_every_artifact(exported, keras_val):
 
 
 @pytest.mark.slow
-def test_reference_npz_matches_keras(exported, keras_val, tiny_run):
+def test_reference_npz_covers_val_and_held_back_training_images(exported, keras_val, fidelity_rows, tiny_run):
+    from cvkeras.pipeline import stratified_sample
+    from export.fidelity import calibration_count
+
     _, out = exported
     _, labels, paths, probs = keras_val
-    with np.load(out / "reference.npz", allow_pickle=False) as z:
-        ref = {k: z[k] for k in z.files}
-    root = json.loads((tiny_run / "split.json").read_text())["root"]
-    assert list(ref["paths"]) == [str(Path(p).relative_to(root)) for p in paths]
+    ref, abs_paths, _, probs_all = fidelity_rows
+    split = json.loads((tiny_run / "split.json").read_text())
+    root = split["root"]
     assert all(p.count("/") == 1 for p in ref["paths"])  # "class/file"
-    np.testing.assert_array_equal(ref["labels"], labels)
-    np.testing.assert_allclose(ref["probs"], probs, atol=1e-5)
+    val = ref["split"] == "val"
+    assert list(ref["paths"][val]) == [str(Path(p).relative_to(root)) for p in paths]
+    np.testing.assert_array_equal(ref["labels"][val], labels)
+    np.testing.assert_allclose(ref["probs"][val], probs, atol=1e-5)  # Keras on Pillow-decoded files
+    np.testing.assert_allclose(ref["probs"], probs_all, atol=1e-5)
     assert float(ref["accuracy"]) == pytest.approx(float((probs.argmax(1) == labels).mean()))
+    # held-back training images = the training split minus the calibration sample: disjoint, complete
+    train = [p for p, _ in split["train"]]
+    n_cal = calibration_count(len(train), 300)
+    cal = {train[i] for i in stratified_sample([y for _, y in split["train"]], n_cal, 42)}
+    held = {p for p, s in zip(abs_paths, ref["split"], strict=True) if s == "train"}
+    assert n_cal == len(train) // 2 and len(cal) == n_cal
+    assert held == set(train) - cal and not held & cal
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["images"] == {"fidelity": len(abs_paths), "val": len(paths), "held_back_train": len(held),
+                                "calibration": n_cal, "unreadable": 0}
+    assert report["settings"]["calibration_samples"] == 2 * n_cal  # with their mirror images
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
@@ -261,53 +306,126 @@ def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_report_figures_match_an_independent_computation(exported, keras_val):
+def test_report_figures_match_an_independent_computation(exported, fidelity_rows):
     _, out = exported
-    images, labels, _, kprobs = keras_val
+    ref, _, images, kprobs = fidelity_rows
+    labels, val = ref["labels"], ref["split"] == "val"
     report = json.loads((out / "export_report.json").read_text())
-    keras_acc = float((kprobs.argmax(1) == labels).mean())
-    assert report["keras"] == {"accuracy": pytest.approx(keras_acc), "n": len(labels)}
+    keras_acc = float((kprobs[val].argmax(1) == labels[val]).mean())
+    assert report["keras"] == {"accuracy": pytest.approx(keras_acc), "n": int(val.sum())}
     assert report["passed"] is True
     rows = {a["name"]: a for a in report["artifacts"]}
     assert list(rows) == ALL
     x = images.astype(np.float32)
     for name, row in rows.items():
         probs = _run_onnx(out / name, x) if name.endswith(".onnx") else _run_tflite(out / name, x)
-        acc = float((probs.argmax(1) == labels).mean())
+        acc = float((probs[val].argmax(1) == labels[val]).mean())
+        agree = probs.argmax(1) == kprobs.argmax(1)
         assert row["status"] == "passed", row
-        assert row["n"] == len(labels)
+        assert row["n"] == int(val.sum()) and row["n_agreement"] == len(labels)
         assert row["accuracy"] == pytest.approx(acc), name
         assert row["accuracy_drop"] == pytest.approx(100 * (keras_acc - acc), abs=1e-9), name
-        assert row["agreement"] == pytest.approx(float((probs.argmax(1) == kprobs.argmax(1)).mean())), name
+        assert row["agreement"] == pytest.approx(float(agree.mean())), name
+        lo, hi = row["agreement_ci"]
+        assert lo <= row["agreement"] <= hi and hi - lo > 0.01, name  # 39 images: a wide interval
+        lo, hi = row["accuracy_drop_ci"]
+        assert lo <= row["accuracy_drop"] <= hi and hi - lo > 1.0, name
         assert row["max_abs_diff"] == pytest.approx(float(np.abs(probs - kprobs).max()), abs=2e-5), name
         assert row["size_bytes"] == (out / name).stat().st_size
         assert row["latency_ms"] > 0
         if row["precision"] == "float32":
             assert row["max_abs_diff"] < 1e-4, name
+        else:
+            assert row["agreement"] >= 0.99, name
     sizes = {name: row["size_bytes"] for name, row in rows.items()}
-    assert sizes["model_int8.onnx"] < 0.6 * sizes["model.onnx"]
     assert sizes["model_int8.tflite"] < 0.6 * sizes["model.tflite"]
+
+
+@pytest.mark.slow
+def test_export_and_validate_report_identical_figures(exported, tiny_run):
+    """One verdict: `cvkeras validate` on the run's data folder gives the export's figures, to the bit."""
+    from serving.cli import validate as validate_command
+
+    _, out = exported
+    report = {a["name"]: a for a in json.loads((out / "export_report.json").read_text())["artifacts"]}
+    data = json.loads((tiny_run / "split.json").read_text())["root"]
+    app = typer.Typer()
+    app.command()(validate_command)
+    app.command()(lambda: None)
+    for name in ("model_int8.onnx", "model_int8.tflite", "model_dynamic.tflite", "model.onnx"):
+        result = CliRunner().invoke(app, ["validate", str(out / name), "--data", data, "--json", "--threads", "1"])
+        assert result.exit_code == 0, result.output + result.stderr
+        got = json.loads(result.stdout)
+        row = report[name]
+        assert got["n"] == 60  # every image of the folder was run, calibration images included ...
+        assert got["n_reference"] == row["n_agreement"] < 60  # ... and only the matched ones compared
+        assert got["n_paired"] == row["n"]
+        for mine, theirs in (("paired_accuracy", "accuracy"), ("accuracy_drop", "accuracy_drop"),
+                             ("accuracy_drop_ci", "accuracy_drop_ci"), ("agreement", "agreement"),
+                             ("agreement_ci", "agreement_ci"), ("max_abs_diff", "max_abs_diff")):
+            assert got[mine] == row[theirs], (name, mine)
+
+
+@pytest.mark.slow
+def test_int8_onnx_missing_the_gate_is_repaired_with_float_layers(exported, fidelity_rows):
+    """The tiny random-feature net loses most of its int8 ONNX agreement; repair keeps layers in float."""
+    import onnx
+
+    _, out = exported
+    row = next(a for a in json.loads((out / "export_report.json").read_text())["artifacts"]
+               if a["name"] == "model_int8.onnx")
+    rep = row["repair"]
+    assert rep["full_int8"]["agreement"] < 0.99 and "top-1 agreement" in rep["full_int8"]["error"]
+    assert row["status"] == "passed" and row["agreement"] >= 0.99
+    assert row["float_layers"] and rep["passed"] is True and rep["float_layers"] == row["float_layers"]
+    assert [a["float_layers"] for a in rep["attempts"]][:2] == [1, 2]  # doubling, then bisection
+    assert any(a["float_layers"] == len(row["float_layers"]) and a["passed"] for a in rep["attempts"])
+    assert not any(a["passed"] for a in rep["attempts"] if a["float_layers"] < len(row["float_layers"]))
+    assert rep["size_cost"] > 1.0 and rep["latency_cost"] > 0
+    # the float layers really are float: weighted nodes whose weight is a float initializer, not a DQ output
+    q = onnx.load(out / "model_int8.onnx")
+    inits = {t.name: t.data_type for t in q.graph.initializer}
+    floats = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
+              and inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
+    assert len(floats) == len(row["float_layers"])
+    meta = json.loads({p.key: p.value for p in q.metadata_props}["cvkeras"])
+    assert meta["extra"]["float_layers"] == row["float_layers"]
+    assert not list(out.glob("*candidate*"))
 
 
 # --- failure paths --------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_failed_int8_check_exits_1_and_keeps_files(tiny_run, tmp_path, monkeypatch):
-    """Calibrating on black frames (only possible by patching: the exporter never does) breaks int8."""
-    import export.calibration
-
-    real = export.calibration.calibration_images
-    monkeypatch.setattr(export.calibration, "calibration_images",
-                        lambda run, samples=300, seed=None: np.zeros_like(real(run, 4)))
+def test_failed_int8_check_exits_1_names_both_gates_and_keeps_files(tiny_run, tmp_path):
     out = tmp_path / "out"
-    result = _invoke(tiny_run, "--format", "onnx", "--int8", "--output", out, "--max-accuracy-drop", "0")
+    result = _invoke(tiny_run, "--format", "onnx", "--int8", "--output", out, "--no-repair",
+                     "--max-accuracy-drop", "0", "--threads", "1")
     assert result.exit_code == 1, result.output + result.stderr
     (line,) = _errors(result)
     assert line.startswith("error: model_int8.onnx: accuracy drop ")
+    assert "> 0 allowed, by " in line and "; top-1 agreement " in line and "< 99 % required, by " in line
     report = json.loads((out / "export_report.json").read_text())
     status = {a["name"]: a["status"] for a in report["artifacts"]}
     assert status == {"model.onnx": "passed", "model_int8.onnx": "failed"}
-    assert report["passed"] is False
+    assert report["passed"] is False and report["settings"]["repair"] is False
     assert (out / "model_int8.onnx").is_file() and (out / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_when_no_mix_passes_export_exits_1_and_keeps_the_full_int8_file(tiny_run, tmp_path, monkeypatch):
+    """Only the single best-measured layer may stay float (patched ranking): not enough, so exit 1."""
+    import export.repair
+
+    real = export.repair.rank_onnx_layers
+    monkeypatch.setattr(export.repair, "rank_onnx_layers", lambda *a, **k: real(*a, **k)[-1:])
+    out = tmp_path / "out"
+    result = _invoke(tiny_run, "--format", "onnx", "--int8", "--output", out, "--threads", "1")
+    assert result.exit_code == 1, result.output + result.stderr
+    (line,) = _errors(result)
+    assert line.startswith("error: model_int8.onnx: ") and "no mix of int8 and float layers passes (tried 1" in line
+    row = json.loads((out / "export_report.json").read_text())["artifacts"][1]
+    assert row["status"] == "failed" and row["float_layers"] is None and row["repair"]["passed"] is False
+    assert row["agreement"] == row["repair"]["full_int8"]["agreement"] < 0.99  # the full int8 file is kept
+    assert (out / "model_int8.onnx").is_file() and not list(out.glob("*candidate*"))
 
 
 @pytest.fixture(scope="session")

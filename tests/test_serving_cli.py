@@ -116,9 +116,11 @@ def test_validate_uses_the_reference_next_to_the_model_and_gates_on_drop(model, 
     assert report["reference_accuracy"] == 1.0 and report["agreement"] == pytest.approx(8 / 12)
     assert report["accuracy_drop"] == pytest.approx(100 / 3) and strict.exit_code == 1
     assert report["max_abs_diff"] == pytest.approx(np.abs(ref - probs).max(), abs=1e-5)
+    (line,) = [ln for ln in strict.stderr.splitlines() if ln.startswith("error:")]
+    assert "accuracy drop 33.33 points" in line and "top-1 agreement 66.67 %" in line  # both gates failed
 
     table = runner.invoke(app, ["validate", str(model), "--data", str(data), "--reference", str(ref_dir),
-                                "--max-accuracy-drop", "40"])
+                                "--max-accuracy-drop", "40", "--min-agreement", "0.6"])
     assert table.exit_code == 0 and "agreement" in table.stdout and "passed" in table.stdout
 
 

@@ -86,16 +86,70 @@ def test_reference_outputs_give_agreement_difference_and_same_image_accuracy(pre
     assert report.passed == (report.accuracy_drop <= 1.0)
 
 
-def test_partial_reference_uses_its_stored_accuracy(predictor, data, tmp_path):
+def test_partial_reference_compares_matched_images_only(predictor, data, tmp_path):
+    """Issue #15.3: the drop is over the images the reference covers, never all images vs its own split."""
     root, items = data
     probs, labels, _ = _truth(items)
     half = slice(0, 16, 2)
     export_dir = _write_reference(tmp_path / "export", items[half], probs[half], labels[half], accuracy=0.76)
     report = validate(predictor, scan_class_folder(root, LABELS), Reference.load(export_dir), 1.0)
-    assert report.n_reference == 8 and report.agreement == 1.0
+    assert report.n == 16 and report.n_reference == 8 and report.n_paired == 8 and report.agreement == 1.0
     assert report.max_abs_diff == pytest.approx(0.0, abs=1e-5)
-    assert report.reference_accuracy == 0.76 and report.reference_source.endswith("reference.npz")
-    assert report.accuracy_drop == pytest.approx(1.0) and report.passed is True
+    matched = probs[half].argmax(1) == labels[half]
+    assert report.reference_accuracy == pytest.approx(matched.mean())  # not the stored 0.76 of other images
+    assert report.paired_accuracy == pytest.approx(matched.mean())
+    assert report.accuracy_drop == pytest.approx(0.0) and report.passed is True
+    assert report.reference_source == "reference outputs on the same 8 labelled images"
+    other = tmp_path / "other"
+    _write_reference(other, [(tmp_path / "x" / "nowhere.png", 0)], probs[:1], labels[:1])
+    with pytest.raises(ValidationError, match="none of the 16 images is in the reference"):
+        validate(predictor, scan_class_folder(root, LABELS), other)
+
+
+def test_split_rows_agreement_on_all_drop_on_val_and_gate_messages(predictor, data, tmp_path):
+    root, items = data
+    probs, labels, _ = _truth(items)
+    ref = probs.copy()
+    ref[[1, 2]] = np.roll(ref[[1, 2]], 1, axis=1)  # the reference disagrees on two images
+    export_dir = _write_reference(tmp_path / "export", items, ref, labels)
+    splits = np.array(["val"] * 8 + ["train"] * 8)
+    with np.load(export_dir / "reference.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(export_dir / "reference.npz", split=splits, **arrays)
+    report = validate(predictor, scan_class_folder(root, LABELS), export_dir, max_accuracy_drop=100.0,
+                      min_agreement=0.9)
+    assert report.n_reference == 16 and report.agreement == pytest.approx(14 / 16)
+    val = slice(0, 8)
+    ref_ok, model_ok = ref[val].argmax(1) == labels[val], probs[val].argmax(1) == labels[val]
+    assert report.n_paired == 8
+    assert report.accuracy_drop == pytest.approx(100 * (ref_ok.mean() - model_ok.mean()))
+    b, c = int((ref_ok & ~model_ok).sum()), int((~ref_ok & model_ok).sum())
+    assert report.discordant == [b, c]
+    lo, hi = report.accuracy_drop_ci
+    assert lo < report.accuracy_drop < hi
+    lo, hi = report.agreement_ci
+    assert lo < 14 / 16 < hi
+    assert report.passed is False
+    (why,) = report.gate_failures
+    assert why.startswith("top-1 agreement 87.50 % (95 % CI ") and why.endswith("by 2.50 points")
+
+
+def test_intervals_against_hand_computed_values():
+    from serving.validate import paired_drop_interval, wilson_interval
+
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1.959963984540054 ** 2 / (10 + 1.959963984540054 ** 2))
+    lo, hi = wilson_interval(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    same = np.ones(100, bool)
+    lo, hi = paired_drop_interval(same, same)  # no discordant pair: still +-1.96/102, not a zero width
+    assert (lo, hi) == (pytest.approx(-1.959963984540054 / 102), pytest.approx(1.959963984540054 / 102))
+    ref_ok = np.r_[np.ones(10, bool), np.zeros(90, bool)]  # 10 images only the reference gets right
+    lo, hi = paired_drop_interval(ref_ok, np.zeros(100, bool))
+    p10, p01 = 10.5 / 102, 0.5 / 102
+    half = 1.959963984540054 * np.sqrt((p10 + p01 - (p10 - p01) ** 2) / 102)
+    assert (lo, hi) == (pytest.approx(p10 - p01 - half), pytest.approx(p10 - p01 + half))
+    assert lo > 0  # ten wins to none is a real drop
 
 
 def test_pre_decoded_arrays_match_by_position(predictor, data):
@@ -105,6 +159,7 @@ def test_pre_decoded_arrays_match_by_position(predictor, data):
     ref = Reference(probs=probs, labels=labels)
     report = validate(predictor, (images, labels), reference=ref, batch_size=6)
     assert report.n == 16 and report.agreement == 1.0 and report.accuracy_drop == pytest.approx(0.0)
+    assert report.n_reference == 16 and report.n_paired == 16
     assert report.max_abs_diff < 1e-5 and report.passed
     float_report = validate(predictor, (x, labels))
     assert float_report.accuracy == report.accuracy
