@@ -191,6 +191,10 @@ class _TFLiteRunner:
         self.num_classes = int(self.out["shape"][-1])
         self.in_scale, self.in_zero = self.inp["quantization"]
         self.out_scale, self.out_zero = self.out["quantization"]
+        #: uint8 input with scale 1 and zero point 0 (``cvkeras export --int8``): a decoded uint8 image
+        #: is already the quantized input, no float round trip needed.
+        self.takes_uint8_image = (np.dtype(self.inp["dtype"]) == np.uint8 and self.in_scale == 1.0
+                                  and self.in_zero == 0)
 
     def metadata(self) -> ModelMetadata:
         return read_metadata(self.path)
@@ -211,6 +215,12 @@ class _TFLiteRunner:
         if not self.out_scale:
             raise ModelError(f"{self.path}: integer output without quantization parameters; re-export it")
         return (y.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
+
+    def run_uint8(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities for one HWC uint8 image fed as is (only when :attr:`takes_uint8_image`)."""
+        self.interpreter.set_tensor(self.inp["index"], image[None])
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self.out["index"]).reshape(1, -1))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         out = []
@@ -469,12 +479,16 @@ class Predictor:
     def _predict_one(self, image: ImageInput, top_k: int) -> Prediction:
         """The single-image path: latency settings, inline decode into a preallocated per-thread input."""
         runner = self._runner_for("latency")
-        x = getattr(self._local, "x", None)
-        if x is None:
-            x = self._local.x = np.empty((1, *self.input_size, 3), dtype=np.float32)
-        x[0] = load_resized(image, self.input_size, self.jpeg_scaling)  # raises ImageError
+        arr = load_resized(image, self.input_size, self.jpeg_scaling)  # raises ImageError
         try:
-            probs = runner.run(x)
+            if isinstance(runner, _TFLiteRunner) and runner.takes_uint8_image:
+                probs = runner.run_uint8(arr)
+            else:
+                x = getattr(self._local, "x", None)
+                if x is None:
+                    x = self._local.x = np.empty((1, *self.input_size, 3), dtype=np.float32)
+                x[0] = arr
+                probs = runner.run(x)
         except ModelError:
             raise
         except Exception as exc:  # a runtime failure is about this model, not the caller's code
