@@ -435,9 +435,17 @@ class Predictor:
 
     # --- prediction ------------------------------------------------------------------------------------
     def _result(self, probs: np.ndarray, top_k: int, path: str | None) -> Prediction:
-        order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, probs.shape[0]))]
-        top = [(self.labels[int(i)], float(probs[int(i)])) for i in order]
-        return Prediction(label=top[0][0], index=int(order[0]), score=top[0][1], top_k=top, path=path)
+        k = max(1, min(top_k, probs.shape[0]))
+        values = probs.tolist()
+        # all three pick the first of equal scores; plain Python is quickest for a few classes
+        if k == 1:
+            order = [int(probs.argmax())]
+        elif len(values) <= 64:
+            order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
+        else:
+            order = np.argsort(-probs, kind="stable")[:k].tolist()
+        top = [(self.labels[i], values[i]) for i in order]
+        return Prediction(label=top[0][0], index=order[0], score=top[0][1], top_k=top, path=path)
 
     def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5,
                      batch_size: int = 16) -> Iterator[Prediction]:
