@@ -74,7 +74,7 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 3) -> dict[str
     med = statistics.median(values)
     return {"min": round(min(values) * scale, digits), "median": round(med * scale, digits),
             "max": round(max(values) * scale, digits),
-            "spread": round((max(values) - min(values)) / med, 3) if med else None}
+            "spread": round((max(values) - min(values)) / med, 3) if med > 0 else None}
 
 
 def interleave(configs: dict[str, Callable[[], Any]], rounds: int, iters: int, warmup: int) -> dict[str, list]:
