@@ -164,7 +164,7 @@ def validate(
     from serving.validate import validate as run_validation
 
     with _errors():
-        predictor = Predictor.load(model, threads=threads)
+        predictor = Predictor.load(model, threads=threads, mode="throughput")  # folders: one session
         items = scan_class_folder(data, predictor.labels)
         ref_dir = reference if reference is not None else model.parent
         ref = None
