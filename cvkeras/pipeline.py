@@ -21,14 +21,22 @@ from serving import preprocess as contract
 
 
 def decode_resize(path, size: Sequence[int]):
-    """TensorFlow twin of ``serving.preprocess.load_image`` + ``resize``: file path -> float32 HWC 0..255."""
+    """TensorFlow twin of ``serving.preprocess.load_resized``: file path -> float32 HWC 0..255.
+
+    Large JPEGs are decoded DCT-scaled by the contract's own rule (``preprocess.jpeg_scale_fits``).
+    """
     import tensorflow as tf
 
     raw = tf.io.read_file(path)
     is_jpeg = tf.strings.substr(raw, 0, 2) == b"\xff\xd8"
 
     def jpeg():
-        return tf.io.decode_jpeg(raw, channels=3, dct_method=contract.JPEG_DCT_METHOD)
+        def at(m):  # ratio is an op attribute, not a tensor: one branch per DCT scale
+            return lambda: tf.io.decode_jpeg(raw, channels=3, ratio=m, dct_method=contract.JPEG_DCT_METHOD)
+
+        shape = tf.io.extract_jpeg_shape(raw)  # header only
+        fits = [(contract.jpeg_scale_fits(shape[1], shape[0], size, m), at(m)) for m in contract.JPEG_SCALES]
+        return tf.case(fits, default=at(1), exclusive=False)  # first that fits: contract.jpeg_scale
 
     def other():
         img = tf.io.decode_image(raw, channels=3, dtype=tf.uint8, expand_animations=False)

@@ -30,6 +30,9 @@ ModelArg = Annotated[Path, typer.Argument(help="Model file: an .onnx or .tflite 
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Runtime intra-op threads "
                                                 "(default: the runtime's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="latency: one image at a time, spinning runtime "
+                                      "threads; throughput: decoding overlapped with inference; auto: "
+                                      "latency for a single file, throughput otherwise.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -92,6 +95,7 @@ def predict(
     json_out: JsonOpt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 16,
     threads: ThreadsOpt = None,
+    mode: ModeOpt = "auto",
 ) -> None:
     """Classify images with an exported model; no TensorFlow needed.
 
@@ -99,11 +103,15 @@ def predict(
     A file that cannot be read gets an error entry; the others still run.
     Exit code: 0 all classified, 1 some failed, 2 unusable model.
     """
-    from serving.predictor import Prediction, Predictor
+    from serving.predictor import MODES, Prediction, Predictor
 
-    with _errors():
-        predictor = Predictor.load(model, threads=threads)
+    if mode not in MODES:
+        raise _fail(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     entries = expand_paths(paths)
+    if mode == "auto":  # one session, made for the job at hand
+        mode = "latency" if sum(e is None for _, e in entries) <= 1 else "throughput"
+    with _errors():
+        predictor = Predictor.load(model, threads=threads, mode=mode)
     stream = predictor.iter_predict([p for p, e in entries if e is None], top_k=top_k, batch_size=batch_size)
     results: list[Prediction] = []
     with _errors():
@@ -170,7 +178,7 @@ def validate(
     from serving.validate import validate as run_validation
 
     with _errors():
-        predictor = Predictor.load(model, threads=threads)
+        predictor = Predictor.load(model, threads=threads, mode="throughput")  # folders: one session
         items = scan_class_folder(data, predictor.labels)
         ref_dir = reference if reference is not None else model.parent
         ref = None
@@ -237,34 +245,48 @@ def benchmark(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 8,
     threads: ThreadsOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
-    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed runs per measurement.")] = 20,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed runs per measurement and round.")] = 20,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds over all models "
+                                        "and modes.")] = 5,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compare models on this device: load time, size, latency p50/p95 per image and batch, throughput."""
+    """Compare models on this device in both predictor modes (latency, throughput): load time, size,
+    latency p50/p95 per image and batch, throughput, each with its spread over interleaved rounds.
+
+    Warnings (stderr, and "warnings" in --json) flag noisy figures, ratios the spread leaves unresolved,
+    and an int8 model slower than its float32 twin.
+    """
     from serving.benchmark import benchmark as run_benchmark
 
     with _errors():
-        rows = run_benchmark(models, batch_size=batch_size, threads=threads, warmup=warmup, iters=iters)
+        doc = run_benchmark(models, batch_size=batch_size, threads=threads, warmup=warmup, iters=iters,
+                            rounds=rounds)
     if json_out:
-        typer.echo(json.dumps(_json_safe(rows), allow_nan=False))
+        typer.echo(json.dumps(_json_safe(doc), allow_nan=False))
         return
     from rich.table import Table
 
-    table = Table(title=f"benchmark: batch {batch_size}, threads {threads or 'auto'}")
+    table = Table(title=f"benchmark: batch {batch_size}, threads {threads or 'auto'}, {rounds} rounds, "
+                        f"load average {doc['loadavg'][0]}-{doc['loadavg'][1]} on {doc['cpus']} CPUs")
     columns = [
         ("model", "model", "{}"),
+        ("mode", "mode", "{}"),
         ("precision", "precision", "{}"),
         ("size MB", "file_size_bytes", "{:.2f}"),
         ("load ms", "load_time_ms", "{:.0f}"),
         ("image p50 ms", "latency_image_p50_ms", "{:.2f}"),
-        ("image p95 ms", "latency_image_p95_ms", "{:.2f}"),
+        ("image rounds ms", "image_rounds", "{}"),
         ("batch p50 ms", "latency_batch_p50_ms", "{:.2f}"),
-        ("batch p95 ms", "latency_batch_p95_ms", "{:.2f}"),
         ("images/s", "throughput_ips", "{:.1f}"),
+        ("images/s rounds", "tput_rounds", "{}"),
     ]
     for title, *_ in columns:
-        table.add_column(title, justify="left" if title == "model" else "right")
-    for row in rows:
-        values = {**row, "file_size_bytes": row["file_size_bytes"] / 1e6}
+        table.add_column(title, justify="left" if title in ("model", "mode") else "right")
+    for row in doc["models"]:
+        im, tp = row["latency_image_round_ms"], row["throughput_round_ips"]
+        values = {**row, "file_size_bytes": row["file_size_bytes"] / 1e6,
+                  "image_rounds": f"{im['min']:.2f}-{im['max']:.2f}", "tput_rounds": f"{tp['min']:.0f}-{tp['max']:.0f}"}
         table.add_row(*[fmt.format(values[key]) for _, key, fmt in columns])
     _console().print(table)
+    for warning in doc["warnings"]:
+        typer.echo("warning: " + warning, err=True)

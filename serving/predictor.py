@@ -9,15 +9,26 @@ The model file carries everything needed -- labels, input size, preprocessing co
     >>> [r.label for r in p.predict(["a.jpg", "b.png"])]
     ['daisy', 'roses']
 
-Decoding and resizing (Pillow; it releases the GIL) run in a small thread pool that works on the next
-batch while the runtime infers the current one, so preprocessing overlaps inference.
+Two ways to use the CPU, chosen per call by ``mode`` (see :data:`MODES`):
+
+* ``"latency"`` -- one image at a time, as fast as the runtime goes: ONNX Runtime threads spin between
+  operators (``session.intra_op.allow_spinning=1``, sequential execution), images decode inline, and a
+  single in-memory image goes straight into a preallocated input with no thread pool or generator.
+* ``"throughput"`` -- folders and batches: decoding and resizing (Pillow; it releases the GIL) run in a
+  small thread pool that works on the next batch while the runtime infers the current one, and the
+  runtime's idle threads sleep instead of spinning so the decoders get the cores.
+* ``"auto"`` (default) -- latency settings for a single image, throughput settings for a sequence; each
+  ONNX Runtime session is created on first use (LiteRT has one interpreter for both).
+
+Large JPEGs are decoded DCT-scaled at the size the model needs (``serving.preprocess.jpeg_scale``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +38,15 @@ import numpy as np
 from PIL import Image
 
 from serving.metadata import MetadataError, ModelMetadata, metadata_from_props, read_metadata
-from serving.preprocess import ImageError, load_resized
+from serving.preprocess import JPEG_SCALING, ImageError, load_resized
 
 #: What ``predict`` accepts per image: a file path, encoded bytes, a PIL image or an HWC uint8 array.
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
-__all__ = ["Batch", "ImageInput", "ModelError", "Prediction", "Predictor"]
+__all__ = ["MODES", "Batch", "ImageInput", "ModelError", "Prediction", "Predictor"]
+
+#: ``Predictor`` modes: settings for one image at a time, for batches and folders, or chosen per call.
+MODES = ("latency", "throughput", "auto")
 
 
 class ModelError(ValueError):
@@ -88,6 +102,7 @@ class _OnnxRunner:
 
     def __init__(self, path: Path, providers: Sequence[str] | None, threads: int | None,
                  spinning: bool = True) -> None:
+        """``spinning``: idle runtime threads busy-wait (lowest latency) or sleep (leave CPU to decoders)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -98,11 +113,14 @@ class _OnnxRunner:
                              f"choose from {', '.join(available)}")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: no optimiser chatter on stderr
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain: no inter-op pool
+        opts.inter_op_num_threads = 1
         if threads:
             opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        if not spinning:  # idle runtime threads sleep instead of busy-waiting: decoders get the cores
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning: idle runtime threads busy-wait between operators, the fastest single image; off, they
+        # sleep so decoder threads get the cores. Set explicitly either way (ORT's default may change).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.spinning = spinning
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -122,6 +140,7 @@ class _OnnxRunner:
                              "[N, H, W, 3]; export with `cvkeras export`")
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name  # whatever the exporter called it
+        self._outputs = [self.output_name]
         self.batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         self.hw = tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:3])
         out_shape = self.session.get_outputs()[0].shape
@@ -131,7 +150,7 @@ class _OnnxRunner:
         return metadata_from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        return self.session.run(self._outputs, {self.input_name: x})[0]
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
@@ -167,10 +186,15 @@ class _TFLiteRunner:
         if len(shape) != 4 or shape[3] != 3:
             raise ModelError(f"{path}: input shape {shape} is not [1, H, W, 3]; export with `cvkeras export`")
         self.batch = 1
+        self.spinning = None  # LiteRT has no such setting
         self.hw = (int(shape[1]), int(shape[2]))
         self.num_classes = int(self.out["shape"][-1])
         self.in_scale, self.in_zero = self.inp["quantization"]
         self.out_scale, self.out_zero = self.out["quantization"]
+        #: uint8 input with scale 1 and zero point 0 (``cvkeras export --int8``): a decoded uint8 image
+        #: is already the quantized input, no float round trip needed.
+        self.takes_uint8_image = (np.dtype(self.inp["dtype"]) == np.uint8 and self.in_scale == 1.0
+                                  and self.in_zero == 0)
 
     def metadata(self) -> ModelMetadata:
         return read_metadata(self.path)
@@ -191,6 +215,12 @@ class _TFLiteRunner:
         if not self.out_scale:
             raise ModelError(f"{self.path}: integer output without quantization parameters; re-export it")
         return (y.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
+
+    def run_uint8(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities for one HWC uint8 image fed as is (only when :attr:`takes_uint8_image`)."""
+        self.interpreter.set_tensor(self.inp["index"], image[None])
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self.out["index"]).reshape(1, -1))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         out = []
@@ -222,42 +252,60 @@ def _source_name(src: Any) -> str | None:
     return os.fspath(src) if isinstance(src, str | os.PathLike) else None
 
 
+_Runner = _OnnxRunner | _TFLiteRunner
+
+
 class Predictor:
     """A loaded model plus its metadata. Create with :meth:`Predictor.load`."""
 
-    def __init__(self, runner: _OnnxRunner | _TFLiteRunner, metadata: ModelMetadata, path: Path,
-                 decode_workers: int | None = None) -> None:
-        self._runner = runner
+    def __init__(self, runner: _Runner, metadata: ModelMetadata, path: Path,
+                 decode_workers: int | None = None, mode: str = "auto",
+                 make_runner: Callable[[str], _Runner] | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.metadata = metadata
         self.path = path
+        self.mode = mode
         self.decode_workers = decode_workers if decode_workers is not None else _default_workers()
+        #: Decode large JPEGs DCT-scaled: the contract of models exported with that rule (not older ones).
+        self.jpeg_scaling = metadata.preprocess.get("jpeg_scaling") == JPEG_SCALING
+        first = "throughput" if mode == "throughput" else "latency"
+        self._runners: dict[str, _Runner] = {first: runner}
+        self._make_runner = make_runner
+        self._lock = threading.Lock()
+        self._local = threading.local()  # per-thread input buffer of the single-image path
 
     @classmethod
     def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None,
-             decode_workers: int | None = None) -> Predictor:
+             decode_workers: int | None = None, mode: str = "auto") -> Predictor:
         """Load an ``.onnx`` (ONNX Runtime) or ``.tflite`` (LiteRT) model and its cvkeras metadata.
 
         Args:
             providers: ONNX Runtime execution providers, default ``["CPUExecutionProvider"]``.
             threads: intra-op threads of the runtime (default: the runtime's choice).
-            decode_workers: threads decoding images while the model runs (default: up to 2). With
-                decoders the runtime's idle threads sleep rather than spin, so decoding gets CPU time;
-                pass 0 to decode inline and keep spinning, the fastest for pre-decoded batches only.
+            decode_workers: threads decoding images while the model runs, in throughput use (default:
+                up to 2; 0 decodes inline). Latency use always decodes inline.
+            mode: ``"latency"``, ``"throughput"`` or ``"auto"`` (see :data:`MODES` and the module doc).
 
         Raises:
             ModelError: missing, truncated or non-model file, or a graph that is not a cvkeras classifier.
             MetadataError: the model carries no (or broken) cvkeras metadata.
+            ValueError: unknown ``mode``.
         """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         p = Path(path)
         if not p.is_file():
             raise ModelError(f"{p}: model file not found; pass an .onnx or .tflite from `cvkeras export`")
         if p.suffix == ".onnx":
-            workers = decode_workers if decode_workers is not None else _default_workers()
-            runner: _OnnxRunner | _TFLiteRunner = _OnnxRunner(p, providers, threads, spinning=workers == 0)
+            def make_runner(use: str) -> _Runner:
+                return _OnnxRunner(p, providers, threads, spinning=use == "latency")
         elif p.suffix == ".tflite":
-            runner = _TFLiteRunner(p, threads)
+            def make_runner(use: str) -> _Runner:
+                return _TFLiteRunner(p, threads)
         else:
             raise ModelError(f"{p}: unknown model type {p.suffix!r}; pass an .onnx or .tflite file")
+        runner = make_runner("throughput" if mode == "throughput" else "latency")
         meta = runner.metadata()
         h, w = meta.input_size
         if any(m is not None and m != want for m, want in zip(runner.hw, (h, w), strict=True)):
@@ -266,7 +314,27 @@ class Predictor:
         if runner.num_classes is not None and runner.num_classes != len(meta.labels):
             raise MetadataError(f"{p}: metadata has {len(meta.labels)} labels but the model outputs "
                                 f"{runner.num_classes} classes; re-export the model")
-        return cls(runner, meta, p, decode_workers)
+        return cls(runner, meta, p, decode_workers, mode,
+                   make_runner if p.suffix == ".onnx" else None)  # LiteRT: one interpreter serves both
+
+    def _runner_for(self, use: str) -> _Runner:
+        """The runner for ``use`` ("latency" or "throughput"); in auto mode made on first use."""
+        if self.mode != "auto":
+            use = self.mode
+        runner = self._runners.get(use)
+        if runner is None:
+            if self._make_runner is None:
+                return next(iter(self._runners.values()))
+            with self._lock:
+                runner = self._runners.get(use)
+                if runner is None:
+                    runner = self._runners[use] = self._make_runner(use)
+        return runner
+
+    @property
+    def _runner(self) -> _Runner:
+        """The runner of this predictor's mode (auto: the latency one, made at load)."""
+        return self._runner_for("throughput" if self.mode == "throughput" else "latency")
 
     # --- properties ------------------------------------------------------------------------------------
     @property
@@ -288,14 +356,15 @@ class Predictor:
 
     def __repr__(self) -> str:
         return (f"Predictor({str(self.path)!r}, {self.kind}, {len(self.labels)} classes, "
-                f"input {self.input_size[0]}x{self.input_size[1]}, {self.metadata.precision})")
+                f"input {self.input_size[0]}x{self.input_size[1]}, {self.metadata.precision}, {self.mode})")
 
     # --- raw runner ------------------------------------------------------------------------------------
-    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+    def predict_batch(self, x: np.ndarray, use: str | None = None) -> np.ndarray:
         """Probabilities ``(N, C)`` float32 for a float32 NHWC batch in ``0..255`` at the input size.
 
         Splits into the model's fixed batch when it has one (TFLite: 1). Integer TFLite I/O is quantized
-        and dequantized with the tensors' own scale and zero point.
+        and dequantized with the tensors' own scale and zero point. ``use`` ("latency"/"throughput")
+        picks the session in auto mode; default: latency for one image, throughput for more.
         """
         x = np.asarray(x)
         h, w = self.input_size
@@ -303,9 +372,10 @@ class Predictor:
             raise ValueError(f"expected a float32 batch of shape (N, {h}, {w}, 3), got {x.shape}; "
                              "preprocess with serving.preprocess.to_model_input")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        step = self._runner.batch or max(1, x.shape[0])
+        runner = self._runner_for(use or ("latency" if x.shape[0] == 1 else "throughput"))
+        step = runner.batch or max(1, x.shape[0])
         try:
-            parts = [self._runner.run(x[i : i + step]) for i in range(0, x.shape[0], step)]
+            parts = [runner.run(x[i : i + step]) for i in range(0, x.shape[0], step)]
         except ModelError:
             raise
         except Exception as exc:  # a runtime failure is about this model, not the caller's code
@@ -315,21 +385,27 @@ class Predictor:
         return np.concatenate(parts, axis=0).astype(np.float32, copy=False).reshape(x.shape[0], -1)
 
     # --- decoding --------------------------------------------------------------------------------------
-    def batches(self, sources: Sequence[ImageInput], batch_size: int = 16) -> Iterator[Batch]:
-        """Decode and resize ``sources`` into model-ready batches, in order, one batch ahead.
+    def batches(self, sources: Sequence[ImageInput], batch_size: int = 16,
+                overlap: bool | None = None) -> Iterator[Batch]:
+        """Decode and resize ``sources`` into model-ready batches, in order.
 
-        Workers write straight into each batch's float32 buffer, so the thread running the model only
-        waits. Unreadable sources are reported in ``Batch.errors`` instead of raising, so one bad file
-        never stops the rest.
+        With ``overlap`` (default: unless this is a latency-mode predictor) ``decode_workers`` threads
+        decode one batch ahead, writing straight into each batch's float32 buffer, so the thread running
+        the model only waits; without, decoding is inline. Unreadable sources are reported in
+        ``Batch.errors`` instead of raising, so one bad file never stops the rest.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         n = len(sources)
         h, w = self.input_size
 
+        scaled = self.jpeg_scaling
+        if overlap is None:
+            overlap = self.mode != "latency"
+
         def decode_into(out: np.ndarray, row: int, src: ImageInput) -> str | None:
             try:
-                out[row] = load_resized(src, (h, w))
+                out[row] = load_resized(src, (h, w), scaled)
             except ImageError as exc:
                 return str(exc)
             return None
@@ -338,7 +414,7 @@ class Predictor:
             return np.empty((min(batch_size, n - start), h, w, 3), dtype=np.float32)
 
         starts = range(0, n, batch_size)
-        if self.decode_workers <= 0 or n <= 1:
+        if not overlap or self.decode_workers <= 0 or n <= 1:
             for start in starts:
                 out = buffer(start)
                 yield _batch(start, out, [decode_into(out, j, sources[start + j]) for j in range(len(out))])
@@ -359,15 +435,27 @@ class Predictor:
 
     # --- prediction ------------------------------------------------------------------------------------
     def _result(self, probs: np.ndarray, top_k: int, path: str | None) -> Prediction:
-        order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, probs.shape[0]))]
-        top = [(self.labels[int(i)], float(probs[int(i)])) for i in order]
-        return Prediction(label=top[0][0], index=int(order[0]), score=top[0][1], top_k=top, path=path)
+        k = max(1, min(top_k, probs.shape[0]))
+        values = probs.tolist()
+        # all three pick the first of equal scores; plain Python is quickest for a few classes
+        if k == 1:
+            order = [int(probs.argmax())]
+        elif len(values) <= 64:
+            order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
+        else:
+            order = np.argsort(-probs, kind="stable")[:k].tolist()
+        top = [(self.labels[i], values[i]) for i in order]
+        return Prediction(label=top[0][0], index=order[0], score=top[0][1], top_k=top, path=path)
 
     def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5,
                      batch_size: int = 16) -> Iterator[Prediction]:
-        """Yield one :class:`Prediction` per source, in order, as batches finish (streams big folders)."""
-        for batch in self.batches(images, batch_size):
-            probs = self.predict_batch(batch.x) if batch.indices else np.zeros((0, len(self.labels)))
+        """Yield one :class:`Prediction` per source, in order, as batches finish (streams big folders).
+
+        Throughput settings (decoding overlapped with inference) unless the predictor is in latency mode.
+        """
+        use = "latency" if self.mode == "latency" else "throughput"
+        for batch in self.batches(images, batch_size, overlap=use == "throughput"):
+            probs = self.predict_batch(batch.x, use) if batch.indices else np.zeros((0, len(self.labels)))
             rows = dict(zip(batch.indices, probs, strict=True))
             for i in sorted([*batch.indices, *batch.errors]):
                 name = _source_name(images[i])
@@ -392,9 +480,25 @@ class Predictor:
         the same order, where unreadable items carry ``error`` instead of raising.
         """
         if _is_single(images):
-            result = next(self.iter_predict([images], top_k, 1))  # type: ignore[list-item]
-            if result.error is not None:
-                raise ImageError(result.error)
-            return result
+            return self._predict_one(images, top_k)  # type: ignore[arg-type]
         seq = list(images) if not isinstance(images, np.ndarray) else [img for img in images]
         return list(self.iter_predict(seq, top_k, batch_size))
+
+    def _predict_one(self, image: ImageInput, top_k: int) -> Prediction:
+        """The single-image path: latency settings, inline decode into a preallocated per-thread input."""
+        runner = self._runner_for("latency")
+        arr = load_resized(image, self.input_size, self.jpeg_scaling)  # raises ImageError
+        try:
+            if isinstance(runner, _TFLiteRunner) and runner.takes_uint8_image:
+                probs = runner.run_uint8(arr)
+            else:
+                x = getattr(self._local, "x", None)
+                if x is None:
+                    x = self._local.x = np.empty((1, *self.input_size, 3), dtype=np.float32)
+                x[0] = arr
+                probs = runner.run(x)
+        except ModelError:
+            raise
+        except Exception as exc:  # a runtime failure is about this model, not the caller's code
+            raise ModelError(f"{self.path}: inference failed ({_first_line(exc)})") from None
+        return self._result(probs.reshape(-1), top_k, _source_name(image))

@@ -8,7 +8,10 @@ once, and honoured by training (TensorFlow, ``cvkeras.pipeline``), export calibr
    expanded, 16-bit samples keep their high byte (``v >> 8``, as TensorFlow's PNG decoder does), GIFs
    use their first frame, EXIF orientation is ignored (TensorFlow's decoders ignore it too);
 2. JPEG with accurate integer DCT (``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``, Pillow's default)
-   and fancy upsampling on both sides;
+   and fancy upsampling on both sides; a JPEG at least twice the input size (both sides) is decoded
+   DCT-scaled by 1/2, 1/4 or 1/8 -- the smallest scale that keeps it at least the input size, see
+   :func:`jpeg_scale` -- (``decode_jpeg(ratio=m)`` / Pillow ``draft``; both are libjpeg's scaled IDCT and
+   give the same bytes), so a 12-megapixel photo is never decoded in full for a 224 px model;
 3. resize the whole image (no crop, aspect ratio not kept) to ``(height, width)`` with an antialiased
    bilinear (triangle) filter: ``tf.image.resize(..., "bilinear", antialias=True)`` / Pillow ``BILINEAR``,
    in two passes as Pillow does -- width first, then height -- each rounded half-up to 8 bit;
@@ -20,6 +23,7 @@ This module is part of the device side: numpy and Pillow only.
 Example:
     >>> from serving.preprocess import load_image, to_model_input
     >>> batch = to_model_input([load_image("cat.jpg")], (224, 224))  # (1, 224, 224, 3) float32
+    >>> x = load_resized("big.jpg", (224, 224))  # same, with the DCT-scaled decode of large JPEGs
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
 # --- the contract, as data (also written into export metadata) ------------------------------------
 COLOR_ORDER = "RGB"
@@ -40,6 +44,11 @@ LAYOUT = "NHWC"
 RESIZE_METHOD = "bilinear"
 RESIZE_ANTIALIAS = True
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"
+#: Large JPEGs are decoded at 1/m of their size (libjpeg DCT scaling), m in this order of preference.
+JPEG_SCALES = (8, 4, 2)
+#: Contract value naming the rule of :func:`jpeg_scale`; models exported without it were trained on
+#: full-size decodes, so the predictor decodes JPEGs in full for them.
+JPEG_SCALING = "dct-1/2-1/4-1/8"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 #: Images with more pixels than this are refused (decompression bombs). 8000 x 8000 = 64 MP.
 MAX_PIXELS = 64_000_000
@@ -61,14 +70,41 @@ def contract(height: int, width: int) -> dict[str, Any]:
         "resize": RESIZE_METHOD,
         "antialias": RESIZE_ANTIALIAS,
         "jpeg_dct": JPEG_DCT_METHOD,
+        "jpeg_scaling": JPEG_SCALING,
         "normalization": "in-model",
     }
 
 
+def jpeg_scale_fits(width: Any, height: Any, target: Sequence[int], m: int) -> Any:
+    """Whether a ``width`` x ``height`` JPEG may be decoded at 1/``m``: still >= ``target`` (h, w).
+
+    Plain operators only, so the same rule runs on Python ints (device) and on TensorFlow scalars
+    (training, ``cvkeras.pipeline``): the one definition both sides call.
+    """
+    return (width >= m * int(target[1])) & (height >= m * int(target[0]))
+
+
+def jpeg_scale(width: int, height: int, target: Sequence[int]) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) for decoding a ``width`` x ``height`` JPEG for a model
+    taking ``target`` = (height, width): the largest that keeps the decoded image at least that size.
+
+    libjpeg rounds scaled sizes up (``ceil(width / m)``); this is also the rule of Pillow's ``draft``.
+
+    >>> jpeg_scale(4000, 3000, (224, 224))
+    8
+    >>> jpeg_scale(320, 240, (224, 224))
+    1
+    """
+    for m in JPEG_SCALES:
+        if jpeg_scale_fits(width, height, target, m):
+            return m
+    return 1
+
+
 def _to_rgb(img: Image.Image) -> np.ndarray:
     """Convert any Pillow mode to an HWC uint8 RGB array following the contract."""
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
+    if getattr(img, "n_frames", 1) > 1 and img.tell() != 0:
+        img.seek(0)  # (not when already there: seeking an MPO photo would drop its draft scale)
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # Keep the high byte, as TensorFlow's PNG decoder (and Pillow, for 16-bit RGB) does.
@@ -100,24 +136,27 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
 
 
 def load_resized(
-    source: str | os.PathLike | bytes | Image.Image | np.ndarray, size: Sequence[int]
+    source: str | os.PathLike | bytes | Image.Image | np.ndarray, size: Sequence[int],
+    jpeg_scaling: bool = True,
 ) -> np.ndarray:
-    """``resize(load_image(source), size)`` in one step, without the extra copy for RGB files.
+    """Decode ``source`` and resize it to ``size`` = (height, width): the serving hot path.
 
-    This is the serving hot path: same pixels as the two-step form, less memory traffic.
+    A JPEG at least twice ``size`` is decoded DCT-scaled (:func:`jpeg_scale`), as training decodes it;
+    ``jpeg_scaling=False`` decodes it in full, the contract of models exported before that rule
+    (their metadata lacks ``jpeg_scaling``). Otherwise the same pixels as ``resize(load_image(...))``.
 
     Raises:
         ImageError: as :func:`load_image`.
     """
-    return _load(source, (int(size[0]), int(size[1])))
+    return _load(source, (int(size[0]), int(size[1])), jpeg_scaling)
 
 
-def _load(source: Any, size: tuple[int, int] | None) -> np.ndarray:
+def _load(source: Any, size: tuple[int, int] | None, jpeg_scaling: bool = False) -> np.ndarray:
     if isinstance(source, np.ndarray):
         arr = _from_array(source)
         return arr if size is None else resize(arr, size)
     if isinstance(source, Image.Image):
-        return _decode(source, "image", size)
+        return _decode(source, "image", size, jpeg_scaling)
     name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
     try:
         fp = io.BytesIO(source) if name == "<bytes>" else open(source, "rb")  # noqa: SIM115
@@ -134,12 +173,31 @@ def _load(source: Any, size: tuple[int, int] | None) -> np.ndarray:
         except Exception as exc:  # any decoder failure means "not an image" for this one file
             raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
         with img:
-            return _decode(img, name, size)
+            return _decode(img, name, size, jpeg_scaling)
 
 
-def _decode(img: Image.Image, name: str, size: tuple[int, int] | None) -> np.ndarray:
+def _draft(img: Image.Image, size: tuple[int, int]) -> None:
+    """Ask libjpeg for the DCT-scaled decode of :func:`jpeg_scale` (a not yet loaded JPEG only)."""
+    if not isinstance(img, JpegImagePlugin.JpegImageFile) or len(getattr(img, "tile", ())) != 1:
+        return
+    w, h = img.size
+    m = jpeg_scale(w, h, size)
+    if m == 1:
+        return
+    try:
+        img.draft("RGB", (size[1], size[0]))
+    except Exception as exc:  # broken headers: the same one-line error as a failed decode
+        raise ImageError(f"{getattr(img, 'filename', '') or 'image'}: not a readable image ({_reason(exc)})") \
+            from None
+    if img.size != (-(-w // m), -(-h // m)):  # Pillow chose another scale: the contract would break
+        raise RuntimeError(f"Pillow draft gave {img.size} for {w}x{h} at 1/{m}; update jpeg_scale")
+
+
+def _decode(img: Image.Image, name: str, size: tuple[int, int] | None, jpeg_scaling: bool = False) -> np.ndarray:
     """Load pixels (checking size first) and convert; every decoder failure becomes an ImageError."""
     _check_size(img.size, name)
+    if jpeg_scaling and size is not None:
+        _draft(img, size)
     try:
         img.load()
         if size is not None and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1:

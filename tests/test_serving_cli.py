@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from serving_helpers import LABELS, SIZE, make_onnx, metadata, photo, reference_
 from typer.testing import CliRunner
 
 from serving import cli
-from serving.preprocess import load_image, to_model_input
+from serving.preprocess import load_resized
 
 app = typer.Typer()
 app.command()(cli.predict)
@@ -50,7 +51,7 @@ def test_predict_json_lines_match_numpy(model, images):
     rows = _lines(result)
     assert [r["path"] for r in rows] == sorted(str(p) for p in paths)
     for row in rows:
-        p = reference_probs(to_model_input([load_image(row["path"])], SIZE))[0]
+        p = reference_probs(load_resized(row["path"], SIZE)[None].astype(np.float32))[0]
         assert row["label"] == LABELS[int(p.argmax())] and row["score"] == pytest.approx(p.max(), abs=1e-5)
         assert len(row["top_k"]) == 2 and row["top_k"][0]["label"] == row["label"]
 
@@ -90,7 +91,7 @@ def test_bad_model_is_one_error_line_exit_2(model, images, tmp_path, content):
 def test_validate_uses_the_reference_next_to_the_model_and_gates_on_drop(model, tmp_path):
     data = tmp_path / "data"
     items = write_class_folder(data, per_class=3, wrong=1)  # accuracy 8/12
-    x = to_model_input([load_image(p) for p, _ in items], SIZE)
+    x = np.stack([load_resized(p, SIZE) for p, _ in items]).astype(np.float32)
     probs = reference_probs(x).astype(np.float32)
     labels = np.array([y for _, y in items])
     keys = np.array([f"{p.parent.name}/{p.name}" for p, _ in items])
@@ -135,17 +136,67 @@ def test_validate_bad_data_folder_is_one_error_line(model, tmp_path):
 def test_benchmark_json_fields(model, tmp_path):
     other = make_onnx(tmp_path / "second.onnx")
     result = runner.invoke(app, ["benchmark", str(model), str(other), "--batch-size", "4", "--threads", "1",
-                                 "--iters", "3", "--warmup", "1", "--json"])
+                                 "--iters", "3", "--warmup", "1", "--rounds", "2", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
-    assert [r["model"] for r in rows] == ["model.onnx", "second.onnx"]
+    doc = json.loads(result.stdout)
+    rows = doc["models"]
+    assert [(r["model"], r["mode"]) for r in rows] == [
+        ("model.onnx", "latency"), ("model.onnx", "throughput"),
+        ("second.onnx", "latency"), ("second.onnx", "throughput")]
     for r in rows:
         assert r["file_size_bytes"] == (model if r["model"] == "model.onnx" else other).stat().st_size
-        assert r["batch_size"] == 4 and r["threads"] == 1 and r["format"] == "onnx"
+        assert r["batch_size"] == 4 and r["threads"] == 1 and r["format"] == "onnx" and r["rounds"] == 2
         assert 0 < r["latency_image_p50_ms"] <= r["latency_image_p95_ms"]
+        spread = r["latency_image_round_ms"]
+        assert 0 < spread["min"] <= spread["median"] <= spread["max"] and spread["spread"] >= 0
         assert 0 < r["latency_batch_p50_ms"] <= r["latency_batch_p95_ms"]
         assert r["throughput_ips"] > 0 and r["load_time_ms"] > 0
-    table = runner.invoke(app, ["benchmark", str(model), "--iters", "2"])
-    assert table.exit_code == 0 and "images/s" in table.stdout
+        assert r["throughput_round_ips"]["min"] <= r["throughput_ips"] <= r["throughput_round_ips"]["max"]
+    assert [(c["model"], c["baseline"], c["mode"]) for c in doc["comparisons"]] == [
+        ("second.onnx", "model.onnx", "latency"), ("second.onnx", "model.onnx", "throughput")]
+    for c in doc["comparisons"]:
+        lo, hi = c["latency_ratio_range"]
+        assert lo <= c["latency_ratio"] <= hi and c["resolved"] == (hi < 1 or lo > 1)
+    assert len(doc["loadavg"]) == 2 and isinstance(doc["warnings"], list)
+    table = runner.invoke(app, ["benchmark", str(model), "--iters", "2", "--rounds", "1"])
+    assert table.exit_code == 0 and "images/s" in table.stdout and "throughput" in table.stdout
     missing = runner.invoke(app, ["benchmark", str(tmp_path / "nope.onnx")])
     assert missing.exit_code == 2 and missing.stderr.startswith("error: ") and "not found" in missing.stderr
+
+
+def test_benchmark_flags_an_int8_inversion_and_an_unresolved_ratio():
+    from types import SimpleNamespace
+
+    from serving.benchmark import _compare
+
+    def run(name, precision, single):
+        meta = SimpleNamespace(precision=precision)
+        return {"path": Path(name), "mode": "latency", "single": single,
+                "predictor": SimpleNamespace(kind="onnx", metadata=meta)}
+
+    fp32 = run("model.onnx", "float32", [[1.0, 1.0], [1.0, 1.2], [1.0, 1.0]])
+    int8 = run("model_int8.onnx", "int8", [[2.0, 2.0], [1.9, 2.1], [2.2, 2.0]])  # slower: inverted
+    noisy = run("other.onnx", "float32", [[0.5, 0.5], [1.5, 1.5], [1.0, 1.0]])  # ratio 0.5 .. 1.5
+    rows = [{"model": r["path"].name, "mode": "latency",
+             "latency_image_round_ms": {"min": 1, "max": 1, "spread": 0.0}} for r in (fp32, int8, noisy)]
+    comparisons, warnings = _compare([fp32, int8, noisy], rows)
+    assert [c["resolved"] for c in comparisons] == [True, False]
+    assert comparisons[0]["latency_ratio"] == 2.0
+    assert any(w.startswith("inversion: int8 model_int8.onnx is slower than float32 model.onnx") for w in warnings)
+    assert any(w.startswith("unresolved: other.onnx / model.onnx") for w in warnings)
+    assert not any("inversion" in w for w in _compare([fp32, run("q.onnx", "int8", [[0.5]] * 3)], rows[:2])[1])
+
+
+def test_predict_mode_flag(model, images):
+    folder, paths = images
+    outputs = []
+    for mode in ("latency", "throughput", "auto"):
+        result = runner.invoke(app, ["predict", str(model), str(folder), "--mode", mode, "--json"])
+        assert result.exit_code == 0, result.output
+        outputs.append(_lines(result))
+        assert len(outputs[-1]) == len(paths)
+    assert outputs[0] == outputs[1] == outputs[2]  # the mode changes speed, never answers
+    one = runner.invoke(app, ["predict", str(model), str(paths[0]), "--json"])  # auto: latency session
+    assert one.exit_code == 0 and _lines(one)[0] == next(r for r in outputs[0] if r["path"] == str(paths[0]))
+    bad = runner.invoke(app, ["predict", str(model), str(folder), "--mode", "fast"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --mode 'fast'")

@@ -106,14 +106,49 @@ def test_output_name_is_not_hard_coded_and_fixed_batch_models_are_looped(tmp_pat
     np.testing.assert_allclose(p.predict_batch(x), reference_probs(x), atol=1e-5)
 
 
-def test_threads_and_spinning_reach_the_session(model_path):
-    decoding = Predictor.load(model_path, threads=1, decode_workers=2)._runner.session.get_session_options()
-    assert decoding.intra_op_num_threads == 1
-    assert decoding.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    inline = Predictor.load(model_path, threads=3, decode_workers=0)._runner.session.get_session_options()
-    assert inline.intra_op_num_threads == 3
-    with pytest.raises(Exception, match="allow_spinning"):  # not set: the runtime default (spinning)
-        inline.get_session_config_entry("session.intra_op.allow_spinning")
+def _spinning(runner) -> str:
+    return runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_modes_set_the_session_options(model_path):
+    latency = Predictor.load(model_path, threads=3, mode="latency")
+    opts = latency._runner.session.get_session_options()
+    assert opts.intra_op_num_threads == 3 and _spinning(latency._runner) == "1"
+    assert latency.predict_batch(np.zeros((4, *SIZE, 3), np.float32)).shape == (4, 4)
+    assert set(latency._runners) == {"latency"}  # a fixed mode never makes a second session
+    throughput = Predictor.load(model_path, threads=1, mode="throughput")
+    assert throughput._runner.session.get_session_options().intra_op_num_threads == 1
+    assert _spinning(throughput._runner) == "0"  # idle runtime threads sleep: decoders get the cores
+
+
+def test_auto_mode_uses_a_spinning_session_for_one_image_and_a_sleeping_one_for_many(model_path, photos):
+    p = Predictor.load(model_path, threads=1)
+    assert p.mode == "auto" and set(p._runners) == {"latency"}
+    one = p.predict(photos[0])
+    assert set(p._runners) == {"latency"}
+    many = p.predict(photos[:3])
+    assert set(p._runners) == {"latency", "throughput"}
+    assert _spinning(p._runners["latency"]) == "1" and _spinning(p._runners["throughput"]) == "0"
+    assert (one.label, round(one.score, 6)) == (many[0].label, round(many[0].score, 6))
+
+
+def test_single_image_path_matches_the_batch_path_and_reuses_its_buffer(model_path, photos):
+    p = Predictor.load(model_path, mode="latency")
+    expected = reference_probs(to_model_input(photos, SIZE))
+    for img, probs in zip(photos, expected, strict=True):
+        r = p.predict(img, top_k=4)
+        assert r.index == int(np.argmax(probs))
+        assert [s for _, s in r.top_k] == pytest.approx(np.sort(probs)[::-1], abs=1e-5)
+    buf = p._local.x
+    p.predict(photos[1])
+    assert p._local.x is buf  # preallocated once per thread, not per call
+    with pytest.raises(ImageError, match="not an image"):
+        p.predict(b"not an image at all")
+
+
+def test_unknown_mode_is_a_value_error(model_path):
+    with pytest.raises(ValueError, match="latency, throughput, auto"):
+        Predictor.load(model_path, mode="fast")
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, I am not a model\n" * 20])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from serving import preprocess
-from serving.preprocess import ImageError, load_image, load_resized, resize, to_model_input
+from serving.preprocess import ImageError, jpeg_scale, load_image, load_resized, resize, to_model_input
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -195,7 +195,16 @@ def test_decoder_always_gives_hwc_uint8_rgb(case, fmt, out_h, out_w):
         np.testing.assert_array_equal(out, _expected_rgb(img, mode))
     resized = load_resized(data, (out_h, out_w))
     assert resized.shape == (out_h, out_w, 3) and resized.dtype == np.uint8
-    np.testing.assert_array_equal(resized, resize(out, (out_h, out_w)))
+    np.testing.assert_array_equal(load_resized(data, (out_h, out_w), jpeg_scaling=False),
+                                  resize(out, (out_h, out_w)))
+    m = jpeg_scale(img.width, img.height, (out_h, out_w)) if fmt == "JPEG" else 1
+    if m == 1:
+        np.testing.assert_array_equal(resized, resize(out, (out_h, out_w)))
+    else:  # the contract's DCT-scaled decode of a JPEG at least twice the output size
+        scaled = Image.open(io.BytesIO(data))
+        scaled.draft("RGB", (img.width // m, img.height // m))
+        assert scaled.size == (-(-img.width // m), -(-img.height // m))
+        np.testing.assert_array_equal(resized, resize(np.asarray(scaled.convert("RGB")), (out_h, out_w)))
 
 
 @settings(max_examples=60, deadline=None)

@@ -87,3 +87,17 @@ def test_integer_io_is_quantized_with_the_models_own_parameters(models, kind):
     ref = reference_probs(x)
     np.testing.assert_allclose(probs, ref, atol=0.05)
     assert (probs.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("kind", ["float", "uint8", "int8"])
+def test_single_image_path_matches_the_batch_path(models, kind):
+    p = Predictor.load(models[kind], threads=1, mode="latency")
+    photos = _photos(4, seed=5)
+    x = to_model_input(photos, SIZE)
+    for img, probs in zip(photos, p.predict_batch(x), strict=True):
+        r = p.predict(img, top_k=len(LABELS))
+        assert r.index == int(probs.argmax())
+        assert [s for _, s in r.top_k] == pytest.approx(np.sort(probs)[::-1], abs=1e-6)
+    # uint8 input with scale 1 / zero 0 (what `cvkeras export --int8` writes) skips the float round trip
+    runner = p._runner
+    assert runner.takes_uint8_image == (kind == "uint8" and runner.in_scale == 1.0 and runner.in_zero == 0)
