@@ -540,3 +540,22 @@ def test_int8_onnx_excluded_layer_stays_float_when_onnxruntime_loads_it(tmp_path
     pw2 = next(n for n in graph.node if n.name == "pw2")  # its neighbours stay int8
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert producers[pw2.input[1]] == "DequantizeLinear"
+
+
+def test_onnx_layer_ranking_does_not_count_relu_as_quantization_noise(tmp_path):
+    """The quantizer folds Relu/Clip into the QuantizeLinear after a conv; the ranking must not charge the
+    conv with everything the Relu cuts off (half its pre-activation power here) as int8 noise."""
+    from export.quantize import QuantSettings, preprocess, quantize_int8
+    from export.repair import rank_onnx_layers
+    from export.to_onnx import save
+
+    rng = np.random.default_rng(1)
+    src, pre, raw = tmp_path / "dw.onnx", tmp_path / "pre.onnx", tmp_path / "raw.onnx"
+    _dw_model(src, rng)
+    preprocess(src, pre)
+    x = rng.uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
+    save(quantize_int8(pre, x, QuantSettings(exclude_softmax=False), preprocessed=True, compact=False), raw)
+    ranking = rank_onnx_layers(pre, raw, x[:4], input_name="x")
+    assert len(ranking) == 3 and all(r.op == "Conv" for r in ranking)
+    # 8-bit rounding of weights and activations: noise/signal around 1e-4, nowhere near the Relu's 0.5
+    assert max(r.error for r in ranking) < 0.01, [(r.name, r.error) for r in ranking]
