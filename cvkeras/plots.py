@@ -18,6 +18,9 @@ from typing import Any
 
 from cvkeras.rundir import atomic_write
 
+#: history.csv's learning-rate column (older runs logged ``learning_rate``).
+LR_COLUMNS = ("learning_rate_first_step", "learning_rate")
+
 
 def _plt():
     import matplotlib
@@ -56,9 +59,10 @@ def curves_figure(rows: list[dict[str, str]], title: str | None = None):
             ax.plot(epochs, _floats(rows, prefix + metric), style, marker="o", label=(prefix or "train_") + metric)
         ax.set_title(metric)
     lr_ax = axes[2]
-    lr_ax.plot(epochs, _floats(rows, "learning_rate"), "-", marker="o", color="tab:purple", label="learning rate")
+    lr_key = next((k for k in LR_COLUMNS if rows and k in rows[0]), LR_COLUMNS[0])
+    lr_ax.plot(epochs, _floats(rows, lr_key), "-", marker="o", color="tab:purple", label="at the epoch's first step")
     lr_ax.set_title("learning rate")
-    if any(v > 0 for v in _floats(rows, "learning_rate")):
+    if any(v > 0 for v in _floats(rows, lr_key)):
         lr_ax.set_yscale("log")
     for ax in axes:
         ax.set_xlabel("epoch")

@@ -137,6 +137,37 @@ def _nsr(signal: float, noise: float) -> float:
     return noise / max(signal, 1e-30)
 
 
+def _clip_bounds(graph) -> dict[str, tuple[float, float]]:
+    """Output tensor -> (low, high) of every Relu/Clip of a float graph with constant bounds.
+
+    The quantizer drops a Relu/Clip that follows a quantized node and lets the QuantizeLinear of its output
+    saturate instead, so ``qdq_loss_debug``'s "pre_qdq" value of that tensor is the node's output *before*
+    the activation. Its difference from "post_qdq" would count the activation itself (every negative
+    pre-activation, everything above 6) as quantization noise and rank layers by how much their Relu6
+    cuts off; the activation is applied to "pre_qdq" first.
+    """
+    from onnx import numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    out: dict[str, tuple[float, float]] = {}
+    for node in graph.node:
+        if node.op_type == "Relu":
+            out[node.output[0]] = (0.0, np.inf)
+        elif node.op_type == "Clip":
+            attrs = {a.name: a.f for a in node.attribute}  # opset < 11
+            lo, hi = attrs.get("min", -np.inf), attrs.get("max", np.inf)
+            ins = list(node.input) + ["", ""]
+            if (ins[1] and ins[1] not in consts) or (ins[2] and ins[2] not in consts):
+                continue  # bounds computed at run time: leave the tensor as measured
+            lo = float(consts[ins[1]]) if ins[1] else lo
+            hi = float(consts[ins[2]]) if ins[2] else hi
+            out[node.output[0]] = (lo, hi)
+    return out
+
+
 def rank_onnx_layers(pre_path: str | os.PathLike, qdq_path: str | os.PathLike, images: np.ndarray,
                      input_name: str = "image") -> list[LayerError]:
     """Weighted nodes of the pre-processed float graph ``pre_path``, worst quantization error first.
@@ -153,6 +184,7 @@ def rank_onnx_layers(pre_path: str | os.PathLike, qdq_path: str | os.PathLike, i
     )
 
     postfix = "_ReshapedSavedOutput"  # qdq_loss_debug's suffix of the saved tensors
+    bounds = _clip_bounds(onnx.load(str(pre_path)).graph)
     signal: dict[str, float] = defaultdict(float)
     noise: dict[str, float] = defaultdict(float)
     with tempfile.TemporaryDirectory(prefix="cvkeras-qdqdebug-") as tmp:
@@ -172,6 +204,8 @@ def rank_onnx_layers(pre_path: str | os.PathLike, qdq_path: str | os.PathLike, i
                      if n.endswith(postfix)} for s, nm in zip(sessions, names, strict=True)]
             for name, m in create_activation_matching(outs[1], outs[0]).items():
                 pre_q, post_q = np.asarray(m["pre_qdq"][0], np.float64), np.asarray(m["post_qdq"][0], np.float64)
+                if name in bounds:  # the quantizer removed this Relu/Clip: its Q saturates in its place
+                    pre_q = np.clip(pre_q, *bounds[name])
                 signal[name] += float(np.sum(pre_q ** 2))
                 noise[name] += float(np.sum((pre_q - post_q) ** 2))
         with quiet():

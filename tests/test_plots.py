@@ -12,13 +12,13 @@ from cvkeras.plots import best_epoch, confusion_figure, curves_figure, plot_conf
 
 ROWS = [
     {"epoch": "1", "stage": "1", "loss": "1.2", "accuracy": "0.5", "val_loss": "1.1", "val_accuracy": "0.55",
-     "learning_rate": "0.001"},
+     "learning_rate_first_step": "0.001"},
     {"epoch": "2", "stage": "1", "loss": "0.9", "accuracy": "0.7", "val_loss": "0.8", "val_accuracy": "0.75",
-     "learning_rate": "0.0005"},
+     "learning_rate_first_step": "0.0005"},
     {"epoch": "3", "stage": "2", "loss": "0.7", "accuracy": "0.8", "val_loss": "0.7", "val_accuracy": "0.75",
-     "learning_rate": "0.0001"},
+     "learning_rate_first_step": "0.0001"},
     {"epoch": "4", "stage": "2", "loss": "0.6", "accuracy": "0.85", "val_loss": "0.75", "val_accuracy": "0.7",
-     "learning_rate": "0.00005"},
+     "learning_rate_first_step": "0.00005"},
 ]
 
 
@@ -44,6 +44,8 @@ def test_curves_figure_marks_best_stage_and_lr_with_integer_ticks():
     lr_line = axes[2].get_lines()[0]
     assert list(lr_line.get_ydata()) == [0.001, 0.0005, 0.0001, 0.00005]
     assert axes[2].get_yscale() == "log"
+    old = curves_figure([{("learning_rate" if k.startswith("learning") else k): v for k, v in r.items()} for r in ROWS])
+    assert list(old.axes[2].get_lines()[0].get_ydata()) == [0.001, 0.0005, 0.0001, 0.00005]  # runs made before
 
 
 def test_confusion_figure_has_counts_and_normalised_rows_with_colour_bars():
