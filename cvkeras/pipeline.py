@@ -142,15 +142,13 @@ def cache_file(prefix: str, paths: Sequence[str] | None, labels: Sequence[int] |
     TensorFlow's file cache replays whatever an earlier pipeline wrote under the same name, so one
     prefix for train and val (or for two runs) would hand one split the other's images and labels.
     The hash covers the tag (the caller's run and split), the image size and every file with its
-    label, byte size and modification time.
+    label, in order.
     """
     import hashlib
-    import os
 
     h = hashlib.sha256(f"{tag}\0{list(map(int, size))}\n".encode())
     for p, y in zip(paths or [], labels if labels is not None else [], strict=True):
-        st = os.stat(p)
-        h.update(f"{p}\0{int(y)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{p}\0{int(y)}\n".encode())
     return f"{prefix}-{h.hexdigest()[:16]}"
 
 
