@@ -151,6 +151,7 @@ def finetune(
     steps_per_epoch: int = typer.Option(None, help="Cap on steps per epoch (quick runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --output."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors, warnings and the final line."),
 ) -> None:
     """Fine-tune a classifier on labelled images and write a run directory.
 
@@ -185,7 +186,7 @@ def finetune(
         base.alpha = None  # a replayed config's width and size belong to its own model
         base.image_size = None
     cfg = base.merged(overrides)
-    run_finetune(cfg, output, force, resume)
+    run_finetune(cfg, output, force, resume, quiet)
 
 
 def get_model_name(name: str) -> str:
@@ -197,7 +198,7 @@ def get_model_name(name: str) -> str:
         return name
 
 
-def run_finetune(cfg, output: str | None, force: bool, resume: bool):
+def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False):
     """Call the trainer, turning expected failures into one-line errors; print the summary."""
     from cvkeras.data import DataError
     from cvkeras.model import WeightsError
@@ -206,7 +207,8 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool):
     from cvkeras.train import RunExistsError, TrainingDivergedError, finetune
 
     try:
-        result = finetune(cfg, output=output, force=force, resume=resume)
+        result = finetune(cfg, output=output, force=force, resume=resume, verbose=0 if quiet else None,
+                          log=(lambda line: None) if quiet else None)
     except TrainingDivergedError as exc:
         raise fail(str(exc), 1) from None
     except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError, TypeError) as exc:
@@ -221,21 +223,43 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool):
         if type(exc).__module__.startswith("tensorflow"):
             raise fail(f"TensorFlow failed: {str(exc).splitlines()[0][:300]}") from None
         raise
-    table = Table(title=f"run {result.run_dir}")
-    table.add_column("")
-    table.add_column("value")
-    from cvkeras.evaluate import summary_rows
-
-    for k, v in [("epochs run", str(result.epochs_run)), ("precision", result.precision),
-                 ("replicas", str(result.replicas)), ("skipped files", str(result.skipped))]:
-        table.add_row(k, v)
-    if result.metrics:
-        for k, v in summary_rows(result.metrics):
-            table.add_row(f"val {k}", v)
-    console.print(table)
     if result.skipped:
-        err.print(f"skipped {result.skipped} unreadable file(s); see {result.run_dir / 'skipped.txt'}")
+        err.print(f"skipped {result.skipped} unreadable file(s); see {result.run_dir / 'skipped.txt'}",
+                  highlight=False, soft_wrap=True)
+    if not quiet:
+        for line in summary_lines(result):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(final_line(result), highlight=False, soft_wrap=True, markup=False)
     return result
+
+
+def summary_lines(result) -> list[str]:
+    """The end-of-run summary: best epoch, the validation figures, where plots and report went.
+
+    Plain ``name  value`` lines rather than a table, so nothing is cut at any terminal width."""
+    from cvkeras.evaluate import summary_rows
+    from cvkeras.rundir import CONFUSION, CURVES
+
+    run = result.run_dir
+    lines = [f"finished   {result.epochs_run} epochs, best epoch {result.best_epoch}, {result.precision}"
+             + (f" on {result.replicas} replicas" if result.replicas > 1 else "")]
+    if result.metrics:
+        lines += [f"val {k:<14} {v}" for k, v in summary_rows(result.metrics)]
+        test = result.metrics.get("test")
+        if test:
+            lines.append(f"test accuracy      {test['accuracy']:.4f} on {test['n']} images")
+    plots = [name for name in (CURVES, CONFUSION, "report.html") if (run / name).is_file()]
+    if plots:
+        lines.append(f"saved      {', '.join(plots)} in {run}")
+    return lines
+
+
+def final_line(result) -> str:
+    """The one line even --quiet prints: where the run is, its accuracy and the next command."""
+    run = result.run_dir
+    acc = result.metrics.get("accuracy") if result.metrics else None
+    score = f" (val accuracy {100 * acc:.2f} % at epoch {result.best_epoch})" if acc is not None else ""
+    return f"Results saved to {run}{score}. Next: cvkeras export {run} --int8"
 
 
 @app.command(cls=HelpCommand)
