@@ -192,8 +192,11 @@ def _prediction_table(results: list[Any], top_k: int) -> None:
 
 def validate(
     model: ModelArg,
-    data: Annotated[Path, typer.Option("--data", show_default=False,
-                                       help="Labelled images: DIR/<label>/<image> (or DIR/val/...).")],
+    data: Annotated[Path | None, typer.Option(
+        "--data", show_default=False, help="Labelled images: DIR/<label>/<image> (or DIR/val/...).")] = None,
+    run: Annotated[Path | None, typer.Option(
+        "--run", show_default=False, help="Validate on exactly this run's recorded validation split "
+        "(default, without --data: the run whose export/ folder holds MODEL).")] = None,
     reference: Annotated[Path | None, typer.Option(
         "--reference", help="Export folder with reference.npz (default: the model's folder, if it has one)."
     )] = None,
@@ -210,16 +213,24 @@ def validate(
     """Check an exported model's accuracy against the Keras model it came from; no TensorFlow needed.
 
     Reports accuracy, its drop in points, top-1 agreement and largest probability difference with the
-    reference outputs saved by `cvkeras export`, and per-class accuracy.
+    reference outputs saved by `cvkeras export`, and per-class accuracy. The images are --data, or with
+    --run (the default for a model in RUN/export/) exactly the validation files the run recorded in
+    split.json, so training images never count.
     Exit code: 0 passed, 1 drop above --max-accuracy-drop, 2 unusable model or data.
     """
     from serving.predictor import Predictor
     from serving.validate import REFERENCE_FILE, Reference, scan_class_folder
     from serving.validate import validate as run_validation
 
+    if data is not None and run is not None:
+        raise _fail("pass --data or --run, not both")
+    if data is None and run is None:
+        run = model.parent.parent if model.parent.name == "export" else None
+        if run is None or not (run / "split.json").is_file():
+            raise _fail(f"{model}: pass --data DIR (DIR/<label>/<image>) or --run RUN (the run's own val split)")
     with _errors():
         predictor = Predictor.load(model, threads=threads, mode="throughput")  # folders: one session
-        items = scan_class_folder(data, predictor.labels)
+        items = scan_class_folder(data, predictor.labels) if data is not None else run_val_split(run, predictor.labels)
         ref_dir = reference if reference is not None else model.parent
         ref = None
         if reference is not None or (ref_dir / REFERENCE_FILE).is_file():
@@ -232,6 +243,33 @@ def validate(
     if report.gate_failures:
         typer.echo(f"error: {model.name}: {'; '.join(report.gate_failures)}", err=True)
     raise typer.Exit(0 if report.passed else 1)
+
+
+def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:
+    """``(path, label index)`` for the validation files a run recorded in ``split.json`` (no rescan).
+
+    Read with cvkeras.rundir (standard library only), so the device side stays TensorFlow-free. Files
+    gone since the run are named on stderr and left out; none left, or other classes, is an error.
+    """
+    from cvkeras import rundir
+
+    doc = rundir.read_split(run)
+    if doc.get("source") == "tfds" or not doc.get("val"):
+        raise ValueError(f"{run / rundir.SPLIT}: records no validation files (a TFDS run keeps them in TFDS); "
+                         "pass --data with a folder of labelled images")
+    classes = doc.get("classes") or rundir.read_labels(run)
+    if classes != list(labels):
+        raise ValueError(f"{run / rundir.SPLIT}: classes {', '.join(classes)} differ from the model's "
+                         f"labels {', '.join(labels)}; pass the run this model was exported from")
+    items = [(Path(p), int(y)) for p, y in doc["val"]]
+    gone = [p for p, _ in items if not p.is_file()]
+    if len(gone) == len(items):
+        raise ValueError(f"{run / rundir.SPLIT}: none of its {len(items)} validation files exist (e.g. {gone[0]}); "
+                         "pass --data instead")
+    if gone:
+        typer.echo(f"warning: {len(gone)} recorded validation file(s) are missing (e.g. {gone[0]}); "
+                   f"validating on the other {len(items) - len(gone)}", err=True)
+    return [(p, y) for p, y in items if p.is_file()]
 
 
 def _pct(v: float | None) -> str:

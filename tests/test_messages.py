@@ -178,3 +178,48 @@ def test_csv_header_without_a_label_column_is_one_clear_line(tmp_path: Path) -> 
     manifest.write_text("filename,species\nimg/cat0.png,cat\n")
     with pytest.raises(DataError, match=r"data.csv:1: .*names no label column; call it one of label, class"):
         read_csv(manifest)
+
+
+# --- validate on the run's own split --------------------------------------------------------------------------
+
+def _run_with_export(tmp_path: Path) -> tuple[Path, Path, list]:
+    import json
+
+    from serving_helpers import LABELS, make_onnx, metadata, write_class_folder
+
+    items = write_class_folder(tmp_path / "data", per_class=4)  # one folder per class, no val/
+    val = [it for i, it in enumerate(items) if i % 4 == 0]
+    train = [it for it in items if it not in val]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    (run / "split.json").write_text(json.dumps({
+        "source": "folder", "root": str(tmp_path / "data"), "seed": 42, "classes": LABELS,
+        "train": [[str(p), y] for p, y in train], "val": [[str(p), y] for p, y in val], "test": []}))
+    model = make_onnx(run / "export" / "model.onnx", meta=metadata())
+    return run, model, val
+
+
+def test_validate_run_uses_exactly_the_recorded_val_split(tmp_path: Path) -> None:
+    import json
+
+    run, model, val = _run_with_export(tmp_path)
+    for args in (["--run", str(run)], []):  # a model in RUN/export/ knows its run
+        result = _narrow("validate", str(model), *args, "--json")
+        assert result.exit_code in (0, 1), result.output
+        report = json.loads(result.stdout)
+        assert report["n"] == len(val) == 4, args
+    whole = json.loads(_narrow("validate", str(model), "--data", str(tmp_path / "data"), "--json").stdout)
+    assert whole["n"] == 16  # the data root holds the training images too
+
+
+def test_validate_run_reports_missing_files_and_refuses_both_sources(tmp_path: Path) -> None:
+    run, model, val = _run_with_export(tmp_path)
+    val[0][0].unlink()
+    result = _narrow("validate", str(model), "--run", str(run), "--json")
+    assert result.exit_code in (0, 1) and "1 recorded validation file(s) are missing" in result.stderr
+    line = _error_line(_narrow("validate", str(model), "--run", str(run), "--data", str(tmp_path)))
+    assert "not both" in line
+    elsewhere = tmp_path / "loose.onnx"
+    elsewhere.write_bytes(model.read_bytes())
+    assert "--run RUN" in _error_line(_narrow("validate", str(elsewhere)))
