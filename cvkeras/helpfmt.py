@@ -15,6 +15,7 @@ is printed, for every command including those defined in ``export`` and ``servin
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from collections.abc import Callable, Sequence
@@ -29,32 +30,16 @@ CHOICES: dict[str, Callable[[], Sequence[str]]] = {}
 
 
 def _choices() -> dict[str, Callable[[], Sequence[str]]]:
-    def train(name: str) -> Callable[[], Sequence[str]]:
-        return lambda: getattr(__import__("cvkeras.train", fromlist=[name]), name)
+    """Option name -> the module-level tuple (or dict) the command validates that option against."""
 
-    def augment() -> Sequence[str]:
-        from cvkeras.augment import PRESETS
+    def source(module: str, name: str) -> Callable[[], Sequence[str]]:
+        return lambda: tuple(getattr(importlib.import_module(module), name))
 
-        return tuple(PRESETS)
-
-    def modes() -> Sequence[str]:
-        from serving.predictor import MODES
-
-        return MODES
-
-    def calibration() -> Sequence[str]:
-        from export.calibration import METHODS
-
-        return METHODS
-
-    def io_types() -> Sequence[str]:
-        from export.to_tflite import IO_TYPES
-
-        return IO_TYPES
-
-    return {"optimizer": train("OPTIMIZERS"), "precision": train("PRECISIONS"), "strategy": train("STRATEGIES"),
-            "class_weights": train("CLASS_WEIGHTS"), "augment": augment, "mode": modes,
-            "calibration": calibration, "io_type": io_types}
+    return {"optimizer": source("cvkeras.train", "OPTIMIZERS"), "precision": source("cvkeras.train", "PRECISIONS"),
+            "strategy": source("cvkeras.train", "STRATEGIES"),
+            "class_weights": source("cvkeras.train", "CLASS_WEIGHTS"),
+            "augment": source("cvkeras.augment", "PRESETS"), "mode": source("serving.predictor", "MODES"),
+            "calibration": source("export.calibration", "METHODS"), "io_type": source("export.to_tflite", "IO_TYPES")}
 
 
 def config_defaults() -> dict[str, Any]:

@@ -60,6 +60,9 @@ def test_export_and_predict_help() -> None:
     assert "(default: RUN/export)" in export and "(default: minmax)" in export
     assert "--no-repair turns it off" in export and "[required]" in export
     assert "cvkeras export runs/mobilenet_v2-1 --int8" in export
+    runner = CliRunner()  # help hides the off-switch's column; the parser still knows it afterwards
+    after = runner.invoke(app, ["export", "/nonexistent-run", "--no-repair"])
+    assert after.exit_code == 2 and "No such option" not in after.output and "run directory" in after.output
     predict = _flat(_help("predict"))
     assert "predict [OPTIONS] MODEL PATHS..." in predict
     assert "(default: 5)" in predict and "INT>=1" in predict
