@@ -16,11 +16,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cvkeras.helpfmt import FinetuneHelpCommand, HelpCommand, HelpGroup
+
 app = typer.Typer(
     help="Fine-tune Keras Applications classifiers, export them to ONNX/TFLite and run them on devices.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=HelpGroup,
 )
 console = Console()
 err = Console(stderr=True)
@@ -39,8 +42,20 @@ def _quiet_tf() -> None:
     quiet_tensorflow()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cvkeras import __version__
+
+        console.print(f"cvkeras {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _options(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's own log lines too.")) -> None:
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's own log lines too."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
+) -> None:
     """Options for every command."""
     if verbose:
         os.environ["CVKERAS_VERBOSE"] = "1"
@@ -50,7 +65,7 @@ def _num(row: dict, key: str, scale: float = 1.0, fmt: str = ".2f") -> str:
     return format(row[key] * scale, fmt) if key in row else "?"
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def models(
     measure: str = typer.Option(None, "--measure", help="Build this model here and measure it (needs TensorFlow)."),
     alpha: float = typer.Option(None, help="Width multiplier for --measure."),
@@ -95,46 +110,59 @@ def models(
                       "[--alpha A] [--image-size N]` builds one here and times it on this machine.")
 
 
-@app.command()
+@app.command(cls=FinetuneHelpCommand)
 def finetune(
     data: str = typer.Argument(None, help="Class folder, CSV manifest (path,label[,split]), tfds:NAME[:cfg] "
-                                          "or demo:shapes."),
-    model: str = typer.Option(None, "--model", "-m", help="Registry name (see `cvkeras models`). [mobilenet_v2]"),
+                                          "or demo:shapes. Required unless --config or --resume gives it."),
+    model: str = typer.Option(None, "--model", "-m", help="Registry name (see `cvkeras models`)."),
     alpha: float = typer.Option(None, help="Width multiplier, for families that have one."),
-    image_size: int = typer.Option(None, "--image-size", help="Square input size in px. [the model's default]"),
-    weights: str = typer.Option(None, help="imagenet (Keras download), none, or a no-top .h5 path. [imagenet]"),
-    output: str = typer.Option(None, "--output", "-o", help="Run directory. [runs/<model>-N]"),
+    image_size: int = typer.Option(None, "--image-size", help="Square input size in px "
+                                    "(default: the model's own, see `cvkeras models`)."),
+    weights: str = typer.Option(None, help="imagenet (Keras download), none, or a no-top .h5 path."),
+    output: str = typer.Option(None, "--output", "-o", help="Run directory (default: runs/MODEL-N, the next free N)."),
     config: Path = typer.Option(None, "--config", help="Read settings from a config.yaml; flags override it."),
-    epochs: int = typer.Option(None, help="Head-training epochs, backbone frozen (0 skips). [8]"),
-    fine_tune_epochs: int = typer.Option(None, help="Fine-tuning epochs, top of backbone unfrozen (0 skips). [8]"),
-    unfreeze: str = typer.Option(None, help="Fraction of backbone layers to unfreeze in stage 2, or 'all'. [0.3]"),
-    batch_size: int = typer.Option(None, help="Global batch size (split across replicas). [32]"),
-    learning_rate: float = typer.Option(None, "--lr", help="Stage-1 peak learning rate. [1e-3]"),
-    fine_tune_learning_rate: float = typer.Option(None, "--fine-tune-lr", help="Stage-2 peak learning rate. [1e-4]"),
-    optimizer: str = typer.Option(None, help="adamw or sgd (momentum 0.9). [adamw]"),
+    epochs: int = typer.Option(None, help="Head-training epochs, backbone frozen (0 skips)."),
+    fine_tune_epochs: int = typer.Option(None, help="Fine-tuning epochs, top of backbone unfrozen (0 skips)."),
+    unfreeze: str = typer.Option(None, help="Fraction of backbone layers to unfreeze in stage 2, or 'all'."),
+    batch_size: int = typer.Option(None, help="Global batch size (split across replicas)."),
+    learning_rate: float = typer.Option(None, "--lr", help="Stage-1 peak learning rate."),
+    fine_tune_learning_rate: float = typer.Option(None, "--fine-tune-lr", help="Stage-2 peak learning rate."),
+    optimizer: str = typer.Option(None, help="Optimizer; sgd uses momentum 0.9."),
     weight_decay: float = typer.Option(None, help="Decoupled weight decay (per step w -= lr*wd*w; not biases or "
-                                                  "norms), AdamW and SGD. [0.05]"),
-    warmup_epochs: float = typer.Option(None, help="Linear warm-up before cosine decay, in epochs. [1]"),
-    label_smoothing: float = typer.Option(None, help="Label smoothing. [0.1]"),
-    dropout: float = typer.Option(None, help="Dropout before the head. [0.2]"),
-    class_weights: str = typer.Option(None, help="auto (inverse frequency) or none. [none]"),
-    patience: int = typer.Option(None, help="Early stopping patience on val accuracy (0: off). [5]"),
-    augment: str = typer.Option(None, help="none, light, medium or heavy. [light]"),
+                                                  "norms), AdamW and SGD."),
+    warmup_epochs: float = typer.Option(None, help="Linear warm-up before cosine decay, in epochs."),
+    label_smoothing: float = typer.Option(None, help="Label smoothing."),
+    dropout: float = typer.Option(None, help="Dropout before the head."),
+    class_weights: str = typer.Option(None, help="Class weighting; auto: inverse class frequency."),
+    patience: int = typer.Option(None, help="Early stopping patience on val accuracy (0: off)."),
+    augment: str = typer.Option(None, help="Augmentation preset."),
     randaugment: bool = typer.Option(None, "--randaugment/--no-randaugment", help="Add RandAugment."),
     mixup: float = typer.Option(None, help="MixUp Beta alpha (0: off)."),
     cutmix: float = typer.Option(None, help="CutMix Beta alpha (0: off)."),
-    val_split: float = typer.Option(None, help="Validation fraction when the data has no val split. [0.2]"),
-    seed: int = typer.Option(None, help="Seed for the split, shuffling, augmentation and init. [42]"),
-    cache: str = typer.Option(None, help="memory, none, or a file path prefix for a file cache. [memory]"),
+    val_split: float = typer.Option(None, help="Validation fraction when the data has no val split."),
+    seed: int = typer.Option(None, help="Seed for the split, shuffling, augmentation and init."),
+    cache: str = typer.Option(None, help="memory, none, or a file path prefix for a file cache."),
     tfds_data_dir: str = typer.Option(None, help="TFDS data_dir (a prepared or offline copy)."),
-    precision: str = typer.Option(None, help="auto, float32, mixed_float16 or mixed_bfloat16. [auto]"),
-    strategy: str = typer.Option(None, help="auto, none, mirrored or multi-worker (TF_CONFIG). [auto]"),
+    precision: str = typer.Option(None, help="Numeric precision; auto: mixed_float16 on a GPU of compute "
+                                                 "capability 7.0+, else float32."),
+    strategy: str = typer.Option(None, help="Distribution strategy; auto: mirrored on more than one "
+                                                "GPU; multi-worker reads TF_CONFIG."),
     jit: bool = typer.Option(None, "--jit/--no-jit", help="Compile with XLA."),
     steps_per_epoch: int = typer.Option(None, help="Cap on steps per epoch (quick runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --output."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors, warnings and the final line."),
 ) -> None:
-    """Fine-tune a classifier on labelled images and write a run directory."""
+    """Fine-tune a classifier on labelled images and write a run directory.
+
+    Stage 1 trains a new head on the frozen backbone, stage 2 fine-tunes the top of the backbone. The run
+    directory gets best.keras, metrics, plots, report.html and the exact split and config used.
+
+    Examples:
+      cvkeras finetune data/flowers           # one folder per class
+      cvkeras finetune data/flowers -m efficientnet_b0 --epochs 5
+      cvkeras finetune demo:shapes --alpha 0.35 --weights none -o runs/try
+    """
     _quiet_tf()
     from cvkeras import rundir
     from cvkeras.config import FinetuneConfig
@@ -158,7 +186,7 @@ def finetune(
         base.alpha = None  # a replayed config's width and size belong to its own model
         base.image_size = None
     cfg = base.merged(overrides)
-    run_finetune(cfg, output, force, resume)
+    run_finetune(cfg, output, force, resume, quiet)
 
 
 def get_model_name(name: str) -> str:
@@ -170,7 +198,7 @@ def get_model_name(name: str) -> str:
         return name
 
 
-def run_finetune(cfg, output: str | None, force: bool, resume: bool):
+def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False):
     """Call the trainer, turning expected failures into one-line errors; print the summary."""
     from cvkeras.data import DataError
     from cvkeras.model import WeightsError
@@ -179,7 +207,8 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool):
     from cvkeras.train import RunExistsError, TrainingDivergedError, finetune
 
     try:
-        result = finetune(cfg, output=output, force=force, resume=resume)
+        result = finetune(cfg, output=output, force=force, resume=resume, verbose=0 if quiet else None,
+                          log=(lambda line: None) if quiet else None)
     except TrainingDivergedError as exc:
         raise fail(str(exc), 1) from None
     except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError, TypeError) as exc:
@@ -194,24 +223,46 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool):
         if type(exc).__module__.startswith("tensorflow"):
             raise fail(f"TensorFlow failed: {str(exc).splitlines()[0][:300]}") from None
         raise
-    table = Table(title=f"run {result.run_dir}")
-    table.add_column("")
-    table.add_column("value")
-    from cvkeras.evaluate import summary_rows
-
-    for k, v in [("epochs run", str(result.epochs_run)), ("precision", result.precision),
-                 ("replicas", str(result.replicas)), ("skipped files", str(result.skipped))]:
-        table.add_row(k, v)
-    if result.metrics:
-        for k, v in summary_rows(result.metrics):
-            table.add_row(f"val {k}", v)
-    console.print(table)
     if result.skipped:
-        err.print(f"skipped {result.skipped} unreadable file(s); see {result.run_dir / 'skipped.txt'}")
+        err.print(f"skipped {result.skipped} unreadable file(s); see {result.run_dir / 'skipped.txt'}",
+                  highlight=False, soft_wrap=True)
+    if not quiet:
+        for line in summary_lines(result):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(final_line(result), highlight=False, soft_wrap=True, markup=False)
     return result
 
 
-@app.command()
+def summary_lines(result) -> list[str]:
+    """The end-of-run summary: best epoch, the validation figures, where plots and report went.
+
+    Plain ``name  value`` lines rather than a table, so nothing is cut at any terminal width."""
+    from cvkeras.evaluate import summary_rows
+    from cvkeras.rundir import CONFUSION, CURVES
+
+    run = result.run_dir
+    lines = [f"finished   {result.epochs_run} epochs, best epoch {result.best_epoch}, {result.precision}"
+             + (f" on {result.replicas} replicas" if result.replicas > 1 else "")]
+    if result.metrics:
+        lines += [f"val {k:<14} {v}" for k, v in summary_rows(result.metrics)]
+        test = result.metrics.get("test")
+        if test:
+            lines.append(f"test accuracy      {test['accuracy']:.4f} on {test['n']} images")
+    plots = [name for name in (CURVES, CONFUSION, "report.html") if (run / name).is_file()]
+    if plots:
+        lines.append(f"saved      {', '.join(plots)} in {run}")
+    return lines
+
+
+def final_line(result) -> str:
+    """The one line even --quiet prints: where the run is, its accuracy and the next command."""
+    run = result.run_dir
+    acc = result.metrics.get("accuracy") if result.metrics else None
+    score = f" (val accuracy {100 * acc:.2f} % at epoch {result.best_epoch})" if acc is not None else ""
+    return f"Results saved to {run}{score}. Next: cvkeras export {run} --int8"
+
+
+@app.command(cls=HelpCommand)
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),
     data: str = typer.Option(None, help="Evaluate on another dataset with the same classes."),
@@ -240,7 +291,7 @@ def evaluate(
     console.print(table)
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def explain(
     run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),
     images: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
@@ -276,7 +327,7 @@ def explain(
     console.print(f"Results saved to {result.sheet.parent} (contact sheet: {result.sheet.name})", highlight=False)
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def report(
     run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),
     mistakes: int = typer.Option(8, "--mistakes", min=0, max=100, help="Worst validation mistakes to show."),
@@ -294,20 +345,31 @@ def report(
     console.print(f"Report saved to {path}", highlight=False)
 
 
+#: One short example per command, printed under its --help (the leading newline keeps the indentation).
+EXAMPLES = {
+    "export": "\nExamples:\n  cvkeras export runs/mobilenet_v2-1          # float32 ONNX + TFLite\n"
+              "  cvkeras export runs/mobilenet_v2-1 --int8   # and checked int8 models",
+    "predict": "\nExamples:\n  cvkeras predict runs/mobilenet_v2-1/export/model.onnx photo.jpg\n"
+               "  cvkeras predict model_int8.tflite photos/ --top-k 3 --json",
+    "validate": "\nExample:\n  cvkeras validate export/model_int8.onnx --data data/flowers/val",
+    "benchmark": "\nExample:\n  cvkeras benchmark export/model.onnx export/model_int8.onnx",
+}
+
+
 def _register_package_commands() -> None:
     """Commands implemented by the export and serving packages (their thin wrappers live there)."""
     from export.cli import export as export_cmd
     from serving import cli as serving_cli
 
-    app.command(name="export")(export_cmd)
+    app.command(name="export", cls=HelpCommand, epilog=EXAMPLES["export"])(export_cmd)
     for name in ("predict", "validate", "benchmark"):
-        app.command(name=name)(getattr(serving_cli, name))
+        app.command(name=name, cls=HelpCommand, epilog=EXAMPLES.get(name))(getattr(serving_cli, name))
 
 
 _register_package_commands()
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def demo(
     output: str = typer.Option("runs/demo", "--output", "-o", help="Run directory for the demo."),
     force: bool = typer.Option(True, "--force/--no-force", help="Overwrite an earlier demo run."),

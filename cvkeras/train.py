@@ -21,6 +21,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class FinetuneResult:
     skipped: int
     precision: str
     replicas: int
+    best_epoch: int = 0
 
 
 def next_run_dir(model: str, base: str | os.PathLike = "runs") -> Path:
@@ -446,9 +448,40 @@ def validate_config(cfg: FinetuneConfig) -> None:
         raise ValueError("learning rates must be positive")
 
 
+def stage_label(stage: int, pretrained: bool, unfreeze: str) -> str:
+    """What a stage trains, in words: the console labels each ``Epoch 1/N`` block with it."""
+    if not pretrained:
+        return "whole network from scratch" + (", fine-tune learning rate" if stage == 2 else "")
+    if stage == 1:
+        return "head on a frozen backbone"
+    if str(unfreeze) == "all":
+        return "fine-tuning the whole backbone"
+    return f"fine-tuning top {100 * float(unfreeze):g} % of the backbone"
+
+
+def header_lines(cfg: FinetuneConfig, run: Path, classes: list[str], n_train: int, n_val: int, n_test: int,
+                 params: int, precision: str, replicas: int) -> list[str]:
+    """The lines printed before training: data, model, input and where the run goes."""
+    shown = ", ".join(classes[:6]) + (f", ... ({len(classes) - 6} more)" if len(classes) > 6 else "")
+    images = f"{n_train} train, {n_val} val" + (f", {n_test} test" if n_test else "")
+    model = cfg.model + (f" (alpha {cfg.alpha:g})" if cfg.alpha is not None else "")
+    size = cfg.image_size or []
+    return [f"data       {cfg.data}: {images} images",
+            f"classes    {len(classes)}: {shown}",
+            f"model      {model}, {params / 1e6:.2f} M parameters, weights {cfg.weights}",
+            f"input      {'x'.join(str(v) for v in size)} px, batch {cfg.batch_size}, {precision}"
+            + (f" on {replicas} replicas" if replicas > 1 else ""),
+            f"output     {run}"]
+
+
 def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False, resume: bool = False,
-             verbose: int | None = None, callbacks: list | None = None) -> FinetuneResult:
-    """Run (or resume) a fine-tuning job end to end and write the run directory."""
+             verbose: int | None = None, callbacks: list | None = None,
+             log: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Run (or resume) a fine-tuning job end to end and write the run directory.
+
+    ``log`` receives the story lines (header, stage labels); default: print to stdout.
+    """
+    log = log or (lambda line: print(line, flush=True))
     if os.environ.get("CVKERAS_CPU_DEVICES"):
         split_cpu(int(os.environ["CVKERAS_CPU_DEVICES"]))
     import warnings
@@ -460,13 +493,13 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with contextlib.ExitStack() as stack:  # holds the run directory's lock until training is done
-            return _finetune(cfg, output, force, resume, verbose, callbacks, stack)
+            return _finetune(cfg, output, force, resume, verbose, callbacks, stack, log)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool, verbose: int | None,
-              callbacks: list | None, stack: contextlib.ExitStack) -> FinetuneResult:
+              callbacks: list | None, stack: contextlib.ExitStack, log: Callable[[str], None]) -> FinetuneResult:
     import keras
     import tensorflow as tf
 
@@ -514,7 +547,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     if not pretrained and str(cfg.unfreeze) != "all":
         # a random backbone left frozen (with BatchNorm statistics at mean 0 / variance 1) learns nothing:
         # from scratch the whole network trains in every stage, and config.yaml says so
-        print(f"--weights {cfg.weights}: training the whole network in every stage (--unfreeze all)", flush=True)
+        log(f"--weights {cfg.weights}: training the whole network in every stage (--unfreeze all)")
         cfg.unfreeze = "all"
     if write and not resume:
         doc = cfg.to_dict()
@@ -570,6 +603,11 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
                       callbacks=[checkpointer, *(callbacks or [])])
 
     stages = [(1, cfg.epochs, cfg.learning_rate), (2, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate)]
+    n_val = int(val_src.cardinality().numpy()) if split.source == "tfds" else len(split.val)
+    for line in header_lines(cfg, run, classes, n_train, n_val, len(split.test or ()), model.count_params(),
+                             precision, strategy.num_replicas_in_sync):
+        log(line)
+    planned = [s for s, e, _ in stages if e > 0]
     for stage, epochs, lr in stages:
         if state.get("finished") or stage < state["stage"] or epochs <= 0:
             continue
@@ -585,12 +623,14 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
             if stage > 1 and 0 < state["best_epoch"] < state["global_epoch"] and best.is_file():
                 # the earlier stage's last epoch is not its best (e.g. it stopped early): go on from the best
                 model.set_weights(load_model(best).get_weights())
-                print(f"stage {stage} starts from the best weights so far (epoch {state['best_epoch']})", flush=True)
+                log(f"stage {stage} starts from the best weights so far (epoch {state['best_epoch']})")
             with strategy.scope():
                 set_trainable(model, stage if pretrained else 2, cfg.unfreeze, freeze_bn=pretrained)
                 compile_model(model, cfg, lr, steps, epochs, num_classes)
         else:
             pin_frozen_dropout(model)  # not saved with the checkpoint
+        log(f"stage {planned.index(stage) + 1}/{len(planned)}: {stage_label(stage, pretrained, cfg.unfreeze)} "
+            f"({epochs} epoch{'s' if epochs != 1 else ''}, lr {lr:g})")
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             fit_multi_worker(model, strategy, train_ds, val_ds, state["epoch"], epochs, steps, cfg,
                              weights, num_classes, fit_kwargs["callbacks"])
@@ -622,4 +662,4 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
 
         refresh(run, warn=lambda line: print(line, file=sys.stderr))
     return FinetuneResult(run, metrics, state["best_val_accuracy"], state["global_epoch"], len(split.skipped),
-                          precision, strategy.num_replicas_in_sync)
+                          precision, strategy.num_replicas_in_sync, state["best_epoch"])

@@ -70,6 +70,48 @@ def _console() -> Any:
     return Console(highlight=False, width=160 if piped else None)
 
 
+def print_rows(title: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
+               optional: tuple[str, ...] = ()) -> None:
+    """Print rows as a table whose cells are never cut or folded mid-word.
+
+    ``columns`` are ``(title, justify)``. When the table is wider than the terminal, the ``optional``
+    columns are left out; if it is still too wide, each row is printed as a block of ``name: value``
+    lines headed by its first cell (a stacked layout that fits any width).
+    """
+    from rich import box
+    from rich.table import Table
+
+    console = _console()
+
+    def width(cols: list[int]) -> int:  # rich's SIMPLE_HEAD box: one space either side of each cell
+        return sum(max([len(columns[i][0])] + [len(_plain(r[i])) for r in rows]) + 2 for i in cols)
+
+    keep = list(range(len(columns)))
+    if width(keep) > console.width:
+        keep = [i for i in keep if columns[i][0] not in optional]
+    if width(keep) <= console.width:
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=True)
+        for i in keep:
+            table.add_column(columns[i][0], justify=columns[i][1], no_wrap=True)
+        for row in rows:
+            table.add_row(*[row[i] for i in keep])
+        console.print(table)
+        return
+    if title:
+        console.print(title, soft_wrap=True)
+    pad = max(len(columns[i][0]) for i in keep[1:]) if len(keep) > 1 else 0
+    for row in rows:
+        console.print(row[keep[0]], soft_wrap=True)
+        for i in keep[1:]:
+            console.print(f"  {columns[i][0]:<{pad}}  {row[i]}", soft_wrap=True)
+
+
+def _plain(cell: str) -> str:
+    from rich.text import Text
+
+    return Text.from_markup(cell).plain
+
+
 def expand_paths(paths: list[Path]) -> list[tuple[str, str | None]]:
     """``(path, error)`` per input in order: files as given, folders expanded to their images
     (recursive, sorted); a missing path or an image-less folder becomes one entry with an error."""
@@ -129,31 +171,32 @@ def predict(
 
 
 def _prediction_table(results: list[Any], top_k: int) -> None:
-    from rich.table import Table
+    from rich.markup import escape
 
-    table = Table(show_lines=False)
-    table.add_column("file", overflow="fold")
-    table.add_column("label")
-    table.add_column("score", justify="right")
+    columns = [("file", "left"), ("label", "left"), ("score", "right")]
     if top_k > 1:
-        table.add_column(f"top {top_k}", overflow="fold")
+        columns.append((f"top {top_k}", "left"))
+    rows = []
     for r in results:
         if r.ok:
-            row = [r.path or "", r.label, f"{r.score:.3f}"]
+            row = [escape(r.path or ""), escape(str(r.label)), f"{r.score:.3f}"]
             if top_k > 1:
-                row.append(", ".join(f"{name} {score:.3f}" for name, score in r.top_k))
+                row.append(escape(", ".join(f"{name} {score:.3f}" for name, score in r.top_k)))
         else:
-            row = [r.path or "", "[red]error[/red]", "", *([r.error] if top_k > 1 else [])]
+            row = [escape(r.path or ""), "[red]error[/red]", "", *([escape(r.error or "")] if top_k > 1 else [])]
             if top_k == 1:
-                row[2] = r.error or ""
-        table.add_row(*row)
-    _console().print(table)
+                row[2] = escape(r.error or "")
+        rows.append(row)
+    print_rows(None, columns, rows, optional=(f"top {top_k}",))
 
 
 def validate(
     model: ModelArg,
-    data: Annotated[Path, typer.Option("--data", show_default=False,
-                                       help="Labelled images: DIR/<label>/<image> (or DIR/val/...).")],
+    data: Annotated[Path | None, typer.Option(
+        "--data", show_default=False, help="Labelled images: DIR/<label>/<image> (or DIR/val/...).")] = None,
+    run: Annotated[Path | None, typer.Option(
+        "--run", show_default=False, help="Validate on exactly this run's recorded validation split "
+        "(default, without --data: the run whose export/ folder holds MODEL).")] = None,
     reference: Annotated[Path | None, typer.Option(
         "--reference", help="Export folder with reference.npz (default: the model's folder, if it has one)."
     )] = None,
@@ -170,16 +213,24 @@ def validate(
     """Check an exported model's accuracy against the Keras model it came from; no TensorFlow needed.
 
     Reports accuracy, its drop in points, top-1 agreement and largest probability difference with the
-    reference outputs saved by `cvkeras export`, and per-class accuracy.
+    reference outputs saved by `cvkeras export`, and per-class accuracy. The images are --data, or with
+    --run (the default for a model in RUN/export/) exactly the validation files the run recorded in
+    split.json, so training images never count.
     Exit code: 0 passed, 1 drop above --max-accuracy-drop, 2 unusable model or data.
     """
     from serving.predictor import Predictor
     from serving.validate import REFERENCE_FILE, Reference, scan_class_folder
     from serving.validate import validate as run_validation
 
+    if data is not None and run is not None:
+        raise _fail("pass --data or --run, not both")
+    if data is None and run is None:
+        run = model.parent.parent if model.parent.name == "export" else None
+        if run is None or not (run / "split.json").is_file():
+            raise _fail(f"{model}: pass --data DIR (DIR/<label>/<image>) or --run RUN (the run's own val split)")
     with _errors():
         predictor = Predictor.load(model, threads=threads, mode="throughput")  # folders: one session
-        items = scan_class_folder(data, predictor.labels)
+        items = scan_class_folder(data, predictor.labels) if data is not None else run_val_split(run, predictor.labels)
         ref_dir = reference if reference is not None else model.parent
         ref = None
         if reference is not None or (ref_dir / REFERENCE_FILE).is_file():
@@ -192,6 +243,33 @@ def validate(
     if report.gate_failures:
         typer.echo(f"error: {model.name}: {'; '.join(report.gate_failures)}", err=True)
     raise typer.Exit(0 if report.passed else 1)
+
+
+def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:
+    """``(path, label index)`` for the validation files a run recorded in ``split.json`` (no rescan).
+
+    Read with cvkeras.rundir (standard library only), so the device side stays TensorFlow-free. Files
+    gone since the run are named on stderr and left out; none left, or other classes, is an error.
+    """
+    from cvkeras import rundir
+
+    doc = rundir.read_split(run)
+    if doc.get("source") == "tfds" or not doc.get("val"):
+        raise ValueError(f"{run / rundir.SPLIT}: records no validation files (a TFDS run keeps them in TFDS); "
+                         "pass --data with a folder of labelled images")
+    classes = doc.get("classes") or rundir.read_labels(run)
+    if classes != list(labels):
+        raise ValueError(f"{run / rundir.SPLIT}: classes {', '.join(classes)} differ from the model's "
+                         f"labels {', '.join(labels)}; pass the run this model was exported from")
+    items = [(Path(p), int(y)) for p, y in doc["val"]]
+    gone = [p for p, _ in items if not p.is_file()]
+    if len(gone) == len(items):
+        raise ValueError(f"{run / rundir.SPLIT}: none of its {len(items)} validation files exist (e.g. {gone[0]}); "
+                         "pass --data instead")
+    if gone:
+        typer.echo(f"warning: {len(gone)} recorded validation file(s) are missing (e.g. {gone[0]}); "
+                   f"validating on the other {len(items) - len(gone)}", err=True)
+    return [(p, y) for p, y in items if p.is_file()]
 
 
 def _pct(v: float | None) -> str:
@@ -256,6 +334,8 @@ def benchmark(
     Warnings (stderr, and "warnings" in --json) flag noisy figures, ratios the spread leaves unresolved,
     and an int8 model slower than its float32 twin.
     """
+    from rich.markup import escape
+
     from serving.benchmark import benchmark as run_benchmark
 
     with _errors():
@@ -264,10 +344,8 @@ def benchmark(
     if json_out:
         typer.echo(json.dumps(_json_safe(doc), allow_nan=False))
         return
-    from rich.table import Table
-
-    table = Table(title=f"benchmark: batch {batch_size}, threads {threads or 'auto'}, {rounds} rounds, "
-                        f"load average {doc['loadavg'][0]}-{doc['loadavg'][1]} on {doc['cpus']} CPUs")
+    title = (f"benchmark: batch {batch_size}, threads {threads or 'auto'}, {rounds} rounds, "
+             f"load average {doc['loadavg'][0]}-{doc['loadavg'][1]} on {doc['cpus']} CPUs")
     columns = [
         ("model", "model", "{}"),
         ("mode", "mode", "{}"),
@@ -280,13 +358,12 @@ def benchmark(
         ("images/s", "throughput_ips", "{:.1f}"),
         ("images/s rounds", "tput_rounds", "{}"),
     ]
-    for title, *_ in columns:
-        table.add_column(title, justify="left" if title in ("model", "mode") else "right")
+    rows = []
     for row in doc["models"]:
         im, tp = row["latency_image_round_ms"], row["throughput_round_ips"]
         values = {**row, "file_size_bytes": row["file_size_bytes"] / 1e6,
                   "image_rounds": f"{im['min']:.2f}-{im['max']:.2f}", "tput_rounds": f"{tp['min']:.0f}-{tp['max']:.0f}"}
-        table.add_row(*[fmt.format(values[key]) for _, key, fmt in columns])
-    _console().print(table)
+        rows.append([escape(fmt.format(values[key])) for _, key, fmt in columns])
+    print_rows(title, [(name, "left" if name in ("model", "mode") else "right") for name, *_ in columns], rows)
     for warning in doc["warnings"]:
         typer.echo("warning: " + warning, err=True)

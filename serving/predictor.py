@@ -255,6 +255,32 @@ def _source_name(src: Any) -> str | None:
 _Runner = _OnnxRunner | _TFLiteRunner
 
 
+#: Export flag that writes each reduced-precision file (see ``cvkeras export --help``).
+_EXPORT_FLAG = {"int8": "--int8", "dynamic": "--int8", "fp16": "--fp16"}
+
+
+def _models_in(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.glob("*") if f.suffix in (".onnx", ".tflite") and f.is_file())
+
+
+def not_a_model_hint(p: Path) -> str:
+    """The error line for a model path that is not a file: what it is instead, and what to pass or run."""
+    if p.is_dir():
+        models = _models_in(p) or _models_in(p / "export")
+        if models:
+            return (f"{p}: a folder, not a model file; pass one of its exported models: "
+                    f"{', '.join(str(m) for m in models)}")
+        if (p / "best.keras").is_file():
+            return f"{p}: a run folder with no exported model yet; run `cvkeras export {p}` first"
+        return f"{p}: a folder, not a model file; pass an .onnx or .tflite from `cvkeras export`"
+    variant = next((v for v in _EXPORT_FLAG if p.stem.endswith("_" + v)), None)
+    if variant and p.parent.is_dir() and _models_in(p.parent):
+        run = p.parent.parent if p.parent.name == "export" else Path("RUN")
+        return (f"{p}: not exported; `cvkeras export {run} {_EXPORT_FLAG[variant]}` writes it "
+                f"(this folder has {', '.join(m.name for m in _models_in(p.parent))})")
+    return f"{p}: model file not found; pass an .onnx or .tflite from `cvkeras export`"
+
+
 class Predictor:
     """A loaded model plus its metadata. Create with :meth:`Predictor.load`."""
 
@@ -296,13 +322,17 @@ class Predictor:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         p = Path(path)
         if not p.is_file():
-            raise ModelError(f"{p}: model file not found; pass an .onnx or .tflite from `cvkeras export`")
+            raise ModelError(not_a_model_hint(p))
         if p.suffix == ".onnx":
             def make_runner(use: str) -> _Runner:
                 return _OnnxRunner(p, providers, threads, spinning=use == "latency")
         elif p.suffix == ".tflite":
             def make_runner(use: str) -> _Runner:
                 return _TFLiteRunner(p, threads)
+        elif p.suffix in (".keras", ".h5"):
+            run = p.parent
+            raise ModelError(f"{p}: a Keras model; devices run the exported one: `cvkeras export {run}` writes "
+                             f"{run / 'export' / 'model.onnx'} (and .tflite), pass that")
         else:
             raise ModelError(f"{p}: unknown model type {p.suffix!r}; pass an .onnx or .tflite file")
         runner = make_runner("throughput" if mode == "throughput" else "latency")
