@@ -174,7 +174,7 @@ def contact_sheet(items: Sequence[Explanation], method: str, columns: int = 4):
     plt = _plt()
     cols = max(1, min(columns, len(items)))
     rows = (len(items) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, item in zip(axes.ravel(), items, strict=False):
