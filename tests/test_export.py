@@ -294,7 +294,11 @@ def test_reference_npz_covers_val_and_held_back_training_images(exported, keras_
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    # exact int8 kernels, as a device runs the model (serving.Predictor): on x86 without VNNI the default
+    # kernels saturate int16 pair sums and would give other int8 predictions than export verified
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, {"image": x[i : i + 1]})[0] for i in range(len(x))])
 
 
