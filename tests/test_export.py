@@ -516,8 +516,9 @@ def test_mixed_precision_model_exports_float32(tiny_run, tmp_path):
     assert report.artifact("model.onnx").max_abs_diff < 1e-4
 
 
-def _dw_model(path: Path, rng: np.random.Generator) -> None:
-    """1x1 conv -> Relu -> depthwise 3x3 (channel weight ranges 1 .. 1e-3) -> Relu -> 1x1 conv, NCHW float32."""
+def _dw_model(path: Path, rng: np.random.Generator, dw_bias: float = 0.0) -> None:
+    """1x1 conv -> Relu -> depthwise 3x3 (channel weight ranges 1 .. 1e-3, bias ``dw_bias``) -> Relu -> 1x1
+    conv, NCHW float32."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -526,7 +527,7 @@ def _dw_model(path: Path, rng: np.random.Generator) -> None:
     wd = (rng.normal(0, 1, (c, 1, 3, 3)) * np.logspace(0, -3, c)[:, None, None, None]).astype(np.float32)
     w3 = rng.normal(0, 0.5, (4, c, 1, 1)).astype(np.float32)
     inits = [numpy_helper.from_array(a, n) for a, n in
-             ((w1, "w1"), (wd, "wd"), (np.zeros(c, np.float32), "bd"), (w3, "w3"))]
+             ((w1, "w1"), (wd, "wd"), (np.full(c, dw_bias, np.float32), "bd"), (w3, "w3"))]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="pw1"),
              helper.make_node("Relu", ["a"], ["ar"], name="relu1"),
              helper.make_node("Conv", ["ar", "wd", "bd"], ["d"], name="dw", group=c, pads=[1, 1, 1, 1]),
@@ -572,16 +573,18 @@ def test_int8_onnx_excluded_layer_stays_float_when_onnxruntime_loads_it(tmp_path
     assert producers[pw2.input[1]] == "DequantizeLinear"
 
 
-def test_onnx_layer_ranking_does_not_count_relu_as_quantization_noise(tmp_path):
+@pytest.mark.parametrize("dw_bias", [0.0, -1e-7])
+def test_onnx_layer_ranking_does_not_count_relu_as_quantization_noise(tmp_path, dw_bias):
     """The quantizer folds Relu/Clip into the QuantizeLinear after a conv; the ranking must not charge the
-    conv with everything the Relu cuts off (half its pre-activation power here) as int8 noise."""
+    conv with everything the Relu cuts off (half its pre-activation power here) as int8 noise. Nor a
+    near-zero bias (folded BatchNorm) that rounds to 0 in int32: 100 % of itself, nothing of the output."""
     from export.quantize import QuantSettings, preprocess, quantize_int8
     from export.repair import rank_onnx_layers
     from export.to_onnx import save
 
     rng = np.random.default_rng(1)
     src, pre, raw = tmp_path / "dw.onnx", tmp_path / "pre.onnx", tmp_path / "raw.onnx"
-    _dw_model(src, rng)
+    _dw_model(src, rng, dw_bias)
     preprocess(src, pre)
     x = rng.uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
     save(quantize_int8(pre, x, QuantSettings(exclude_softmax=False), preprocessed=True, compact=False), raw)
