@@ -229,7 +229,10 @@ def rank_onnx_layers(pre_path: str | os.PathLike, qdq_path: str | os.PathLike, i
             group.append(consumers[t][0].name)
             t = consumers[t][0].output[0]
             tensors.append(t)
-        nsr = max(act.get(t, 0.0) for t in tensors) + sum(weight.get(w, 0.0) for w in node.input[1:])
+        # The weight's error only: a bias is int32 at scale s_in * s_w, finer than the accumulator's LSB, so
+        # its rounding is negligible against the output -- but relative to its own power it is not: a bias
+        # of ~1e-7 (folded BatchNorm) rounds to 0, noise/signal 1.0, and ranked every such layer first.
+        nsr = max(act.get(t, 0.0) for t in tensors) + weight.get(node.input[1], 0.0)
         ranked.append(LayerError(node.name, node.op_type, float(nsr), "noise/signal", group))
     ranked.sort(key=lambda r: -r.error)
     return ranked

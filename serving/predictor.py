@@ -40,6 +40,9 @@ from PIL import Image
 from serving.metadata import MetadataError, ModelMetadata, metadata_from_props, read_metadata
 from serving.preprocess import JPEG_SCALING, ImageError, load_resized
 
+#: ONNX Runtime session config key: "1" selects exact (U8U8) int8 kernels on x86 CPUs without VNNI.
+X64_QUANT_PRECISION = "session.x64quantprecision"
+
 #: What ``predict`` accepts per image: a file path, encoded bytes, a PIL image or an HWC uint8 array.
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -115,6 +118,10 @@ class _OnnxRunner:
         opts.log_severity_level = 3  # errors only: no optimiser chatter on stderr
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain: no inter-op pool
         opts.inter_op_num_threads = 1
+        # Exact int8 kernels on x86 without VNNI: there the default U8S8 kernels add pairs of u8*s8 products
+        # in saturating int16, which cost a full-int8 model accuracy and made the verdict depend on the CPU.
+        # No effect on VNNI or ARM CPUs (already exact) nor on float models.
+        opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
         if threads:
             opts.intra_op_num_threads = int(threads)
         # Spinning: idle runtime threads busy-wait between operators, the fastest single image; off, they

@@ -127,6 +127,37 @@ def make_tiny_run(base: Path) -> Path:
     return _CACHE[key]
 
 
+def make_int8_hostile_run(tiny_run: Path, run: Path, factor: float = 1000.0) -> Path:
+    """A copy of ``tiny_run`` whose model computes the same function but that per-tensor int8 cannot hold.
+
+    Channel 0 of the backbone's last linear bottleneck (``block_16_project_BN``, no residual after it) is
+    scaled up ``factor`` times and the input weights of the next 1x1 conv (``Conv_1``) for that channel
+    scaled down as much: the float model is unchanged (to float rounding), but the bottleneck tensor's one
+    per-tensor uint8 scale is set by the big channel, which rounds the other channels to a few levels, and
+    ``Conv_1``'s per-output-channel weight scales round the shrunk weights to zero. Full int8 thus fails the
+    gate on every CPU, whatever its int8 kernels; float layers at that spot repair it. The repair's ranking
+    (each tensor's own rounding noise over its power) does not see that spot -- the big channel's power
+    hides the crushed ones -- so repair ends up keeping nearly every layer float (53 of 53 measured).
+    """
+    import shutil
+
+    import keras
+
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("best.keras", "export"))
+    model = keras.saving.load_model(tiny_run / "best.keras", safe_mode=True)
+    backbone = model.get_layer("backbone")
+    bn, conv = backbone.get_layer("block_16_project_BN"), backbone.get_layer("Conv_1")
+    for var in (bn.gamma, bn.beta):
+        v = np.asarray(var.numpy())
+        v[0] *= factor
+        var.assign(v)
+    kernel = np.asarray(conv.kernel.numpy())
+    kernel[:, :, 0, :] /= factor
+    conv.kernel.assign(kernel)
+    model.save(run / "best.keras")
+    return run
+
+
 def _register_svd():
     import keras
 

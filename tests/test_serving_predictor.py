@@ -227,3 +227,15 @@ def test_reference_photos_decode_identically_through_the_predictor(predictor, ph
     Image.fromarray(photos[4]).save(path, quality=90)
     x = to_model_input([load_image(path)], SIZE)
     assert predictor.predict(path).score == pytest.approx(float(reference_probs(x).max()), abs=1e-5)
+
+
+@pytest.mark.parametrize("decode_workers,threads", [(0, 1), (2, None)])
+def test_onnx_sessions_use_exact_int8_kernels(model_path, decode_workers, threads):
+    """Every session asks for exact int8 kernels: without it, x86 CPUs lacking VNNI saturate u8*s8 pair
+    sums in int16 and an int8 model's predictions (and export's verdict) depend on the CPU."""
+    from serving.predictor import X64_QUANT_PRECISION
+
+    p = Predictor.load(model_path, threads=threads, decode_workers=decode_workers)
+    opts = p._runner.session.get_session_options()
+    assert X64_QUANT_PRECISION == "session.x64quantprecision"
+    assert opts.get_session_config_entry(X64_QUANT_PRECISION) == "1"
