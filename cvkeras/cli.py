@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cvkeras.helpfmt import FinetuneHelpCommand, HelpCommand, HelpGroup
+from serving.errors import CvkerasError, fail, first_line
 
 app = typer.Typer(
     help="Fine-tune Keras Applications classifiers, export them to ONNX/TFLite and run them on devices.",
@@ -27,13 +28,6 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one ``error:`` line on stderr and return the Exit to raise."""
-    lines = str(message).strip().splitlines() or ["failed"]
-    err.print(f"[bold red]error:[/] {lines[0]}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(code)
 
 
 def _quiet_tf() -> None:
@@ -85,8 +79,8 @@ def models(
 
         try:
             row = measure_row(measure, alpha, image_size)
-        except (KeyError, ValueError) as exc:
-            raise fail(str(exc)) from None
+        except CvkerasError as exc:
+            raise fail(exc) from None
         specs, stats = [REGISTRY[row["name"]]], {row["name"]: row}
     else:
         specs, stats = list(REGISTRY.values()), load_table()
@@ -163,6 +157,7 @@ def finetune(
       cvkeras finetune data/flowers -m efficientnet_b0 --epochs 5
       cvkeras finetune demo:shapes --alpha 0.35 --weights none -o runs/try
     """
+    flags = dict(locals())  # first statement: exactly the command's parameters
     _quiet_tf()
     from cvkeras import rundir
     from cvkeras.config import FinetuneConfig
@@ -170,49 +165,22 @@ def finetune(
     source = config or (Path(output) / rundir.CONFIG if resume and output else None)
     try:
         base = FinetuneConfig.from_dict(rundir.read_config(source)) if source else FinetuneConfig()
-    except (rundir.RunDirError, ValueError, TypeError) as exc:
+    except CvkerasError as exc:
         raise fail(f"{source}: {exc}") from None
-    overrides = dict(
-        data=data, model=model, alpha=alpha, image_size=None if image_size is None else [image_size, image_size],
-        weights=weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=unfreeze,
-        batch_size=batch_size, learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate,
-        optimizer=optimizer, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing, dropout=dropout, class_weights=class_weights, patience=patience,
-        augment=augment, randaugment=randaugment, mixup=mixup, cutmix=cutmix, val_split=val_split, seed=seed,
-        cache=cache, tfds_data_dir=tfds_data_dir, precision=precision, strategy=strategy, jit=jit,
-        steps_per_epoch=steps_per_epoch,
-    )
-    if model and base.model and get_model_name(model) != get_model_name(base.model):
-        base.alpha = None  # a replayed config's width and size belong to its own model
-        base.image_size = None
-    cfg = base.merged(overrides)
+    cfg = base.merged(FinetuneConfig.overrides(flags))
     run_finetune(cfg, output, force, resume, quiet)
-
-
-def get_model_name(name: str) -> str:
-    from cvkeras.registry import UnknownModelError, get
-
-    try:
-        return get(name).name
-    except UnknownModelError:
-        return name
 
 
 def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False):
     """Call the trainer, turning expected failures into one-line errors; print the summary."""
-    from cvkeras.data import DataError
-    from cvkeras.model import WeightsError
-    from cvkeras.registry import UnknownModelError
-    from cvkeras.rundir import RunDirError, os_error_line
-    from cvkeras.train import RunExistsError, TrainingDivergedError, finetune
+    from cvkeras.rundir import os_error_line
+    from cvkeras.train import finetune
 
     try:
         result = finetune(cfg, output=output, force=force, resume=resume, verbose=0 if quiet else None,
                           log=(lambda line: None) if quiet else None)
-    except TrainingDivergedError as exc:
-        raise fail(str(exc), 1) from None
-    except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError, TypeError) as exc:
-        raise fail(str(exc)) from None
+    except CvkerasError as exc:  # exit 1 for a diverged loss, 2 for the rest
+        raise fail(exc) from None
     except OSError as exc:
         raise fail(os_error_line(exc)) from None
     except KeyboardInterrupt:
@@ -221,7 +189,7 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool
                    f"`cvkeras finetune --resume --output {where}`", 130) from None
     except Exception as exc:  # TensorFlow's own errors (e.g. a file its decoders reject) as one line
         if type(exc).__module__.startswith("tensorflow"):
-            raise fail(f"TensorFlow failed: {str(exc).splitlines()[0][:300]}") from None
+            raise fail(f"TensorFlow failed: {first_line(exc)}") from None
         raise
     if result.skipped:
         err.print(f"skipped {result.skipped} unreadable file(s); see {result.run_dir / 'skipped.txt'}",
@@ -270,17 +238,16 @@ def evaluate(
 ) -> None:
     """Recompute a run's metrics report (metrics.json, confusion_matrix.png) from best.keras."""
     _quiet_tf()
-    from cvkeras.data import DataError
     from cvkeras.evaluate import evaluate_run, summary_rows
-    from cvkeras.rundir import RunDirError, os_error_line, run_lock
+    from cvkeras.rundir import os_error_line, run_lock
 
     if split not in ("val", "test"):
         raise fail(f"unknown --split {split!r}; use val or test")
     try:
         with run_lock(run, "evaluate") if run.is_dir() else contextlib.nullcontext():
             report = evaluate_run(run, data=data, split=split)
-    except (RunDirError, DataError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    except CvkerasError as exc:
+        raise fail(exc) from None
     except OSError as exc:
         raise fail(os_error_line(exc)) from None
     table = Table(title=f"{run} ({split})")
@@ -304,16 +271,15 @@ def explain(
     _quiet_tf()
     from rich.progress import Progress
 
-    from cvkeras.explain import ExplainError, explain_run
-    from cvkeras.rundir import RunDirError
+    from cvkeras.explain import explain_run
 
     try:
         with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
             task = bar.add_task("explaining", total=None)
             result = explain_run(run, images, layer, class_label, method, output,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except (RunDirError, ExplainError) as exc:
-        raise fail(str(exc)) from None
+    except CvkerasError as exc:
+        raise fail(exc) from None
     for src, why in result.skipped:
         err.print(f"skipped {src}: {why}", highlight=False, soft_wrap=True, markup=False)
     if not result.items:
@@ -336,12 +302,11 @@ def report(
     skipped files and the export table; one self-contained file that opens offline."""
     _quiet_tf()
     from cvkeras.report import write_report
-    from cvkeras.rundir import RunDirError
 
     try:
         path = write_report(run, mistakes)
-    except RunDirError as exc:
-        raise fail(str(exc)) from None
+    except CvkerasError as exc:
+        raise fail(exc) from None
     console.print(f"Report saved to {path}", highlight=False)
 
 

@@ -26,16 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from serving.preprocess import ImageError, is_image_file, load_image
+from serving.errors import CvkerasError, first_line
+from serving.images import IGNORED_DIRS, OTHER_IMAGE_EXTENSIONS, class_folders, list_images  # noqa: F401
+from serving.preprocess import ImageError, load_image
 
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
-#: Image files training cannot decode: listed as skipped (with the reason) rather than silently ignored.
-OTHER_IMAGE_EXTENSIONS = (".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".jxl")
-IGNORED_DIRS = ("__MACOSX",)  # archive tool litter, never a class
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 
 
-class DataError(ValueError):
+class DataError(CvkerasError, ValueError):
     """Data that cannot be trained on; the message is one line naming the path and the fix."""
 
 
@@ -54,61 +53,16 @@ class DataSplit:
     warnings: list[str] = field(default_factory=list)  # oddities worth a line (the run goes on)
 
     def to_json(self, seed: int) -> dict[str, Any]:
-        doc: dict[str, Any] = {"source": self.source, "root": self.root, "seed": seed, "classes": self.classes}
-        if self.tfds is not None:
-            doc["tfds"] = self.tfds
-        for name in ("train", "val", "test"):
-            doc[name] = [[p, int(y)] for p, y in getattr(self, name)]
-        return doc
+        """The ``split.json`` document (format: :func:`serving.formats.split_doc`)."""
+        from serving.formats import split_doc
+
+        extra = {} if self.tfds is None else {"tfds": self.tfds}
+        return split_doc(self.source, self.root, seed, self.classes,
+                         {name: getattr(self, name) for name in ("train", "val", "test")}, **extra)
 
     def counts(self, split: str = "train") -> list[int]:
         c = Counter(y for _, y in getattr(self, split))
         return [c.get(i, 0) for i in range(len(self.classes))]
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes of a file name (surrogate escapes)
-        return False
-    return True
-
-
-def _class_dirs(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """Class sub-folders: no hidden or ``__MACOSX`` folders, no symlink back into the data (a loop)."""
-    out = []
-    top = folder.resolve()
-    for d in folder.iterdir():
-        if not d.is_dir() or d.name.startswith(".") or d.name in IGNORED_DIRS:
-            continue
-        target = d.resolve()
-        if d.is_symlink() and (target == top or top.is_relative_to(target)):
-            if skipped is not None:
-                skipped.append((str(d), "symlink to the data folder itself (a loop); not a class"))
-            continue
-        if not _utf8(d.name):
-            if skipped is not None:
-                skipped.append((str(d), "folder name is not valid UTF-8; rename it to use it as a class"))
-            continue
-        out.append(d)
-    return sorted(out)
-
-
-def _list_images(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """Image files under ``folder``; undecodable names and unsupported formats go to ``skipped``."""
-    found = []
-    for p in sorted(folder.rglob("*")):
-        if p.name.startswith(".") or not p.is_file():
-            continue
-        suffix = p.suffix.lower()
-        if is_image_file(p):
-            if _utf8(str(p)):
-                found.append(p)
-            elif skipped is not None:
-                skipped.append((str(p), "file name is not valid UTF-8; rename it"))
-        elif suffix in OTHER_IMAGE_EXTENSIONS and skipped is not None:
-            skipped.append((str(p), f"{suffix} images are not decoded by training; convert it to PNG or JPEG"))
-    return found
 
 
 def _check_readable(paths: list[str], workers: int = 8) -> tuple[list[bool], list[tuple[str, str]]]:
@@ -194,23 +148,23 @@ def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42,
     found = {name: next((root / d for d in dirs if (root / d).is_dir()), None) for name, dirs in SPLIT_DIRS.items()}
     skipped: list[tuple[str, str]] = []
     if found["train"] is not None:  # train/ [+ val/ or validation/] [+ test/]; val is split off train if absent
-        classes = [d.name for d in _class_dirs(found["train"], skipped)]
+        classes = [d.name for d in class_folders(found["train"], skipped)]
         index = {c: i for i, c in enumerate(classes)}
         splits: dict[str, list[tuple[str, int]]] = {}
         for name, folder in found.items():
             if folder is None:
                 continue
             items = []
-            for d in _class_dirs(folder, skipped if name != "train" else None):
+            for d in class_folders(folder, skipped if name != "train" else None):
                 if d.name not in index:
                     raise DataError(f"{d}: class {d.name!r} is not in {found['train']}; use the same class folders")
-                items += [(str(p.resolve()), index[d.name]) for p in _list_images(d, skipped)]
+                items += [(str(p.resolve()), index[d.name]) for p in list_images(d, skipped)]
             splits[name] = items
     else:
-        classes = [d.name for d in _class_dirs(root, skipped)]
+        classes = [d.name for d in class_folders(root, skipped)]
         index = {c: i for i, c in enumerate(classes)}
-        splits = {"train": [(str(p.resolve()), index[d.name]) for d in _class_dirs(root)
-                            for p in _list_images(d, skipped)]}
+        splits = {"train": [(str(p.resolve()), index[d.name]) for d in class_folders(root)
+                            for p in list_images(d, skipped)]}
     return _finish(classes, splits, str(root), val_split, seed, source, str(root.resolve()), skipped)
 
 
@@ -301,8 +255,9 @@ def recorded_split(run: str | os.PathLike) -> DataSplit:
     """
     from cvkeras import rundir
 
-    doc = rundir.read_split(run)
-    classes = rundir.read_labels(run)
+    rd = rundir.RunDir(run)
+    doc = rd.split()
+    classes = rd.labels()
     if doc.get("classes") not in (None, classes):
         raise DataError(f"{Path(run) / rundir.LABELS}: differs from the classes in split.json; restore it")
     if doc.get("source") == "tfds":
@@ -319,7 +274,7 @@ def recorded_split(run: str | os.PathLike) -> DataSplit:
     root = doc.get("root")
     if doc.get("source") in ("folder", "demo") and root and Path(root).is_dir():
         recorded = {p for items in splits.values() for p, _ in items} | {p for p, _ in skipped}
-        new = [str(p.resolve()) for p in _list_images(Path(root)) if str(p.resolve()) not in recorded]
+        new = [str(p.resolve()) for p in list_images(Path(root)) if str(p.resolve()) not in recorded]
         if new:
             warnings.append(f"{root}: {len(new)} file(s) added since the run started (e.g. {new[0]}) are not used; "
                             "--resume keeps the recorded split -- start a new run to train on them")
@@ -346,7 +301,7 @@ def load_tfds(spec: str, data_dir: str | None = None, val_split: float = 0.2, se
         builder = tfds.builder(name, config=config, data_dir=data_dir)
         info = builder.info
     except Exception as exc:  # tfds raises DatasetNotFoundError and friends
-        raise DataError(f"{spec}: cannot open TFDS dataset ({str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{spec}: cannot open TFDS dataset ({first_line(exc, 200)})") from None
     label = info.features["label"] if "label" in info.features else None
     if label is None or not hasattr(label, "names"):
         raise DataError(f"{spec}: the dataset has no 'label' ClassLabel feature")
@@ -377,7 +332,7 @@ def tfds_dataset(tfds_meta: dict[str, Any], split: str):
         return tfds.load(full, split=name, data_dir=tfds_meta.get("data_dir"), as_supervised=True,
                          shuffle_files=False, download=True)
     except Exception as exc:  # offline, not prepared, bad split name...
-        raise DataError(f"tfds:{full}: cannot load split {name!r} ({str(exc).splitlines()[0][:200]}); "
+        raise DataError(f"tfds:{full}: cannot load split {name!r} ({first_line(exc, 200)}); "
                         "prepare it or pass --tfds-data-dir") from None
 
 

@@ -107,10 +107,10 @@ def load_split_images(
     """
     from cvkeras import rundir
 
-    split_doc = rundir.read_split(run)
-    cfg = rundir.read_config(run)
-    size = image_size or cfg["model"]["image_size"]
-    seed = int(cfg["data"].get("seed", 0) if seed is None else seed)
+    rd = rundir.RunDir(run)
+    split_doc = rd.split()
+    size = image_size or list(rd.image_size())
+    seed = rd.seed() if seed is None else int(seed)
     if split_doc.get("source") == "tfds":
         from cvkeras.data import tfds_split_arrays
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from export.errors import ConversionError, ExportError
 from export.exporter import ARTIFACTS, ArtifactResult, ExportReport, export_run, plan_artifacts
+from export.options import ExportOptions
 
 __all__ = [
-    "ARTIFACTS", "ArtifactResult", "ConversionError", "ExportError", "ExportReport", "export_run",
+    "ARTIFACTS", "ArtifactResult", "ConversionError", "ExportError", "ExportOptions", "ExportReport", "export_run",
     "plan_artifacts",
 ]

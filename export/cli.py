@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 
 from export.calibration import DEFAULT_SAMPLES
-from export.errors import ExportError
 from export.to_onnx import DEFAULT_OPSET
+from serving.errors import CvkerasError, fail
 from serving.validate import DEFAULT_MIN_AGREEMENT
 
 
@@ -99,35 +99,24 @@ def export(
     quiet_tensorflow()  # TensorFlow's start-up lines are not errors; --verbose shows them
     from rich.console import Console
 
-    from cvkeras.rundir import RunDirError
     from export.exporter import REPORT_FILE, export_run
+    from export.options import ExportOptions
 
     err = Console(stderr=True)
-    import math
-
     from cvkeras.rundir import os_error_line, run_lock
 
-    bad = ("--threads must be a whole number >= 1" if threads is not None and threads < 1 else
-           "--max-accuracy-drop must be a finite number >= 0" if not (math.isfinite(max_accuracy_drop)
-                                                                     and max_accuracy_drop >= 0) else None)
-    if bad:
-        print(f"error: {bad}, not {threads if bad.startswith('--threads') else max_accuracy_drop}", file=sys.stderr)
-        raise typer.Exit(2)
     try:
+        options = ExportOptions(
+            formats=format, int8=int8, fp16=fp16, calibration=calibration, calibration_samples=calibration_samples,
+            io_type=io_type, opset=opset, max_accuracy_drop=max_accuracy_drop, threads=threads,
+            min_agreement=min_agreement, repair=repair, calibration_flip=calibration_flip,
+        ).checked()  # every option, before the run directory is locked or read
         with run_lock(run, "export") if run.is_dir() else contextlib.nullcontext():
-            report = export_run(
-                run, output, format, int8=int8, fp16=fp16, calibration=calibration,
-                calibration_samples=calibration_samples, io_type=io_type, opset=opset,
-                max_accuracy_drop=max_accuracy_drop, threads=threads, min_agreement=min_agreement,
-                repair=repair, calibration_flip=calibration_flip,
-                progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
-            )
-    except (ExportError, RunDirError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+            report = export_run(run, output, options, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    except CvkerasError as exc:
+        raise fail(exc) from None
     except OSError as exc:  # e.g. a read-only run directory
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        raise fail(os_error_line(exc)) from None
     print_table(report)
     if output is None or Path(output).resolve() == (Path(run) / "export").resolve():
         from cvkeras.report import refresh

@@ -86,7 +86,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
     from cvkeras import rundir
     from cvkeras.pipeline import stratified_sample
 
-    split = rundir.read_split(run)
+    split = rundir.RunDir(run).split()
     if split.get("source") == "tfds":
         return _tfds_set(run, split, size, calibration_samples, seed, max_val)
     val = split.get("val") or []

@@ -19,11 +19,11 @@ from typing import Annotated, Any
 
 import typer
 
-from serving.metadata import MetadataError
-from serving.preprocess import IMAGE_EXTENSIONS, ImageError, is_image_file
+from serving.errors import CvkerasError, OptionError, fail
+from serving.images import expand_paths
 
 #: Failures a user can fix (bad file, wrong folder, missing package); anything else is a bug.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ImageError, MetadataError, ValueError, OSError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CvkerasError, OSError)
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file: an .onnx or .tflite written by `cvkeras export`.",
                                           show_default=False)]
@@ -35,11 +35,6 @@ ModeOpt = Annotated[str, typer.Option("--mode", help="latency: one image at a ti
                                       "latency for a single file, throughput otherwise.")]
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo("error: " + " ".join(str(message).split()), err=True)
-    return typer.Exit(2)
-
-
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn expected errors into one stderr line and exit code 2."""
@@ -48,7 +43,7 @@ def _errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except EXPECTED_ERRORS as exc:
-        raise _fail(str(exc) or type(exc).__name__) from None
+        raise fail(str(exc) or type(exc).__name__, 2) from None
 
 
 def _json_safe(value: Any) -> Any:
@@ -112,23 +107,6 @@ def _plain(cell: str) -> str:
     return Text.from_markup(cell).plain
 
 
-def expand_paths(paths: list[Path]) -> list[tuple[str, str | None]]:
-    """``(path, error)`` per input in order: files as given, folders expanded to their images
-    (recursive, sorted); a missing path or an image-less folder becomes one entry with an error."""
-    entries: list[tuple[str, str | None]] = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if is_image_file(f) and f.is_file())
-            if not found:
-                entries.append((str(p), f"{p}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
-            entries += [(f, None) for f in found]
-        elif p.exists():
-            entries.append((str(p), None))
-        else:
-            entries.append((str(p), f"{p}: file not found"))
-    return entries
-
-
 def predict(
     model: ModelArg,
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).",
@@ -148,7 +126,7 @@ def predict(
     from serving.predictor import MODES, Prediction, Predictor
 
     if mode not in MODES:
-        raise _fail(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise fail(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     entries = expand_paths(paths)
     if mode == "auto":  # one session, made for the job at hand
         mode = "latency" if sum(e is None for _, e in entries) <= 1 else "throughput"
@@ -223,11 +201,11 @@ def validate(
     from serving.validate import validate as run_validation
 
     if data is not None and run is not None:
-        raise _fail("pass --data or --run, not both")
+        raise fail("pass --data or --run, not both")
     if data is None and run is None:
         run = model.parent.parent if model.parent.name == "export" else None
         if run is None or not (run / "split.json").is_file():
-            raise _fail(f"{model}: pass --data DIR (DIR/<label>/<image>) or --run RUN (the run's own val split)")
+            raise fail(f"{model}: pass --data DIR (DIR/<label>/<image>) or --run RUN (the run's own val split)")
     with _errors():
         predictor = Predictor.load(model, threads=threads, mode="throughput")  # folders: one session
         items = scan_class_folder(data, predictor.labels) if data is not None else run_val_split(run, predictor.labels)
@@ -248,23 +226,23 @@ def validate(
 def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:
     """``(path, label index)`` for the validation files a run recorded in ``split.json`` (no rescan).
 
-    Read with cvkeras.rundir (standard library only), so the device side stays TensorFlow-free. Files
+    Read with serving.formats (standard library only), so the device side stays TensorFlow-free. Files
     gone since the run are named on stderr and left out; none left, or other classes, is an error.
     """
-    from cvkeras import rundir
+    from serving import formats
 
-    doc = rundir.read_split(run)
+    doc = formats.read_split(run)
     if doc.get("source") == "tfds" or not doc.get("val"):
-        raise ValueError(f"{run / rundir.SPLIT}: records no validation files (a TFDS run keeps them in TFDS); "
+        raise OptionError(f"{run / formats.SPLIT}: records no validation files (a TFDS run keeps them in TFDS); "
                          "pass --data with a folder of labelled images")
-    classes = doc.get("classes") or rundir.read_labels(run)
+    classes = doc.get("classes") or formats.read_labels(run)
     if classes != list(labels):
-        raise ValueError(f"{run / rundir.SPLIT}: classes {', '.join(classes)} differ from the model's "
+        raise OptionError(f"{run / formats.SPLIT}: classes {', '.join(classes)} differ from the model's "
                          f"labels {', '.join(labels)}; pass the run this model was exported from")
     items = [(Path(p), int(y)) for p, y in doc["val"]]
     gone = [p for p, _ in items if not p.is_file()]
     if len(gone) == len(items):
-        raise ValueError(f"{run / rundir.SPLIT}: none of its {len(items)} validation files exist (e.g. {gone[0]}); "
+        raise OptionError(f"{run / formats.SPLIT}: none of its {len(items)} validation files exist (e.g. {gone[0]}); "
                          "pass --data instead")
     if gone:
         typer.echo(f"warning: {len(gone)} recorded validation file(s) are missing (e.g. {gone[0]}); "

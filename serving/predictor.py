@@ -37,6 +37,7 @@ from typing import Any, overload
 import numpy as np
 from PIL import Image
 
+from serving.errors import CvkerasError, OptionError, first_line
 from serving.metadata import MetadataError, ModelMetadata, metadata_from_props, read_metadata
 from serving.preprocess import JPEG_SCALING, ImageError, load_resized
 
@@ -52,7 +53,7 @@ __all__ = ["MODES", "Batch", "ImageInput", "ModelError", "Prediction", "Predicto
 MODES = ("latency", "throughput", "auto")
 
 
-class ModelError(ValueError):
+class ModelError(CvkerasError, ValueError):
     """A model file that cannot be loaded or run; the message names the file and the fix."""
 
 
@@ -93,11 +94,6 @@ class Batch:
     errors: dict[int, str]
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
 class _OnnxRunner:
     """One ONNX Runtime session; the single float32 NHWC input and the first output (probabilities)."""
 
@@ -131,7 +127,7 @@ class _OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(exc)}); "
+            raise ModelError(f"{path}: not a loadable ONNX model ({first_line(exc)}); "
                              "check the file is complete or re-export it") from None
         self.path = path
         self.providers = self.session.get_providers()
@@ -183,7 +179,7 @@ class _TFLiteRunner:
                 self.interpreter.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
             self.interpreter.allocate_tensors()
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError with multi-line texts
-            raise ModelError(f"{path}: not a loadable TFLite model ({_first_line(exc)}); "
+            raise ModelError(f"{path}: not a loadable TFLite model ({first_line(exc)}); "
                              "check the file is complete or re-export it") from None
         self.path = path
         self.providers = ["LiteRT"]
@@ -295,7 +291,7 @@ class Predictor:
                  decode_workers: int | None = None, mode: str = "auto",
                  make_runner: Callable[[str], _Runner] | None = None) -> None:
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.metadata = metadata
         self.path = path
         self.mode = mode
@@ -326,7 +322,7 @@ class Predictor:
             ValueError: unknown ``mode``.
         """
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         p = Path(path)
         if not p.is_file():
             raise ModelError(not_a_model_hint(p))
@@ -406,7 +402,7 @@ class Predictor:
         x = np.asarray(x)
         h, w = self.input_size
         if x.ndim != 4 or x.shape[1:] != (h, w, 3):
-            raise ValueError(f"expected a float32 batch of shape (N, {h}, {w}, 3), got {x.shape}; "
+            raise OptionError(f"expected a float32 batch of shape (N, {h}, {w}, 3), got {x.shape}; "
                              "preprocess with serving.preprocess.to_model_input")
         x = np.ascontiguousarray(x, dtype=np.float32)
         runner = self._runner_for(use or ("latency" if x.shape[0] == 1 else "throughput"))
@@ -416,7 +412,7 @@ class Predictor:
         except ModelError:
             raise
         except Exception as exc:  # a runtime failure is about this model, not the caller's code
-            raise ModelError(f"{self.path}: inference failed ({_first_line(exc)})") from None
+            raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
         if not parts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.concatenate(parts, axis=0).astype(np.float32, copy=False).reshape(x.shape[0], -1)
@@ -432,7 +428,7 @@ class Predictor:
         ``Batch.errors`` instead of raising, so one bad file never stops the rest.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+            raise OptionError(f"batch_size must be at least 1, not {batch_size}")
         n = len(sources)
         h, w = self.input_size
 
@@ -537,5 +533,5 @@ class Predictor:
         except ModelError:
             raise
         except Exception as exc:  # a runtime failure is about this model, not the caller's code
-            raise ModelError(f"{self.path}: inference failed ({_first_line(exc)})") from None
+            raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
         return self._result(probs.reshape(-1), top_k, _source_name(image))
