@@ -232,8 +232,7 @@ class _Data:
 def _datasets(cfg: FinetuneConfig, split, run: Path, num_classes: int) -> _Data:
     """The training and validation tf.data pipelines (files or TFDS), steps per epoch and class weights."""
     from cvkeras.augment import Augmenter
-    from cvkeras.data import tfds_dataset
-    from cvkeras.pipeline import make_dataset
+    from cvkeras.pipeline import make_dataset, tfds_dataset
 
     size = cfg.image_size
     augmenter = Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)

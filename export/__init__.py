@@ -6,16 +6,47 @@ Example:
     >>> report.passed, [a.name for a in report.artifacts]
     (True, ['model.onnx', 'model_int8.onnx', 'model.tflite', 'model_int8.tflite', 'model_dynamic.tflite'])
 
-TensorFlow, tf2onnx and onnx are imported only when a conversion runs.
+``import export`` is cheap: the names below are imported on first use; TensorFlow, tf2onnx and onnx only
+when a conversion runs.
 """
 
 from __future__ import annotations
 
-from export.errors import ConversionError, ExportError
-from export.exporter import ARTIFACTS, ArtifactResult, ExportReport, export_run, plan_artifacts
-from export.options import ExportOptions
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from export.errors import ConversionError, ExportError
+    from export.exporter import ExportReport, export_run
+    from export.options import ARTIFACTS, ExportOptions, plan_artifacts
+    from export.verify import ArtifactResult
+
+_EXPORTS = {
+    "ARTIFACTS": "export.options",
+    "ArtifactResult": "export.verify",
+    "ConversionError": "export.errors",
+    "ExportError": "export.errors",
+    "ExportOptions": "export.options",
+    "ExportReport": "export.exporter",
+    "export_run": "export.exporter",
+    "plan_artifacts": "export.options",
+}
 
 __all__ = [
     "ARTIFACTS", "ArtifactResult", "ConversionError", "ExportError", "ExportOptions", "ExportReport", "export_run",
     "plan_artifacts",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

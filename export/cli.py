@@ -21,8 +21,9 @@ def _fmt(value: float | None, spec: str) -> str:
 def print_table(report) -> None:
     """The per-artifact table: accuracy, drop and agreement with 95 % intervals, size, latency, status."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
+
+    from serving.console import stdout_console
 
     im = report.images
     table = Table(title=f"{report.model_name}: Keras accuracy {100 * report.keras_accuracy:.2f}% on "
@@ -49,8 +50,7 @@ def print_table(report) -> None:
             "-" if a.float_layers is None else str(len(a.float_layers)),
             f"[{colour}]{a.status}[/{colour}]",
         )
-    # A pipe or a log file gets the whole table rather than rich's 80-column default.
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    stdout_console().print(table)  # a pipe or a log file gets the whole table, not rich's 80 columns
     for a in report.artifacts:
         if a.float_layers:
             rep = a.repair or {}

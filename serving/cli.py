@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from serving.console import json_safe, print_rows, stdout_console
 from serving.errors import CvkerasError, OptionError, fail
 from serving.images import expand_paths
 
@@ -44,67 +43,6 @@ def _errors() -> Iterator[None]:
         raise
     except EXPECTED_ERRORS as exc:
         raise fail(str(exc) or type(exc).__name__, 2) from None
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities (a model that emits them) become null: bare NaN is not JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _console() -> Any:
-    """Rich console on stdout; wide when piped (rich's 80-column default would fold file paths)."""
-    from rich.console import Console
-
-    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(highlight=False, width=160 if piped else None)
-
-
-def print_rows(title: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
-               optional: tuple[str, ...] = ()) -> None:
-    """Print rows as a table whose cells are never cut or folded mid-word.
-
-    ``columns`` are ``(title, justify)``. When the table is wider than the terminal, the ``optional``
-    columns are left out; if it is still too wide, each row is printed as a block of ``name: value``
-    lines headed by its first cell (a stacked layout that fits any width).
-    """
-    from rich import box
-    from rich.table import Table
-
-    console = _console()
-
-    def width(cols: list[int]) -> int:  # rich's SIMPLE_HEAD box: one space either side of each cell
-        return sum(max([len(columns[i][0])] + [len(_plain(r[i])) for r in rows]) + 2 for i in cols)
-
-    keep = list(range(len(columns)))
-    if width(keep) > console.width:
-        keep = [i for i in keep if columns[i][0] not in optional]
-    if width(keep) <= console.width:
-        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=True)
-        for i in keep:
-            table.add_column(columns[i][0], justify=columns[i][1], no_wrap=True)
-        for row in rows:
-            table.add_row(*[row[i] for i in keep])
-        console.print(table)
-        return
-    if title:
-        console.print(title, soft_wrap=True)
-    pad = max(len(columns[i][0]) for i in keep[1:]) if len(keep) > 1 else 0
-    for row in rows:
-        console.print(row[keep[0]], soft_wrap=True)
-        for i in keep[1:]:
-            console.print(f"  {columns[i][0]:<{pad}}  {row[i]}", soft_wrap=True)
-
-
-def _plain(cell: str) -> str:
-    from rich.text import Text
-
-    return Text.from_markup(cell).plain
 
 
 def predict(
@@ -139,7 +77,7 @@ def predict(
             r = Prediction(None, -1, math.nan, path=path, error=error) if error else next(stream)
             results.append(r)
             if json_out:
-                typer.echo(json.dumps(_json_safe(r.to_dict()), allow_nan=False))
+                typer.echo(json.dumps(json_safe(r.to_dict()), allow_nan=False))
     if not json_out:
         _prediction_table(results, top_k)
     failed = sum(not r.ok for r in results)
@@ -215,7 +153,7 @@ def validate(
             ref = Reference.load(ref_dir)
         report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size, min_agreement)
     if json_out:
-        typer.echo(json.dumps(_json_safe(report.to_dict()), allow_nan=False))
+        typer.echo(json.dumps(json_safe(report.to_dict()), allow_nan=False))
     else:
         _validation_tables(report)
     if report.gate_failures:
@@ -257,7 +195,7 @@ def _pct(v: float | None) -> str:
 def _validation_tables(report: Any) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     summary = Table(title=f"validation of {report.model}", show_header=False)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
@@ -320,7 +258,7 @@ def benchmark(
         doc = run_benchmark(models, batch_size=batch_size, threads=threads, warmup=warmup, iters=iters,
                             rounds=rounds)
     if json_out:
-        typer.echo(json.dumps(_json_safe(doc), allow_nan=False))
+        typer.echo(json.dumps(json_safe(doc), allow_nan=False))
         return
     title = (f"benchmark: batch {batch_size}, threads {threads or 'auto'}, {rounds} rounds, "
              f"load average {doc['loadavg'][0]}-{doc['loadavg'][1]} on {doc['cpus']} CPUs")
