@@ -94,7 +94,7 @@ def main() -> None:
         run = work / f"run{size}"
         finetune(cfg, output=str(run), force=True, verbose=0)
         export_run(run, formats=("onnx",))
-        val = rundir.read_split(run)["val"]
+        val = rundir.RunDir(run).split()["val"]
         paths, labels = [p for p, _ in val], np.asarray([y for _, y in val])
         model = load_model(run / rundir.BEST)
         predictor = Predictor.load(run / "export" / "model.onnx", threads=2)

@@ -44,7 +44,7 @@ from cvkeras.runfiles import (  # noqa: F401 - the file helpers are part of this
     write_json,
 )
 from serving.errors import CvkerasError, RunDirError, first_line
-from serving.formats import LABELS, SPLIT, labels_text, read_labels, read_split
+from serving.formats import LABELS, SPLIT, existing_file, labels_text, read_labels, read_split
 
 CONFIG = "config.yaml"
 HISTORY = "history.csv"
@@ -72,11 +72,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``config.yaml`` (a file, or a run directory that holds one)."""
     import yaml
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / CONFIG
-    if not p.is_file():
-        raise RunDirError(f"{p}: config not found; pass a run directory made by `cvkeras finetune`")
+    p = existing_file(path, CONFIG, RunDirError, "config not found; pass a run directory made by `cvkeras finetune`")
     try:
         cfg = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:

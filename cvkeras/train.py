@@ -55,7 +55,7 @@ from cvkeras.registry import get, resolve_alpha
 from cvkeras.rundir import LAST, STATE, RunDir  # noqa: F401 - STATE/LAST re-exported
 from cvkeras.runsetup import RunExistsError, _check_output_vs_data, _prepare_run, next_run_dir  # noqa: F401
 from cvkeras.stages import TrainingDivergedError, run_stages, stage_label  # noqa: F401
-from serving.errors import OptionError
+from serving.errors import OptionError, first_line
 
 
 def warn(message: str) -> None:
@@ -164,7 +164,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         raise RunExistsError(f"{run}: no checkpoint to resume from; start it again with --force")
     with strategy.scope():
         if resume:
-            model = keras.saving.load_model(rd.last, safe_mode=True)  # keeps policy
+            model = _load_checkpoint(rd)
         else:
             model = build_classifier(spec, num_classes, cfg.image_size, cfg.alpha, cfg.weights, cfg.dropout)
     export_model = float32_copy(model)  # the trained network's own config, in float32
@@ -181,6 +181,17 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     metrics = _final_metrics(rd, spec.name, bool(split.test)) if write else {}
     return FinetuneResult(run, metrics, state["best_val_accuracy"], state["global_epoch"], len(split.skipped),
                           precision, strategy.num_replicas_in_sync, state["best_epoch"])
+
+
+def _load_checkpoint(rd: RunDir):
+    """``checkpoints/last.keras`` with its optimizer state and precision policy (safe mode)."""
+    import keras
+
+    try:
+        return keras.saving.load_model(rd.last, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file, whatever Keras raises for it
+        raise rundir.RunDirError(f"{rd.last}: cannot load the checkpoint ({first_line(exc, 200)}); start the "
+                                 "run again with --force") from None
 
 
 def _resolve_model(cfg: FinetuneConfig):

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import typer
 
-from export.calibration import DEFAULT_SAMPLES
-from export.to_onnx import DEFAULT_OPSET
+from export.options import ExportOptions
 from serving.errors import CvkerasError, fail
-from serving.validate import DEFAULT_MIN_AGREEMENT
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -63,27 +61,29 @@ def export(
     run: Path = typer.Argument(..., help="Run directory written by `cvkeras finetune`."),
     output: Path | None = typer.Option(None, "--output", "-o",
                                        help="Export directory [default: RUN/export]."),
-    format: str = typer.Option("onnx,tflite", "--format", help="Comma-separated formats: onnx, tflite."),
-    int8: bool = typer.Option(False, "--int8", help="Also make calibrated int8 models (ONNX QDQ, TFLite full "
-                                                     "integer) and a dynamic-range TFLite."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also make float16 models."),
-    calibration: str = typer.Option("minmax", "--calibration", help="ONNX int8 calibration: minmax, entropy "
-                                                                     "or percentile."),
-    calibration_samples: int = typer.Option(DEFAULT_SAMPLES, "--calibration-samples",
+    format: str = typer.Option(",".join(ExportOptions.formats), "--format",
+                               help="Comma-separated formats: onnx, tflite."),
+    int8: bool = typer.Option(ExportOptions.int8, "--int8", help="Also make calibrated int8 models (ONNX QDQ, "
+                                                                 "TFLite full integer) and a dynamic-range TFLite."),
+    fp16: bool = typer.Option(ExportOptions.fp16, "--fp16", help="Also make float16 models."),
+    calibration: str = typer.Option(ExportOptions.calibration, "--calibration",
+                                    help="ONNX int8 calibration: minmax, entropy or percentile."),
+    calibration_samples: int = typer.Option(ExportOptions.calibration_samples, "--calibration-samples",
                                             help="Training images used for calibration (stratified)."),
-    io_type: str = typer.Option("uint8", "--io-type",
+    io_type: str = typer.Option(ExportOptions.io_type, "--io-type",
                                 help="Input/output type of model_int8.tflite: uint8, int8 or float32."),
-    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset."),
+    opset: int = typer.Option(ExportOptions.opset, "--opset", help="ONNX opset."),
     max_accuracy_drop: float = typer.Option(
-        1.0, "--max-accuracy-drop", help="Largest accuracy loss (points) allowed for reduced precision."),
-    threads: int | None = typer.Option(None, "--threads", help="Runtime threads for verification."),
+        ExportOptions.max_accuracy_drop, "--max-accuracy-drop",
+        help="Largest accuracy loss (points) allowed for reduced precision."),
+    threads: int | None = typer.Option(ExportOptions.threads, "--threads", help="Runtime threads for verification."),
     min_agreement: float = typer.Option(
-        DEFAULT_MIN_AGREEMENT, "--min-agreement",
+        ExportOptions.min_agreement, "--min-agreement",
         help="Smallest top-1 agreement with the Keras model (fraction) allowed for reduced precision, "
              "over the validation and held-back training images."),
-    repair: bool = typer.Option(True, "--repair/--no-repair",
+    repair: bool = typer.Option(ExportOptions.repair, "--repair/--no-repair",
                                 help="When int8 misses a gate, keep its worst layers in float until it passes."),
-    calibration_flip: bool = typer.Option(True, "--calibration-flip/--no-calibration-flip",
+    calibration_flip: bool = typer.Option(ExportOptions.calibration_flip, "--calibration-flip/--no-calibration-flip",
                                           help="Calibrate on the calibration images and their mirror images."),
 ) -> None:
     """Export a fine-tuned run to ONNX and TFLite, each checked against the Keras model.
@@ -100,7 +100,6 @@ def export(
     from rich.console import Console
 
     from export.exporter import REPORT_FILE, export_run
-    from export.options import ExportOptions
 
     err = Console(stderr=True)
     from cvkeras.rundir import os_error_line, run_lock

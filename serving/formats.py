@@ -25,6 +25,16 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
 
 
+def existing_file(path: str | os.PathLike, name: str, error: type[Exception], missing: str) -> Path:
+    """``path``, or ``path/name`` when ``path`` is a folder; ``error("<file>: <missing>")`` if no such file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / name
+    if not p.is_file():
+        raise error(f"{p}: {missing}")
+    return p
+
+
 def labels_text(labels: Sequence[str]) -> str:
     """The content of ``labels.txt`` for ``labels``."""
     return "".join(f"{name}\n" for name in labels)
@@ -32,11 +42,7 @@ def labels_text(labels: Sequence[str]) -> str:
 
 def read_labels(path: str | os.PathLike) -> list[str]:
     """Read ``labels.txt`` (a file, or a directory that holds one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / LABELS
-    if not p.is_file():
-        raise RunDirError(f"{p}: labels file not found; is this a cvkeras run directory?")
+    p = existing_file(path, LABELS, RunDirError, "labels file not found; is this a cvkeras run directory?")
     try:
         labels = [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.errors import CvkerasError
+from serving.formats import existing_file
 
 REFERENCE_FILE = "reference.npz"
 
@@ -50,11 +51,8 @@ class Reference:
     @classmethod
     def load(cls, export_dir: str | os.PathLike) -> Reference:
         """Read ``export_dir/reference.npz`` (or the given ``.npz`` file)."""
-        p = Path(export_dir)
-        if p.is_dir():
-            p = p / REFERENCE_FILE
-        if not p.is_file():
-            raise ValidationError(f"{p}: reference outputs not found; pass the folder `cvkeras export` wrote")
+        p = existing_file(export_dir, REFERENCE_FILE, ValidationError,
+                          "reference outputs not found; pass the folder `cvkeras export` wrote")
         try:
             with np.load(p, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
