@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, overload
+from typing import overload
 
 import numpy as np
 from PIL import Image
@@ -39,36 +39,22 @@ from PIL import Image
 from serving.errors import OptionError, first_line
 from serving.metadata import MetadataError, ModelMetadata
 from serving.preprocess import JPEG_SCALING, ImageError, load_resized
-from serving.results import Batch, ImageInput, Prediction, not_a_model_hint
+from serving.results import (  # noqa: F401 - Batch, ImageInput, Prediction are part of this module's interface
+    Batch,
+    ImageInput,
+    Prediction,
+    _batch,
+    _default_workers,
+    _is_single,
+    _source_name,
+    not_a_model_hint,
+)
 from serving.runners import X64_QUANT_PRECISION, ModelError, _OnnxRunner, _Runner, _TFLiteRunner  # noqa: F401
 
 __all__ = ["MODES", "Batch", "ImageInput", "ModelError", "Prediction", "Predictor"]
 
 #: ``Predictor`` modes: settings for one image at a time, for batches and folders, or chosen per call.
 MODES = ("latency", "throughput", "auto")
-
-
-def _default_workers() -> int:
-    return min(2, os.cpu_count() or 1)
-
-
-def _is_single(images: Any) -> bool:
-    if isinstance(images, str | os.PathLike | bytes | Image.Image):
-        return True
-    return isinstance(images, np.ndarray) and images.ndim in (2, 3)
-
-
-def _batch(start: int, out: np.ndarray, errors: list[str | None]) -> Batch:
-    """Drop the rows that failed to decode; keep their messages by source index."""
-    ok = [j for j, e in enumerate(errors) if e is None]
-    x = out if len(ok) == len(out) else out[ok]
-    return Batch([start + j for j in ok], x, {start + j: e for j, e in enumerate(errors) if e is not None})
-
-
-def _source_name(src: Any) -> str | None:
-    return os.fspath(src) if isinstance(src, str | os.PathLike) else None
-
-
 
 
 class Predictor:

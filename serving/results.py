@@ -53,6 +53,27 @@ class Batch:
     errors: dict[int, str]
 
 
+def _default_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+def _is_single(images: Any) -> bool:
+    if isinstance(images, str | os.PathLike | bytes | Image.Image):
+        return True
+    return isinstance(images, np.ndarray) and images.ndim in (2, 3)
+
+
+def _batch(start: int, out: np.ndarray, errors: list[str | None]) -> Batch:
+    """Drop the rows that failed to decode; keep their messages by source index."""
+    ok = [j for j, e in enumerate(errors) if e is None]
+    x = out if len(ok) == len(out) else out[ok]
+    return Batch([start + j for j in ok], x, {start + j: e for j, e in enumerate(errors) if e is not None})
+
+
+def _source_name(src: Any) -> str | None:
+    return os.fspath(src) if isinstance(src, str | os.PathLike) else None
+
+
 #: Export flag that writes each reduced-precision file (see ``cvkeras export --help``).
 _EXPORT_FLAG = {"int8": "--int8", "dynamic": "--int8", "fp16": "--fp16"}
 
