@@ -6,6 +6,11 @@ writes ``checkpoints/last.keras`` (with optimizer state) and ``checkpoints/state
 interrupted run resumes where it stopped; the best model by validation accuracy is kept as a float32
 ``best.keras``.
 
+This module is the job from start to end; its parts live beside it: option checks in
+:mod:`cvkeras.config`, the run directory in :mod:`cvkeras.runsetup` / :mod:`cvkeras.rundir`, precision
+and strategies in :mod:`cvkeras.distribute`, the optimizer in :mod:`cvkeras.optim`, the per-epoch
+bookkeeping in :mod:`cvkeras.callbacks` and the two stages in :mod:`cvkeras.stages`.
+
 Example:
     >>> result = finetune(FinetuneConfig(data="demo:shapes", model="mobilenet_v2", alpha=0.35,
     ...                                  weights="none"), output="runs/demo")
