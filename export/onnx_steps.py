@@ -23,20 +23,21 @@ def convert(job: Job) -> None:
     from cvkeras.rundir import atomic_write
     from export import quantize, to_onnx
 
-    model, results, say, check, metadata = job.model, job.results, job.say, job.check, job.metadata
+    model, say, check, metadata = job.model, job.say, job.check, job.metadata
     opset, quant, repair = job.options.opset, job.options.quant_settings(), job.options.repair
     calib_images, debug_images, fast_check = job.calib_images, job.debug_images, job.fast_check
-    base = results.get("model.onnx")
+    rows = {r.precision: r for r in job.wanted("onnx")}  # the table's ONNX rows: float32, int8, fp16
+    base = rows.get("float32")
     if base is None:
         return
-    say("converting model.onnx (tf2onnx)")
+    say(f"converting {base.name} (tf2onnx)")
     try:
         proto = to_onnx.keras_to_onnx(model, opset, base.name)
     except ConversionError as exc:
         fail_result(base, exc)
-        for name in ("model_int8.onnx", "model_fp16.onnx"):
-            if name in results:
-                results[name].error = f"{name}: not made because model.onnx failed"
+        for res in rows.values():
+            if res is not base:
+                res.error = f"{res.name}: not made because {base.name} failed"
         return
     float_extra = {"format": "onnx", "opset": opset}
 
@@ -47,8 +48,8 @@ def convert(job: Job) -> None:
 
     save(base, proto, float_extra)
     check(base)
-    if "model_int8.onnx" in results:
-        res = results["model_int8.onnx"]
+    if "int8" in rows:
+        res = rows["int8"]
         say(f"quantizing {res.name} (static QDQ int8, {quant.calibration} calibration, "
             f"{len(calib_images)} images)")
         int8_extra = {**float_extra, "quantization": quant.to_dict(), "calibration_samples": len(calib_images)}
@@ -65,8 +66,8 @@ def convert(job: Job) -> None:
                 if repair and res.status == "failed" and not res.error.endswith("cannot be run"):
                     repair_onnx(res, pre, calib_images, debug_images, quant, int8_extra, save, check,
                                  fast_check, say)
-    if "model_fp16.onnx" in results:
-        res = results["model_fp16.onnx"]
+    if "fp16" in rows:
+        res = rows["fp16"]
         say(f"converting {res.name}")
         try:
             save(res, quantize.convert_fp16(proto, res.name), float_extra)

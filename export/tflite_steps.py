@@ -19,11 +19,12 @@ from export.verify import ArtifactResult
 
 def convert(job: Job) -> None:
     """Make, check (and repair) every planned TFLite artifact."""
+    from cvkeras.rundir import atomic_write
+    from export import to_tflite
+
     model, say, check, metadata, fast_check = job.model, job.say, job.check, job.metadata, job.fast_check
     io_type, repair = job.options.io_type, job.options.repair
     calib_images, debug_images = job.calib_images, job.debug_images
-    from cvkeras.rundir import atomic_write
-    from export import to_tflite
 
     wanted = job.wanted("tflite")
     if not wanted:
@@ -57,7 +58,7 @@ def convert(job: Job) -> None:
 
 def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, io_type: str, extra, metadata,
                    fast_check, check, say) -> None:
-    """TFLite twin of :func:`_repair_onnx`, with the QuantizationDebugger's ``denylisted_nodes``."""
+    """TFLite twin of :func:`export.onnx_steps.repair_onnx`, with the QuantizationDebugger's ``denylisted_nodes``."""
     import shutil
 
     from cvkeras.rundir import atomic_write
