@@ -172,6 +172,18 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     @classmethod
+    def create(cls, path: str | os.PathLike) -> RunDir:
+        """A new (or empty) run directory, marked as cvkeras' so that every file written into it is recorded.
+
+        ``cvkeras finetune`` claims its output with :func:`cvkeras.runsetup._prepare_run` (lock, --force,
+        --resume), which ends here too.
+        """
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        mark_run(run.path)
+        return run
+
+    @classmethod
     def open(cls, path: str | os.PathLike, need_model: bool = True) -> RunDir:
         """A finished run, checked before any work starts (RunDirError naming the file otherwise)."""
         return cls(check_run(path, need_model))

@@ -80,5 +80,5 @@ def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: b
         stack.enter_context(rundir.run_lock(run, "finetune"))
         if any(p.name != rundir.LOCK for p in run.iterdir()):  # another run started here meanwhile
             raise RunExistsError(f"{run}: run directory exists; pass --force to overwrite or --resume to continue")
-    rundir.mark_run(run)
+    rundir.RunDir.create(run)  # marks it: --force may later remove exactly what cvkeras writes here
     return run, cfg

@@ -108,7 +108,7 @@ def build_run(
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=16, epochs=epochs, shuffle=True, verbose=0)
     run.mkdir(parents=True, exist_ok=True)
-    rd = rundir.RunDir(run)
+    rd = rundir.RunDir(run)  # not marked: a hand-made run, as a copied or older one would be
     rundir.atomic_write(rd.best, lambda tmp: model.save(tmp))
     rd.write_labels(LABELS)
     rd.write_config(FinetuneConfig(data=str(data_root), model=model_name, alpha=alpha, image_size=list(SIZE),
