@@ -157,7 +157,7 @@ def channel_means(proto, tensors: list[str], images: np.ndarray, optimize: bool,
         outs = sess.run(tensors, {name: images[i : i + batch].astype(np.float32)})
         s = [o.sum(axis=tuple(a for a in range(o.ndim) if a != 1)) / (o.size / o.shape[1]) * len(o)
              for o in outs]
-        sums = s if sums is None else [a + b for a, b in zip(sums, s)]
+        sums = s if sums is None else [a + b for a, b in zip(sums, s, strict=True)]
         n += len(outs[0])
     return [s / n for s in sums]
 
@@ -184,7 +184,7 @@ def bias_correct(run: Path, q, images: np.ndarray, passes: int = 3, damping: flo
     for p in range(passes):
         qm = channel_means(q, [t[2] for t in targets], images, False)
         res = []
-        for (name, _, _, b_name, scale), a, b in zip(targets, fm, qm, strict=True):
+        for (_name, _, _, b_name, scale), a, b in zip(targets, fm, qm, strict=True):
             delta = (b - a) * damping
             bias = numpy_helper.to_array(init[b_name]).astype(np.int64)
             bias = bias - np.round(delta / scale).astype(np.int64)
@@ -253,4 +253,29 @@ def bias_correct_seq(run: Path, q, images: np.ndarray, damping: float = 1.0, ops
         bias = numpy_helper.to_array(init[b_name]).astype(np.int64) - np.round(delta / scale).astype(np.int64)
         init[b_name].CopyFrom(numpy_helper.from_array(bias.astype(np.int32), b_name))
         print(f"{name:24s} rel |dmean| {np.abs(b - a).mean() / (np.abs(a).mean() + 1e-9):.4f}", flush=True)
+    return q
+
+
+def float_logits(q):
+    """Drop the QuantizeLinear/DequantizeLinear pair on the outputs of Gemm nodes (float logits)."""
+    producer = {o: n for n in q.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop = []
+    for n in q.graph.node:
+        if n.op_type != "Gemm":
+            continue
+        for ql in consumers.get(n.output[0], []):
+            if ql.op_type != "QuantizeLinear":
+                continue
+            for dq in consumers.get(ql.output[0], []):
+                for c in consumers.get(dq.output[0], []):
+                    c.input[:] = [n.output[0] if x == dq.output[0] else x for x in c.input]
+                drop.append(dq)
+            drop.append(ql)
+    for n in drop:
+        q.graph.node.remove(n)
+    del producer
     return q

@@ -39,6 +39,9 @@ class QuantSettings:
     activation_symmetric: bool = False
     weight_symmetric: bool = True
     exclude_softmax: bool = True
+    # Empirical bias correction (export.bias_correction): each int32 bias absorbs its layer's mean output
+    # shift from int8 rounding, measured layer by layer on this many calibration images (0: off).
+    bias_correction_images: int = 128
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,12 +75,14 @@ def preprocess(float_model: str | os.PathLike, dst: str | os.PathLike,
 
 def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
                   settings: QuantSettings = QuantSettings(), artifact: str = "model_int8.onnx",
-                  exclude: Sequence[str] = (), preprocessed: bool = False, compact: bool = True):
+                  exclude: Sequence[str] = (), preprocessed: bool = False, compact: bool = True,
+                  report: dict[str, Any] | None = None):
     """Static QDQ int8 quantization of the float32 ONNX file ``float_model``; returns the ModelProto.
 
     ``exclude``: names of nodes (of the pre-processed graph) kept in float32, besides the Softmax.
     ``preprocessed``: ``float_model`` is already the output of :func:`preprocess`. ``compact`` False keeps
-    the quantizer's tensor names (``qdq_loss_debug`` matches activations by them).
+    the quantizer's tensor names (``qdq_loss_debug`` matches activations by them). ``report``: gets
+    ``"bias_correction"``, what :func:`export.bias_correction.correct_biases` did (when it ran).
 
     Raises:
         ConversionError: pre-processing, calibration or quantization failed.
@@ -109,6 +114,12 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
                                    "WeightSymmetric": settings.weight_symmetric},
                 )
             proto = onnx.load(str(out))
+            if settings.bias_correction_images > 0:
+                from export.bias_correction import correct_biases
+
+                done = correct_biases(pre, proto, images, settings.bias_correction_images)
+                if report is not None:
+                    report["bias_correction"] = done.summary()
             keep_float_inputs(proto, exclude)
             if compact:
                 compact_names(proto)
