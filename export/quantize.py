@@ -39,6 +39,9 @@ class QuantSettings:
     activation_symmetric: bool = False
     weight_symmetric: bool = True
     exclude_softmax: bool = True
+    # GPTQ weight rounding (export.weight_rounding): int8 weights rounded to minimise each layer's output
+    # error on this many calibration images instead of to nearest (0: off). Scales and ranges unchanged.
+    gptq_images: int = 128
     # Empirical bias correction (export.bias_correction): each int32 bias absorbs its layer's mean output
     # shift from int8 rounding, measured layer by layer on this many calibration images (0: off).
     bias_correction_images: int = 128
@@ -82,7 +85,9 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
     ``exclude``: names of nodes (of the pre-processed graph) kept in float32, besides the Softmax.
     ``preprocessed``: ``float_model`` is already the output of :func:`preprocess`. ``compact`` False keeps
     the quantizer's tensor names (``qdq_loss_debug`` matches activations by them). ``report``: gets
-    ``"bias_correction"``, what :func:`export.bias_correction.correct_biases` did (when it ran).
+    ``"gptq"`` and ``"bias_correction"``, summaries of :func:`export.weight_rounding.round_weights` and
+    :func:`export.bias_correction.correct_biases` (when they ran; GPTQ first, as each changes the biases'
+    shifts).
 
     Raises:
         ConversionError: pre-processing, calibration or quantization failed.
@@ -114,6 +119,12 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
                                    "WeightSymmetric": settings.weight_symmetric},
                 )
             proto = onnx.load(str(out))
+            if settings.gptq_images > 0:
+                from export.weight_rounding import round_weights
+
+                rounded = round_weights(pre, proto, images, settings.gptq_images)
+                if report is not None:
+                    report["gptq"] = rounded
             if settings.bias_correction_images > 0:
                 from export.bias_correction import correct_biases
 

@@ -23,6 +23,7 @@ import numpy as np
 #: Relative dampening added to H's diagonal (GPTQ's default).
 DAMP = 0.01
 DEFAULT_IMAGES = 128
+ACT_ORDER = True
 
 
 @dataclass
@@ -78,8 +79,20 @@ def _accumulate(layer: _Layer, x: np.ndarray) -> None:
     layer.h = h if layer.h is None else layer.h + h
 
 
-def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
-    """GPTQ of rows ``w`` (out, in) with shared ``h`` (in, in) or one per row (out, in, in); int values."""
+def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmin: int, qmax: int,
+          act_order: bool | None = None) -> np.ndarray:
+    """GPTQ of rows ``w`` (out, in) with shared ``h`` (in, in) or one per row (out, in, in); int values.
+
+    ``act_order``: round the columns with the largest input power first (shared ``h`` only).
+    """
+    if act_order is None:
+        act_order = ACT_ORDER
+    if act_order and h.ndim == 2:
+        perm = np.argsort(-np.diag(h), kind="stable")
+        q = _gptq(w[:, perm], h[np.ix_(perm, perm)], scale, qmin, qmax, act_order=False)
+        out = np.empty_like(q)
+        out[:, perm] = q
+        return out
     w = w.astype(np.float64).copy()
     cols = w.shape[1]
     eye = np.eye(cols)

@@ -60,8 +60,9 @@ def biased(tmp_path_factory):
     calib = rng.uniform(0, 1, (32, 3, 8, 8)).astype(np.float32)
     test = rng.uniform(0, 1, (32, 3, 8, 8)).astype(np.float32)
     report: dict = {}
-    corrected = quantize_int8(src, calib, QuantSettings(exclude_softmax=False), report=report)
-    plain = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, bias_correction_images=0))
+    corrected = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, gptq_images=0), report=report)
+    plain = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, gptq_images=0,
+                                                    bias_correction_images=0))
     return src, test, corrected, plain, report
 
 
