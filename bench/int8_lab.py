@@ -210,10 +210,13 @@ def act_only(run: Path, q):
             for k in (1, 2):
                 if k < len(n.input) and k < len(fin[n.name]):
                     src = fin[n.name][k]
-                    if src not in have:
-                        m.graph.initializer.append(finit[src])
-                        have.add(src)
-                    n.input[k] = src
+                    if "f_" + src not in have:
+                        t = onnx.TensorProto()
+                        t.CopyFrom(finit[src])
+                        t.name = "f_" + src
+                        m.graph.initializer.append(t)
+                        have.add(t.name)
+                    n.input[k] = "f_" + src
     return m
 
 

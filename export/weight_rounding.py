@@ -23,7 +23,7 @@ import numpy as np
 #: Relative dampening added to H's diagonal (GPTQ's default).
 DAMP = 0.01
 DEFAULT_IMAGES = 128
-ACT_ORDER = True
+ACT_ORDER = False  # measured on MobileNet a0.25: no better (40 vs 36 flips of 3370 after bias correction)
 
 
 @dataclass
