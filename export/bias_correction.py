@@ -107,6 +107,29 @@ def channel_means(proto, tensors: list[str], images: np.ndarray, optimize: bool,
     return [s / len(images) for s in sums]
 
 
+def prefix(proto, tensor: str):
+    """The part of ``proto`` that computes ``tensor`` (its only output): later layers are not run."""
+    import onnx
+    from onnx import helper
+
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    needed, stack = set(), [tensor]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in needed:
+            continue
+        needed.add(id(node))
+        stack.extend(node.input)
+    nodes = [n for n in proto.graph.node if id(n) in needed]  # graph order is topological
+    used = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(nodes, proto.graph.name, [i for i in proto.graph.input if i.name in used],
+                              [helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)],
+                              [t for t in proto.graph.initializer if t.name in used])
+    sub = helper.make_model(graph, opset_imports=proto.opset_import)
+    sub.ir_version = proto.ir_version
+    return sub
+
+
 def correct_biases(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
                    max_images: int = DEFAULT_IMAGES) -> BiasCorrectionResult:
     """Correct the int32 biases of QDQ model ``qdq`` (a ModelProto, edited in place) layer by layer.
@@ -141,7 +164,7 @@ def correct_biases(float_model: str | os.PathLike | Any, qdq, images: np.ndarray
         return result
     float_means = channel_means(f, [t[1] for t in targets], x, optimize=True)
     for (node, _, bias, scale), want in zip(targets, float_means, strict=True):
-        got = channel_means(qdq, [node.output[0]], x, optimize=False)[0]
+        got = channel_means(prefix(qdq, node.output[0]), [node.output[0]], x, optimize=False)[0]
         shift = got - want
         old = numpy_helper.to_array(bias).astype(np.int64)
         new = np.clip(old - np.round(shift / scale).astype(np.int64), -(2**31), 2**31 - 1)
