@@ -1,7 +1,10 @@
 """Scratch lab for issue #9: full-int8 fidelity of small MobileNets, method by method.
 
-    python bench/int8_lab.py prep RUN      # decode the export's images, Keras probs, float ONNX (cached)
-    python bench/int8_lab.py METHOD RUN    # quantize with METHOD, report top-1 agreement vs Keras
+    python bench/int8_lab.py prep RUN          # decode the export's images, Keras probs, float ONNX (cached)
+    python bench/int8_lab.py VARIANT RUN [N]   # quantize, report top-1 agreement vs Keras
+
+VARIANT: base, weights-only, acts-only, float-logits, mse-ranges, bc-oneshot (3 rounds), bc-seq N (random
+N calibration images), bc N / gptq N / gptq-bc N (export.bias_correction / export.weight_rounding on N).
 
 Agreement is over the export's fidelity images (validation + held-back training), the same split, seed
 and calibration sample as ``cvkeras export --int8``; int8 models run with exact kernels
@@ -87,10 +90,6 @@ def agreement(model, d, tag: str) -> float:
     return float(agree.mean())
 
 
-if __name__ == "__main__":
-    cmd, run = sys.argv[1], Path(sys.argv[2])
-    if cmd == "prep":
-        prep(run)
 
 
 # ---------------------------------------------------------------- quantization variants
@@ -282,3 +281,93 @@ def float_logits(q):
         q.graph.node.remove(n)
     del producer
     return q
+
+
+def mse_ranges(run: Path, q, images: np.ndarray, per_tensor: int = 200000, seed: int = 0,
+               fractions=(1.0, 0.97, 0.94, 0.9, 0.86, 0.82, 0.78, 0.74, 0.7, 0.65, 0.6)) -> dict:
+    """TensorQuantOverrides: per activation tensor of ``q``, the clip max (of the float model's values on
+    ``images``) whose uint8 fake quantization has the smallest MSE."""
+    import onnx
+    from onnx import helper
+
+    f = onnx.load(str(lab_dir(run) / "pre.onnx"))
+    fnames = {o for n in f.graph.node for o in n.output}
+    names = sorted({n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"} & fnames)
+    m = onnx.ModelProto()
+    m.CopyFrom(f)
+    have = {o.name for o in m.graph.output}
+    for t in names:
+        if t not in have:
+            m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    sess = session(m)
+    inp = sess.get_inputs()[0].name
+    rng = np.random.default_rng(seed)
+    keep = {t: [] for t in names}
+    lo = {t: np.inf for t in names}
+    hi = {t: -np.inf for t in names}
+    for i in range(0, len(images), 32):
+        outs = sess.run(names, {inp: images[i : i + 32].astype(np.float32)})
+        for t, o in zip(names, outs, strict=True):
+            o = o.ravel()
+            lo[t] = min(lo[t], float(o.min()))
+            hi[t] = max(hi[t], float(o.max()))
+            k = max(1, per_tensor * 32 // len(images))
+            keep[t].append(rng.choice(o, min(k, o.size), replace=False))
+    overrides = {}
+    for t in names:
+        x = np.concatenate(keep[t]).astype(np.float64)
+        a, b = min(lo[t], 0.0), max(hi[t], 0.0)
+        best = None
+        for fr in fractions:
+            bb = b * fr
+            aa = a * fr
+            s = (bb - aa) / 255 if bb > aa else 1.0
+            zp = np.round(-aa / s)
+            xq = (np.clip(np.round(x / s) + zp, 0, 255) - zp) * s
+            e = ((xq - x) ** 2).mean()
+            if best is None or e < best[0]:
+                best = (e, aa, bb, fr)
+        overrides[t] = [{"rmin": np.float32(best[1]), "rmax": np.float32(best[2])}]
+        if best[3] < 1.0:
+            print(f"  {t}: range [{a:.3f}, {b:.3f}] -> x{best[3]}")
+    return overrides
+
+
+def main(argv: list[str]) -> None:
+    from export.bias_correction import correct_biases
+    from export.fidelity import with_flips
+    from export.weight_rounding import round_weights
+
+    cmd, run = argv[0], Path(argv[1])
+    n = int(argv[2]) if len(argv) > 2 else 128
+    if cmd == "prep":
+        prep(run)
+        return
+    d = load(run)
+    cal = with_flips(d["calibration"])
+    pre = lab_dir(run) / "pre.onnx"
+    q = qdq(run, cal, {"TensorQuantOverrides": mse_ranges(run, qdq(run, cal), cal)} if cmd == "mse-ranges" else None)
+    if cmd == "weights-only":
+        agreement(weight_only(run), d, cmd)
+        return
+    if cmd == "acts-only":
+        p = predict(session(act_only(run, q), optimize=False), d["images"])
+        a = p.argmax(1) == d["keras"].argmax(1)
+        print(f"{cmd}: {a.mean() * 100:.2f} % ({(~a).sum()} flips / {len(a)})")
+        return
+    if cmd == "float-logits":
+        q = float_logits(q)
+    elif cmd == "bc-oneshot":
+        q = bias_correct(run, q, cal, passes=3)
+    elif cmd == "bc-seq":
+        q = bias_correct_seq(run, q, cal[np.random.default_rng(0).choice(len(cal), n, replace=False)])
+    if cmd in ("gptq", "gptq-bc"):
+        print(round_weights(pre, q, cal, n))
+    if cmd in ("bc", "gptq-bc"):
+        print(correct_biases(pre, q, cal, n).summary())
+    agreement(q, d, f"{cmd} {n}")
+    flips_by_margin(predict(session(q), d["images"]), d)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
