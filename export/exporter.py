@@ -337,7 +337,7 @@ def _convert_onnx(model, results, opset: int, quant: QuantSettings, calib_images
             pre = Path(tmp) / "pre.onnx"
             try:
                 quantize.preprocess(base.path, pre, res.name)
-                # report=: the bias correction's summary goes into the artifact's metadata
+                # report=: what GPTQ and bias correction did goes into the artifact's metadata
                 save(res, quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True,
                                                  report=int8_extra), int8_extra)
             except ExportError as exc:

@@ -119,18 +119,7 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
                                    "WeightSymmetric": settings.weight_symmetric},
                 )
             proto = onnx.load(str(out))
-            if settings.gptq_images > 0:
-                from export.weight_rounding import round_weights
-
-                rounded = round_weights(pre, proto, images, settings.gptq_images)
-                if report is not None:
-                    report["gptq"] = rounded
-            if settings.bias_correction_images > 0:
-                from export.bias_correction import correct_biases
-
-                done = correct_biases(pre, proto, images, settings.bias_correction_images)
-                if report is not None:
-                    report["bias_correction"] = done.summary()
+            _fit_rounding(pre, proto, images, settings, artifact, report)
             keep_float_inputs(proto, exclude)
             if compact:
                 compact_names(proto)
@@ -141,6 +130,28 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
                                             "try --calibration minmax or export without --int8") from None
     check(proto, artifact)
     return proto
+
+
+def _fit_rounding(pre: Path, proto, images: np.ndarray, settings: QuantSettings, artifact: str,
+                  report: dict[str, Any] | None) -> None:
+    """GPTQ weight rounding, then bias correction, of the fresh QDQ model ``proto`` (edited in place)."""
+    from export.bias_correction import correct_biases
+    from export.weight_rounding import round_weights
+
+    steps = (("gptq", settings.gptq_images, "GPTQ weight rounding",
+              lambda n: round_weights(pre, proto, images, n)),
+             ("bias_correction", settings.bias_correction_images, "int8 bias correction",
+              lambda n: correct_biases(pre, proto, images, n).summary()))
+    for key, n, what, step in steps:
+        if n <= 0:
+            continue
+        try:
+            done = step(n)
+        except Exception as exc:  # onnxruntime and numpy raise many types
+            raise ConversionError(artifact, f"{what} failed ({first_line(exc)}); "
+                                            "export without --int8") from None
+        if report is not None:
+            report[key] = done
 
 
 #: Node types whose float weights ONNX Runtime's ``WeightBiasQuantization`` optimizer quantizes.
