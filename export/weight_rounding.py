@@ -76,7 +76,7 @@ def _accumulate(layer: _Layer, x: np.ndarray) -> None:
         for one in x[:, None]:
             p = _patches(one.astype(np.float64), layer.node, layer.w_float.shape[2:])[0]  # C, K, L
             if layer.kind == "depthwise":
-                h = h + np.einsum("ckl,cjl->ckj", p, p)
+                h = h + p @ p.transpose(0, 2, 1)
             else:
                 p = p.reshape(-1, p.shape[-1])
                 h = h + p @ p.T
