@@ -57,8 +57,9 @@ def convert(job: Job) -> None:
             pre = Path(tmp) / "pre.onnx"
             try:
                 quantize.preprocess(base.path, pre, res.name)
-                save(res, quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True),
-                     int8_extra)
+                # report=: what GPTQ and bias correction did goes into the artifact's metadata
+                save(res, quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True,
+                                                 report=int8_extra), int8_extra)
             except ExportError as exc:
                 fail_result(res, exc)
             if res.status == "converted":
