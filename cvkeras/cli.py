@@ -198,7 +198,7 @@ def get_model_name(name: str) -> str:
         return name
 
 
-def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False):
+def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False, hook=None):
     """Call the trainer, turning expected failures into one-line errors; print the summary."""
     from cvkeras.data import DataError
     from cvkeras.model import WeightsError
@@ -208,7 +208,7 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool
 
     try:
         result = finetune(cfg, output=output, force=force, resume=resume, verbose=0 if quiet else None,
-                          log=(lambda line: None) if quiet else None)
+                          log=(lambda line: None) if quiet else None, hook=hook)
     except TrainingDivergedError as exc:
         raise fail(str(exc), 1) from None
     except (DataError, WeightsError, UnknownModelError, RunDirError, RunExistsError, ValueError, TypeError) as exc:
@@ -380,6 +380,16 @@ def demo(
 
     code = run_demo(output, force, console)
     raise typer.Exit(code)
+
+
+def _register_search_commands() -> None:
+    """``distill`` and ``tune`` take finetune's flags: their modules build them from its signature."""
+    from cvkeras import distill_cli
+
+    distill_cli.register(app, finetune, fail, run_finetune, FinetuneHelpCommand)
+
+
+_register_search_commands()
 
 
 def terminate_as_interrupt() -> None:

@@ -476,10 +476,12 @@ def header_lines(cfg: FinetuneConfig, run: Path, classes: list[str], n_train: in
 
 def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False, resume: bool = False,
              verbose: int | None = None, callbacks: list | None = None,
-             log: Callable[[str], None] | None = None) -> FinetuneResult:
+             log: Callable[[str], None] | None = None, hook: Any = None) -> FinetuneResult:
     """Run (or resume) a fine-tuning job end to end and write the run directory.
 
-    ``log`` receives the story lines (header, stage labels); default: print to stdout.
+    ``log`` receives the story lines (header, stage labels); default: print to stdout. ``hook`` (e.g.
+    :class:`cvkeras.distill.Distillation`) has ``check(classes)`` (before the run directory is touched),
+    ``record(config_doc)`` and ``attach(model)`` (after the model is built or loaded).
     """
     log = log or (lambda line: print(line, flush=True))
     if os.environ.get("CVKERAS_CPU_DEVICES"):
@@ -493,13 +495,14 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with contextlib.ExitStack() as stack:  # holds the run directory's lock until training is done
-            return _finetune(cfg, output, force, resume, verbose, callbacks, stack, log)
+            return _finetune(cfg, output, force, resume, verbose, callbacks, stack, log, hook)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool, verbose: int | None,
-              callbacks: list | None, stack: contextlib.ExitStack, log: Callable[[str], None]) -> FinetuneResult:
+              callbacks: list | None, stack: contextlib.ExitStack, log: Callable[[str], None],
+              hook: Any = None) -> FinetuneResult:
     import keras
     import tensorflow as tf
 
@@ -522,6 +525,8 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         if output:
             _check_output_vs_data(Path(output), cfg.data)
         split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
+        if hook:
+            hook.check(split.classes)
     run, cfg = _prepare_run(cfg, output, force, resume, stack)
     spec = get(cfg.model)
     cfg.model = spec.name
@@ -555,6 +560,8 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
                       "classes": num_classes, "cvkeras": __import__("cvkeras").__version__,
                       "trains": ("head, then the top --unfreeze of the backbone (BatchNorm frozen)" if pretrained
                                  else "the whole network in every stage, BatchNorm included (from scratch)")}
+        if hook:
+            hook.record(doc)
         rundir.write_config(run, doc)
         rundir.write_labels(run, classes)
         rundir.write_json(run / rundir.SPLIT, split.to_json(cfg.seed))
@@ -596,6 +603,8 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
             model = keras.saving.load_model(run / rundir.CHECKPOINTS / LAST, safe_mode=True)  # keeps policy
         else:
             model = build_classifier(spec, num_classes, size, cfg.alpha, cfg.weights, cfg.dropout)
+        if hook:
+            hook.attach(model)
     export_model = float32_copy(model)  # the trained network's own config, in float32
     checkpointer = _make_checkpointer(run, export_model, state, cfg.patience, write)
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)

@@ -1,0 +1,120 @@
+"""Benchmark `cvkeras distill` on real photos: does a teacher make the edge student better? Prints JSON.
+
+On ``../shared/data/flowers`` (seeded 80/20 split, the same for every run since data, --val-split and --seed
+are the same), from the real ImageNet weights in ``../shared/data/weights``:
+
+1. teacher: MobileNetV2 a0.5 fine-tuned by ``cvkeras finetune`` (cached in ``bench/out/distill/teacher``,
+   reused when its ``metrics.json`` is there and its config matches);
+2. student alone: MobileNet a0.25 by ``cvkeras finetune``;
+3. student distilled: the same student, recipe, seed and step budget by ``cvkeras distill --teacher``;
+4. ``cvkeras export --int8`` of the distilled student, with the default gates.
+
+Every step is the real command line (a subprocess), so the benchmark drives what users run. Goal (issue
+#13): distilled >= alone + 1 point of validation accuracy, and the distilled student's int8 export passes.
+
+Usage::
+
+    python bench/distill.py [--size 224] [--teacher-epochs 2,2] [--student-epochs 3,3] [--temperature 4]
+                            [--alpha 0.3] [--steps-per-epoch N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+if not SHARED.is_dir():  # a git worktree sits one level deeper than the main checkout
+    SHARED = Path("/work/shared/data")
+FLOWERS = SHARED / "flowers"
+WEIGHTS = SHARED / "weights"
+TEACHER_WEIGHTS = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
+STUDENT_WEIGHTS = WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"
+OUT = ROOT / "bench" / "out" / "distill"
+
+
+def cli(*args: str, log: Path) -> float:
+    """Run ``cvkeras ARGS`` (output appended to ``log``); seconds taken. A failure stops the benchmark."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"\n$ cvkeras {' '.join(args)}\n")
+        f.flush()
+        code = subprocess.call([sys.executable, "-m", "cvkeras.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                               env=env, cwd=ROOT)
+    if code:
+        sys.exit(f"error: `cvkeras {' '.join(args)}` exited {code}; see {log}")
+    return round(time.perf_counter() - start, 1)
+
+
+def accuracy(run: Path) -> float:
+    return json.loads((run / "metrics.json").read_text())["accuracy"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=224, help="input size of teacher and student")
+    ap.add_argument("--teacher-epochs", default="2,2", help="stage 1, stage 2 epochs of the teacher")
+    ap.add_argument("--student-epochs", default="3,3", help="stage 1, stage 2 epochs of both students")
+    ap.add_argument("--temperature", type=float, default=4.0)
+    ap.add_argument("--alpha", type=float, default=0.3, help="weight of the hard-label loss")
+    ap.add_argument("--steps-per-epoch", type=int, default=None, help="cap on steps per epoch (all runs)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    for p in (FLOWERS, TEACHER_WEIGHTS, STUDENT_WEIGHTS):
+        if not p.exists():
+            sys.exit(f"error: {p}: not found; the benchmark needs the shared flowers and weights")
+    OUT.mkdir(parents=True, exist_ok=True)
+    log = OUT / "log.txt"
+    te1, te2 = args.teacher_epochs.split(",")
+    se1, se2 = args.student_epochs.split(",")
+    common = ["--image-size", str(args.size), "--batch-size", str(args.batch_size), "--seed", "42", "--quiet"]
+    if args.steps_per_epoch:
+        common += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    teacher = OUT / "teacher"
+    teacher_args = ["finetune", str(FLOWERS), "-m", "mobilenet_v2", "--alpha", "0.5", "--weights",
+                    str(TEACHER_WEIGHTS), "--epochs", te1, "--fine-tune-epochs", te2, *common]
+    stamp = OUT / "teacher_args.json"
+    seconds: dict[str, float | None] = {}
+    if (teacher / "metrics.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == teacher_args:
+        seconds["teacher"] = None  # cached
+    else:
+        seconds["teacher"] = cli(*teacher_args, "--output", str(teacher), "--force", log=log)
+        stamp.write_text(json.dumps(teacher_args))
+    student = ["--weights", str(STUDENT_WEIGHTS), "--epochs", se1, "--fine-tune-epochs", se2, *common]
+    alone, distilled = OUT / "student_alone", OUT / "student_distilled"
+    seconds["student_alone"] = cli("finetune", str(FLOWERS), "-m", "mobilenet", "--alpha", "0.25", *student,
+                                   "--output", str(alone), "--force", log=log)
+    seconds["student_distilled"] = cli("distill", str(FLOWERS), "--teacher", str(teacher), "--student", "mobilenet",
+                                       "--width", "0.25", "--temperature", str(args.temperature), "--alpha",
+                                       str(args.alpha), *student, "--output", str(distilled), "--force", log=log)
+    seconds["export_int8"] = cli("export", str(distilled), "--int8", log=log)
+    report = json.loads((distilled / "export" / "export_report.json").read_text())
+    int8 = {a["name"]: a["status"] for a in report["artifacts"] if "int8" in a["name"]}
+    acc_t, acc_a, acc_d = accuracy(teacher), accuracy(alone), accuracy(distilled)
+    result = {
+        "data": f"flowers, seeded 80/20 split (seed 42), {args.size}x{args.size} px, batch {args.batch_size}",
+        "teacher": {"model": "mobilenet_v2 a0.5", "epochs": [int(te1), int(te2)], "val_accuracy": acc_t},
+        "student": {"model": "mobilenet a0.25", "epochs": [int(se1), int(se2)],
+                    "steps_per_epoch": args.steps_per_epoch or "full"},
+        "distill": {"temperature": args.temperature, "alpha": args.alpha},
+        "val_accuracy": {"student_alone": acc_a, "student_distilled": acc_d},
+        "gain_points": round(100 * (acc_d - acc_a), 2),
+        "goal_gain_1_point": bool(100 * (acc_d - acc_a) >= 1.0),
+        "int8_export": int8,
+        "int8_export_passed": bool(int8) and all(s == "passed" for s in int8.values()),
+        "seconds": seconds,
+        "n_val": json.loads((distilled / "metrics.json").read_text()).get("n"),
+    }
+    (OUT / "result.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
