@@ -387,6 +387,7 @@ def _register_search_commands() -> None:
     from cvkeras import distill_cli
 
     distill_cli.register(app, finetune, fail, run_finetune, FinetuneHelpCommand)
+    distill_cli.register_tune(app, finetune, fail, FinetuneHelpCommand)
 
 
 _register_search_commands()
