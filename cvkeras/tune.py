@@ -347,6 +347,13 @@ def tune(base: FinetuneConfig, output: str | os.PathLike, max_trials: int, fixed
     worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
     if not worker:
         check_tune_dir(run, resume)
+    else:  # the chief makes the directory: a worker started first waits for it
+        deadline = time.monotonic() + 600
+        while not (run / MARKER).is_file():
+            if time.monotonic() > deadline:
+                raise TuneError(f"{run}: the chief did not create this tuning directory within 10 min; start "
+                                "the chief (KERASTUNER_TUNER_ID=chief) with the same --output")
+            time.sleep(2)
     (run / TRIALS).mkdir(parents=True, exist_ok=True)
     if worker:
         log(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: trials from the oracle at "
