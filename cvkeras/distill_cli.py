@@ -111,10 +111,15 @@ def register(app: typer.Typer, finetune_cmd: Callable[..., Any], fail: Callable[
         if cfg.strategy in ("mirrored", "multi-worker"):
             raise fail(f"distill trains on one device; --strategy {cfg.strategy} is not supported, use none")
         cfg.strategy = "none"
+        from cvkeras.registry import UnknownModelError
+        from cvkeras.train import validate_config
+
         try:
+            if cfg.data or not resume:  # the student's settings first: a typo never waits for the teacher
+                validate_config(cfg)
             hook = Distillation.from_run(teacher, temperature, alpha,
                                          log=None if quiet else (lambda line: print(line, flush=True)))
-        except DistillError as exc:
+        except (DistillError, UnknownModelError, ValueError) as exc:
             raise fail(str(exc)) from None
         run_finetune(cfg, output, force, resume, quiet, hook=hook)
 

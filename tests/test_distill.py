@@ -90,9 +90,13 @@ def test_bad_teacher_settings_are_one_line_errors(tmp_path):
         (["--teacher", str(tmp_path / "nope")], "teacher run directory not found"),
         (["--teacher", str(data)], "config.yaml: missing"),
         ([], "--teacher RUN is required"),
+        (["--teacher", str(tmp_path / "nope"), "--student", "resnet5"], "unknown model 'resnet5'"),
+        (["--teacher", str(tmp_path / "nope"), "--temperature", "0"], "--temperature must be"),
+        (["--teacher", str(tmp_path / "nope"), "--alpha", "1.5"], "--alpha must be"),
     ]
     for extra, message in cases:
-        result = CliRunner().invoke(app, ["distill", str(data), "--student", "mobilenet", *extra, "-o", str(out)])
+        student = [] if "--student" in extra else ["--student", "mobilenet"]
+        result = CliRunner().invoke(app, ["distill", str(data), *student, *extra, "-o", str(out)])
         assert result.exit_code == 2, result.output
         assert "error:" in result.output and message in result.output and "Traceback" not in result.output
         assert not out.exists()
