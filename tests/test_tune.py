@@ -112,3 +112,25 @@ def test_tune_end_to_end_with_a_failed_trial_resume_and_export_of_best(tmp_path,
     exported = CliRunner().invoke(app, ["export", str(best)], catch_exceptions=False)
     assert exported.exit_code == 0, exported.output
     assert (best / "export" / "model.onnx").is_file()
+
+
+def test_time_budget_stops_new_trials_and_resume_goes_on_to_the_best(tmp_path):
+    """The search loop with a stand-in trainer (objective = the trial's learning rate): no TensorFlow training."""
+    from types import SimpleNamespace
+
+    from cvkeras.tune import tune
+
+    def train(cfg, output, **kw):
+        os.makedirs(output, exist_ok=True)
+        return SimpleNamespace(metrics={"accuracy": cfg.learning_rate})
+
+    data = write_shapes(tmp_path / "d", per_class=4, size=32)
+    base = FinetuneConfig(data=str(data), model="mobilenet", alpha=0.25, image_size=[32, 32], weights="none")
+    lines: list[str] = []
+    records = tune(base, tmp_path / "t", 3, {"model"}, algorithm="random", time_budget_min=1e-9,
+                   log=lines.append, train=train)
+    assert records == [] and any("time budget" in line for line in lines)
+    records = tune(base, tmp_path / "t", 3, set(), resume=True, log=lines.append, train=train)
+    assert [r.status for r in records] == ["ok"] * 3
+    assert [r.objective for r in records] == sorted((r.objective for r in records), reverse=True)
+    assert os.readlink(tmp_path / "t" / "best") == os.path.join("trials", f"trial_00{records[0].trial}")
