@@ -6,7 +6,8 @@ are the same), from the real ImageNet weights in ``../shared/data/weights``:
 1. teacher: MobileNetV2 a0.5 fine-tuned by ``cvkeras finetune`` (cached in ``bench/out/distill/teacher``,
    reused when its ``metrics.json`` is there and its config matches);
 2. student alone: MobileNet a0.25 by ``cvkeras finetune``;
-3. student distilled: the same student, recipe, seed and step budget by ``cvkeras distill --teacher``;
+3. student distilled: the same student, recipe, seed and step budget by ``cvkeras distill --teacher``
+   (the student alone is cached like the teacher, so another --temperature/--alpha with --name reruns only this);
 4. ``cvkeras export --int8`` of the distilled student, with the default gates.
 
 Every step is the real command line (a subprocess), so the benchmark drives what users run. Goal (issue
@@ -53,6 +54,17 @@ def cli(*args: str, log: Path) -> float:
     return round(time.perf_counter() - start, 1)
 
 
+def cached(args: list[str], run: Path, log: Path) -> float | None:
+    """Run ``cvkeras ARGS --output RUN`` unless RUN already holds a finished run made by the same ARGS
+    (None: reused)."""
+    stamp = run.parent / f"{run.name}_args.json"
+    if (run / "metrics.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == args:
+        return None
+    seconds = cli(*args, "--output", str(run), "--force", log=log)
+    stamp.write_text(json.dumps(args))
+    return seconds
+
+
 def accuracy(run: Path) -> float:
     return json.loads((run / "metrics.json").read_text())["accuracy"]
 
@@ -66,6 +78,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.3, help="weight of the hard-label loss")
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="cap on steps per epoch (all runs)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--name", default="", help="subfolder of bench/out/distill for this setting's distilled run")
     args = ap.parse_args()
     for p in (FLOWERS, TEACHER_WEIGHTS, STUDENT_WEIGHTS):
         if not p.exists():
@@ -80,17 +93,12 @@ def main() -> None:
     teacher = OUT / "teacher"
     teacher_args = ["finetune", str(FLOWERS), "-m", "mobilenet_v2", "--alpha", "0.5", "--weights",
                     str(TEACHER_WEIGHTS), "--epochs", te1, "--fine-tune-epochs", te2, *common]
-    stamp = OUT / "teacher_args.json"
-    seconds: dict[str, float | None] = {}
-    if (teacher / "metrics.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == teacher_args:
-        seconds["teacher"] = None  # cached
-    else:
-        seconds["teacher"] = cli(*teacher_args, "--output", str(teacher), "--force", log=log)
-        stamp.write_text(json.dumps(teacher_args))
+    seconds: dict[str, float | None] = {"teacher": cached(teacher_args, teacher, log)}
     student = ["--weights", str(STUDENT_WEIGHTS), "--epochs", se1, "--fine-tune-epochs", se2, *common]
-    alone, distilled = OUT / "student_alone", OUT / "student_distilled"
-    seconds["student_alone"] = cli("finetune", str(FLOWERS), "-m", "mobilenet", "--alpha", "0.25", *student,
-                                   "--output", str(alone), "--force", log=log)
+    alone = OUT / "student_alone"  # the same for every --temperature/--alpha: cached like the teacher
+    distilled = OUT / (args.name or "") / "student_distilled"
+    seconds["student_alone"] = cached(["finetune", str(FLOWERS), "-m", "mobilenet", "--alpha", "0.25", *student],
+                                      alone, log)
     seconds["student_distilled"] = cli("distill", str(FLOWERS), "--teacher", str(teacher), "--student", "mobilenet",
                                        "--width", "0.25", "--temperature", str(args.temperature), "--alpha",
                                        str(args.alpha), *student, "--output", str(distilled), "--force", log=log)
@@ -112,7 +120,7 @@ def main() -> None:
         "seconds": seconds,
         "n_val": json.loads((distilled / "metrics.json").read_text()).get("n"),
     }
-    (OUT / "result.json").write_text(json.dumps(result, indent=2))
+    (distilled.parent / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
