@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.3, help="weight of the hard-label loss")
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="cap on steps per epoch (all runs)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--student-flags", default="", help="more finetune flags for both students, e.g. '--unfreeze all'")
+    ap.add_argument("--no-export", action="store_true", help="skip the int8 export of the distilled student")
     ap.add_argument("--name", default="", help="subfolder of bench/out/distill for this setting's distilled run")
     args = ap.parse_args()
     for p in (FLOWERS, TEACHER_WEIGHTS, STUDENT_WEIGHTS):
@@ -95,8 +97,10 @@ def main() -> None:
     teacher_args = ["finetune", str(FLOWERS), "-m", "mobilenet_v2", "--alpha", "0.5", "--weights",
                     str(TEACHER_WEIGHTS), "--epochs", te1, "--fine-tune-epochs", te2, *common]
     seconds: dict[str, float | None] = {"teacher": cached(teacher_args, teacher, log)}
-    student = ["--weights", str(STUDENT_WEIGHTS), "--epochs", se1, "--fine-tune-epochs", se2, *common]
-    alone = OUT / "student_alone"  # the same for every --temperature/--alpha: cached like the teacher
+    student = ["--weights", str(STUDENT_WEIGHTS), "--epochs", se1, "--fine-tune-epochs", se2, *common,
+               *args.student_flags.split()]
+    # the same for every --temperature/--alpha: cached like the teacher (per --student-flags)
+    alone = OUT / ("student_alone" + "".join(f"_{f.strip('-')}" for f in args.student_flags.split()))
     distilled = OUT / (args.name or "") / "student_distilled"
     seconds["student_alone"] = cached(["finetune", str(FLOWERS), "-m", "mobilenet", "--alpha", "0.25", *student],
                                       alone, log)
@@ -104,11 +108,13 @@ def main() -> None:
                                            "mobilenet", "--width", "0.25", "--temperature", str(args.temperature),
                                            "--alpha", str(args.alpha), *student], distilled, log)
     report_file = distilled / "export" / "export_report.json"
-    if report_file.is_file() and report_file.stat().st_mtime > (distilled / "best.keras").stat().st_mtime:
+    if args.no_export:
+        seconds["export_int8"] = None
+    elif report_file.is_file() and report_file.stat().st_mtime > (distilled / "best.keras").stat().st_mtime:
         seconds["export_int8"] = None  # this model's export is there
     else:
         seconds["export_int8"] = cli("export", str(distilled), "--int8", log=log, check=False)
-    report = json.loads(report_file.read_text())
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {"artifacts": []}
     int8 = {a["name"]: {"status": a["status"], "agreement": a.get("agreement"),
                         "accuracy_drop_points": a.get("accuracy_drop"),
                         "layers_kept_float": len(a.get("float_layers") or [])}
@@ -117,7 +123,7 @@ def main() -> None:
     result = {
         "data": f"flowers, seeded 80/20 split (seed 42), {args.size}x{args.size} px, batch {args.batch_size}",
         "teacher": {"model": "mobilenet_v2 a0.5", "epochs": [int(te1), int(te2)], "val_accuracy": acc_t},
-        "student": {"model": "mobilenet a0.25", "epochs": [int(se1), int(se2)],
+        "student": {"model": "mobilenet a0.25", "epochs": [int(se1), int(se2)], "flags": args.student_flags,
                     "steps_per_epoch": args.steps_per_epoch or "full"},
         "distill": {"temperature": args.temperature, "alpha": args.alpha},
         "val_accuracy": {"student_alone": acc_a, "student_distilled": acc_d},
