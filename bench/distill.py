@@ -136,10 +136,17 @@ def main() -> None:
     else:
         seconds["export_int8"] = cli("export", str(distilled), "--int8", log=log, check=False)
     report = json.loads(report_file.read_text()) if report_file.is_file() else {"artifacts": []}
-    int8 = {a["name"]: {"status": a["status"], "agreement": a.get("agreement"),
-                        "accuracy_drop_points": a.get("accuracy_drop"),
-                        "layers_kept_float": len(a.get("float_layers") or [])}
-            for a in report["artifacts"] if "int8" in a["name"]}
+    int8 = {}
+    for a in report["artifacts"]:
+        if "int8" not in a["name"] and "dynamic" not in a["name"]:
+            continue
+        full = (a.get("repair") or {}).get("full_int8") or {}
+        int8[a["name"]] = {"status": a["status"], "agreement": a.get("agreement"),
+                           "accuracy_drop_points": a.get("accuracy_drop"),
+                           "layers_kept_float": len(a.get("float_layers") or []),
+                           # what the fully quantized model scored before the repair kept layers in float
+                           "full_int8_agreement": full.get("agreement"),
+                           "full_int8_accuracy_drop_points": full.get("accuracy_drop")}
     acc_t, acc_a, acc_d = accuracy(teacher), accuracy(alone), accuracy(distilled)
     result = {
         "data": f"flowers, seeded 80/20 split (seed 42), {args.size}x{args.size} px, batch {args.batch_size}",
@@ -152,8 +159,10 @@ def main() -> None:
         "paired": paired(alone, distilled),
         "goal_gain_1_point": bool(100 * (acc_d - acc_a) >= 1.0),
         "int8_export": int8,
-        "int8_export_passed": (None if args.no_export
-                               else bool(int8) and all(a["status"] == "passed" for a in int8.values())),
+        # the export's own verdict (every artifact, exit 0), and whether int8 passed without keeping layers float
+        "export_passed": None if args.no_export else report.get("passed"),
+        "int8_passed_fully_quantized": (None if args.no_export else bool(int8) and all(
+            a["status"] == "passed" and not a["layers_kept_float"] for a in int8.values())),
         "seconds": seconds,
         "n_val": json.loads((distilled / "metrics.json").read_text()).get("n"),
     }
