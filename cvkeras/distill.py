@@ -92,7 +92,7 @@ class Distillation:
     def record(self, doc: dict[str, Any]) -> None:
         """Write the teacher into ``config.yaml`` (``run.distill``); finetune --config ignores it."""
         doc.setdefault("run", {})["distill"] = {
-            "teacher": str(self.teacher_run), "teacher_model": self.teacher_model,
+            "teacher": os.path.abspath(self.teacher_run), "teacher_model": self.teacher_model,
             "teacher_alpha": self.teacher_alpha, "teacher_image_size": list(self.teacher_size),
             "temperature": self.temperature, "alpha": self.alpha,
         }
