@@ -226,6 +226,17 @@ def demo(
     raise typer.Exit(code)
 
 
+def _register_search_commands() -> None:
+    """``distill`` and ``tune`` take finetune's flags: their modules build them from its signature."""
+    from cvkeras import distill_cli
+
+    distill_cli.register(app, finetune, fail, run_finetune, FinetuneHelpCommand)
+    distill_cli.register_tune(app, finetune, fail, FinetuneHelpCommand)
+
+
+_register_search_commands()
+
+
 def terminate_as_interrupt() -> None:
     """SIGTERM acts like Ctrl-C: ``finally`` blocks run, so temp files and folders are removed and
     checkpoints stay consistent (the default SIGTERM kills the process where it stands)."""

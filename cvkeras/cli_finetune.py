@@ -88,14 +88,14 @@ def finetune(
     run_finetune(cfg, output, force, resume, quiet)
 
 
-def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False):
+def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False, hook=None):
     """Call the trainer, turning expected failures into one-line errors; print the summary."""
     from cvkeras.rundir import os_error_line
     from cvkeras.train import finetune
 
     try:
         result = finetune(cfg, output=output, force=force, resume=resume, verbose=0 if quiet else None,
-                          log=(lambda line: None) if quiet else None)
+                          log=(lambda line: None) if quiet else None, hook=hook)
     except CvkerasError as exc:  # exit 1 for a diverged loss, 2 for the rest
         raise fail(exc) from None
     except OSError as exc:

@@ -97,10 +97,12 @@ def header_lines(cfg: FinetuneConfig, run: Path, classes: list[str], n_train: in
 
 def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False, resume: bool = False,
              verbose: int | None = None, callbacks: list | None = None,
-             log: Callable[[str], None] | None = None) -> FinetuneResult:
+             log: Callable[[str], None] | None = None, hook: Any = None) -> FinetuneResult:
     """Run (or resume) a fine-tuning job end to end and write the run directory.
 
-    ``log`` receives the story lines (header, stage labels); default: print to stdout.
+    ``log`` receives the story lines (header, stage labels); default: print to stdout. ``hook`` (e.g.
+    :class:`cvkeras.distill.Distillation`) has ``check(classes)`` (before the run directory is touched),
+    ``record(config_doc)`` and ``attach(model)`` (after the model is built or loaded).
     """
     log = log or (lambda line: print(line, flush=True))
     if os.environ.get("CVKERAS_CPU_DEVICES"):
@@ -114,13 +116,14 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with contextlib.ExitStack() as stack:  # holds the run directory's lock until training is done
-            return _finetune(cfg, output, force, resume, verbose, callbacks, stack, log)
+            return _finetune(cfg, output, force, resume, verbose, callbacks, stack, log, hook)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool, verbose: int | None,
-              callbacks: list | None, stack: contextlib.ExitStack, log: Callable[[str], None]) -> FinetuneResult:
+              callbacks: list | None, stack: contextlib.ExitStack, log: Callable[[str], None],
+              hook: Any = None) -> FinetuneResult:
     import keras
 
     from cvkeras.data import load_source
@@ -140,6 +143,8 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         if output:
             _check_output_vs_data(Path(output), cfg.data)
         split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
+        if hook:
+            hook.check(split.classes)
     run, cfg = _prepare_run(cfg, output, force, resume, stack)
     rd = RunDir(run)
     spec = _resolve_model(cfg)
@@ -159,7 +164,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         log(f"--weights {cfg.weights}: training the whole network in every stage (--unfreeze all)")
         cfg.unfreeze = "all"
     if write and not resume:
-        _write_run_files(rd, cfg, split, precision, strategy.num_replicas_in_sync, pretrained)
+        _write_run_files(rd, cfg, split, precision, strategy.num_replicas_in_sync, pretrained, hook)
     data = _datasets(cfg, split, run, num_classes)
 
     state: dict[str, Any] = rd.state() if resume else {
@@ -172,6 +177,8 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
             model = _load_checkpoint(rd)
         else:
             model = build_classifier(spec, num_classes, cfg.image_size, cfg.alpha, cfg.weights, cfg.dropout)
+        if hook:
+            hook.attach(model)
     export_model = float32_copy(model)  # the trained network's own config, in float32
     checkpointer = _make_checkpointer(run, export_model, state, cfg.patience, write)
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
@@ -222,12 +229,16 @@ def _recorded_split(rd: RunDir, cfg: FinetuneConfig):
 
 
 def _write_run_files(rd: RunDir, cfg: FinetuneConfig, split, precision: str, replicas: int,
-                     pretrained: bool) -> None:
-    """config.yaml (with the run's facts), labels.txt, split.json and skipped.txt."""
-    rd.write_config(cfg, {"precision": precision, "replicas": replicas, "classes": len(split.classes),
-                          "cvkeras": __import__("cvkeras").__version__,
-                          "trains": ("head, then the top --unfreeze of the backbone (BatchNorm frozen)" if pretrained
-                                     else "the whole network in every stage, BatchNorm included (from scratch)")})
+                     pretrained: bool, hook: Any = None) -> None:
+    """config.yaml (with the run's facts; ``hook.record`` adds its own), labels.txt, split.json, skipped.txt."""
+    doc = cfg.to_dict()
+    doc["run"] = {"precision": precision, "replicas": replicas, "classes": len(split.classes),
+                  "cvkeras": __import__("cvkeras").__version__,
+                  "trains": ("head, then the top --unfreeze of the backbone (BatchNorm frozen)" if pretrained
+                             else "the whole network in every stage, BatchNorm included (from scratch)")}
+    if hook:
+        hook.record(doc)
+    rd.write_config(doc)
     rd.write_labels(split.classes)
     rd.write_split(split.to_json(cfg.seed))
     if split.skipped:
