@@ -155,7 +155,8 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
         if a.repair:
             full = a.repair.get("full_int8", {})
             row["before_repair"] = {"agreement_pct": _pct(full.get("agreement")),
-                                    "accuracy_drop_points": full.get("accuracy_drop"),
+                                    "accuracy_drop_points": None if full.get("accuracy_drop") is None
+                                    else round(100 * full["accuracy_drop"], 2),  # the JSON's fraction
                                     "size_bytes": full.get("size_bytes")}
             row["repair_size_cost"] = a.repair.get("size_cost")
             row["repair_latency_cost"] = a.repair.get("latency_cost")

@@ -70,6 +70,7 @@ def models(
     measure: str = typer.Option(None, "--measure", help="Build this model here and measure it (needs TensorFlow)."),
     alpha: float = typer.Option(None, help="Width multiplier for --measure."),
     image_size: int = typer.Option(None, "--image-size", help="Input size in px for --measure."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table (docs/json.md)."),
 ) -> None:
     """List the backbones by what an edge model is chosen by: parameters, multiply-adds and file size.
 
@@ -90,6 +91,10 @@ def models(
         specs, stats = [REGISTRY[row["name"]]], {row["name"]: row}
     else:
         specs, stats = list(REGISTRY.values()), load_table()
+    if json_out:
+        print_json({"schema": schema_id("models"), "models": [models_row(spec, stats.get(spec.name, {}))
+                                                              for spec in specs]})
+        return
     from rich import box
 
     table = Table(title=f"{len(specs)} Keras Applications backbone{'s' if len(specs) > 1 else ''}",
@@ -108,6 +113,33 @@ def models(
     if not measure:
         console.print("Backbones without head, at the default size and width. `cvkeras models --measure NAME "
                       "[--alpha A] [--image-size N]` builds one here and times it on this machine.")
+
+
+def print_json(doc: dict) -> None:
+    """One JSON document on stdout (NaN and infinities as null: bare NaN is not JSON)."""
+    import json
+
+    from serving.cli import _json_safe
+
+    print(json.dumps(_json_safe(doc), allow_nan=False))
+
+
+def schema_id(kind: str) -> str:
+    from serving.schema import schema_id as sid
+
+    return sid(kind)
+
+
+def models_row(spec, row: dict) -> dict:
+    """One backbone for ``models --json`` (``cvkeras.models/1``): sizes in bytes from the parameter count."""
+    params = row.get("params")
+    out = {"name": spec.name, "alphas": list(spec.alphas or []), "alpha": row.get("alpha"),
+           "input_size": list(row.get("input_size", spec.input_size)), "params": params,
+           "gmacs": row.get("gmacs"), "float32_size_bytes": None if params is None else 4 * params,
+           "int8_size_bytes": params}
+    if "cpu_ms" in row:
+        out["cpu_ms"] = row["cpu_ms"]
+    return out
 
 
 @app.command(cls=FinetuneHelpCommand)
@@ -152,6 +184,8 @@ def finetune(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --output."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors, warnings and the final line."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary (docs/json.md) instead of the "
+                                                        "progress and summary lines."),
 ) -> None:
     """Fine-tune a classifier on labelled images and write a run directory.
 
@@ -186,7 +220,12 @@ def finetune(
         base.alpha = None  # a replayed config's width and size belong to its own model
         base.image_size = None
     cfg = base.merged(overrides)
-    run_finetune(cfg, output, force, resume, quiet)
+    result = run_finetune(cfg, output, force, resume, quiet or json_out, json_out)
+    if json_out:
+        print_json({"schema": schema_id("finetune"), "run": str(result.run_dir), "epochs_run": result.epochs_run,
+                    "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                    "precision": result.precision, "replicas": result.replicas, "skipped": result.skipped,
+                    "metrics": result.metrics})
 
 
 def get_model_name(name: str) -> str:
@@ -198,7 +237,7 @@ def get_model_name(name: str) -> str:
         return name
 
 
-def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False):
+def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False, no_final: bool = False):
     """Call the trainer, turning expected failures into one-line errors; print the summary."""
     from cvkeras.data import DataError
     from cvkeras.model import WeightsError
@@ -229,7 +268,8 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool
     if not quiet:
         for line in summary_lines(result):
             console.print(line, highlight=False, soft_wrap=True, markup=False)
-    console.print(final_line(result), highlight=False, soft_wrap=True, markup=False)
+    if not no_final:  # --json: stdout holds the JSON document only
+        console.print(final_line(result), highlight=False, soft_wrap=True, markup=False)
     return result
 
 
@@ -267,6 +307,7 @@ def evaluate(
     run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),
     data: str = typer.Option(None, help="Evaluate on another dataset with the same classes."),
     split: str = typer.Option("val", help="val or test."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics report as JSON (docs/json.md)."),
 ) -> None:
     """Recompute a run's metrics report (metrics.json, confusion_matrix.png) from best.keras."""
     _quiet_tf()
@@ -283,7 +324,10 @@ def evaluate(
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(os_error_line(exc)) from None
-    table = Table(title=f"{run} ({split})")
+    if json_out:
+        print_json(report)
+        return
+    table = Table(title=f"{run} ({split if data is None else data})")
     table.add_column("metric")
     table.add_column("value")
     for k, v in summary_rows(report):

@@ -45,7 +45,7 @@ def print_table(report) -> None:
         table.add_row(
             a.name, _fmt(None if a.accuracy is None else 100 * a.accuracy, ".2f"), drop, agree,
             _fmt(a.max_abs_diff, ".1e"),
-            _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms, ".2f"),
+            _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms_per_image, ".2f"),
             "-" if a.float_layers is None else str(len(a.float_layers)),
             f"[{colour}]{a.status}[/{colour}]",
         )
@@ -85,6 +85,8 @@ def export(
                                 help="When int8 misses a gate, keep its worst layers in float until it passes."),
     calibration_flip: bool = typer.Option(True, "--calibration-flip/--no-calibration-flip",
                                           help="Calibrate on the calibration images and their mirror images."),
+    json_out: bool = typer.Option(False, "--json", help="Print export_report.json on stdout instead of the "
+                                                        "table (docs/json.md)."),
 ) -> None:
     """Export a fine-tuned run to ONNX and TFLite, each checked against the Keras model.
 
@@ -128,14 +130,26 @@ def export(
     except OSError as exc:  # e.g. a read-only run directory
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         raise typer.Exit(2) from None
-    print_table(report)
+    if json_out:
+        import json
+
+        from serving.cli import _json_safe
+
+        print(json.dumps(_json_safe(report.to_dict()), allow_nan=False))
+    else:
+        print_table(report)
     if output is None or Path(output).resolve() == (Path(run) / "export").resolve():
         from cvkeras.report import refresh
 
         refresh(run, warn=lambda line: print(line, file=sys.stderr))
+    for name in report.unverified_files:
+        print(f"warning: {Path(report.output) / name}: not made by this export, and cvkeras cannot prove it "
+              "wrote it, so it was left in place unverified (listed in unverified_files of the report); "
+              "delete or move it", file=sys.stderr)
     for a in report.artifacts:
         if not a.ok:
             print(f"error: {a.error or a.name + ': ' + a.status}", file=sys.stderr)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
-    print(f"all {len(report.artifacts)} artifacts verified; report: {Path(report.output) / REPORT_FILE}")
+    if not json_out:
+        print(f"all {len(report.artifacts)} artifacts verified; report: {Path(report.output) / REPORT_FILE}")

@@ -71,6 +71,9 @@ class ExportReport:
     artifacts: list[ArtifactResult] = field(default_factory=list)
     seconds: float = 0.0
     images: dict[str, Any] = field(default_factory=dict)  # fidelity / val / held-back / calibration counts
+    #: model files in the export folder that this export did not write and cvkeras cannot prove it wrote:
+    #: left in place, never checked (see :func:`unverified_files`)
+    unverified_files: list[str] = field(default_factory=list)
 
     @property
     def conversion_errors(self) -> list[ArtifactResult]:
@@ -93,12 +96,25 @@ class ExportReport:
         return next(a for a in self.artifacts if a.name == name)
 
     def to_dict(self) -> dict[str, Any]:
+        """``export_report.json`` (``cvkeras.export_report/1``, docs/json.md): proportions as fractions,
+        files relative to the run directory (absolute when the export folder is outside it)."""
+        from serving.schema import points_to_fraction, schema_id
+
+        def rel(path: str) -> str:
+            try:
+                return Path(path).resolve().relative_to(Path(self.run).resolve()).as_posix()
+            except ValueError:
+                return str(Path(path).resolve())
+
+        settings = {**self.settings, "max_accuracy_drop": points_to_fraction(self.settings["max_accuracy_drop"])}
         return {
-            "run": self.run, "output": self.output, "model_name": self.model_name,
+            "schema": schema_id("export_report"),
+            "run": self.run, "output": rel(self.output), "model_name": self.model_name,
             "input_size": self.input_size, "labels": self.labels,
             "keras": {"accuracy": self.keras_accuracy, "n": self.n_val},
-            "images": self.images, "settings": self.settings, "passed": self.passed, "seconds": round(self.seconds, 1),
-            "artifacts": [a.to_dict() for a in self.artifacts],
+            "images": self.images, "settings": settings, "passed": self.passed, "seconds": round(self.seconds, 1),
+            "artifacts": [{**a.to_dict(), "path": rel(a.path)} for a in self.artifacts],
+            "unverified_files": self.unverified_files,
         }
 
 
@@ -237,6 +253,11 @@ def export_run(
     keras_probs = _predict(model, data.images)
     val = data.val
     keras_acc = float((keras_probs[val].argmax(1) == data.labels[val]).mean())
+    _prepare_output(out_dir)
+    removed = remove_previous_export(out_dir)
+    if removed:
+        say(f"removed {len(removed)} file(s) of the previous export in {out_dir} (an export replaces it): "
+            f"{', '.join(removed)}")
     meta_io.write_labels(out_dir, labels)
     ref_paths = None if data.paths is None else meta_io.relative_paths(data.paths, split.get("root"))
     meta_io.write_reference(out_dir, ref_paths, data.labels, keras_probs, keras_acc, data.splits)
@@ -282,10 +303,102 @@ def export_run(
                   data.calibration)
     _convert_tflite(model, results, io_type, calib_images, metadata, say, check, fast_check, repair,
                     data.calibration)
+    for res in results.values():
+        if res.status == "failed" and Path(res.path).is_file():
+            _mark_failed(res)
     report.artifacts = list(results.values())
+    report.unverified_files = unverified_files(out_dir, [Path(r.path).name for r in report.artifacts])
     report.seconds = time.perf_counter() - t0
     rundir.write_json(out_dir / REPORT_FILE, report.to_dict())
     return report
+
+
+# --- the export folder holds one export: the previous one's models go, failed ones are marked ----------
+
+def _is_model_file(path: Path) -> bool:
+    """A file a device could load as a model: ``*.onnx``, ``*.tflite`` or a TFLite metadata sidecar."""
+    return path.is_file() and (path.suffix in (".onnx", ".tflite") or path.name.endswith(".tflite.json"))
+
+
+def _manifest_of(path: Path) -> tuple[Path, list[str]] | None:
+    """The marked run folder that records files written at ``path`` and its manifest (as ``rundir`` looks)."""
+    from cvkeras import rundir
+
+    for folder in (path.parent, path.parent.parent, path.parent.parent.parent):
+        if (folder / rundir.MARKER).is_file():
+            try:
+                return folder, rundir.read_manifest(folder)
+            except rundir.RunDirError:
+                return None  # a damaged marker proves nothing
+    return None
+
+
+def written_by_cvkeras(path: str | os.PathLike) -> bool:
+    """True when the manifest of the run folder holding ``path`` records that cvkeras wrote it."""
+    p = Path(path)
+    found = _manifest_of(p)
+    return found is not None and p.relative_to(found[0]).as_posix() in found[1]
+
+
+def _prepare_output(out_dir: Path) -> None:
+    """Create the export folder; one outside any marked run, new or empty, gets its own marker so that
+    the next export can prove which files it may replace."""
+    from cvkeras import rundir
+
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if _manifest_of(out_dir / REPORT_FILE) is None:
+        rundir.mark_run(out_dir)
+
+
+def remove_previous_export(out_dir: Path) -> list[str]:
+    """Remove the model files (and ``export_report.json``) of an earlier export from ``out_dir``: only
+    those the run's manifest proves cvkeras wrote. Returns their names. Files this export makes are
+    written again; a file it does not make (another precision, a failed mark) is gone, so no model in
+    the folder is missing from the new report."""
+    removed = []
+    for f in sorted(out_dir.iterdir()):
+        if (_is_model_file(f) or f.name == REPORT_FILE) and written_by_cvkeras(f):
+            f.unlink()
+            removed.append(f.name)
+    return removed
+
+
+def unverified_files(out_dir: Path, made: Sequence[str]) -> list[str]:
+    """Model files in ``out_dir`` that are not this export's (``made``, sidecars included) and that cvkeras
+    cannot prove it wrote: export leaves them in place and lists them, unverified."""
+    from serving.metadata import sidecar_path
+
+    ours = set(made) | {sidecar_path(m).name for m in made if m.endswith(".tflite")}
+    return [f.name for f in sorted(out_dir.iterdir()) if _is_model_file(f) and f.name not in ours]
+
+
+def _mark_failed(res: ArtifactResult) -> None:
+    """Keep a failed artifact for inspection under a name no device loads by default
+    (``model_int8.FAILED.onnx``), its metadata saying it failed and why (``serving`` warns or refuses)."""
+    from cvkeras.rundir import atomic_write
+    from export import to_onnx
+    from serving.metadata import ModelMetadata, failed_name, read_metadata, sidecar_path
+
+    old = Path(res.path)
+    new = failed_name(old)
+    mark = {"status": "failed", "reason": res.error or res.status}
+    if old.suffix == ".onnx":
+        proto = to_onnx_load(str(old))
+        meta = ModelMetadata.from_json(_onnx_meta(str(old)), str(old))
+        meta.extra["verification"] = mark
+        meta_io.embed_onnx(proto, meta)
+        atomic_write(new, lambda tmp: to_onnx.save(proto, tmp))
+    else:
+        meta = read_metadata(old)
+        meta.extra["verification"] = mark
+        atomic_write(new, old.read_bytes())
+        meta_io.write_sidecar(new, meta)
+        sidecar_path(old).unlink(missing_ok=True)
+    old.unlink()
+    res.path = str(new)
+    res.error = f"{res.error or res.name + ': ' + res.status} (kept as {new.name}, marked failed)"
 
 
 def _predict(model, images: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -417,11 +530,11 @@ def _record_repair(res: ArtifactResult, full: dict[str, Any], outcome) -> None:
     """The repair's outcome in the artifact row: layers kept float, what it cost, every candidate tried."""
     doc = outcome.to_dict()
     doc["full_int8"] = {k: full.get(k) for k in ("agreement", "agreement_ci", "accuracy_drop", "accuracy_drop_ci",
-                                                   "size_bytes", "latency_ms", "error")}
+                                                   "size_bytes", "latency_ms_per_image", "error")}
     if outcome.passed and res.size_bytes and full.get("size_bytes"):
         doc["size_cost"] = round(res.size_bytes / full["size_bytes"], 4)
-        if full.get("latency_ms") and res.latency_ms:
-            doc["latency_cost"] = round(res.latency_ms / full["latency_ms"], 4)
+        if full.get("latency_ms_per_image") and res.latency_ms_per_image:
+            doc["latency_cost"] = round(res.latency_ms_per_image / full["latency_ms_per_image"], 4)
     res.float_layers = outcome.float_layers if outcome.passed else None
     res.repair = doc
     if not outcome.passed:

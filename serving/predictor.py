@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,14 @@ from typing import Any, overload
 import numpy as np
 from PIL import Image
 
-from serving.metadata import MetadataError, ModelMetadata, metadata_from_props, read_metadata
+from serving.metadata import (
+    FailedModelWarning,
+    MetadataError,
+    ModelMetadata,
+    failed_name,
+    metadata_from_props,
+    read_metadata,
+)
 from serving.preprocess import JPEG_SCALING, ImageError, load_resized
 
 #: ONNX Runtime session config key: "1" selects exact (U8U8) int8 kernels on x86 CPUs without VNNI.
@@ -270,8 +278,17 @@ def _models_in(folder: Path) -> list[Path]:
     return sorted(f for f in folder.glob("*") if f.suffix in (".onnx", ".tflite") and f.is_file())
 
 
+def failed_model_line(p: Path, reason: str) -> str:
+    """What to say about a model whose metadata marks it failed (kept by export for inspection only)."""
+    return (f"{p}: this model FAILED its export check ({reason}); it is kept for inspection, not for "
+            "deployment -- see export_report.json and use a model that passed")
+
+
 def not_a_model_hint(p: Path) -> str:
     """The error line for a model path that is not a file: what it is instead, and what to pass or run."""
+    if not p.exists() and failed_name(p).is_file():
+        return (f"{p}: failed its export check and was kept as {failed_name(p).name} for inspection only "
+                f"(see {p.parent / 'export_report.json'}); deploy a model that passed, or re-export")
     if p.is_dir():
         models = _models_in(p) or _models_in(p / "export")
         if models:
@@ -351,6 +368,8 @@ class Predictor:
         if runner.num_classes is not None and runner.num_classes != len(meta.labels):
             raise MetadataError(f"{p}: metadata has {len(meta.labels)} labels but the model outputs "
                                 f"{runner.num_classes} classes; re-export the model")
+        if meta.failed_check:
+            warnings.warn(failed_model_line(p, meta.failed_check), FailedModelWarning, stacklevel=2)
         return cls(runner, meta, p, decode_workers, mode,
                    make_runner if p.suffix == ".onnx" else None)  # LiteRT: one interpreter serves both
 
