@@ -140,10 +140,10 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
         row = {
             "artifact": a.name, "status": a.status,
             "agreement_pct": _pct(a.agreement), "agreement_ci_pct": [_pct(v) for v in a.agreement_ci or []],
-            "n_agreement": a.n_agreement,
-            "accuracy_pct": _pct(a.accuracy),
+            "n_agreement": a.n_reference,
+            "accuracy_pct": _pct(a.paired_accuracy),
             "accuracy_drop_points": None if a.accuracy_drop is None else round(a.accuracy_drop, 2),
-            "accuracy_drop_ci_points": [round(v, 2) for v in a.accuracy_drop_ci or []], "n_val": a.n,
+            "accuracy_drop_ci_points": [round(v, 2) for v in a.accuracy_drop_ci or []], "n_val": a.n_paired,
             "size_mb": None if a.size_bytes is None else round(a.size_bytes / 2**20, 3),
             "size_ratio": None if not sizes.get(fmt_float) or a.size_bytes is None
             else round(a.size_bytes / sizes[fmt_float], 3),

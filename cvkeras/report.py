@@ -24,8 +24,8 @@ import numpy as np
 REPORT = "report.html"
 EXPORT_REPORT = Path("export") / "export_report.json"
 #: Columns of the export table, in order, when the artifact rows carry them.
-EXPORT_COLUMNS = ("name", "status", "accuracy", "accuracy_drop", "agreement", "size_bytes", "latency_ms_per_image",
-                  "n")
+EXPORT_COLUMNS = ("name", "status", "paired_accuracy", "accuracy_drop", "agreement", "size_bytes",
+                  "latency_ms_per_image", "n_paired")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;

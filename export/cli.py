@@ -43,7 +43,7 @@ def print_table(report) -> None:
         if a.agreement_ci:
             agree += f" [{100 * a.agreement_ci[0]:.2f}, {100 * a.agreement_ci[1]:.2f}]"
         table.add_row(
-            a.name, _fmt(None if a.accuracy is None else 100 * a.accuracy, ".2f"), drop, agree,
+            a.name, _fmt(None if a.paired_accuracy is None else 100 * a.paired_accuracy, ".2f"), drop, agree,
             _fmt(a.max_abs_diff, ".1e"),
             _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms_per_image, ".2f"),
             "-" if a.float_layers is None else str(len(a.float_layers)),

@@ -17,6 +17,11 @@ model_dynamic.tflite tflite + int8  dynamic-range (int8 weights, float activatio
 plus ``labels.txt``, ``reference.npz`` (Keras outputs on fixed validation images), a JSON sidecar
 ``<name>.tflite.json`` per TFLite file and ``export_report.json``. Every file is written atomically.
 Each artifact is then run on the validation split through ``serving`` and compared with Keras.
+
+The export folder holds one export: the previous export's model files (those the run's manifest proves
+cvkeras wrote) are removed before the new ones are written; a model file cvkeras cannot prove it wrote is
+left and listed as ``unverified_files``. An artifact that fails its check is kept as
+``<stem>.FAILED<suffix>`` with ``extra.verification`` in its metadata (``serving`` warns or refuses).
 """
 
 from __future__ import annotations

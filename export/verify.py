@@ -38,8 +38,8 @@ class ArtifactResult:
     ``status``: ``passed`` | ``failed`` (missed its gate, or could not be run) | ``error`` (conversion
     failed) | ``skipped`` (its float32 parent failed). Accuracies and agreement are fractions,
     ``accuracy_drop`` and its interval are in points (fractions in :meth:`to_dict`, the JSON).
-    ``accuracy``/``accuracy_drop`` are over the ``n`` labelled validation images, ``agreement`` over all
-    ``n_agreement`` fidelity images.
+    ``paired_accuracy``/``accuracy_drop`` are over the ``n_paired`` labelled validation images,
+    ``agreement`` over all ``n_reference`` fidelity images (the names of ``validate --json``).
     """
 
     name: str
@@ -48,15 +48,15 @@ class ArtifactResult:
     path: str
     status: str = "skipped"
     size_bytes: int | None = None
-    accuracy: float | None = None
+    paired_accuracy: float | None = None  # names as in ``validate --json``: one name per figure
     accuracy_drop: float | None = None
     accuracy_drop_ci: list[float] | None = None
     agreement: float | None = None
     agreement_ci: list[float] | None = None
     max_abs_diff: float | None = None
     latency_ms_per_image: float | None = None
-    n: int = 0
-    n_agreement: int = 0
+    n_paired: int = 0
+    n_reference: int = 0
     gate: str = ""
     error: str | None = None
     float_layers: list[str] | None = None  # layers an int8 repair kept in float32
@@ -105,9 +105,9 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
         result.status = "failed"
         result.error = f"{path.name}: cannot be run ({first_line(exc)})"
         return result
-    result.n = report.n_paired
-    result.n_agreement = report.n_reference
-    result.accuracy = report.paired_accuracy
+    result.n_paired = report.n_paired
+    result.n_reference = report.n_reference
+    result.paired_accuracy = report.paired_accuracy
     result.accuracy_drop = report.accuracy_drop
     result.accuracy_drop_ci = report.accuracy_drop_ci
     result.agreement = report.agreement

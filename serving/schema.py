@@ -49,7 +49,9 @@ checks that this file is up to date and that every command's real JSON matches i
   **fractions 0..1**. Only the `--max-accuracy-drop` flag and the console tables speak in percentage points;
   the JSON carries `points / 100` (`0.01` = one point). Sizes are `size_bytes` (bytes); latencies are
   `latency_ms_per_image` (mean model time per image, ms) and its `_p50`/`_p95`/`_rounds` variants in
-  `benchmark`; durations in `seconds` or `_ms`; probabilities 0..1.
+  `benchmark`; durations in `seconds` or `_ms`; probabilities 0..1. A figure has one name in every
+  document: an `export_report.json` artifact row and `validate --json` share `paired_accuracy`,
+  `n_paired`, `n_reference`, `accuracy_drop`, `agreement`, `max_abs_diff`, `latency_ms_per_image`.
 - **Paths**: files inside a run directory are relative to it (`export/model_int8.onnx`); a path the user
   passed (an image, a model, `--data`) is printed as given.
 - Field paths: `a.b` is key `b` of object `a`, `a[]` an item of list `a`, `*` any key (a class name).
@@ -140,15 +142,15 @@ _EXPORT_FIELDS = (
     _f(f"{_ARTIFACT}.status", "string", "", "`passed`, `failed` (missed a gate or cannot run), `error` (conversion "
                                             "failed, no file) or `skipped` (its parent failed)"),
     _f(f"{_ARTIFACT}.size_bytes", "int|null", "bytes", "file size"),
-    _f(f"{_ARTIFACT}.accuracy", "number|null", FRACTION, "accuracy on the labelled validation images"),
+    _f(f"{_ARTIFACT}.paired_accuracy", "number|null", FRACTION, "accuracy on the labelled validation images"),
     _f(f"{_ARTIFACT}.accuracy_drop", "number|null", FRACTION, "Keras accuracy minus this one, paired"),
     _f(f"{_ARTIFACT}.accuracy_drop_ci", "list[number]|null", _CI, "of the drop (Agresti-Min, paired)"),
     _f(f"{_ARTIFACT}.agreement", "number|null", FRACTION, "top-1 agreement with Keras over the fidelity images"),
     _f(f"{_ARTIFACT}.agreement_ci", "list[number]|null", _CI, "of the agreement (Wilson)"),
     _f(f"{_ARTIFACT}.max_abs_diff", "number|null", "probability", "largest |p - p_keras|"),
     _f(f"{_ARTIFACT}.latency_ms_per_image", "number|null", "ms", "mean model time per image, batch 1"),
-    _f(f"{_ARTIFACT}.n", "int", "images", "labelled images the drop is over"),
-    _f(f"{_ARTIFACT}.n_agreement", "int", "images", "images the agreement is over"),
+    _f(f"{_ARTIFACT}.n_paired", "int", "images", "labelled validation images the drop is over"),
+    _f(f"{_ARTIFACT}.n_reference", "int", "images", "fidelity images the agreement is over"),
     _f(f"{_ARTIFACT}.gate", "string", "", "the gate, in words"),
     _f(f"{_ARTIFACT}.error", "string|null", "", "why it did not pass"),
     _f(f"{_ARTIFACT}.float_layers", "list[string]|null", "", "layers a repair kept in float32"),

@@ -16,6 +16,7 @@ from export_helpers import make_int8_hostile_run, make_tiny_run
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
+from serving.schema import problems
 
 MODEL_SUFFIXES = (".onnx", ".tflite")
 
@@ -50,6 +51,7 @@ def test_reexport_removes_the_previous_exports_models_and_marks_failed_ones(mark
     first = _cli("export", run, "--int8", "--fp16", "--no-repair", "--threads", "1")
     assert first.exit_code == 1, first.output + first.stderr
     report = _report(out)
+    assert problems(report, "export_report") == []
     failed = [a for a in report["artifacts"] if a["status"] == "failed"]
     assert any(a["name"] == "model_int8.onnx" for a in failed)
     # every model file is in the report, a failed one only under its FAILED name, with the mark inside
@@ -77,6 +79,11 @@ def test_reexport_removes_the_previous_exports_models_and_marks_failed_ones(mark
     assert missing.exit_code == 2 and "kept as model_int8.FAILED.onnx" in missing.stderr
     checked = _cli("validate", onnx_failed, "--json")
     assert "warning:" in checked.stderr and "FAILED its export check" in checked.stderr
+    # on the run's val split, validate gives the export's drop for the failed file, under the same names
+    got, row = json.loads(checked.stdout), next(a for a in failed if a["name"] == "model_int8.onnx")
+    assert problems(got, "validation") == []
+    for key in ("n_paired", "paired_accuracy", "accuracy_drop", "accuracy_drop_ci"):
+        assert got[key] == row[key], key
 
     # a model file cvkeras did not write is never removed: listed as unverified, with a warning
     shutil.copyfile(out / "model.onnx", out / "mine.onnx")
@@ -84,6 +91,7 @@ def test_reexport_removes_the_previous_exports_models_and_marks_failed_ones(mark
     assert second.exit_code == 0, second.output + second.stderr
     assert "removed " in second.stderr and "model_int8.FAILED.onnx" in second.stderr
     report = _report(out)
+    assert problems(report, "export_report") == []
     assert [a["name"] for a in report["artifacts"]] == ["model.onnx", "model.tflite"]
     assert report["unverified_files"] == ["mine.onnx"]
     assert _models(out) == {"model.onnx", "model.tflite", "mine.onnx"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import LABELS, make_onnx, metadata, write_class_folder
+from serving_helpers import make_onnx, metadata, write_class_folder
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
