@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cvkeras.helpfmt import FinetuneHelpCommand, HelpCommand, HelpGroup
+from serving.schema import schema_id  # standard library only: cheap for --help
 
 app = typer.Typer(
     help="Fine-tune Keras Applications classifiers, export them to ONNX/TFLite and run them on devices.",
@@ -122,12 +123,6 @@ def print_json(doc: dict) -> None:
     from serving.cli import _json_safe
 
     print(json.dumps(_json_safe(doc), allow_nan=False))
-
-
-def schema_id(kind: str) -> str:
-    from serving.schema import schema_id as sid
-
-    return sid(kind)
 
 
 def models_row(spec, row: dict) -> dict:
