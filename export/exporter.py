@@ -388,6 +388,11 @@ def _mark_failed(res: ArtifactResult) -> None:
 
     old = Path(res.path)
     new = failed_name(old)
+    if new.exists():  # left by remove_previous_export: not provably cvkeras's, so never overwritten
+        old.unlink()
+        sidecar_path(old).unlink(missing_ok=True)
+        res.error = f"{res.error or res.name + ': ' + res.status} (not kept: {new.name} exists and is not cvkeras's)"
+        return
     mark = {"status": "failed", "reason": res.error or res.status}
     if old.suffix == ".onnx":
         proto = to_onnx_load(str(old))

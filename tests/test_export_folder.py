@@ -127,3 +127,30 @@ def test_failed_mark_is_read_from_the_metadata(tmp_path):
     meta.extra["verification"] = {"status": "failed", "reason": "agreement 0.5 < 0.99"}
     assert ModelMetadata.from_json(meta.to_json()).failed_check == "agreement 0.5 < 0.99"
     assert failed_name("export/model_int8.tflite") == Path("export/model_int8.FAILED.tflite")
+
+
+def test_mark_failed_renames_marks_and_never_overwrites_a_foreign_file(tmp_path):
+    """``_mark_failed`` on a real (tiny) ONNX model: renamed, marked in its metadata, warned about on load."""
+    from serving_helpers import make_onnx, metadata
+
+    from export.exporter import _mark_failed
+    from export.verify import ArtifactResult
+    from serving.metadata import FailedModelWarning
+    from serving.predictor import Predictor
+
+    path = make_onnx(tmp_path / "model_int8.onnx", metadata())
+    res = ArtifactResult("model_int8.onnx", "onnx", "int8", str(path), status="failed",
+                         error="model_int8.onnx: top-1 agreement 50.00 % < 99 % required")
+    _mark_failed(res)
+    assert Path(res.path).name == "model_int8.FAILED.onnx" and not path.exists()
+    with pytest.warns(FailedModelWarning, match="FAILED its export check"):
+        predictor = Predictor.load(res.path)
+    assert predictor.metadata.failed_check == "model_int8.onnx: top-1 agreement 50.00 % < 99 % required"
+
+    mine = tmp_path / "other" / "model_int8.FAILED.onnx"  # a file of that name cvkeras cannot prove it wrote
+    mine.parent.mkdir()
+    mine.write_bytes(b"user file")
+    again = make_onnx(mine.parent / "model_int8.onnx", metadata())
+    res = ArtifactResult("model_int8.onnx", "onnx", "int8", str(again), status="failed", error="x: failed")
+    _mark_failed(res)
+    assert mine.read_bytes() == b"user file" and not again.exists() and "not kept" in res.error
