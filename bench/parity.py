@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = next((b / "shared" / "data" for b in (ROOT.parent, ROOT.parent.parent)  # checkout or worktree
@@ -95,7 +94,7 @@ def main() -> None:
         run = work / f"run{size}"
         finetune(cfg, output=str(run), force=True, verbose=0)
         export_run(run, formats=("onnx",))
-        val = rundir.read_split(run)["val"]
+        val = rundir.RunDir(run).split()["val"]
         paths, labels = [p for p, _ in val], np.asarray([y for _, y in val])
         model = load_model(run / rundir.BEST)
         predictor = Predictor.load(run / "export" / "model.onnx", threads=2)

@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-# bench/serving.py and bench/export.py would shadow the packages of the same name: drop bench/ itself.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"

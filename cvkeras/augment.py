@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serving.errors import OptionError
+
 PRESETS: dict[str, dict[str, float]] = {
     "none": {},
     "light": {"flip": 1, "crop_scale": 0.6},
@@ -38,9 +40,9 @@ class Augmenter:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown --augment {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            raise OptionError(f"unknown --augment {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.mixup < 0 or self.cutmix < 0:
-            raise ValueError("--mixup and --cutmix take a Beta alpha >= 0")
+            raise OptionError("--mixup and --cutmix take a Beta alpha >= 0")
         self._p = PRESETS[self.preset]
         self._layers: list | None = None
 

@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from serving.errors import OptionError
+
 CLASSES = ("circle", "square", "triangle", "cross")
+DATASETS = ("shapes",)  # ``demo:NAME``
 VERSION = "v4"
 
 
@@ -77,10 +80,8 @@ def generate(root: str | os.PathLike, per_class: int = 600, val_fraction: float 
 def ensure_demo(spec: str = "demo:shapes") -> Path:
     """Return the folder of a demo dataset, generating it on first use (atomically, by rename)."""
     name = spec.split(":", 1)[1] if ":" in spec else spec
-    if name != "shapes":
-        from cvkeras.data import DataError
-
-        raise DataError(f"{spec}: unknown demo dataset; the built-in one is demo:shapes")
+    if name not in DATASETS:
+        raise OptionError(f"{spec}: unknown demo dataset; the built-in one is demo:shapes")
     target = cache_dir() / "demo" / f"shapes-{VERSION}"
     if not (target / "val").is_dir():
         import shutil

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -18,11 +19,9 @@ DEMO_FLAGS = ["--model", "mobilenet_v2", "--alpha", "0.35", "--weights", "none",
               "--batch-size", "32", "--augment", "light", "--label-smoothing", "0", "--patience", "0"]
 
 
-def _run(console: Console, args: list[str]) -> int:
+def _run(app: Any, console: Console, args: list[str]) -> int:
     """Run one ``cvkeras`` command line in this process, exactly as the console script would."""
     import typer
-
-    from cvkeras.cli import app
 
     console.rule("$ cvkeras " + " ".join(args))
     try:
@@ -37,14 +36,16 @@ def _run(console: Console, args: list[str]) -> int:
     return int(rv or 0)
 
 
-def run_demo(output: str, force: bool, console: Console) -> int:
-    """Run the four steps; stop at the first that fails and return its exit code."""
+def run_demo(output: str, force: bool, console: Console, app: Any) -> int:
+    """Run the four steps with the Typer ``app`` (``cvkeras.cli.app``); stop at the first that fails and
+    return its exit code."""
     from cvkeras.demo import ensure_demo
+    from serving.images import list_images
 
     val = ensure_demo("demo:shapes") / "val"
     run = Path(output)
     export_dir = run / "export"
-    images = [str(p) for p in sorted(val.glob("*/*.png"))[::40]]
+    images = [str(p) for p in list_images(val)[::40]]
     steps = [
         ["finetune", "demo:shapes", *DEMO_FLAGS, "--output", str(run), *(["--force"] if force else [])],
         ["export", str(run), "--int8"],
@@ -52,7 +53,7 @@ def run_demo(output: str, force: bool, console: Console) -> int:
         ["predict", str(export_dir / "model_int8.onnx"), *images, "--top-k", "2"],
     ]
     for args in steps:
-        code = _run(console, args)
+        code = _run(app, console, args)
         if code:
             console.print(f"[red]step `cvkeras {args[0]}` failed with exit code {code}[/]")
             return code

@@ -77,17 +77,17 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
     from cvkeras.model import load_model
     from cvkeras.pipeline import load_split_images
 
-    run = rundir.check_run(run)
-    classes = rundir.read_labels(run)
-    cfg = rundir.read_config(run)
-    size = cfg["model"]["image_size"]
-    model = load_model(run / rundir.BEST)
-    rundir.check_labels(run, classes, int(model.output_shape[-1]))  # before anything is (re)written
+    rd = rundir.RunDir.open(run)
+    run = rd.path
+    classes = rd.labels()
+    size = list(rd.image_size())
+    model = load_model(rd.best)
+    rd.check_labels(classes, int(model.output_shape[-1]))  # before anything is (re)written
     if data is None:
         images, labels, _ = load_split_images(run, split)
         probs = model.predict(images.astype(np.float32), batch_size=64, verbose=0)
     else:
-        ds_split = load_source(data, seed=int(cfg["data"].get("seed", 42)))
+        ds_split = load_source(data, seed=rd.seed())
         if ds_split.classes != classes:
             raise rundir.RunDirError(f"{data}: classes {ds_split.classes} differ from the run's {classes}")
         # another dataset is a held-out set as a whole: every image in it counts

@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import CvkerasError
+
 METHODS = ("gradcam", "gradcam++")
 
 
-class ExplainError(ValueError):
+class ExplainError(CvkerasError, ValueError):
     """A bad layer, class or method name; the message says what exists."""
 
 
@@ -232,16 +234,12 @@ def explain_images(model, labels: list[str], sources: Sequence[str | os.PathLike
 
 
 def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Files as given, folders expanded to their image files (recursively, hidden files skipped)."""
-    from serving.preprocess import is_image_file
+    """Files as given, folders expanded to their image files (``serving.images.list_images``)."""
+    from serving.images import list_images as images_in
 
     out: list[str] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f)
-                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        else:
-            out.append(str(p))
+        out += [str(f) for f in images_in(p)] if p.is_dir() else [str(p)]
     return out
 
 
@@ -253,10 +251,11 @@ def explain_run(run: str | os.PathLike, images: Sequence[str | os.PathLike], lay
     from cvkeras import rundir
     from cvkeras.model import load_model
 
-    run = rundir.check_run(run)
-    labels = rundir.read_labels(run / rundir.LABELS)
-    model_name = (rundir.read_config(run / rundir.CONFIG).get("model") or {}).get("name")
-    model = load_model(run / rundir.BEST)
+    rd = rundir.RunDir.open(run)
+    run = rd.path
+    labels = rd.labels()
+    model_name = rd.model_name()
+    model = load_model(rd.best)
     layer = layer or default_layer(model, model_name)
     result = explain_images(model, labels, list_images(images), layer, class_label, method, progress=progress)
     out = Path(output) if output else run / "explain"

@@ -35,10 +35,10 @@ def _choices() -> dict[str, Callable[[], Sequence[str]]]:
     def source(module: str, name: str) -> Callable[[], Sequence[str]]:
         return lambda: tuple(getattr(importlib.import_module(module), name))
 
-    return {"optimizer": source("cvkeras.train", "OPTIMIZERS"), "precision": source("cvkeras.train", "PRECISIONS"),
-            "strategy": source("cvkeras.train", "STRATEGIES"),
-            "class_weights": source("cvkeras.train", "CLASS_WEIGHTS"),
-            "augment": source("cvkeras.augment", "PRESETS"), "mode": source("serving.predictor", "MODES"),
+    from cvkeras.config import CHOICES as CONFIG_CHOICES
+
+    return {**{name: (lambda values=values: values) for name, values in CONFIG_CHOICES.items()},
+            "mode": source("serving.predictor", "MODES"),
             "calibration": source("export.calibration", "METHODS"), "io_type": source("export.to_tflite", "IO_TYPES")}
 
 

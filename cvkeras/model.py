@@ -17,17 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+from cvkeras.config import unfreeze_fraction  # noqa: F401 - re-exported
 from cvkeras.registry import ModelSpec, get, resolve_alpha
+from serving.errors import CvkerasError, OptionError, first_line
+from serving.formats import INPUT_NAME, OUTPUT_NAME
 
 IMAGENET_MEAN_RGB = np.array([123.675, 116.28, 103.53])
 IMAGENET_STD_RGB = np.array([58.395, 57.12, 57.375])
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
 BACKBONE = "backbone"
-INPUT_NAME = "image"
-OUTPUT_NAME = "probs"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(CvkerasError, RuntimeError):
     """Pretrained weights that cannot be had; the message names the alternatives."""
 
 
@@ -54,7 +55,7 @@ def _normalisation_layers(mode: str):
         return [conv]
     if mode == "none":
         return []
-    raise ValueError(f"unknown preprocessing mode {mode!r}")
+    raise OptionError(f"unknown preprocessing mode {mode!r}")
 
 
 def _resolve_weights(weights: str | None) -> str | None:
@@ -78,7 +79,7 @@ def build_backbone(spec: ModelSpec, image_size: tuple[int, int], alpha: float | 
         kwargs["alpha"] = alpha
     shape = (int(image_size[0]), int(image_size[1]), 3)
     if min(shape[:2]) < spec.min_size:
-        raise ValueError(f"{spec.name} needs an input of at least {spec.min_size} px, not {shape[:2]}")
+        raise OptionError(f"{spec.name} needs an input of at least {spec.min_size} px, not {shape[:2]}")
     resolved = _resolve_weights(weights)
     try:
         base = ctor(include_top=False, weights=resolved, input_shape=shape, pooling=None, **kwargs)
@@ -92,7 +93,7 @@ def build_backbone(spec: ModelSpec, image_size: tuple[int, int], alpha: float | 
             ) from None
         if resolved is not None:
             raise WeightsError(
-                f"{resolved}: cannot load these weights into {spec.name} ({str(exc).splitlines()[0][:160]}); "
+                f"{resolved}: cannot load these weights into {spec.name} ({first_line(exc, 160)}); "
                 "pass the matching no-top .h5 file or --weights none"
             ) from None
         raise
@@ -181,19 +182,6 @@ def pin_frozen_dropout(model) -> int:
             layer._call_context_args = set() if frozen else {"training"}
             pinned += int(frozen)
     return pinned
-
-
-def unfreeze_fraction(unfreeze: float | str) -> float:
-    """``--unfreeze`` as a fraction of backbone layers: a number in 0..1, or ``all`` (= 1.0)."""
-    if str(unfreeze) == "all":
-        return 1.0
-    try:
-        frac = float(unfreeze)
-    except ValueError:
-        frac = -1.0
-    if not 0.0 <= frac <= 1.0:
-        raise ValueError(f"--unfreeze must be a fraction in 0..1 or 'all', not {unfreeze!r}")
-    return frac
 
 
 def _float32_config(obj):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from serving import preprocess as contract
+from serving.errors import first_line
 
 
 def decode_resize(path, size: Sequence[int]):
@@ -107,13 +108,11 @@ def load_split_images(
     """
     from cvkeras import rundir
 
-    split_doc = rundir.read_split(run)
-    cfg = rundir.read_config(run)
-    size = image_size or cfg["model"]["image_size"]
-    seed = int(cfg["data"].get("seed", 0) if seed is None else seed)
+    rd = rundir.RunDir(run)
+    split_doc = rd.split()
+    size = image_size or list(rd.image_size())
+    seed = rd.seed() if seed is None else int(seed)
     if split_doc.get("source") == "tfds":
-        from cvkeras.data import tfds_split_arrays
-
         images, labels = tfds_split_arrays(split_doc, split, size)
         idx = stratified_sample(labels, max_samples, seed)
         return images[idx], labels[idx], [f"tfds:{split}:{i}" for i in idx]
@@ -203,3 +202,33 @@ def make_dataset(
     options = tf.data.Options()
     options.threading.max_intra_op_parallelism = 1  # parallelism comes from the maps, not inside each op
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+# --- TFDS sources: the arrays and datasets TensorFlow decodes ---------------------------------------------
+
+def tfds_dataset(tfds_meta: dict[str, Any], split: str):
+    """The (uint8 image, label) tf.data dataset of one split of a TFDS source."""
+    import tensorflow_datasets as tfds
+
+    from cvkeras.data import DataError
+
+    name = tfds_meta["splits"].get(split)
+    if not name:
+        raise DataError(f"tfds:{tfds_meta['name']}: has no {split} split")
+    full = tfds_meta["name"] + (f"/{tfds_meta['config']}" if tfds_meta.get("config") else "")
+    try:
+        return tfds.load(full, split=name, data_dir=tfds_meta.get("data_dir"), as_supervised=True,
+                         shuffle_files=False, download=True)
+    except Exception as exc:  # offline, not prepared, bad split name...
+        raise DataError(f"tfds:{full}: cannot load split {name!r} ({first_line(exc, 200)}); "
+                        "prepare it or pass --tfds-data-dir") from None
+
+
+def tfds_split_arrays(split_doc: dict[str, Any], split: str, size) -> tuple[np.ndarray, np.ndarray]:
+    """All images of a TFDS split, resized per the contract, as uint8 arrays (for calibration/eval)."""
+    ds = tfds_dataset(split_doc["tfds"], split).map(lambda x, y: (resize_image(x, size), y)).batch(256)
+    xs, ys = [], []
+    for x, y in ds:
+        xs.append(x.numpy().astype(np.uint8))
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)

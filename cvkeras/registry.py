@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from serving.errors import CvkerasError, OptionError
+
 #: How a backbone wants its input normalised (added to the model as serialisable layers):
 #: ``tf``: x/127.5 - 1; ``torch``: x/255 then ImageNet mean/std; ``caffe``: RGB->BGR, minus ImageNet
 #: mean; ``none``: the Keras constructor already includes its own preprocessing.
@@ -93,7 +95,7 @@ _ROWS = [
 REGISTRY: dict[str, ModelSpec] = {row.name: row for row in _ROWS}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(CvkerasError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it a plain line
         return str(self.args[0])
 
@@ -115,7 +117,7 @@ def resolve_alpha(spec: ModelSpec, alpha: float | None) -> float | None:
     if alpha is None:
         return spec.default_alpha
     if not spec.alphas:
-        raise ValueError(f"{spec.name} has no width multiplier; drop --alpha")
+        raise OptionError(f"{spec.name} has no width multiplier; drop --alpha")
     if float(alpha) not in spec.alphas:
-        raise ValueError(f"{spec.name} supports --alpha {', '.join(map(str, spec.alphas))}, not {alpha}")
+        raise OptionError(f"{spec.name} supports --alpha {', '.join(map(str, spec.alphas))}, not {alpha}")
     return float(alpha)

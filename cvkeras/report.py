@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import first_line
+
 REPORT = "report.html"
 EXPORT_REPORT = Path("export") / "export_report.json"
 #: Columns of the export table, in order, when the artifact rows carry them.
@@ -96,8 +98,9 @@ def worst_mistakes(run: str | os.PathLike, model: Any, limit: int = 8) -> list[d
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:limit]
     if not len(wrong):
         return []
-    names = rundir.read_labels(Path(run) / rundir.LABELS)
-    model_name = (rundir.read_config(Path(run) / rundir.CONFIG).get("model") or {}).get("name")
+    rd = rundir.RunDir(run)
+    names = rd.labels()
+    model_name = rd.model_name()
     heat, _ = gradcam(model, images[wrong].astype(np.float32), default_layer(model, model_name))
     scale = max(1, 160 // max(images.shape[1:3]))
     return [{"path": str(paths[i]), "true": names[int(labels[i])], "predicted": names[int(pred[i])],
@@ -180,9 +183,9 @@ def write_report(run: str | os.PathLike, mistakes: int = 8) -> Path:
     from cvkeras import rundir
     from cvkeras.model import load_model
 
-    run = rundir.check_run(run)
-    gallery = worst_mistakes(run, load_model(run / rundir.BEST), mistakes) if mistakes else []
-    return rundir.atomic_write(run / REPORT, build_html(run, gallery))
+    rd = rundir.RunDir.open(run)
+    gallery = worst_mistakes(rd.path, load_model(rd.best), mistakes) if mistakes else []
+    return rundir.atomic_write(rd / REPORT, build_html(rd.path, gallery))
 
 
 def refresh(run: str | os.PathLike, warn: Any = print) -> Path | None:
@@ -191,6 +194,6 @@ def refresh(run: str | os.PathLike, warn: Any = print) -> Path | None:
     try:
         return write_report(run)
     except Exception as exc:  # noqa: BLE001 -- the report is a view; its failure must not undo a finished run
-        why = (str(exc).splitlines() or [""])[0][:200]
+        why = first_line(exc, 200)
         warn(f"warning: report.html not written ({type(exc).__name__}: {why}); retry with `cvkeras report {run}`")
         return None

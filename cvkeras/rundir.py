@@ -15,94 +15,51 @@ A run directory holds (all written atomically)::
     .cvkeras-lock        the OS lock one writer holds (pid and host of the holder inside)
 
 From ``config.yaml``, ``split.json`` and ``labels.txt`` alone a reader finds the model, its input size
-and the images to calibrate on. This module only reads and writes files: no TensorFlow.
+and the images to calibrate on. :class:`RunDir` is the one reader and writer of this contract: finetune,
+evaluate, explain, report, the exporter and the tests all go through it. This module only reads and
+writes files: no TensorFlow. Atomic writes, the manifest and the lock are :mod:`cvkeras.runfiles`'.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import math
 import os
-import re
-import socket
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cvkeras.config import MAX_IMAGE_SIDE, FinetuneConfig, is_finite_number  # noqa: F401 - re-exported
+from cvkeras.runfiles import (  # noqa: F401 - the file helpers are part of this module's interface
+    CHECKPOINTS,
+    EXPORT,
+    LOCK,
+    MARKER,
+    RunLockedError,
+    atomic_write,
+    clear_run,
+    foreign_entries,
+    mark_run,
+    os_error_line,
+    printable_path,
+    read_manifest,
+    run_lock,
+    write_json,
+)
+from serving.errors import CvkerasError, RunDirError, first_line
+from serving.formats import LABELS, SPLIT, existing_file, labels_text, read_labels, read_split
+
 CONFIG = "config.yaml"
-LABELS = "labels.txt"
-SPLIT = "split.json"
 HISTORY = "history.csv"
 BEST = "best.keras"
-CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
 CURVES = "curves.png"
 CONFUSION = "confusion_matrix.png"
 SKIPPED = "skipped.txt"
-MARKER = ".cvkeras-run"
-LOCK = ".cvkeras-lock"
-MAX_IMAGE_SIDE = 4096  # a larger square input is a typo, not a model (and would exhaust memory)
-
-
-class RunDirError(ValueError):
-    """A run directory that is missing or incomplete; the message names the file and the fix."""
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], None]) -> Path:
-    """Write ``data`` (bytes, text, or a function that writes to a given temp path) then rename.
-
-    The temp file lives in the destination folder so the rename is atomic; on failure it is removed
-    and the destination is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
-    try:
-        if callable(data):
-            data(tmp)
-        else:
-            with open(tmp, "wb") as fh:
-                fh.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _record(path)
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+STATE = "state.json"  # in checkpoints/: the trainer's progress, for --resume
+LAST = "last.keras"  # in checkpoints/: the last epoch's model with its optimizer state
 
 
 def write_labels(run: str | os.PathLike, labels: list[str]) -> Path:
-    return atomic_write(Path(run) / LABELS, "".join(f"{name}\n" for name in labels))
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """Read ``labels.txt`` (a file, or a directory that holds one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / LABELS
-    if not p.is_file():
-        raise RunDirError(f"{p}: labels file not found; is this a cvkeras run directory?")
-    try:
-        labels = [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise RunDirError(f"{p}: not UTF-8 text; restore labels.txt from the run") from None
-    if not labels:
-        raise RunDirError(f"{p}: no class names; restore labels.txt from the run")
-    if len(set(labels)) != len(labels):
-        dup = next(x for x in labels if labels.count(x) > 1)
-        raise RunDirError(f"{p}: class {dup!r} is listed twice; restore labels.txt from the run")
-    return labels
+    """Write ``labels.txt`` (format: :mod:`serving.formats`) into a run or export folder."""
+    return atomic_write(Path(run) / LABELS, labels_text(labels))
 
 
 def write_config(run: str | os.PathLike, config: dict[str, Any]) -> Path:
@@ -115,74 +72,52 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``config.yaml`` (a file, or a run directory that holds one)."""
     import yaml
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / CONFIG
-    if not p.is_file():
-        raise RunDirError(f"{p}: config not found; pass a run directory made by `cvkeras finetune`")
+    p = existing_file(path, CONFIG, RunDirError, "config not found; pass a run directory made by `cvkeras finetune`")
     try:
         cfg = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise RunDirError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}); fix or regenerate it") from None
+        raise RunDirError(f"{p}: not valid YAML ({first_line(exc)}); fix or regenerate it") from None
     if not isinstance(cfg, dict):
         raise RunDirError(f"{p}: expected a mapping of settings; fix or regenerate it")
     return cfg
 
 
-def read_split(run: str | os.PathLike) -> dict[str, Any]:
-    """Read ``split.json`` and check its schema; a damaged file is a RunDirError naming the field."""
-    p = Path(run) / SPLIT
-    if not p.is_file():
-        raise RunDirError(f"{p}: split not found; is this a cvkeras run directory?")
-    fix = "the run is damaged -- restore split.json or re-run `cvkeras finetune`"
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{p}: not valid JSON ({str(exc).splitlines()[0]}); {fix}") from None
-    if not isinstance(doc, dict):
-        raise RunDirError(f"{p}: expected a JSON object, found {type(doc).__name__}; {fix}")
-    classes = doc.get("classes")
-    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
-        raise RunDirError(f"{p}: field 'classes' must be a list of names; {fix}")
-    if doc.get("source") == "tfds":
-        if not isinstance(doc.get("tfds"), dict) or not isinstance(doc["tfds"].get("splits"), dict):
-            raise RunDirError(f"{p}: field 'tfds' must describe the TFDS splits; {fix}")
-        return doc
-    n = len(classes) if classes is not None else None
-    for name in ("train", "val", "test"):
-        items = doc.get(name, [])
-        if not isinstance(items, list):
-            raise RunDirError(f"{p}: field {name!r} must be a list of [path, label]; {fix}")
-        for i, item in enumerate(items):
-            ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                  and isinstance(item[1], int) and not isinstance(item[1], bool) and item[1] >= 0
-                  and (n is None or item[1] < n))
-            if not ok:
-                raise RunDirError(f"{p}: {name}[{i}] must be [path, label index], not {item!r:.80}; {fix}")
-    return doc
+def _field(cfg: dict[str, Any], p: Path, section: str, name: str) -> Any:
+    """``cfg[section][name]`` checked (model.name, model.image_size, data.seed), RunDirError naming it."""
+    fix = "fix it or restore config.yaml from the run"
+    values = cfg.get(section, {} if section != "model" else None)
+    if not isinstance(values, dict):
+        what = " (name, image_size, ...)" if section == "model" else ""
+        raise RunDirError(f"{p}: field {section!r} must be a mapping{what}, not {values!r:.60}; {fix}")
+    if (section, name) == ("model", "name"):
+        if not isinstance(values.get("name"), str):
+            raise RunDirError(f"{p}: field model.name must be a model name; {fix}")
+        return values["name"]
+    if (section, name) == ("model", "image_size"):
+        size = values.get("image_size")
+        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_IMAGE_SIDE
+                                                                for v in size)):
+            raise RunDirError(f"{p}: field model.image_size must be [height, width] in 1..{MAX_IMAGE_SIDE}, "
+                              f"not {size!r:.60}; {fix}")
+        return size
+    if (section, name) == ("data", "seed"):
+        seed = values.get("seed", FinetuneConfig.seed)
+        if type(seed) is not int:
+            raise RunDirError(f"{p}: field data.seed must be an integer, not {seed!r:.40}; {fix}")
+        return seed
+    return values.get(name)
 
 
 def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
     """A run's ``config.yaml`` with the fields readers rely on checked (model.name, model.image_size, data)."""
     p = Path(run) / CONFIG
     cfg = read_config(p)
-    fix = "fix it or restore config.yaml from the run"
-    model = cfg.get("model")
-    if not isinstance(model, dict):
-        raise RunDirError(f"{p}: field 'model' must be a mapping (name, image_size, ...), not {model!r:.60}; {fix}")
-    if not isinstance(model.get("name"), str):
-        raise RunDirError(f"{p}: field model.name must be a model name; {fix}")
-    size = model.get("image_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_IMAGE_SIDE
-                                                            for v in size)):
-        raise RunDirError(f"{p}: field model.image_size must be [height, width] in 1..{MAX_IMAGE_SIDE}, "
-                          f"not {size!r:.60}; {fix}")
+    _field(cfg, p, "model", "name")
+    _field(cfg, p, "model", "image_size")
     for section in ("data", "train"):
         if not isinstance(cfg.get(section, {}), dict):
-            raise RunDirError(f"{p}: field {section!r} must be a mapping; {fix}")
-    seed = cfg.get("data", {}).get("seed", 0)
-    if type(seed) is not int:
-        raise RunDirError(f"{p}: field data.seed must be an integer, not {seed!r:.40}; {fix}")
+            raise RunDirError(f"{p}: field {section!r} must be a mapping; fix it or restore config.yaml from the run")
+    _field(cfg, p, "data", "seed")
     return cfg
 
 
@@ -216,183 +151,140 @@ def check_run(run: str | os.PathLike, need_model: bool = True) -> Path:
     return p
 
 
-# --- ownership: the marker/manifest that lets --force remove only what cvkeras wrote ----------------------
-
-class RunLockedError(RunDirError):
-    """Another cvkeras process holds the run directory's lock."""
 
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp.*$")  # atomic_write's mkstemp names
-_OWN_DIRS = (CHECKPOINTS, "export")  # folders cvkeras makes (they may be left empty by a failed write)
+class RunDir:
+    """A run directory: where each file lives, and the one way to read and write them.
 
-
-def _write_marker(run: Path, files: list[str]) -> None:
-    doc = {"cvkeras_run": 1, "cvkeras": __import__("cvkeras").__version__, "files": sorted(set(files))}
-    tmp = run / f"{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, run / MARKER)
-
-
-def read_manifest(run: str | os.PathLike) -> list[str]:
-    """The run-relative paths cvkeras recorded writing into ``run``; RunDirError without a valid marker."""
-    p = Path(run) / MARKER
-    if not p.is_file():
-        raise RunDirError(f"{run}: not a cvkeras run directory (no {MARKER} marker)")
-    try:
-        doc = json.loads(p.read_text())
-        files = doc["files"]
-        if doc.get("cvkeras_run") != 1 or not all(isinstance(f, str) for f in files):
-            raise ValueError("bad manifest")
-    except (ValueError, KeyError, TypeError):
-        raise RunDirError(f"{p}: damaged marker; cvkeras cannot tell which files it wrote here") from None
-    return [f for f in files if f and not os.path.isabs(f) and ".." not in Path(f).parts]
-
-
-def mark_run(run: str | os.PathLike) -> None:
-    """Mark ``run`` as a cvkeras run directory (an empty manifest) unless it already is one."""
-    run = Path(run)
-    if not (run / MARKER).is_file():
-        _write_marker(run, [])
-
-
-def _record(path: Path) -> None:
-    """Add ``path`` to the manifest of the run directory that holds it (up to two folders up), if any."""
-    for run in (path.parent, path.parent.parent, path.parent.parent.parent):
-        if (run / MARKER).is_file():
-            rel = path.relative_to(run).as_posix()
-            try:
-                files = read_manifest(run)
-            except RunDirError:
-                return  # a damaged marker is never trusted (nor rewritten): --force will refuse this folder
-            if rel not in files:
-                _write_marker(run, files + [rel])
-            return
-
-
-def foreign_entries(run: str | os.PathLike) -> list[str]:
-    """Run-relative paths inside ``run`` that cvkeras did not write (per the manifest); [] when all are ours."""
-    run = Path(run)
-    ours = set(read_manifest(run)) | {MARKER, LOCK}
-    own_dirs = {str(Path(f).parent.as_posix()) for f in ours} | set(_OWN_DIRS)
-    foreign = []
-    for root, dirs, files in os.walk(run):
-        base = Path(root).relative_to(run)
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            rel = (base / name).as_posix()
-            full = os.path.join(root, name)
-            temp = _TEMP.match(name)
-            ours_temp = temp and (base / temp.group("name")).as_posix() in ours | {MARKER}
-            if os.path.islink(full) or not (rel in ours or ours_temp or name.startswith(f"{MARKER}.")):
-                foreign.append(rel)
-        for d in dirs:
-            rel = (base / d).as_posix()
-            if not os.path.islink(os.path.join(root, d)) and rel not in own_dirs:
-                if not any(f.startswith(rel + "/") for f in ours):
-                    foreign.append(rel + "/")
-    return sorted(foreign)
-
-
-def clear_run(run: str | os.PathLike) -> int:
-    """Remove every file cvkeras recorded writing into ``run`` (never anything else); returns how many.
-
-    Raises RunDirError, removing nothing, when ``run`` holds anything cvkeras did not write.
-    """
-    run = Path(run)
-    foreign = foreign_entries(run)
-    if foreign:
-        raise RunDirError(f"{run}: holds files cvkeras did not write (e.g. {foreign[0]}); refusing to "
-                          "overwrite it -- move them or pick another --output")
-    removed = 0
-    for root, dirs, files in os.walk(run, topdown=False):
-        for name in files:
-            if name not in (MARKER, LOCK):
-                os.unlink(os.path.join(root, name))
-                removed += 1
-        for d in dirs:
-            full = os.path.join(root, d)
-            if not os.listdir(full):
-                os.rmdir(full)
-    _write_marker(run, [])
-    return removed
-
-
-# --- one writer per run directory -------------------------------------------------------------------------
-
-_HELD: dict[str, list[int]] = {}  # realpath -> [fd, depth]: the lock is re-entrant within a process
-
-
-class run_lock:  # noqa: N801 - used as a context manager, like open()
-    """Hold the run directory's OS file lock (``.cvkeras-lock``, ``flock``) for a whole command.
-
-    A second cvkeras process on the same run gets RunLockedError naming the holder's pid and host. A
-    read-only run directory cannot be written by anyone, so it is not locked. The lock dies with the
-    process (no stale locks after a crash or SIGKILL).
+    Example:
+        >>> run = RunDir.open("runs/flowers")        # checked: config, labels, split (and best.keras)
+        >>> run.config().model, run.image_size(), run.seed(), run.labels()
+        ('mobilenet_v2', (224, 224), 42, ['daisy', 'roses'])
     """
 
-    def __init__(self, run: str | os.PathLike, command: str = "") -> None:
-        self.run = Path(run)
-        self.command = command
-        self.key = os.path.realpath(run)
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
 
-    def __enter__(self) -> run_lock:
-        held = _HELD.get(self.key)
-        if held:
-            held[1] += 1
-            return self
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> RunDir:
+        """A new (or empty) run directory, marked as cvkeras' so that every file written into it is recorded.
+
+        ``cvkeras finetune`` claims its output with :func:`cvkeras.runsetup._prepare_run` (lock, --force,
+        --resume), which ends here too.
+        """
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        mark_run(run.path)
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, need_model: bool = True) -> RunDir:
+        """A finished run, checked before any work starts (RunDirError naming the file otherwise)."""
+        return cls(check_run(path, need_model))
+
+    # --- where things are ---------------------------------------------------------------------------------
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / CHECKPOINTS / STATE
+
+    @property
+    def last(self) -> Path:
+        return self.path / CHECKPOINTS / LAST
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / EXPORT
+
+    # --- reading ------------------------------------------------------------------------------------------
+    def config_doc(self) -> dict[str, Any]:
+        """``config.yaml`` as written (sections, plus the ``run`` facts), with the fields readers need checked."""
+        return read_run_config(self.path)
+
+    def config(self) -> FinetuneConfig:
+        """The run's settings as a :class:`FinetuneConfig` (a field it cannot hold is a RunDirError)."""
         try:
-            import fcntl
-        except ImportError:  # not POSIX: no OS lock available
-            return self
-        try:
-            fd = os.open(self.run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and self.run.is_dir():
-                return self
+            return FinetuneConfig.from_dict(self.config_doc())
+        except RunDirError:
             raise
+        except CvkerasError as exc:
+            raise RunDirError(f"{self.path / CONFIG}: {exc}; fix it or restore config.yaml from the run") from None
+
+    def run_info(self) -> dict[str, Any]:
+        """The ``run`` section of ``config.yaml``: precision, replicas, classes, cvkeras version."""
+        info = self.config_doc().get("run") or {}
+        return info if isinstance(info, dict) else {}
+
+    def _get(self, section: str, name: str) -> Any:
+        p = self.path / CONFIG
+        return _field(read_config(p), p, section, name)
+
+    def image_size(self) -> tuple[int, int]:
+        """The model's input ``(height, width)``, as recorded in ``config.yaml``."""
+        h, w = self._get("model", "image_size")
+        return int(h), int(w)
+
+    def seed(self) -> int:
+        """The run's seed (split, shuffling, calibration sample); :class:`FinetuneConfig`'s default if absent."""
+        return int(self._get("data", "seed"))
+
+    def model_name(self) -> str:
+        return str(self._get("model", "name"))
+
+    def labels(self) -> list[str]:
+        return read_labels(self.path)
+
+    def split(self) -> dict[str, Any]:
+        return read_split(self.path)
+
+    def state(self) -> dict[str, Any] | None:
+        """The trainer's progress (``checkpoints/state.json``), None before the first epoch ended."""
+        import json
+
+        p = self.state_path
+        if not p.is_file():
+            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunLockedError(f"{self.run}: in use by {holder}; wait for it to finish or pick another "
-                                 "--output") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} (cvkeras {self.command})\n".encode(), 0)
-        _HELD[self.key] = [fd, 1]
-        return self
+            doc = json.loads(p.read_text())
+        except ValueError as exc:
+            raise RunDirError(f"{p}: not valid JSON ({first_line(exc)}); start the run again with --force") from None
+        if not isinstance(doc, dict):
+            raise RunDirError(f"{p}: expected a JSON object; start the run again with --force")
+        return doc
 
-    def __exit__(self, *exc: object) -> None:
-        held = _HELD.get(self.key)
-        if not held:
-            return
-        held[1] -= 1
-        if held[1] == 0:
-            import fcntl
+    def check_labels(self, labels: list[str], outputs: int) -> None:
+        check_labels(self.path, labels, outputs)
 
-            del _HELD[self.key]
-            os.ftruncate(held[0], 0)
-            fcntl.flock(held[0], fcntl.LOCK_UN)
-            os.close(held[0])
+    # --- writing ------------------------------------------------------------------------------------------
+    def write_config(self, cfg: FinetuneConfig | dict[str, Any], run_info: dict[str, Any] | None = None) -> Path:
+        """Write ``config.yaml``: the config's sections, plus ``run`` facts when given."""
+        doc = cfg.to_dict() if isinstance(cfg, FinetuneConfig) else dict(cfg)
+        if run_info is not None:
+            doc["run"] = run_info
+        return write_config(self.path, doc)
 
+    def write_labels(self, labels: list[str]) -> Path:
+        return write_labels(self.path, labels)
 
-def os_error_line(exc: OSError, what: str = "") -> str:
-    """One line for a file-system failure: the file, the reason, and the fix for a read-only folder."""
-    where = exc.filename or what
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"{where}: cannot write here ({exc.strerror}); the folder is read-only -- "
-                "pass --output to a writable folder (or copy the run)")
-    if exc.errno == errno.ENOSPC:
-        return f"{where}: no space left on the device; free some space and retry"
-    return f"{where}: {exc.strerror or exc}"
+    def write_split(self, doc: dict[str, Any]) -> Path:
+        """Write ``split.json`` (build ``doc`` with :func:`serving.formats.split_doc`)."""
+        return write_json(self.path / SPLIT, doc)
 
-
-def is_finite_number(value: Any) -> bool:
-    """True for an int or float that is neither NaN nor infinite (bools are not numbers here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def printable_path(path: str) -> str:
-    """A path safe to print and to write as UTF-8 (undecodable bytes of a file name shown as \\xNN)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
+    def write_state(self, state: dict[str, Any]) -> Path:
+        return write_json(self.state_path, state)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from export.errors import ExportError
+from serving.formats import INPUT_NAME
 
 #: Default number of calibration images (all of the training split when it is smaller).
 DEFAULT_SAMPLES = 300
@@ -48,7 +49,7 @@ def tflite_representative_dataset(images: np.ndarray) -> Callable[[], Iterator[l
     return generate
 
 
-def ort_data_reader(images: np.ndarray, input_name: str = "image"):
+def ort_data_reader(images: np.ndarray, input_name: str = INPUT_NAME):
     """An ``onnxruntime.quantization.CalibrationDataReader`` over ``images``, one image per step.
 
     One image per step because the histogram calibrators (entropy, percentile) need equal-sized batches.

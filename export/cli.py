@@ -8,10 +8,8 @@ from pathlib import Path
 
 import typer
 
-from export.calibration import DEFAULT_SAMPLES
-from export.errors import ExportError
-from export.to_onnx import DEFAULT_OPSET
-from serving.validate import DEFAULT_MIN_AGREEMENT
+from export.options import ExportOptions
+from serving.errors import CvkerasError, fail
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -21,8 +19,9 @@ def _fmt(value: float | None, spec: str) -> str:
 def print_table(report) -> None:
     """The per-artifact table: accuracy, drop and agreement with 95 % intervals, size, latency, status."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
+
+    from serving.console import stdout_console
 
     im = report.images
     table = Table(title=f"{report.model_name}: Keras accuracy {100 * report.keras_accuracy:.2f}% on "
@@ -49,8 +48,7 @@ def print_table(report) -> None:
             "-" if a.float_layers is None else str(len(a.float_layers)),
             f"[{colour}]{a.status}[/{colour}]",
         )
-    # A pipe or a log file gets the whole table rather than rich's 80-column default.
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    stdout_console().print(table)  # a pipe or a log file gets the whole table, not rich's 80 columns
     for a in report.artifacts:
         if a.float_layers:
             rep = a.repair or {}
@@ -63,27 +61,29 @@ def export(
     run: Path = typer.Argument(..., help="Run directory written by `cvkeras finetune`."),
     output: Path | None = typer.Option(None, "--output", "-o",
                                        help="Export directory [default: RUN/export]."),
-    format: str = typer.Option("onnx,tflite", "--format", help="Comma-separated formats: onnx, tflite."),
-    int8: bool = typer.Option(False, "--int8", help="Also make calibrated int8 models (ONNX QDQ, TFLite full "
-                                                     "integer) and a dynamic-range TFLite."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also make float16 models."),
-    calibration: str = typer.Option("minmax", "--calibration", help="ONNX int8 calibration: minmax, entropy "
-                                                                     "or percentile."),
-    calibration_samples: int = typer.Option(DEFAULT_SAMPLES, "--calibration-samples",
+    format: str = typer.Option(",".join(ExportOptions.formats), "--format",
+                               help="Comma-separated formats: onnx, tflite."),
+    int8: bool = typer.Option(ExportOptions.int8, "--int8", help="Also make calibrated int8 models (ONNX QDQ, "
+                                                                 "TFLite full integer) and a dynamic-range TFLite."),
+    fp16: bool = typer.Option(ExportOptions.fp16, "--fp16", help="Also make float16 models."),
+    calibration: str = typer.Option(ExportOptions.calibration, "--calibration",
+                                    help="ONNX int8 calibration: minmax, entropy or percentile."),
+    calibration_samples: int = typer.Option(ExportOptions.calibration_samples, "--calibration-samples",
                                             help="Training images used for calibration (stratified)."),
-    io_type: str = typer.Option("uint8", "--io-type",
+    io_type: str = typer.Option(ExportOptions.io_type, "--io-type",
                                 help="Input/output type of model_int8.tflite: uint8, int8 or float32."),
-    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset."),
+    opset: int = typer.Option(ExportOptions.opset, "--opset", help="ONNX opset."),
     max_accuracy_drop: float = typer.Option(
-        1.0, "--max-accuracy-drop", help="Largest accuracy loss (points) allowed for reduced precision."),
-    threads: int | None = typer.Option(None, "--threads", help="Runtime threads for verification."),
+        ExportOptions.max_accuracy_drop, "--max-accuracy-drop",
+        help="Largest accuracy loss (points) allowed for reduced precision."),
+    threads: int | None = typer.Option(ExportOptions.threads, "--threads", help="Runtime threads for verification."),
     min_agreement: float = typer.Option(
-        DEFAULT_MIN_AGREEMENT, "--min-agreement",
+        ExportOptions.min_agreement, "--min-agreement",
         help="Smallest top-1 agreement with the Keras model (fraction) allowed for reduced precision, "
              "over the validation and held-back training images."),
-    repair: bool = typer.Option(True, "--repair/--no-repair",
+    repair: bool = typer.Option(ExportOptions.repair, "--repair/--no-repair",
                                 help="When int8 misses a gate, keep its worst layers in float until it passes."),
-    calibration_flip: bool = typer.Option(True, "--calibration-flip/--no-calibration-flip",
+    calibration_flip: bool = typer.Option(ExportOptions.calibration_flip, "--calibration-flip/--no-calibration-flip",
                                           help="Calibrate on the calibration images and their mirror images."),
     json_out: bool = typer.Option(False, "--json", help="Print export_report.json on stdout instead of the "
                                                         "table (docs/json.md)."),
@@ -101,41 +101,27 @@ def export(
     quiet_tensorflow()  # TensorFlow's start-up lines are not errors; --verbose shows them
     from rich.console import Console
 
-    from cvkeras.rundir import RunDirError
     from export.exporter import REPORT_FILE, export_run
 
     err = Console(stderr=True)
-    import math
-
     from cvkeras.rundir import os_error_line, run_lock
 
-    bad = ("--threads must be a whole number >= 1" if threads is not None and threads < 1 else
-           "--max-accuracy-drop must be a finite number >= 0" if not (math.isfinite(max_accuracy_drop)
-                                                                     and max_accuracy_drop >= 0) else None)
-    if bad:
-        print(f"error: {bad}, not {threads if bad.startswith('--threads') else max_accuracy_drop}", file=sys.stderr)
-        raise typer.Exit(2)
     try:
+        options = ExportOptions(
+            formats=format, int8=int8, fp16=fp16, calibration=calibration, calibration_samples=calibration_samples,
+            io_type=io_type, opset=opset, max_accuracy_drop=max_accuracy_drop, threads=threads,
+            min_agreement=min_agreement, repair=repair, calibration_flip=calibration_flip,
+        ).checked()  # every option, before the run directory is locked or read
         with run_lock(run, "export") if run.is_dir() else contextlib.nullcontext():
-            report = export_run(
-                run, output, format, int8=int8, fp16=fp16, calibration=calibration,
-                calibration_samples=calibration_samples, io_type=io_type, opset=opset,
-                max_accuracy_drop=max_accuracy_drop, threads=threads, min_agreement=min_agreement,
-                repair=repair, calibration_flip=calibration_flip,
-                progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
-            )
-    except (ExportError, RunDirError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+            report = export_run(run, output, options, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    except CvkerasError as exc:
+        raise fail(exc) from None
     except OSError as exc:  # e.g. a read-only run directory
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        raise fail(os_error_line(exc)) from None
     if json_out:
-        import json
+        from serving.console import print_json
 
-        from serving.cli import _json_safe
-
-        print(json.dumps(_json_safe(report.to_dict()), allow_nan=False))
+        print_json(report.to_dict())
     else:
         print_table(report)
     if output is None or Path(output).resolve() == (Path(run) / "export").resolve():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from serving.errors import CvkerasError, first_line
 
-class ExportError(RuntimeError):
+__all__ = ["ConversionError", "ExportError", "first_line"]
+
+
+class ExportError(CvkerasError, RuntimeError):
     """The export cannot run (bad run directory, bad option, unloadable model): exit code 2."""
 
 
@@ -13,12 +17,3 @@ class ConversionError(ExportError):
     def __init__(self, artifact: str, message: str) -> None:
         super().__init__(f"{artifact}: {message}")
         self.artifact = artifact
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's text (converters raise pages of log)."""
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if line:
-            return line[:limit]
-    return type(exc).__name__

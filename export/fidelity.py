@@ -86,7 +86,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
     from cvkeras import rundir
     from cvkeras.pipeline import stratified_sample
 
-    split = rundir.read_split(run)
+    split = rundir.RunDir(run).split()
     if split.get("source") == "tfds":
         return _tfds_set(run, split, size, calibration_samples, seed, max_val)
     val = split.get("val") or []
@@ -123,8 +123,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
 
 def _tfds_set(run, split: dict, size, calibration_samples, seed, max_val) -> FidelitySet:
     """TFDS runs have no files: the arrays TensorFlow decodes are all there is."""
-    from cvkeras.data import tfds_split_arrays
-    from cvkeras.pipeline import stratified_sample
+    from cvkeras.pipeline import stratified_sample, tfds_split_arrays
 
     vx, vy = tfds_split_arrays(split, "val", size)
     keep = stratified_sample(vy, max_val, seed)

@@ -1,5 +1,7 @@
-"""Make artifacts self-describing: cvkeras metadata in ONNX ``metadata_props`` and TFLite JSON sidecars,
-``labels.txt``, and the Keras model's reference outputs (``reference.npz``) for later on-device parity.
+"""Make artifacts self-describing: cvkeras metadata in ONNX ``metadata_props`` and TFLite JSON sidecars.
+
+The metadata format itself is :mod:`serving.metadata`'s; ``labels.txt`` is :mod:`serving.formats`' and
+``reference.npz`` :mod:`serving.reference`'s.
 """
 
 from __future__ import annotations
@@ -9,14 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cvkeras import __version__
 from cvkeras.rundir import atomic_write
 from serving.metadata import METADATA_KEY, ModelMetadata, sidecar_path
-
-REFERENCE_FILE = "reference.npz"
-LABELS_FILE = "labels.txt"
 
 
 def make_metadata(labels: Sequence[str], input_size: Sequence[int], model_name: str, precision: str,
@@ -43,39 +40,3 @@ def embed_onnx(proto, meta: ModelMetadata) -> None:
 def write_sidecar(tflite_path: str | os.PathLike, meta: ModelMetadata) -> Path:
     """Write ``<model>.tflite.json`` next to a TFLite file."""
     return atomic_write(sidecar_path(tflite_path), meta.to_json() + "\n")
-
-
-def write_labels(out_dir: str | os.PathLike, labels: Sequence[str]) -> Path:
-    return atomic_write(Path(out_dir) / LABELS_FILE, "".join(f"{name}\n" for name in labels))
-
-
-def relative_paths(paths: Sequence[str], root: str | os.PathLike | None) -> list[str]:
-    """Paths relative to the data root ("class/file.jpg") where they are under it, else as given."""
-    out = []
-    for p in paths:
-        try:
-            out.append(Path(p).relative_to(root).as_posix() if root else str(p))
-        except ValueError:
-            out.append(str(p))
-    return out
-
-
-def write_reference(out_dir: str | os.PathLike, paths: Sequence[str] | None, labels: np.ndarray,
-                    probs: np.ndarray, accuracy: float, splits: Sequence[str] | None = None) -> Path:
-    """Save the Keras outputs on the fidelity images: ``paths``, ``labels``, ``probs``, ``split``, ``accuracy``.
-
-    ``split`` is "val" (labelled held-out: drop and agreement) or "train" (held back from calibration:
-    agreement only) per row; ``accuracy`` is the Keras accuracy (fraction) on the "val" rows. ``paths``
-    None (TFDS): rows match images by position.
-    """
-    def write(tmp: str) -> None:
-        arrays = {"labels": np.asarray(labels, dtype=np.int64), "probs": np.asarray(probs, dtype=np.float32),
-                  "accuracy": np.float64(accuracy)}
-        if paths is not None:
-            arrays["paths"] = np.asarray(list(paths), dtype=str)
-        if splits is not None:
-            arrays["split"] = np.asarray(list(splits), dtype=str)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    return atomic_write(Path(out_dir) / REFERENCE_FILE, write)

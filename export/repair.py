@@ -35,6 +35,7 @@ import numpy as np
 
 from export.errors import ConversionError, first_line
 from export.to_onnx import quiet
+from serving.formats import INPUT_NAME
 
 #: ONNX node types whose weights are quantized: the candidates for staying float.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -169,7 +170,7 @@ def _clip_bounds(graph) -> dict[str, tuple[float, float]]:
 
 
 def rank_onnx_layers(pre_path: str | os.PathLike, qdq_path: str | os.PathLike, images: np.ndarray,
-                     input_name: str = "image") -> list[LayerError]:
+                     input_name: str = INPUT_NAME) -> list[LayerError]:
     """Weighted nodes of the pre-processed float graph ``pre_path``, worst quantization error first.
 
     ``qdq_path``: the fully quantized model made from ``pre_path`` with the quantizer's own tensor names

@@ -12,11 +12,10 @@ import os
 from collections.abc import Iterator
 
 from export.errors import ConversionError, first_line
+from serving.formats import INPUT_NAME, OUTPUT_NAME
 
 #: ONNX Runtime's graph optimiser knows every fusion MobileNet/EfficientNet graphs need at this opset.
 DEFAULT_OPSET = 17
-INPUT_NAME = "image"
-OUTPUT_NAME = "probs"
 
 
 @contextlib.contextmanager

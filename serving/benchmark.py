@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import OptionError
 from serving.metadata import FailedModelWarning
-from serving.predictor import Predictor, failed_model_line
+from serving.predictor import Predictor
+from serving.results import failed_model_line
 from serving.schema import schema_id
 
 #: Benchmarked predictor modes (``auto`` is one of these per call).
@@ -78,7 +80,7 @@ def benchmark(
     noisy figures, ratios whose range straddles 1 (not resolved) and int8-slower-than-float32 inversions.
     """
     if batch_size < 1 or iters < 1 or warmup < 0 or rounds < 1:
-        raise ValueError("batch_size, iters and rounds must be at least 1 and warmup at least 0")
+        raise OptionError("batch_size, iters and rounds must be at least 1 and warmup at least 0")
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
     failed: dict[str, str] = {}  # models marked failed by `cvkeras export`: measured, and named in the warnings

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +17,13 @@ from typing import Annotated, Any
 
 import typer
 
-from serving.metadata import MetadataError
-from serving.preprocess import IMAGE_EXTENSIONS, ImageError, is_image_file
+from serving.console import json_safe, print_rows, stdout_console
+from serving.errors import CvkerasError, OptionError, fail
+from serving.images import expand_paths
 from serving.schema import schema_id
 
 #: Failures a user can fix (bad file, wrong folder, missing package); anything else is a bug.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ImageError, MetadataError, ValueError, OSError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CvkerasError, OSError)
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file: an .onnx or .tflite written by `cvkeras export`.",
                                           show_default=False)]
@@ -36,11 +35,6 @@ ModeOpt = Annotated[str, typer.Option("--mode", help="latency: one image at a ti
                                       "latency for a single file, throughput otherwise.")]
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo("error: " + " ".join(str(message).split()), err=True)
-    return typer.Exit(2)
-
-
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn expected errors into one stderr line and exit code 2."""
@@ -49,7 +43,7 @@ def _errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except EXPECTED_ERRORS as exc:
-        raise _fail(str(exc) or type(exc).__name__) from None
+        raise fail(str(exc) or type(exc).__name__, 2) from None
 
 
 def load_checked(model: Path, allow_failed: bool, **kwargs: Any) -> Any:
@@ -66,89 +60,11 @@ def load_checked(model: Path, allow_failed: bool, **kwargs: Any) -> Any:
     for w in caught:
         if issubclass(w.category, FailedModelWarning):
             if not allow_failed:
-                raise _fail(f"{w.message}; pass --allow-failed to run it anyway")
+                raise fail(f"{w.message}; pass --allow-failed to run it anyway", 2)
             typer.echo(f"warning: {w.message}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return predictor
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities (a model that emits them) become null: bare NaN is not JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _console() -> Any:
-    """Rich console on stdout; wide when piped (rich's 80-column default would fold file paths)."""
-    from rich.console import Console
-
-    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(highlight=False, width=160 if piped else None)
-
-
-def print_rows(title: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
-               optional: tuple[str, ...] = ()) -> None:
-    """Print rows as a table whose cells are never cut or folded mid-word.
-
-    ``columns`` are ``(title, justify)``. When the table is wider than the terminal, the ``optional``
-    columns are left out; if it is still too wide, each row is printed as a block of ``name: value``
-    lines headed by its first cell (a stacked layout that fits any width).
-    """
-    from rich import box
-    from rich.table import Table
-
-    console = _console()
-
-    def width(cols: list[int]) -> int:  # rich's SIMPLE_HEAD box: one space either side of each cell
-        return sum(max([len(columns[i][0])] + [len(_plain(r[i])) for r in rows]) + 2 for i in cols)
-
-    keep = list(range(len(columns)))
-    if width(keep) > console.width:
-        keep = [i for i in keep if columns[i][0] not in optional]
-    if width(keep) <= console.width:
-        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=True)
-        for i in keep:
-            table.add_column(columns[i][0], justify=columns[i][1], no_wrap=True)
-        for row in rows:
-            table.add_row(*[row[i] for i in keep])
-        console.print(table)
-        return
-    if title:
-        console.print(title, soft_wrap=True)
-    pad = max(len(columns[i][0]) for i in keep[1:]) if len(keep) > 1 else 0
-    for row in rows:
-        console.print(row[keep[0]], soft_wrap=True)
-        for i in keep[1:]:
-            console.print(f"  {columns[i][0]:<{pad}}  {row[i]}", soft_wrap=True)
-
-
-def _plain(cell: str) -> str:
-    from rich.text import Text
-
-    return Text.from_markup(cell).plain
-
-
-def expand_paths(paths: list[Path]) -> list[tuple[str, str | None]]:
-    """``(path, error)`` per input in order: files as given, folders expanded to their images
-    (recursive, sorted); a missing path or an image-less folder becomes one entry with an error."""
-    entries: list[tuple[str, str | None]] = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if is_image_file(f) and f.is_file())
-            if not found:
-                entries.append((str(p), f"{p}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
-            entries += [(f, None) for f in found]
-        elif p.exists():
-            entries.append((str(p), None))
-        else:
-            entries.append((str(p), f"{p}: file not found"))
-    return entries
 
 
 def predict(
@@ -173,7 +89,7 @@ def predict(
     from serving.predictor import MODES, Prediction
 
     if mode not in MODES:
-        raise _fail(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise fail(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     entries = expand_paths(paths)
     if mode == "auto":  # one session, made for the job at hand
         mode = "latency" if sum(e is None for _, e in entries) <= 1 else "throughput"
@@ -186,7 +102,7 @@ def predict(
             r = Prediction(None, -1, math.nan, path=path, error=error) if error else next(stream)
             results.append(r)
             if json_out:
-                typer.echo(json.dumps(_json_safe({"schema": schema_id("prediction"), **r.to_dict()}),
+                typer.echo(json.dumps(json_safe({"schema": schema_id("prediction"), **r.to_dict()}),
                                       allow_nan=False))
     if not json_out:
         _prediction_table(results, top_k)
@@ -248,11 +164,11 @@ def validate(
     from serving.validate import validate as run_validation
 
     if data is not None and run is not None:
-        raise _fail("pass --data or --run, not both")
+        raise fail("pass --data or --run, not both")
     if data is None and run is None:
         run = model.parent.parent if model.parent.name == "export" else None
         if run is None or not (run / "split.json").is_file():
-            raise _fail(f"{model}: pass --data DIR (DIR/<label>/<image>) or --run RUN (the run's own val split)")
+            raise fail(f"{model}: pass --data DIR (DIR/<label>/<image>) or --run RUN (the run's own val split)")
     with _errors():
         # a model export marked failed is validated (to see why), with a warning line
         predictor = load_checked(model, True, threads=threads, mode="throughput")  # folders: one session
@@ -263,7 +179,7 @@ def validate(
             ref = Reference.load(ref_dir)
         report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size, min_agreement)
     if json_out:
-        typer.echo(json.dumps(_json_safe(report.to_dict()), allow_nan=False))
+        typer.echo(json.dumps(json_safe(report.to_dict()), allow_nan=False))
     else:
         _validation_tables(report)
     if report.gate_failures:
@@ -274,23 +190,23 @@ def validate(
 def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:
     """``(path, label index)`` for the validation files a run recorded in ``split.json`` (no rescan).
 
-    Read with cvkeras.rundir (standard library only), so the device side stays TensorFlow-free. Files
+    Read with serving.formats (standard library only), so the device side stays TensorFlow-free. Files
     gone since the run are named on stderr and left out; none left, or other classes, is an error.
     """
-    from cvkeras import rundir
+    from serving import formats
 
-    doc = rundir.read_split(run)
+    doc = formats.read_split(run)
     if doc.get("source") == "tfds" or not doc.get("val"):
-        raise ValueError(f"{run / rundir.SPLIT}: records no validation files (a TFDS run keeps them in TFDS); "
+        raise OptionError(f"{run / formats.SPLIT}: records no validation files (a TFDS run keeps them in TFDS); "
                          "pass --data with a folder of labelled images")
-    classes = doc.get("classes") or rundir.read_labels(run)
+    classes = doc.get("classes") or formats.read_labels(run)
     if classes != list(labels):
-        raise ValueError(f"{run / rundir.SPLIT}: classes {', '.join(classes)} differ from the model's "
+        raise OptionError(f"{run / formats.SPLIT}: classes {', '.join(classes)} differ from the model's "
                          f"labels {', '.join(labels)}; pass the run this model was exported from")
     items = [(Path(p), int(y)) for p, y in doc["val"]]
     gone = [p for p, _ in items if not p.is_file()]
     if len(gone) == len(items):
-        raise ValueError(f"{run / rundir.SPLIT}: none of its {len(items)} validation files exist (e.g. {gone[0]}); "
+        raise OptionError(f"{run / formats.SPLIT}: none of its {len(items)} validation files exist (e.g. {gone[0]}); "
                          "pass --data instead")
     if gone:
         typer.echo(f"warning: {len(gone)} recorded validation file(s) are missing (e.g. {gone[0]}); "
@@ -305,7 +221,7 @@ def _pct(v: float | None) -> str:
 def _validation_tables(report: Any) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     summary = Table(title=f"validation of {report.model}", show_header=False)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
@@ -368,7 +284,7 @@ def benchmark(
         doc = run_benchmark(models, batch_size=batch_size, threads=threads, warmup=warmup, iters=iters,
                             rounds=rounds)
     if json_out:
-        typer.echo(json.dumps(_json_safe(doc), allow_nan=False))
+        typer.echo(json.dumps(json_safe(doc), allow_nan=False))
         return
     title = (f"benchmark: batch {batch_size}, threads {threads or 'auto'}, {rounds} rounds, "
              f"load average {doc['loadavg'][0]}-{doc['loadavg'][1]} on {doc['cpus']} CPUs")

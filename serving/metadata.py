@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving.errors import CvkerasError, first_line
 from serving.preprocess import contract
 
 METADATA_KEY = "cvkeras"
@@ -41,7 +42,7 @@ class FailedModelWarning(UserWarning):
     """Loading a model whose metadata says it failed its ``cvkeras export`` check."""
 
 
-class MetadataError(ValueError):
+class MetadataError(CvkerasError, ValueError):
     """A model without usable cvkeras metadata; the message names the file and the fix."""
 
 
@@ -132,6 +133,6 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise MetadataError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+            raise MetadataError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
         return metadata_from_props(sess.get_modelmeta().custom_metadata_map, str(path))
     raise MetadataError(f"{path}: unknown model type {path.suffix!r}; expected .onnx or .tflite")

@@ -31,278 +31,32 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import overload
 
 import numpy as np
 from PIL import Image
 
-from serving.metadata import (
-    FailedModelWarning,
-    MetadataError,
-    ModelMetadata,
-    failed_name,
-    metadata_from_props,
-    read_metadata,
-)
+from serving.errors import OptionError, first_line
+from serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
 from serving.preprocess import JPEG_SCALING, ImageError, load_resized
-
-#: ONNX Runtime session config key: "1" selects exact (U8U8) int8 kernels on x86 CPUs without VNNI.
-X64_QUANT_PRECISION = "session.x64quantprecision"
-
-#: What ``predict`` accepts per image: a file path, encoded bytes, a PIL image or an HWC uint8 array.
-ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+from serving.results import (  # noqa: F401 - Batch, ImageInput, Prediction are part of this module's interface
+    Batch,
+    ImageInput,
+    Prediction,
+    _batch,
+    _default_workers,
+    _is_single,
+    _source_name,
+    failed_model_line,
+    not_a_model_hint,
+)
+from serving.runners import X64_QUANT_PRECISION, ModelError, _OnnxRunner, _Runner, _TFLiteRunner  # noqa: F401
 
 __all__ = ["MODES", "Batch", "ImageInput", "ModelError", "Prediction", "Predictor"]
 
 #: ``Predictor`` modes: settings for one image at a time, for batches and folders, or chosen per call.
 MODES = ("latency", "throughput", "auto")
-
-
-class ModelError(ValueError):
-    """A model file that cannot be loaded or run; the message names the file and the fix."""
-
-
-@dataclass
-class Prediction:
-    """The result for one image. ``error`` is set (and ``label`` is None) when it could not be read."""
-
-    label: str | None
-    index: int
-    score: float
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    path: str | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"path", "label", "index", "score", "top_k": [{"label", "score"}]}``."""
-        if self.error is not None:
-            return {"path": self.path, "error": self.error}
-        return {
-            "path": self.path,
-            "label": self.label,
-            "index": self.index,
-            "score": self.score,
-            "top_k": [{"label": name, "score": score} for name, score in self.top_k],
-        }
-
-
-@dataclass
-class Batch:
-    """Decoded inputs for a run of sources: ``x[j]`` is source ``indices[j]``; ``errors`` maps the rest."""
-
-    indices: list[int]
-    x: np.ndarray  # float32 NHWC 0..255 at the model's input size
-    errors: dict[int, str]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
-class _OnnxRunner:
-    """One ONNX Runtime session; the single float32 NHWC input and the first output (probabilities)."""
-
-    kind = "onnx"
-
-    def __init__(self, path: Path, providers: Sequence[str] | None, threads: int | None,
-                 spinning: bool = True) -> None:
-        """``spinning``: idle runtime threads busy-wait (lowest latency) or sleep (leave CPU to decoders)."""
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        wanted = list(providers) if providers else ["CPUExecutionProvider"]
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            raise ModelError(f"{path}: execution provider {', '.join(missing)} is not available here; "
-                             f"choose from {', '.join(available)}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only: no optimiser chatter on stderr
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain: no inter-op pool
-        opts.inter_op_num_threads = 1
-        # Exact int8 kernels on x86 without VNNI: there the default U8S8 kernels add pairs of u8*s8 products
-        # in saturating int16, which cost a full-int8 model accuracy and made the verdict depend on the CPU.
-        # No effect on VNNI or ARM CPUs (already exact) nor on float models.
-        opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        # Spinning: idle runtime threads busy-wait between operators, the fastest single image; off, they
-        # sleep so decoder threads get the cores. Set explicitly either way (ORT's default may change).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.spinning = spinning
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=wanted)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(exc)}); "
-                             "check the file is complete or re-export it") from None
-        self.path = path
-        self.providers = self.session.get_providers()
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(f"{path}: expected one image input, found {len(inputs)}; "
-                             "export with `cvkeras export`")
-        inp = inputs[0]
-        shape = list(inp.shape)
-        channels_ok = len(shape) == 4 and (shape[3] == 3 or not isinstance(shape[3], int))
-        if inp.type != "tensor(float)" or not channels_ok:
-            raise ModelError(f"{path}: input {inp.name!r} is {inp.type} {shape}, expected float32 "
-                             "[N, H, W, 3]; export with `cvkeras export`")
-        self.input_name = inp.name
-        self.output_name = self.session.get_outputs()[0].name  # whatever the exporter called it
-        self._outputs = [self.output_name]
-        self.batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-        self.hw = tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:3])
-        out_shape = self.session.get_outputs()[0].shape
-        self.num_classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
-
-    def metadata(self) -> ModelMetadata:
-        return metadata_from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(self._outputs, {self.input_name: x})[0]
-
-
-def _round_half_away(v: np.ndarray) -> np.ndarray:
-    """TFLite's rounding (``std::round``): halves go away from zero, unlike ``np.round``."""
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
-
-
-class _TFLiteRunner:
-    """A LiteRT interpreter (fixed batch of 1); (de)quantizes integer I/O with the tensors' own params."""
-
-    kind = "tflite"
-
-    def __init__(self, path: Path, threads: int | None) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise ModelError(f"{path}: running .tflite models needs LiteRT; `pip install ai-edge-litert` "
-                             "or use the .onnx export") from None
-        try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            inp = self.interpreter.get_input_details()[0]
-            if list(inp["shape"][:1]) != [1]:
-                self.interpreter.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
-            self.interpreter.allocate_tensors()
-        except Exception as exc:  # LiteRT raises ValueError/RuntimeError with multi-line texts
-            raise ModelError(f"{path}: not a loadable TFLite model ({_first_line(exc)}); "
-                             "check the file is complete or re-export it") from None
-        self.path = path
-        self.providers = ["LiteRT"]
-        self.inp = self.interpreter.get_input_details()[0]
-        self.out = self.interpreter.get_output_details()[0]
-        shape = list(self.inp["shape"])
-        if len(shape) != 4 or shape[3] != 3:
-            raise ModelError(f"{path}: input shape {shape} is not [1, H, W, 3]; export with `cvkeras export`")
-        self.batch = 1
-        self.spinning = None  # LiteRT has no such setting
-        self.hw = (int(shape[1]), int(shape[2]))
-        self.num_classes = int(self.out["shape"][-1])
-        self.in_scale, self.in_zero = self.inp["quantization"]
-        self.out_scale, self.out_zero = self.out["quantization"]
-        #: uint8 input with scale 1 and zero point 0 (``cvkeras export --int8``): a decoded uint8 image
-        #: is already the quantized input, no float round trip needed.
-        self.takes_uint8_image = (np.dtype(self.inp["dtype"]) == np.uint8 and self.in_scale == 1.0
-                                  and self.in_zero == 0)
-
-    def metadata(self) -> ModelMetadata:
-        return read_metadata(self.path)
-
-    def _quantize(self, x: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self.inp["dtype"])
-        if dtype.kind == "f":
-            return x.astype(dtype, copy=False)
-        if not self.in_scale:
-            raise ModelError(f"{self.path}: integer input without quantization parameters; re-export it")
-        info = np.iinfo(dtype)
-        q = _round_half_away(x / np.float32(self.in_scale)) + self.in_zero
-        return np.clip(q, info.min, info.max).astype(dtype)
-
-    def _dequantize(self, y: np.ndarray) -> np.ndarray:
-        if np.dtype(self.out["dtype"]).kind == "f":
-            return y.astype(np.float32, copy=False)
-        if not self.out_scale:
-            raise ModelError(f"{self.path}: integer output without quantization parameters; re-export it")
-        return (y.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
-
-    def run_uint8(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities for one HWC uint8 image fed as is (only when :attr:`takes_uint8_image`)."""
-        self.interpreter.set_tensor(self.inp["index"], image[None])
-        self.interpreter.invoke()
-        return self._dequantize(self.interpreter.get_tensor(self.out["index"]).reshape(1, -1))
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(x.shape[0]):
-            self.interpreter.set_tensor(self.inp["index"], self._quantize(x[i : i + 1]))
-            self.interpreter.invoke()
-            out.append(self._dequantize(self.interpreter.get_tensor(self.out["index"]).reshape(1, -1)))
-        return np.concatenate(out, axis=0) if out else np.zeros((0, self.num_classes), np.float32)
-
-
-def _default_workers() -> int:
-    return min(2, os.cpu_count() or 1)
-
-
-def _is_single(images: Any) -> bool:
-    if isinstance(images, str | os.PathLike | bytes | Image.Image):
-        return True
-    return isinstance(images, np.ndarray) and images.ndim in (2, 3)
-
-
-def _batch(start: int, out: np.ndarray, errors: list[str | None]) -> Batch:
-    """Drop the rows that failed to decode; keep their messages by source index."""
-    ok = [j for j, e in enumerate(errors) if e is None]
-    x = out if len(ok) == len(out) else out[ok]
-    return Batch([start + j for j in ok], x, {start + j: e for j, e in enumerate(errors) if e is not None})
-
-
-def _source_name(src: Any) -> str | None:
-    return os.fspath(src) if isinstance(src, str | os.PathLike) else None
-
-
-_Runner = _OnnxRunner | _TFLiteRunner
-
-
-#: Export flag that writes each reduced-precision file (see ``cvkeras export --help``).
-_EXPORT_FLAG = {"int8": "--int8", "dynamic": "--int8", "fp16": "--fp16"}
-
-
-def _models_in(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.glob("*") if f.suffix in (".onnx", ".tflite") and f.is_file())
-
-
-def failed_model_line(p: Path, reason: str) -> str:
-    """What to say about a model whose metadata marks it failed (kept by export for inspection only)."""
-    return (f"{p}: this model FAILED its export check ({reason}); it is kept for inspection, not for "
-            "deployment -- see export_report.json and use a model that passed")
-
-
-def not_a_model_hint(p: Path) -> str:
-    """The error line for a model path that is not a file: what it is instead, and what to pass or run."""
-    if not p.exists() and failed_name(p).is_file():
-        return (f"{p}: failed its export check and was kept as {failed_name(p).name} for inspection only "
-                f"(see {p.parent / 'export_report.json'}); deploy a model that passed, or re-export")
-    if p.is_dir():
-        models = _models_in(p) or _models_in(p / "export")
-        if models:
-            return (f"{p}: a folder, not a model file; pass one of its exported models: "
-                    f"{', '.join(str(m) for m in models)}")
-        if (p / "best.keras").is_file():
-            return f"{p}: a run folder with no exported model yet; run `cvkeras export {p}` first"
-        return f"{p}: a folder, not a model file; pass an .onnx or .tflite from `cvkeras export`"
-    variant = next((v for v in _EXPORT_FLAG if p.stem.endswith("_" + v)), None)
-    if variant and p.parent.is_dir() and _models_in(p.parent):
-        run = p.parent.parent if p.parent.name == "export" else Path("RUN")
-        return (f"{p}: not exported; `cvkeras export {run} {_EXPORT_FLAG[variant]}` writes it "
-                f"(this folder has {', '.join(m.name for m in _models_in(p.parent))})")
-    return f"{p}: model file not found; pass an .onnx or .tflite from `cvkeras export`"
 
 
 class Predictor:
@@ -312,7 +66,7 @@ class Predictor:
                  decode_workers: int | None = None, mode: str = "auto",
                  make_runner: Callable[[str], _Runner] | None = None) -> None:
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.metadata = metadata
         self.path = path
         self.mode = mode
@@ -343,7 +97,7 @@ class Predictor:
             ValueError: unknown ``mode``.
         """
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         p = Path(path)
         if not p.is_file():
             raise ModelError(not_a_model_hint(p))
@@ -425,7 +179,7 @@ class Predictor:
         x = np.asarray(x)
         h, w = self.input_size
         if x.ndim != 4 or x.shape[1:] != (h, w, 3):
-            raise ValueError(f"expected a float32 batch of shape (N, {h}, {w}, 3), got {x.shape}; "
+            raise OptionError(f"expected a float32 batch of shape (N, {h}, {w}, 3), got {x.shape}; "
                              "preprocess with serving.preprocess.to_model_input")
         x = np.ascontiguousarray(x, dtype=np.float32)
         runner = self._runner_for(use or ("latency" if x.shape[0] == 1 else "throughput"))
@@ -435,7 +189,7 @@ class Predictor:
         except ModelError:
             raise
         except Exception as exc:  # a runtime failure is about this model, not the caller's code
-            raise ModelError(f"{self.path}: inference failed ({_first_line(exc)})") from None
+            raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
         if not parts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.concatenate(parts, axis=0).astype(np.float32, copy=False).reshape(x.shape[0], -1)
@@ -451,7 +205,7 @@ class Predictor:
         ``Batch.errors`` instead of raising, so one bad file never stops the rest.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+            raise OptionError(f"batch_size must be at least 1, not {batch_size}")
         n = len(sources)
         h, w = self.input_size
 
@@ -556,5 +310,5 @@ class Predictor:
         except ModelError:
             raise
         except Exception as exc:  # a runtime failure is about this model, not the caller's code
-            raise ModelError(f"{self.path}: inference failed ({_first_line(exc)})") from None
+            raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
         return self._result(probs.reshape(-1), top_k, _source_name(image))

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
+from serving.errors import CvkerasError
+
 # --- the contract, as data (also written into export metadata) ------------------------------------
 COLOR_ORDER = "RGB"
 VALUE_RANGE = (0.0, 255.0)
@@ -56,7 +58,7 @@ MAX_PIXELS = 64_000_000
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a grey half-image
 
 
-class ImageError(ValueError):
+class ImageError(CvkerasError, ValueError):
     """A file or object that cannot be turned into an RGB image; the message names the cause."""
 
 

@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from serving.images import class_folders, list_images
 from serving.predictor import Predictor
-from serving.preprocess import IMAGE_EXTENSIONS, is_image_file, resize
+from serving.preprocess import IMAGE_EXTENSIONS, resize
+from serving.reference import REFERENCE_FILE, Reference, ValidationError, _key  # noqa: F401
+from serving.stats import Z95, paired_drop_interval, wilson_interval  # noqa: F401
 
-REFERENCE_FILE = "reference.npz"
 #: Default smallest top-1 agreement with the float model (``--min-agreement`` of export and validate).
 #: Disagreement bounds the accuracy drop (|drop| <= 1 - agreement), so 0.99 caps the drop at one point on
 #: any data while the float32 exports agree 99.7-100 % (decode differences only); the int8 models of
@@ -36,96 +38,6 @@ DEFAULT_MIN_AGREEMENT = 0.99
 SPLIT_FOLDERS = ("val", "validation")
 
 Items = list[tuple[str | os.PathLike, int]] | tuple[np.ndarray, np.ndarray]
-
-
-class ValidationError(ValueError):
-    """Unusable validation data or reference; the message names the file and the fix."""
-
-
-def _key(path: str | os.PathLike) -> str:
-    """Match key of an image: its last two path parts, ``"class/file"``, whatever the root."""
-    parts = Path(os.fspath(path).replace("\\", "/")).parts
-    return "/".join(parts[-2:])
-
-
-@dataclass
-class Reference:
-    """Outputs of the Keras model an artifact was exported from.
-
-    ``paths`` ("class/file") match folder images; without paths, ``probs`` match array items by position.
-    """
-
-    probs: np.ndarray
-    labels: np.ndarray | None = None
-    paths: list[str] | None = None
-    accuracy: float | None = None  # fraction 0..1 of the Keras model on these images
-    source: str = "<memory>"
-    #: per row "val" (labelled held-out split: accuracy drop) or "train" (held back from calibration:
-    #: agreement only); None: every row counts for both.
-    splits: np.ndarray | None = None
-
-    @classmethod
-    def load(cls, export_dir: str | os.PathLike) -> Reference:
-        """Read ``export_dir/reference.npz`` (or the given ``.npz`` file)."""
-        p = Path(export_dir)
-        if p.is_dir():
-            p = p / REFERENCE_FILE
-        if not p.is_file():
-            raise ValidationError(f"{p}: reference outputs not found; pass the folder `cvkeras export` wrote")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except Exception as exc:  # zip, pickle and format errors
-            raise ValidationError(f"{p}: not a readable reference ({exc}); re-run `cvkeras export`") from None
-        if "probs" not in data:
-            raise ValidationError(f"{p}: has no 'probs' array; re-run `cvkeras export`")
-        probs = np.asarray(data["probs"], dtype=np.float32)
-        n = probs.shape[0] if probs.ndim == 2 else -1
-        labels = np.asarray(data["labels"]).astype(np.int64) if "labels" in data else None
-        paths = [str(s) for s in data["paths"]] if "paths" in data else None
-        if n < 0 or (labels is not None and len(labels) != n) or (paths is not None and len(paths) != n):
-            raise ValidationError(f"{p}: probs, labels and paths differ in length; re-run `cvkeras export`")
-        splits = np.asarray(data["split"]).astype(str) if "split" in data else None
-        if splits is not None and len(splits) != n:
-            raise ValidationError(f"{p}: split and probs differ in length; re-run `cvkeras export`")
-        acc = float(data["accuracy"]) if "accuracy" in data else None
-        return cls(probs=probs, labels=labels, paths=paths, accuracy=acc, source=str(p), splits=splits)
-
-
-#: Two-sided 95 % normal quantile of the intervals below.
-Z95 = 1.959963984540054
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (fractions); sane at 0 % and 100 % unlike Wald."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1.0 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, float(mid - half)), min(1.0, float(mid + half)))
-
-
-def paired_drop_interval(ref_correct: np.ndarray, model_correct: np.ndarray,
-                         z: float = Z95) -> tuple[float, float]:
-    """95 % interval of the paired accuracy difference ``mean(ref_correct) - mean(model_correct)``.
-
-    The images are the same for both models, so only discordant pairs carry information (McNemar):
-    ``b`` = reference right and model wrong, ``c`` = the reverse. Agresti & Min's (2005) Wald interval
-    with half a count added to each of the four cells keeps a non-zero width when ``b = c = 0``.
-    Returned as fractions (multiply by 100 for points).
-    """
-    a, m = np.asarray(ref_correct, bool), np.asarray(model_correct, bool)
-    n = len(a)
-    if n == 0:
-        return (-1.0, 1.0)
-    b, c = int((a & ~m).sum()), int((~a & m).sum())
-    nn = n + 2.0
-    p10, p01 = (b + 0.5) / nn, (c + 0.5) / nn
-    diff = p10 - p01
-    half = z * np.sqrt(max(p10 + p01 - diff * diff, 0.0) / nn)
-    return (max(-1.0, float(diff - half)), min(1.0, float(diff + half)))
 
 
 @dataclass
@@ -184,7 +96,7 @@ def scan_class_folder(root: str | os.PathLike, labels: list[str]) -> list[tuple[
         raise ValidationError(f"{base}: data folder not found; pass a folder of class sub-folders")
 
     def subdirs(p: Path) -> list[Path]:
-        return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+        return class_folders(p)
 
     dirs = subdirs(base)
     if not any(d.name in labels for d in dirs):
@@ -200,7 +112,7 @@ def scan_class_folder(root: str | os.PathLike, labels: list[str]) -> list[tuple[
     if unknown:
         raise ValidationError(f"{base}: folder(s) {', '.join(unknown)} are not labels of this model "
                               f"({', '.join(labels)}); remove them or pass the right --data")
-    items = [(f, index[d.name]) for d in dirs for f in sorted(d.iterdir()) if is_image_file(f)]
+    items = [(f, index[d.name]) for d in dirs for f in list_images(d)]
     if not items:
         raise ValidationError(f"{base}: no {'/'.join(IMAGE_EXTENSIONS)} images in the class folders")
     return items

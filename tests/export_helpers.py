@@ -91,8 +91,10 @@ def build_run(
     import keras
 
     from cvkeras import rundir
+    from cvkeras.config import FinetuneConfig
     from cvkeras.model import build_classifier
     from cvkeras.pipeline import decoded_dataset
+    from serving.formats import split_doc
 
     items = write_images(data_root, per_class)
     train, val = _split(items, val_per_class)
@@ -106,16 +108,12 @@ def build_run(
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=16, epochs=epochs, shuffle=True, verbose=0)
     run.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write(run / rundir.BEST, lambda tmp: model.save(tmp))
-    rundir.write_labels(run, LABELS)
-    rundir.write_config(run, {
-        "model": {"name": model_name, "alpha": alpha, "image_size": list(SIZE), "weights": "none",
-                  "dropout": 0.0},
-        "data": {"source": str(data_root), "seed": SEED, "val_split": 0.3},
-    })
-    rundir.write_json(run / rundir.SPLIT, {
-        "source": "folder", "root": str(data_root), "seed": SEED, "train": train, "val": val, "test": [],
-    })
+    rd = rundir.RunDir(run)  # not marked: a hand-made run, as a copied or older one would be
+    rundir.atomic_write(rd.best, lambda tmp: model.save(tmp))
+    rd.write_labels(LABELS)
+    rd.write_config(FinetuneConfig(data=str(data_root), model=model_name, alpha=alpha, image_size=list(SIZE),
+                                   weights="none", dropout=0.0, seed=SEED, val_split=0.3))
+    rd.write_split(split_doc("folder", str(data_root), SEED, LABELS, {"train": train, "val": val}))
     return run
 
 

@@ -22,7 +22,7 @@ import yaml
 from shapes_helpers import write_shapes
 from typer.testing import CliRunner
 
-from cvkeras import rundir
+from cvkeras import rundir, runfiles
 from cvkeras.cli import app
 
 TINY = ["--model", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
@@ -271,7 +271,7 @@ def test_a_read_only_run_is_one_line_pointing_to_output(run_copy, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("dir", args[0] if args else run_copy)))
 
     before = snapshot(run_copy)
-    monkeypatch.setattr(rundir.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(runfiles.tempfile, "mkstemp", read_only)  # atomic writes live in cvkeras.runfiles
     monkeypatch.setattr(os, "mkdir", read_only)
     for args in (["evaluate", run_copy], ["export", run_copy, "--format", "onnx"]):
         result = cli(*args)

@@ -102,7 +102,7 @@ def test_reexport_removes_the_previous_exports_models_and_marks_failed_ones(mark
 def test_remove_previous_export_needs_the_manifest(tmp_path):
     """Without a manifest entry a model file is not cvkeras's to remove; with one it goes."""
     from cvkeras import rundir
-    from export.exporter import remove_previous_export, unverified_files
+    from export.folder import remove_previous_export, unverified_files
 
     run = tmp_path / "run"
     out = run / "export"
@@ -130,10 +130,10 @@ def test_failed_mark_is_read_from_the_metadata(tmp_path):
 
 
 def test_mark_failed_renames_marks_and_never_overwrites_a_foreign_file(tmp_path):
-    """``_mark_failed`` on a real (tiny) ONNX model: renamed, marked in its metadata, warned about on load."""
+    """``mark_failed`` on a real (tiny) ONNX model: renamed, marked in its metadata, warned about on load."""
     from serving_helpers import make_onnx, metadata
 
-    from export.exporter import _mark_failed
+    from export.folder import mark_failed
     from export.verify import ArtifactResult
     from serving.metadata import FailedModelWarning
     from serving.predictor import Predictor
@@ -141,7 +141,7 @@ def test_mark_failed_renames_marks_and_never_overwrites_a_foreign_file(tmp_path)
     path = make_onnx(tmp_path / "model_int8.onnx", metadata())
     res = ArtifactResult("model_int8.onnx", "onnx", "int8", str(path), status="failed",
                          error="model_int8.onnx: top-1 agreement 50.00 % < 99 % required")
-    _mark_failed(res)
+    mark_failed(res)
     assert Path(res.path).name == "model_int8.FAILED.onnx" and not path.exists()
     with pytest.warns(FailedModelWarning, match="FAILED its export check"):
         predictor = Predictor.load(res.path)
@@ -152,5 +152,5 @@ def test_mark_failed_renames_marks_and_never_overwrites_a_foreign_file(tmp_path)
     mine.write_bytes(b"user file")
     again = make_onnx(mine.parent / "model_int8.onnx", metadata())
     res = ArtifactResult("model_int8.onnx", "onnx", "int8", str(again), status="failed", error="x: failed")
-    _mark_failed(res)
+    mark_failed(res)
     assert mine.read_bytes() == b"user file" and not again.exists() and "not kept" in res.error

@@ -1,6 +1,6 @@
 """Serving benchmark: the predictor against the bare runtimes, and large photos with and without DCT scaling.
 
-For the 224 px MobileNetV2 alpha 0.5 artifacts of ``bench/export.py`` (float32 and int8, ONNX and TFLite,
+For the 224 px MobileNetV2 alpha 0.5 artifacts of ``bench/bench_export.py`` (float32 and int8, ONNX and TFLite,
 whichever exist), in one process, in interleaved rounds (every configuration once per round, so load
 from other processes hits all alike; each figure is the median of per-round medians, with the range):
 
@@ -23,7 +23,7 @@ from other processes hits all alike; each figure is the median of per-round medi
 inversions. Records ``os.getloadavg()`` before and after: the project machine has 2 cores shared with
 other jobs. Prints JSON.
 
-    python bench/serving.py [--export bench/out/export] [--data /work/shared/data/flowers] [--rounds 5]
+    python bench/bench_serving.py [--export bench/out/export] [--data /work/shared/data/flowers] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -42,12 +42,11 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-# This file is bench/serving.py: put the repo first so `serving` is the package, not this script.
-sys.path.insert(0, str(REPO))
+from serving.images import list_images
+from serving.predictor import Predictor
+from serving.preprocess import load_resized
 
-from serving.predictor import Predictor  # noqa: E402
-from serving.preprocess import is_image_file, load_resized  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LATENCY_GOAL = 1.1
 LARGE_GOAL = 4.0
@@ -63,7 +62,7 @@ def _shared_flowers() -> Path:
 
 def pick_images(root: Path, n: int) -> list[Path]:
     """``n`` photos spread evenly over the sorted class folders (deterministic)."""
-    files = sorted(p for p in root.rglob("*") if is_image_file(p) and p.is_file())
+    files = list_images(root)
     if not files:
         sys.exit(f"error: {root}: no images; pass --data DIR with class folders of photos")
     step = max(1, len(files) // n)
@@ -237,7 +236,7 @@ def large_section(model: Path, files: list[Path], args: argparse.Namespace, nois
 
     scaled = Predictor.load(model, threads=args.threads, mode="throughput")
     if not scaled.jpeg_scaling:
-        sys.exit(f"error: {model} was exported before DCT-scaled decoding; re-run bench/export.py")
+        sys.exit(f"error: {model} was exported before DCT-scaled decoding; re-run bench/bench_export.py")
     full = Predictor.load(model, threads=args.threads, mode="throughput")
     full.jpeg_scaling = False  # the decoding of earlier versions: every pixel of the 12 MP photo
     b = args.batch_size
@@ -300,7 +299,7 @@ def main() -> None:
     models = [args.export / n for n in ("model.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite")]
     models = [m for m in models if m.is_file()]
     if not any(m.suffix == ".onnx" for m in models):
-        sys.exit(f"error: no model.onnx in {args.export}; run `python bench/export.py` first (or pass --export)")
+        sys.exit(f"error: no model.onnx in {args.export}; run `python bench/bench_export.py` first (or pass --export)")
     files = pick_images(args.data, args.n)
     for f in files:  # page cache: measure decoding, not the disk
         f.read_bytes()

@@ -11,7 +11,7 @@ ratio to float32 ONNX, and the layers an int8 repair kept in float (with the ful
 
 Rows (hardest first): MobileNet a0.25 224, MobileNetV2 a0.5 224, MobileNet a0.25 160, MobileNetV2 a0.35 224.
 Trained runs are cached in ``bench/out/runs/<row>`` (reused when ``metrics.json`` is there), exports go to
-``bench/out/exports/<row>``; the MobileNetV2 a0.5 export is also the one ``bench/serving.py`` reads
+``bench/out/exports/<row>``; the MobileNetV2 a0.5 export is also the one ``bench/bench_serving.py`` reads
 (``bench/out/export``).
 
 Goals (issue #9), per row: agreement >= 99 % and drop <= 0.5 point for int8 ONNX and int8 TFLite, size
@@ -19,7 +19,7 @@ Goals (issue #9), per row: agreement >= 99 % and drop <= 0.5 point for int8 ONNX
 
 Usage::
 
-    python bench/export.py [--rows mobilenet-a0.25-224,...] [--threads 2] [--timing-images 200]
+    python bench/bench_export.py [--rows mobilenet-a0.25-224,...] [--threads 2] [--timing-images 200]
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-# This script is bench/export.py and bench/ also holds serving.py: drop the script's folder from the
-# import path so that `import export` / `import serving` get the packages, not the benchmark scripts.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "data"
 DATA = SHARED / "flowers"

@@ -1,0 +1,121 @@
+"""The labelled split every data source resolves to (:class:`DataSplit`), the seeded stratified split, the
+readability check every image gets before training, and the data error type.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.errors import CvkerasError
+from serving.preprocess import ImageError, load_image
+
+TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
+
+
+class DataError(CvkerasError, ValueError):
+    """Data that cannot be trained on; the message is one line naming the path and the fix."""
+
+
+@dataclass
+class DataSplit:
+    """Labelled items per split, plus what was skipped while scanning."""
+
+    classes: list[str]
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    test: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: str = "folder"
+    root: str | None = None
+    tfds: dict[str, Any] | None = None  # for tfds sources: name, config, data_dir, split names
+    warnings: list[str] = field(default_factory=list)  # oddities worth a line (the run goes on)
+
+    def to_json(self, seed: int) -> dict[str, Any]:
+        """The ``split.json`` document (format: :func:`serving.formats.split_doc`)."""
+        from serving.formats import split_doc
+
+        extra = {} if self.tfds is None else {"tfds": self.tfds}
+        return split_doc(self.source, self.root, seed, self.classes,
+                         {name: getattr(self, name) for name in ("train", "val", "test")}, **extra)
+
+    def counts(self, split: str = "train") -> list[int]:
+        c = Counter(y for _, y in getattr(self, split))
+        return [c.get(i, 0) for i in range(len(self.classes))]
+
+
+def _check_readable(paths: list[str], workers: int = 8) -> tuple[list[bool], list[tuple[str, str]]]:
+    """Decode every file once; returns ok flags and (path, reason) for the unreadable ones."""
+
+    from PIL import Image
+
+    def probe(p: str) -> str | None:
+        try:
+            load_image(p)
+        except ImageError as exc:
+            return str(exc).split(": ", 1)[-1]
+        with Image.open(p) as img:  # what Pillow reads, TensorFlow's decoders may not
+            if img.format not in TF_FORMATS:
+                return f"{img.format} image (training decodes JPEG, PNG, BMP, GIF only); convert it to PNG"
+            if img.format == "BMP" and (img.mode not in ("RGB", "RGBA", "L") or img.info.get("compression")):
+                return f"{img.mode} or compressed BMP (TensorFlow decodes it wrongly); save it as PNG"
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(probe, paths))
+    return [r is None for r in reasons], [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+
+
+def stratified_split(
+    items: list[tuple[str, int]], val_split: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Seeded per-class split: each class keeps at least one training and (if >1 image) one val image."""
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must be between 0 and 1, not {val_split}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for it in sorted(items):
+        by_class.setdefault(it[1], []).append(it)
+    train, val = [], []
+    for y in sorted(by_class):
+        group = by_class[y]
+        order = rng.permutation(len(group))
+        n_val = int(round(val_split * len(group)))
+        n_val = min(max(n_val, 1 if len(group) > 1 else 0), len(group) - 1)
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return sorted(train), sorted(val)
+
+
+def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where: str, val_split: float,
+            seed: int, source: str, root: str | None,
+            pre_skipped: list[tuple[str, str]] | None = None) -> DataSplit:
+    """Drop unreadable files, check every class has images, and split when no val split was given."""
+    all_items = [it for items in splits.values() for it in items]
+    ok, skipped = _check_readable([p for p, _ in all_items])
+    skipped = list(pre_skipped or []) + skipped
+    bad = {p for p, _ in skipped}
+    splits = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
+    if len(classes) < 2:
+        raise DataError(f"{where}: found {len(classes)} class(es); need at least two class folders or labels")
+    if not splits.get("val"):
+        splits["train"], splits["val"] = stratified_split(splits.get("train", []), val_split, seed)
+    counts = Counter(y for _, y in splits.get("train", []))
+    empty = [classes[i] for i in range(len(classes)) if counts.get(i, 0) == 0]
+    if empty:
+        raise DataError(f"{where}: class {empty[0]!r} has no readable training images; add images or remove it")
+    if not splits["val"]:
+        raise DataError(f"{where}: the validation split is empty; add images or raise --val-split")
+    val_counts = Counter(y for _, y in splits["val"])
+    no_val = [classes[i] for i in range(len(classes)) if not val_counts.get(i)]
+    warnings = []
+    if no_val:
+        warnings.append(f"{where}: class(es) {', '.join(map(repr, no_val[:5]))} have no validation image "
+                        "(a class needs 2+ images, or add it to val/); its validation recall is undefined and "
+                        "reported as 0")
+    return DataSplit(classes, splits["train"], splits["val"], splits.get("test", []), skipped, source, root,
+                     warnings=warnings)

@@ -1,0 +1,127 @@
+"""The ONNX rows of the artifact table: ``model.onnx`` (tf2onnx), then from it ``model_int8.onnx`` (static QDQ,
+repaired by keeping its worst layers in float when it misses a gate) and ``model_fp16.onnx``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import metadata as meta_io
+from export.errors import ConversionError, ExportError
+from export.job import Job, fail_result, record_repair
+from export.quantize import QuantSettings
+from export.verify import ArtifactResult
+
+
+def convert(job: Job) -> None:
+    """Make, check (and repair) every planned ONNX artifact."""
+    import tempfile
+
+    from cvkeras.rundir import atomic_write
+    from export import quantize, to_onnx
+
+    model, say, check, metadata = job.model, job.say, job.check, job.metadata
+    opset, quant, repair = job.options.opset, job.options.quant_settings(), job.options.repair
+    calib_images, debug_images, fast_check = job.calib_images, job.debug_images, job.fast_check
+    rows = {r.precision: r for r in job.wanted("onnx")}  # the table's ONNX rows: float32, int8, fp16
+    base = rows.get("float32")
+    if base is None:
+        return
+    say(f"converting {base.name} (tf2onnx)")
+    try:
+        proto = to_onnx.keras_to_onnx(model, opset, base.name)
+    except ConversionError as exc:
+        fail_result(base, exc)
+        for res in rows.values():
+            if res is not base:
+                res.error = f"{res.name}: not made because {base.name} failed"
+        return
+    float_extra = {"format": "onnx", "opset": opset}
+
+    def save(res: ArtifactResult, p, extra: dict[str, Any]) -> None:
+        meta_io.embed_onnx(p, metadata(res.precision, extra))
+        atomic_write(res.path, lambda tmp: to_onnx.save(p, tmp))
+        res.status = "converted"
+
+    save(base, proto, float_extra)
+    check(base)
+    if "int8" in rows:
+        res = rows["int8"]
+        say(f"quantizing {res.name} (static QDQ int8, {quant.calibration} calibration, "
+            f"{len(calib_images)} images)")
+        int8_extra = {**float_extra, "quantization": quant.to_dict(), "calibration_samples": len(calib_images)}
+        with tempfile.TemporaryDirectory(prefix="cvkeras-int8-") as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            try:
+                quantize.preprocess(base.path, pre, res.name)
+                save(res, quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True),
+                     int8_extra)
+            except ExportError as exc:
+                fail_result(res, exc)
+            if res.status == "converted":
+                check(res)
+                if repair and res.status == "failed" and not res.error.endswith("cannot be run"):
+                    repair_onnx(res, pre, calib_images, debug_images, quant, int8_extra, save, check,
+                                 fast_check, say)
+    if "fp16" in rows:
+        res = rows["fp16"]
+        say(f"converting {res.name}")
+        try:
+            save(res, quantize.convert_fp16(proto, res.name), float_extra)
+            check(res)
+        except ExportError as exc:
+            fail_result(res, exc)
+
+
+def repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, quant: QuantSettings, extra, save, check,
+                 fast_check, say) -> None:
+    """Keep the fewest worst-measured layers of ``res`` in float until its gate holds (``export.repair``)."""
+    from cvkeras.rundir import atomic_write
+    from export import quantize, repair, to_onnx
+
+    full = res.to_dict()
+    say(f"{res.error}; measuring per-layer int8 error (onnxruntime qdq_loss_debug)")
+    try:
+        raw = quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True, compact=False)
+        raw_path = pre.with_name("raw_int8.onnx")
+        to_onnx.save(raw, raw_path)
+        ranking = repair.rank_onnx_layers(pre, raw_path, debug_images[: repair.DEBUG_IMAGES].astype(np.float32))
+        candidate = res.path[: -len(".onnx")] + ".candidate.onnx"
+
+        groups = {r.name: r.nodes or [r.name] for r in ranking}
+
+        def build(names: list[str]) -> None:
+            nodes = [n for name in names for n in groups[name]]
+            p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True)
+            meta_io.embed_onnx(p, meta_io.ModelMetadata.from_json(_onnx_meta(res.path)))
+            atomic_write(candidate, lambda tmp: to_onnx.save(p, tmp))
+
+        def cand_check() -> tuple[bool, dict[str, Any]]:
+            return fast_check(candidate)
+
+        outcome = repair.search(ranking, build, cand_check, say)
+        if outcome.passed:
+            p = to_onnx_load(candidate)
+            save(res, p, {**extra, "float_layers": outcome.float_layers})
+            check(res)
+    except ExportError as exc:
+        res.repair = {"error": str(exc)}
+        return
+    finally:
+        Path(res.path[: -len(".onnx")] + ".candidate.onnx").unlink(missing_ok=True)
+    record_repair(res, full, outcome)
+
+
+def to_onnx_load(path: str):
+    import onnx
+
+    return onnx.load(path)
+
+
+def _onnx_meta(path: str) -> str:
+    from serving.metadata import METADATA_KEY
+
+    return next(p.value for p in to_onnx_load(path).metadata_props if p.key == METADATA_KEY)

@@ -1,0 +1,134 @@
+"""What an export makes and with which settings: the artifact table and the one options object.
+
+``ARTIFACTS`` drives the work: :func:`plan_artifacts` picks its rows for the requested formats and
+precisions, and the exporter runs each picked row's converter (``export.onnx_steps`` /
+``export.tflite_steps``) in table order. :class:`ExportOptions` holds every setting and checks them all,
+once, before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, NamedTuple
+
+from export import calibration as calib
+from export.errors import ExportError
+from export.quantize import QuantSettings
+from export.to_onnx import DEFAULT_OPSET
+from export.to_tflite import IO_TYPES
+from export.verify import DEFAULT_FLOAT_TOLERANCE
+from serving.validate import DEFAULT_MIN_AGREEMENT
+
+FORMATS = ("onnx", "tflite")
+MIN_OPSET, MAX_OPSET = 13, 18
+
+
+class Artifact(NamedTuple):
+    """One row of the artifact table: file name, format, precision and the flag that adds it (None: always)."""
+
+    name: str
+    format: str
+    precision: str
+    needs: str | None
+
+
+#: Every artifact an export can make, in conversion order.
+ARTIFACTS: tuple[Artifact, ...] = (
+    Artifact("model.onnx", "onnx", "float32", None),
+    Artifact("model_int8.onnx", "onnx", "int8", "int8"),
+    Artifact("model_fp16.onnx", "onnx", "fp16", "fp16"),
+    Artifact("model.tflite", "tflite", "float32", None),
+    Artifact("model_int8.tflite", "tflite", "int8", "int8"),
+    Artifact("model_fp16.tflite", "tflite", "fp16", "fp16"),
+    Artifact("model_dynamic.tflite", "tflite", "dynamic", "int8"),
+)
+
+
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """``"onnx,tflite"`` or ``["onnx"]`` -> validated tuple; unknown names raise ExportError."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    names = tuple(dict.fromkeys(f.strip().lower() for f in items if f.strip()))
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown or not names:
+        raise ExportError(f"unknown format {', '.join(unknown) or repr(formats)}; "
+                          f"choose from {', '.join(FORMATS)}")
+    return names
+
+
+def plan_artifacts(formats: Sequence[str] = FORMATS, int8: bool = False, fp16: bool = False) -> list[str]:
+    """Names of the artifacts an export with these options produces, in conversion order."""
+    flags = {"int8": int8, "fp16": fp16}
+    return [a.name for a in ARTIFACTS if a.format in formats and (a.needs is None or flags[a.needs])]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Every setting of ``cvkeras export`` (the CLI flags), with their defaults.
+
+    ``calibration`` is the one place the ONNX calibration method is set; ``quant`` holds the other
+    quantization knobs (its own ``calibration`` is replaced by this one).
+    """
+
+    formats: str | Sequence[str] = FORMATS
+    int8: bool = False
+    fp16: bool = False
+    calibration: str = "minmax"
+    calibration_samples: int = calib.DEFAULT_SAMPLES
+    io_type: str = "uint8"
+    opset: int = DEFAULT_OPSET
+    max_accuracy_drop: float = 1.0
+    float_tolerance: float = DEFAULT_FLOAT_TOLERANCE
+    threads: int | None = None
+    quant: QuantSettings | None = None
+    verify_samples: int | None = None
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    repair: bool = True
+    calibration_flip: bool = True
+
+    def checked(self) -> ExportOptions:
+        """This object with ``formats`` parsed, after checking every value (ExportError naming the flag)."""
+        fmts = parse_formats(self.formats)
+        if self.threads is not None and self.threads < 1:
+            raise ExportError(f"--threads must be a whole number >= 1, not {self.threads}")
+        if not (isinstance(self.max_accuracy_drop, int | float) and math.isfinite(self.max_accuracy_drop)
+                and self.max_accuracy_drop >= 0):
+            raise ExportError(f"--max-accuracy-drop must be a finite number >= 0, not {self.max_accuracy_drop}")
+        if self.calibration not in calib.METHODS:
+            raise ExportError(f"unknown --calibration {self.calibration!r}; choose from {', '.join(calib.METHODS)}")
+        if self.io_type not in IO_TYPES:
+            raise ExportError(f"unknown --io-type {self.io_type!r}; choose from {', '.join(IO_TYPES)}")
+        if self.calibration_samples < 1:
+            raise ExportError(f"--calibration-samples must be at least 1, not {self.calibration_samples}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ExportError(f"--opset {self.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} "
+                              f"(default {DEFAULT_OPSET})")
+        if self.float_tolerance < 0:
+            raise ExportError("--max-accuracy-drop and the float tolerance must not be negative")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ExportError(f"--min-agreement must be a fraction in 0..1, not {self.min_agreement}")
+        return replace(self, formats=fmts, quant=self.quant_settings())
+
+    def quant_settings(self) -> QuantSettings:
+        return replace(self.quant or QuantSettings(), calibration=self.calibration)
+
+    def planned(self) -> list[Artifact]:
+        """The table rows this export makes, in conversion order."""
+        names = plan_artifacts(parse_formats(self.formats), self.int8, self.fp16)
+        return [a for a in ARTIFACTS if a.name in names]
+
+    def settings(self, calibration_used: int, calibration_images: int) -> dict[str, Any]:
+        """The ``settings`` block of ``export_report.json``."""
+        quant = self.quant_settings()
+        return {
+            "formats": list(parse_formats(self.formats)), "int8": self.int8, "fp16": self.fp16, "opset": self.opset,
+            "io_type": self.io_type, "calibration": self.calibration, "calibration_samples": calibration_used,
+            "calibration_images": calibration_images, "calibration_flip": bool(self.int8 and self.calibration_flip),
+            "quantization": quant.to_dict(), "max_accuracy_drop": self.max_accuracy_drop,
+            "min_agreement": self.min_agreement, "repair": self.repair,
+            "float_tolerance": self.float_tolerance, "threads": self.threads,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,163 @@
+"""The two model runtimes behind :class:`serving.Predictor`: an ONNX Runtime session and a LiteRT
+interpreter, each loading one exported cvkeras model and running float32 NHWC batches to probabilities.
+Device side: numpy, onnxruntime (and LiteRT for ``.tflite``) only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from serving.errors import CvkerasError, first_line
+from serving.metadata import ModelMetadata, metadata_from_props, read_metadata
+
+#: ONNX Runtime session config key: "1" selects exact (U8U8) int8 kernels on x86 CPUs without VNNI.
+X64_QUANT_PRECISION = "session.x64quantprecision"
+
+class ModelError(CvkerasError, ValueError):
+    """A model file that cannot be loaded or run; the message names the file and the fix."""
+
+
+class _OnnxRunner:
+    """One ONNX Runtime session; the single float32 NHWC input and the first output (probabilities)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path, providers: Sequence[str] | None, threads: int | None,
+                 spinning: bool = True) -> None:
+        """``spinning``: idle runtime threads busy-wait (lowest latency) or sleep (leave CPU to decoders)."""
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        wanted = list(providers) if providers else ["CPUExecutionProvider"]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise ModelError(f"{path}: execution provider {', '.join(missing)} is not available here; "
+                             f"choose from {', '.join(available)}")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: no optimiser chatter on stderr
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain: no inter-op pool
+        opts.inter_op_num_threads = 1
+        # Exact int8 kernels on x86 without VNNI: there the default U8S8 kernels add pairs of u8*s8 products
+        # in saturating int16, which cost a full-int8 model accuracy and made the verdict depend on the CPU.
+        # No effect on VNNI or ARM CPUs (already exact) nor on float models.
+        opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        # Spinning: idle runtime threads busy-wait between operators, the fastest single image; off, they
+        # sleep so decoder threads get the cores. Set explicitly either way (ORT's default may change).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.spinning = spinning
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path}: not a loadable ONNX model ({first_line(exc)}); "
+                             "check the file is complete or re-export it") from None
+        self.path = path
+        self.providers = self.session.get_providers()
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{path}: expected one image input, found {len(inputs)}; "
+                             "export with `cvkeras export`")
+        inp = inputs[0]
+        shape = list(inp.shape)
+        channels_ok = len(shape) == 4 and (shape[3] == 3 or not isinstance(shape[3], int))
+        if inp.type != "tensor(float)" or not channels_ok:
+            raise ModelError(f"{path}: input {inp.name!r} is {inp.type} {shape}, expected float32 "
+                             "[N, H, W, 3]; export with `cvkeras export`")
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name  # whatever the exporter called it
+        self._outputs = [self.output_name]
+        self.batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        self.hw = tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:3])
+        out_shape = self.session.get_outputs()[0].shape
+        self.num_classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+
+    def metadata(self) -> ModelMetadata:
+        return metadata_from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(self._outputs, {self.input_name: x})[0]
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """TFLite's rounding (``std::round``): halves go away from zero, unlike ``np.round``."""
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+class _TFLiteRunner:
+    """A LiteRT interpreter (fixed batch of 1); (de)quantizes integer I/O with the tensors' own params."""
+
+    kind = "tflite"
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise ModelError(f"{path}: running .tflite models needs LiteRT; `pip install ai-edge-litert` "
+                             "or use the .onnx export") from None
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            inp = self.interpreter.get_input_details()[0]
+            if list(inp["shape"][:1]) != [1]:
+                self.interpreter.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
+            self.interpreter.allocate_tensors()
+        except Exception as exc:  # LiteRT raises ValueError/RuntimeError with multi-line texts
+            raise ModelError(f"{path}: not a loadable TFLite model ({first_line(exc)}); "
+                             "check the file is complete or re-export it") from None
+        self.path = path
+        self.providers = ["LiteRT"]
+        self.inp = self.interpreter.get_input_details()[0]
+        self.out = self.interpreter.get_output_details()[0]
+        shape = list(self.inp["shape"])
+        if len(shape) != 4 or shape[3] != 3:
+            raise ModelError(f"{path}: input shape {shape} is not [1, H, W, 3]; export with `cvkeras export`")
+        self.batch = 1
+        self.spinning = None  # LiteRT has no such setting
+        self.hw = (int(shape[1]), int(shape[2]))
+        self.num_classes = int(self.out["shape"][-1])
+        self.in_scale, self.in_zero = self.inp["quantization"]
+        self.out_scale, self.out_zero = self.out["quantization"]
+        #: uint8 input with scale 1 and zero point 0 (``cvkeras export --int8``): a decoded uint8 image
+        #: is already the quantized input, no float round trip needed.
+        self.takes_uint8_image = (np.dtype(self.inp["dtype"]) == np.uint8 and self.in_scale == 1.0
+                                  and self.in_zero == 0)
+
+    def metadata(self) -> ModelMetadata:
+        return read_metadata(self.path)
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self.inp["dtype"])
+        if dtype.kind == "f":
+            return x.astype(dtype, copy=False)
+        if not self.in_scale:
+            raise ModelError(f"{self.path}: integer input without quantization parameters; re-export it")
+        info = np.iinfo(dtype)
+        q = _round_half_away(x / np.float32(self.in_scale)) + self.in_zero
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        if np.dtype(self.out["dtype"]).kind == "f":
+            return y.astype(np.float32, copy=False)
+        if not self.out_scale:
+            raise ModelError(f"{self.path}: integer output without quantization parameters; re-export it")
+        return (y.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
+
+    def run_uint8(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities for one HWC uint8 image fed as is (only when :attr:`takes_uint8_image`)."""
+        self.interpreter.set_tensor(self.inp["index"], image[None])
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self.out["index"]).reshape(1, -1))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(x.shape[0]):
+            self.interpreter.set_tensor(self.inp["index"], self._quantize(x[i : i + 1]))
+            self.interpreter.invoke()
+            out.append(self._dequantize(self.interpreter.get_tensor(self.out["index"]).reshape(1, -1)))
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.num_classes), np.float32)
+
+
+_Runner = _OnnxRunner | _TFLiteRunner

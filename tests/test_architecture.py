@@ -1,0 +1,195 @@
+"""The seams between packages (issue #8): round trips of the files both sides read, one owner per rule,
+and an import graph without cycles or arrows back up. Fast: no TensorFlow, no model."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvkeras.config import FinetuneConfig
+from cvkeras.rundir import RunDir
+from serving.errors import CvkerasError, RunDirError
+from serving.formats import labels_text, read_labels, split_doc
+from serving.reference import Reference
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- round trips -------------------------------------------------------------------------------------------
+
+def test_finetune_config_round_trips_through_yaml():
+    import yaml
+
+    cfg = FinetuneConfig(data="demo:shapes", model="efficientnet_b0", alpha=None, image_size=[96, 128],
+                         weights="none", learning_rate=3e-4, unfreeze="all", jit=True, steps_per_epoch=5, seed=7)
+    doc = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    assert FinetuneConfig.from_dict(doc) == cfg
+    assert FinetuneConfig.from_dict(FinetuneConfig().to_dict()) == FinetuneConfig()
+
+
+def test_config_refuses_a_list_where_text_belongs():
+    with pytest.raises(CvkerasError, match="data.augment must be text"):
+        FinetuneConfig.from_dict({"data": {"augment": ["light"]}})
+
+
+def test_replayed_config_with_another_model_drops_width_and_size():
+    base = FinetuneConfig(model="mobilenet_v2", alpha=0.35, image_size=[96, 96])
+    assert base.merged({"model": "mobilenet_v2", "epochs": 2}).alpha == 0.35
+    other = base.merged({"model": "efficientnet_b0"})
+    assert (other.model, other.alpha, other.image_size) == ("efficientnet_b0", None, None)
+    kept = base.merged({"model": "efficientnet_b0", "image_size": [64, 64]})
+    assert kept.image_size == [64, 64]
+
+
+def test_rundir_round_trip(tmp_path):
+    run = RunDir(tmp_path / "run")
+    cfg = FinetuneConfig(data=str(tmp_path / "data"), model="mobilenet_v2", alpha=0.35, image_size=[48, 64],
+                         seed=11, weights="none")
+    split = split_doc("folder", str(tmp_path / "data"), 11, ["a", "b"],
+                      {"train": [(str(tmp_path / "data/a/1.png"), 0)], "val": [(str(tmp_path / "data/b/2.png"), 1)]})
+    run.write_config(cfg, {"precision": "float32", "replicas": 1})
+    run.write_labels(["a", "b"])
+    run.write_split(split)
+    run.write_state({"stage": 2, "epoch": 1})
+    assert run.config() == cfg
+    assert run.run_info() == {"precision": "float32", "replicas": 1}
+    assert (run.image_size(), run.seed(), run.model_name()) == ((48, 64), 11, "mobilenet_v2")
+    assert run.labels() == ["a", "b"]
+    assert run.split() == split
+    assert run.state() == {"stage": 2, "epoch": 1}
+    RunDir.open(run.path, need_model=False)  # every file a reader relies on checks out
+    with pytest.raises(RunDirError, match="best.keras: missing"):
+        RunDir.open(run.path)
+
+
+def test_rundir_seed_defaults_to_the_config_default(tmp_path):
+    """A config.yaml without data.seed: every reader gets FinetuneConfig's seed (once 42 here, 0 there)."""
+    from cvkeras import rundir
+
+    rundir.write_config(tmp_path, {"model": {"name": "mobilenet_v2", "image_size": [32, 32]}})
+    assert RunDir(tmp_path).seed() == FinetuneConfig().seed == 42
+
+
+def test_rundir_config_names_the_file_for_a_bad_field(tmp_path):
+    from cvkeras import rundir
+
+    rundir.write_config(tmp_path, {"model": {"name": "mobilenet_v2", "image_size": [32, 32]},
+                                   "train": {"optimizer": {"adam": 1}}})
+    with pytest.raises(RunDirError, match=r"config.yaml: config key train.optimizer must be text"):
+        RunDir(tmp_path).config()
+
+
+def test_labels_round_trip(tmp_path):
+    (tmp_path / "labels.txt").write_text(labels_text(["daisy", "rose hip", "tulip"]))
+    assert read_labels(tmp_path) == ["daisy", "rose hip", "tulip"]
+
+
+def test_reference_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    ref = Reference(rng.random((5, 3), dtype=np.float32), np.array([0, 1, 2, 1, 0]),
+                    ["a/1.png", "b/2.png", "c/3.png", "b/4.png", "a/5.png"], 0.8,
+                    splits=np.array(["val", "val", "train", "val", "train"]))
+    (tmp_path / "reference.npz").write_bytes(ref.to_bytes())
+    back = Reference.load(tmp_path)
+    np.testing.assert_array_equal(back.probs, ref.probs)
+    np.testing.assert_array_equal(back.labels, ref.labels)
+    np.testing.assert_array_equal(back.splits, ref.splits)
+    assert (back.paths, back.accuracy) == (ref.paths, 0.8)
+
+
+# --- one image lister ----------------------------------------------------------------------------------------
+
+def test_training_validation_and_prediction_see_the_same_images(tmp_path):
+    from cvkeras.data import scan_folder
+    from serving.images import expand_paths
+    from serving.validate import scan_class_folder
+
+    root = tmp_path / "data"
+    wanted = ["cat/a.png", "cat/nested/b.png", "dog/c.png", "dog/d.png"]
+    for rel in [*wanted, "cat/.hidden.png", "dog/.thumbs/e.png", "__MACOSX/cat/f.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(root / rel)
+    expected = sorted(str((root / rel).resolve()) for rel in wanted)
+    trained = scan_folder(root, val_split=0.5, seed=0)
+    assert sorted(p for p, _ in trained.train + trained.val) == expected
+    assert sorted(str(p.resolve()) for p, _ in scan_class_folder(root, ["cat", "dog"])) == expected
+    assert sorted(str(Path(p).resolve()) for p, e in expand_paths([root]) if e is None) == expected
+
+
+# --- one error type ------------------------------------------------------------------------------------------
+
+def test_every_expected_failure_is_a_cvkeras_error():
+    from cvkeras.data import DataError
+    from cvkeras.explain import ExplainError
+    from cvkeras.model import WeightsError
+    from cvkeras.registry import UnknownModelError
+    from cvkeras.rundir import RunLockedError
+    from cvkeras.train import RunExistsError, TrainingDivergedError
+    from export.errors import ConversionError, ExportError
+    from serving.metadata import MetadataError
+    from serving.predictor import ModelError
+    from serving.preprocess import ImageError
+    from serving.validate import ValidationError
+
+    for cls in (DataError, ExplainError, WeightsError, UnknownModelError, RunLockedError, RunExistsError,
+                TrainingDivergedError, ConversionError, ExportError, MetadataError, ModelError, ImageError,
+                ValidationError, RunDirError):
+        assert issubclass(cls, CvkerasError), cls
+    assert TrainingDivergedError.exit_code == 1 and ExportError.exit_code == 2
+
+
+# --- layers ------------------------------------------------------------------------------------------------
+
+#: serving <- training (cvkeras) <- export <- the command line (cvkeras.cli and what only it uses).
+CLI_MODULES = {"cvkeras.cli", "cvkeras.cli_finetune", "cvkeras.demo_job", "cvkeras.helpfmt", "export.cli"}
+
+
+def _layer(module: str) -> int:
+    if module in CLI_MODULES:
+        return 3
+    return {"serving": 0, "cvkeras": 1, "export": 2}[module.split(".")[0]]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    mods = {}
+    for pkg in ("cvkeras", "export", "serving"):
+        for f in (REPO / pkg).glob("*.py"):
+            mods[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        for node in ast.walk(ast.parse(f.read_text())):  # imports inside functions count too
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods]
+                names = subs or [node.module]
+            else:
+                continue
+            graph[m] |= {n for n in names if n in mods and n != m}
+    return graph
+
+
+def test_no_import_cycle_and_no_arrow_back_up():
+    graph = _import_graph()
+    back = [f"{m} -> {n}" for m, ns in graph.items() for n in ns if _layer(n) > _layer(m)]
+    assert not back, back
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
