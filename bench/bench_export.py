@@ -137,10 +137,10 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
         row = {
             "artifact": a.name, "status": a.status,
             "agreement_pct": _pct(a.agreement), "agreement_ci_pct": [_pct(v) for v in a.agreement_ci or []],
-            "n_agreement": a.n_agreement,
-            "accuracy_pct": _pct(a.accuracy),
+            "n_agreement": a.n_reference,
+            "accuracy_pct": _pct(a.paired_accuracy),
             "accuracy_drop_points": None if a.accuracy_drop is None else round(a.accuracy_drop, 2),
-            "accuracy_drop_ci_points": [round(v, 2) for v in a.accuracy_drop_ci or []], "n_val": a.n,
+            "accuracy_drop_ci_points": [round(v, 2) for v in a.accuracy_drop_ci or []], "n_val": a.n_paired,
             "size_mb": None if a.size_bytes is None else round(a.size_bytes / 2**20, 3),
             "size_ratio": None if not sizes.get(fmt_float) or a.size_bytes is None
             else round(a.size_bytes / sizes[fmt_float], 3),
@@ -152,7 +152,8 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
         if a.repair:
             full = a.repair.get("full_int8", {})
             row["before_repair"] = {"agreement_pct": _pct(full.get("agreement")),
-                                    "accuracy_drop_points": full.get("accuracy_drop"),
+                                    "accuracy_drop_points": None if full.get("accuracy_drop") is None
+                                    else round(100 * full["accuracy_drop"], 2),  # the JSON's fraction
                                     "size_bytes": full.get("size_bytes")}
             row["repair_size_cost"] = a.repair.get("size_cost")
             row["repair_latency_cost"] = a.repair.get("latency_cost")

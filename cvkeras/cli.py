@@ -18,8 +18,9 @@ from rich.table import Table
 
 from cvkeras.cli_finetune import final_line, finetune, run_finetune, summary_lines  # noqa: F401
 from cvkeras.helpfmt import FinetuneHelpCommand, HelpCommand, HelpGroup
-from serving.console import stdout_console
+from serving.console import print_json, stdout_console
 from serving.errors import CvkerasError, fail
+from serving.schema import schema_id  # standard library only: cheap for --help
 
 app = typer.Typer(
     help="Fine-tune Keras Applications classifiers, export them to ONNX/TFLite and run them on devices.",
@@ -66,6 +67,7 @@ def models(
     measure: str = typer.Option(None, "--measure", help="Build this model here and measure it (needs TensorFlow)."),
     alpha: float = typer.Option(None, help="Width multiplier for --measure."),
     image_size: int = typer.Option(None, "--image-size", help="Input size in px for --measure."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table (docs/json.md)."),
 ) -> None:
     """List the backbones by what an edge model is chosen by: parameters, multiply-adds and file size.
 
@@ -86,6 +88,10 @@ def models(
         specs, stats = [REGISTRY[row["name"]]], {row["name"]: row}
     else:
         specs, stats = list(REGISTRY.values()), load_table()
+    if json_out:
+        print_json({"schema": schema_id("models"), "models": [models_row(spec, stats.get(spec.name, {}))
+                                                              for spec in specs]})
+        return
     from rich import box
 
     table = Table(title=f"{len(specs)} Keras Applications backbone{'s' if len(specs) > 1 else ''}",
@@ -106,6 +112,18 @@ def models(
                       "[--alpha A] [--image-size N]` builds one here and times it on this machine.")
 
 
+def models_row(spec, row: dict) -> dict:
+    """One backbone for ``models --json`` (``cvkeras.models/1``): sizes in bytes from the parameter count."""
+    params = row.get("params")
+    out = {"name": spec.name, "alphas": list(spec.alphas or []), "alpha": row.get("alpha"),
+           "input_size": list(row.get("input_size", spec.input_size)), "params": params,
+           "gmacs": row.get("gmacs"), "float32_size_bytes": None if params is None else 4 * params,
+           "int8_size_bytes": params}
+    if "cpu_ms" in row:
+        out["cpu_ms"] = row["cpu_ms"]
+    return out
+
+
 app.command(name="finetune", cls=FinetuneHelpCommand)(finetune)
 
 
@@ -114,6 +132,7 @@ def evaluate(
     run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),
     data: str = typer.Option(None, help="Evaluate on another dataset with the same classes."),
     split: str = typer.Option("val", help="val or test."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics report as JSON (docs/json.md)."),
 ) -> None:
     """Recompute a run's metrics report (metrics.json, confusion_matrix.png) from best.keras."""
     _quiet_tf()
@@ -129,7 +148,10 @@ def evaluate(
         raise fail(exc) from None
     except OSError as exc:
         raise fail(os_error_line(exc)) from None
-    table = Table(title=f"{run} ({split})")
+    if json_out:
+        print_json(report)
+        return
+    table = Table(title=f"{run} ({split if data is None else data})")
     table.add_column("metric")
     table.add_column("value")
     for k, v in summary_rows(report):

@@ -9,8 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from serving.console import stdout_console
+from serving.console import print_json, stdout_console
 from serving.errors import CvkerasError, fail, first_line
+from serving.schema import schema_id  # standard library only: cheap for --help
 
 console = stdout_console()
 err = Console(stderr=True)
@@ -63,6 +64,8 @@ def finetune(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --output."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors, warnings and the final line."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary (docs/json.md) instead of the "
+                                                        "progress and summary lines."),
 ) -> None:
     """Fine-tune a classifier on labelled images and write a run directory.
 
@@ -85,10 +88,16 @@ def finetune(
     except CvkerasError as exc:
         raise fail(f"{source}: {exc}") from None
     cfg = base.merged(FinetuneConfig.overrides(flags))
-    run_finetune(cfg, output, force, resume, quiet)
+    result = run_finetune(cfg, output, force, resume, quiet or json_out, json_out)
+    if json_out:
+        print_json({"schema": schema_id("finetune"), "run": str(result.run_dir), "epochs_run": result.epochs_run,
+                    "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                    "precision": result.precision, "replicas": result.replicas, "skipped": result.skipped,
+                    "metrics": result.metrics})
 
 
-def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False, hook=None):
+def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False, no_final: bool = False,
+                 hook=None):
     """Call the trainer, turning expected failures into one-line errors; print the summary."""
     from cvkeras.rundir import os_error_line
     from cvkeras.train import finetune
@@ -114,7 +123,8 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool
     if not quiet:
         for line in summary_lines(result):
             console.print(line, highlight=False, soft_wrap=True, markup=False)
-    console.print(final_line(result), highlight=False, soft_wrap=True, markup=False)
+    if not no_final:  # --json: stdout holds the JSON document only
+        console.print(final_line(result), highlight=False, soft_wrap=True, markup=False)
     return result
 
 

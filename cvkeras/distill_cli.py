@@ -104,7 +104,7 @@ def register(app: typer.Typer, finetune_cmd: Callable[..., Any], fail: Callable[
         run_finetune(cfg, output, force, resume, quiet, hook=hook)
 
     params = []
-    for p in finetune_parameters(finetune_cmd):
+    for p in finetune_parameters(finetune_cmd, drop=("json_out",)):
         if p.name == "model":
             p = inspect.Parameter("student", p.kind, annotation=str, default=typer.Option(
                 None, "--student", "-m", help="The student's registry name (see `cvkeras models`)."))
@@ -179,7 +179,7 @@ def register_tune(app: typer.Typer, finetune_cmd: Callable[..., Any], fail: Call
                        f"--output {out}`", 130) from None
         print_leaderboard(records, out, quiet)
 
-    params = [p for p in finetune_parameters(finetune_cmd, drop=("force",))]
+    params = [p for p in finetune_parameters(finetune_cmd, drop=("force", "json_out"))]
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params[1:1] = [
         inspect.Parameter("max_trials", kind, annotation=int, default=typer.Option(

@@ -94,9 +94,11 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
         items = ds_split.train + ds_split.val + ds_split.test
         labels = np.asarray([y for _, y in items])
         probs = predict_paths(model, [p for p, _ in items], size)
-    report = classification_report(probs, labels, classes)
-    report["split"] = split
-    report["data"] = data or "run"
+    from serving.schema import schema_id
+
+    report = {"schema": schema_id("metrics"), **classification_report(probs, labels, classes)}
+    report["split"] = split if data is None else None  # --data: all of another dataset, not a split of the run
+    report["data"] = "run" if data is None else data
     if write:
         # the run's own validation report is metrics.json; other evaluations get their own files
         default = data is None and split == "val"

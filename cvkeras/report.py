@@ -26,7 +26,8 @@ from serving.errors import first_line
 REPORT = "report.html"
 EXPORT_REPORT = Path("export") / "export_report.json"
 #: Columns of the export table, in order, when the artifact rows carry them.
-EXPORT_COLUMNS = ("name", "status", "accuracy", "accuracy_drop", "agreement", "size_bytes", "latency_ms", "n")
+EXPORT_COLUMNS = ("name", "status", "paired_accuracy", "accuracy_drop", "agreement", "size_bytes",
+                  "latency_ms_per_image", "n_paired")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
@@ -72,6 +73,8 @@ def _fmt(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
+        if key == "accuracy_drop":  # a fraction in export_report.json, shown in points as on the console
+            return f"{100 * value:+.2f} points"
         if key in ("accuracy", "agreement") or key.endswith("_accuracy"):
             return f"{100 * value:.2f} %"
         return f"{value:.4g}"

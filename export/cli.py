@@ -42,9 +42,9 @@ def print_table(report) -> None:
         if a.agreement_ci:
             agree += f" [{100 * a.agreement_ci[0]:.2f}, {100 * a.agreement_ci[1]:.2f}]"
         table.add_row(
-            a.name, _fmt(None if a.accuracy is None else 100 * a.accuracy, ".2f"), drop, agree,
+            a.name, _fmt(None if a.paired_accuracy is None else 100 * a.paired_accuracy, ".2f"), drop, agree,
             _fmt(a.max_abs_diff, ".1e"),
-            _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms, ".2f"),
+            _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms_per_image, ".2f"),
             "-" if a.float_layers is None else str(len(a.float_layers)),
             f"[{colour}]{a.status}[/{colour}]",
         )
@@ -85,6 +85,8 @@ def export(
                                 help="When int8 misses a gate, keep its worst layers in float until it passes."),
     calibration_flip: bool = typer.Option(ExportOptions.calibration_flip, "--calibration-flip/--no-calibration-flip",
                                           help="Calibrate on the calibration images and their mirror images."),
+    json_out: bool = typer.Option(False, "--json", help="Print export_report.json on stdout instead of the "
+                                                        "table (docs/json.md)."),
 ) -> None:
     """Export a fine-tuned run to ONNX and TFLite, each checked against the Keras model.
 
@@ -116,14 +118,24 @@ def export(
         raise fail(exc) from None
     except OSError as exc:  # e.g. a read-only run directory
         raise fail(os_error_line(exc)) from None
-    print_table(report)
+    if json_out:
+        from serving.console import print_json
+
+        print_json(report.to_dict())
+    else:
+        print_table(report)
     if output is None or Path(output).resolve() == (Path(run) / "export").resolve():
         from cvkeras.report import refresh
 
         refresh(run, warn=lambda line: print(line, file=sys.stderr))
+    for name in report.unverified_files:
+        print(f"warning: {Path(report.output) / name}: not made by this export, and cvkeras cannot prove it "
+              "wrote it, so it was left in place unverified (listed in unverified_files of the report); "
+              "delete or move it", file=sys.stderr)
     for a in report.artifacts:
         if not a.ok:
             print(f"error: {a.error or a.name + ': ' + a.status}", file=sys.stderr)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
-    print(f"all {len(report.artifacts)} artifacts verified; report: {Path(report.output) / REPORT_FILE}")
+    if not json_out:
+        print(f"all {len(report.artifacts)} artifacts verified; report: {Path(report.output) / REPORT_FILE}")

@@ -17,6 +17,12 @@ model_dynamic.tflite tflite + int8  dynamic-range (int8 weights, float activatio
 plus ``labels.txt``, ``reference.npz`` (Keras outputs on fixed validation images), a JSON sidecar
 ``<name>.tflite.json`` per TFLite file and ``export_report.json``. Every file is written atomically.
 Each artifact is then run on the validation split through ``serving`` and compared with Keras.
+
+The export folder holds one export: the previous export's model files (those the run's manifest proves
+cvkeras wrote) are removed before the new ones are written; a model file cvkeras cannot prove it wrote is
+left and listed as ``unverified_files``. An artifact that fails its check is kept as
+``<stem>.FAILED<suffix>`` with ``extra.verification`` in its metadata (``serving`` warns or refuses).
+The folder rule lives in :mod:`export.folder`.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from export import fidelity, onnx_steps, tflite_steps
+from export import fidelity, folder, onnx_steps, tflite_steps
 from export import metadata as meta_io
 from export.errors import ExportError, first_line
+from export.folder import REPORT_FILE  # noqa: F401 - part of this module's interface
 from export.job import Job
 from export.options import (  # noqa: F401 - the table and options are part of this module's interface
     ARTIFACTS,
@@ -47,7 +54,6 @@ from export.options import (  # noqa: F401 - the table and options are part of t
 from export.verify import ArtifactResult, Gates, verify_artifact
 from serving.reference import REFERENCE_FILE, Reference, relative_paths
 
-REPORT_FILE = "export_report.json"
 EXPORT_DIR = "export"
 #: The converter of each format: makes, checks and repairs that format's planned rows of ARTIFACTS.
 CONVERTERS: dict[str, Callable[[Job], None]] = {"onnx": onnx_steps.convert, "tflite": tflite_steps.convert}
@@ -68,6 +74,9 @@ class ExportReport:
     artifacts: list[ArtifactResult] = field(default_factory=list)
     seconds: float = 0.0
     images: dict[str, Any] = field(default_factory=dict)  # fidelity / val / held-back / calibration counts
+    #: model files in the export folder that this export did not write and cvkeras cannot prove it wrote:
+    #: left in place, never checked (see :func:`export.folder.unverified_files`)
+    unverified_files: list[str] = field(default_factory=list)
 
     @property
     def conversion_errors(self) -> list[ArtifactResult]:
@@ -90,12 +99,25 @@ class ExportReport:
         return next(a for a in self.artifacts if a.name == name)
 
     def to_dict(self) -> dict[str, Any]:
+        """``export_report.json`` (``cvkeras.export_report/1``, docs/json.md): proportions as fractions,
+        files relative to the run directory (absolute when the export folder is outside it)."""
+        from serving.schema import points_to_fraction, schema_id
+
+        def rel(path: str) -> str:
+            try:
+                return Path(path).resolve().relative_to(Path(self.run).resolve()).as_posix()
+            except ValueError:
+                return str(Path(path).resolve())
+
+        settings = {**self.settings, "max_accuracy_drop": points_to_fraction(self.settings["max_accuracy_drop"])}
         return {
-            "run": self.run, "output": self.output, "model_name": self.model_name,
+            "schema": schema_id("export_report"),
+            "run": self.run, "output": rel(self.output), "model_name": self.model_name,
             "input_size": self.input_size, "labels": self.labels,
             "keras": {"accuracy": self.keras_accuracy, "n": self.n_val},
-            "images": self.images, "settings": self.settings, "passed": self.passed, "seconds": round(self.seconds, 1),
-            "artifacts": [a.to_dict() for a in self.artifacts],
+            "images": self.images, "settings": settings, "passed": self.passed, "seconds": round(self.seconds, 1),
+            "artifacts": [{**a.to_dict(), "path": rel(a.path)} for a in self.artifacts],
+            "unverified_files": self.unverified_files,
         }
 
 
@@ -184,6 +206,11 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     keras_probs = _predict(model, data.images)
     val = data.val
     keras_acc = float((keras_probs[val].argmax(1) == data.labels[val]).mean())
+    folder.prepare_output(out_dir)
+    removed = folder.remove_previous_export(out_dir)
+    if removed:
+        say(f"removed {len(removed)} file(s) of the previous export in {out_dir} (an export replaces it): "
+            f"{', '.join(removed)}")
     rundir.write_labels(out_dir, labels)
     ref_paths = None if data.paths is None else relative_paths(data.paths, split.get("root"))
     rundir.atomic_write(out_dir / REFERENCE_FILE, Reference(keras_probs, data.labels, ref_paths, keras_acc,
@@ -219,7 +246,11 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     job = Job(model, opts, results, calib_images, data.calibration, metadata, say, check, fast_check)
     for fmt in dict.fromkeys(a.format for a in opts.planned()):  # the table's order: ONNX, then TFLite
         CONVERTERS[fmt](job)
+    for res in results.values():
+        if res.status == "failed" and Path(res.path).is_file():
+            folder.mark_failed(res)
     report.artifacts = list(results.values())
+    report.unverified_files = folder.unverified_files(out_dir, [Path(r.path).name for r in report.artifacts])
     report.seconds = time.perf_counter() - t0
     rundir.write_json(out_dir / REPORT_FILE, report.to_dict())
     return report

@@ -43,11 +43,11 @@ def record_repair(res: ArtifactResult, full: dict[str, Any], outcome) -> None:
     """The repair's outcome in the artifact row: layers kept float, what it cost, every candidate tried."""
     doc = outcome.to_dict()
     doc["full_int8"] = {k: full.get(k) for k in ("agreement", "agreement_ci", "accuracy_drop", "accuracy_drop_ci",
-                                                   "size_bytes", "latency_ms", "error")}
+                                                   "size_bytes", "latency_ms_per_image", "error")}
     if outcome.passed and res.size_bytes and full.get("size_bytes"):
         doc["size_cost"] = round(res.size_bytes / full["size_bytes"], 4)
-        if full.get("latency_ms") and res.latency_ms:
-            doc["latency_cost"] = round(res.latency_ms / full["latency_ms"], 4)
+        if full.get("latency_ms_per_image") and res.latency_ms_per_image:
+            doc["latency_cost"] = round(res.latency_ms_per_image / full["latency_ms_per_image"], 4)
     res.float_layers = outcome.float_layers if outcome.passed else None
     res.repair = doc
     if not outcome.passed:

@@ -68,7 +68,7 @@ class Attempt:
     accuracy_drop: float | None
     passed: bool
     size_bytes: int
-    latency_ms: float
+    latency_ms_per_image: float
 
 
 @dataclass
@@ -91,8 +91,8 @@ def search(ranking: Sequence[LayerError], build: Callable[[list[str]], None],
     """Smallest ``k`` such that the model with the ``k`` worst layers in float passes ``check``.
 
     ``build(names)`` writes the candidate with those layers (``LayerError.name``) in float; ``check()`` returns (passed,
-    figures with ``agreement``, ``accuracy_drop``, ``size_bytes``, ``latency_ms``). The candidate left
-    built at the end is the smallest passing one, or the full-float-layers one when none passes.
+    figures with ``agreement``, ``accuracy_drop`` (a fraction), ``size_bytes``, ``latency_ms_per_image``).
+    The candidate left built at the end is the smallest passing one, or the full-float-layers one when none passes.
     """
     names = [r.name for r in ranking]
     result = RepairResult(passed=False, ranking=list(ranking))
@@ -104,9 +104,9 @@ def search(ranking: Sequence[LayerError], build: Callable[[list[str]], None],
         built.append(k)
         ok, fig = check()
         say(f"  {k} layer(s) in float: agreement {100 * (fig.get('agreement') or 0):.2f} %, "
-            f"drop {fig.get('accuracy_drop') or 0:+.2f} -> {'passed' if ok else 'failed'}")
+            f"drop {100 * (fig.get('accuracy_drop') or 0):+.2f} points -> {'passed' if ok else 'failed'}")
         result.attempts.append(Attempt(k, fig.get("agreement"), fig.get("accuracy_drop"), ok,
-                                       int(fig.get("size_bytes") or 0), float(fig.get("latency_ms") or 0.0)))
+                                       int(fig.get("size_bytes") or 0), float(fig.get("latency_ms_per_image") or 0.0)))
         outcome[k] = ok
         return ok
 

@@ -37,8 +37,9 @@ class ArtifactResult:
 
     ``status``: ``passed`` | ``failed`` (missed its gate, or could not be run) | ``error`` (conversion
     failed) | ``skipped`` (its float32 parent failed). Accuracies and agreement are fractions,
-    ``accuracy_drop`` and its interval are in points. ``accuracy``/``accuracy_drop`` are over the ``n``
-    labelled validation images, ``agreement`` over all ``n_agreement`` fidelity images.
+    ``accuracy_drop`` and its interval are in points (fractions in :meth:`to_dict`, the JSON).
+    ``paired_accuracy``/``accuracy_drop`` are over the ``n_paired`` labelled validation images,
+    ``agreement`` over all ``n_reference`` fidelity images (the names of ``validate --json``).
     """
 
     name: str
@@ -47,15 +48,15 @@ class ArtifactResult:
     path: str
     status: str = "skipped"
     size_bytes: int | None = None
-    accuracy: float | None = None
+    paired_accuracy: float | None = None  # names as in ``validate --json``: one name per figure
     accuracy_drop: float | None = None
     accuracy_drop_ci: list[float] | None = None
     agreement: float | None = None
     agreement_ci: list[float] | None = None
     max_abs_diff: float | None = None
-    latency_ms: float | None = None
-    n: int = 0
-    n_agreement: int = 0
+    latency_ms_per_image: float | None = None
+    n_paired: int = 0
+    n_reference: int = 0
     gate: str = ""
     error: str | None = None
     float_layers: list[str] | None = None  # layers an int8 repair kept in float32
@@ -66,7 +67,14 @@ class ArtifactResult:
         return self.status == "passed"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON row (``cvkeras.export_report/1``): the drop and its interval as fractions, like every
+        other proportion there (the attributes keep points, the unit of the gate flag and the console)."""
+        from serving.schema import points_to_fraction
+
+        d = asdict(self)
+        d["accuracy_drop"] = points_to_fraction(self.accuracy_drop)
+        d["accuracy_drop_ci"] = points_to_fraction(self.accuracy_drop_ci)
+        return d
 
 
 def gate_for(precision: str, gates: Gates) -> str:
@@ -80,7 +88,7 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
     """Run ``result.path`` on ``items`` against ``reference``; fill the figures and status (returned).
 
     ``items`` and ``reference`` are what ``serving.validate.validate`` takes (files or arrays, a
-    ``Reference``). ``batch_size`` 1 makes ``latency_ms`` the per-image latency a device sees.
+    ``Reference``). ``batch_size`` 1 makes ``latency_ms_per_image`` the per-image latency a device sees.
     """
     from serving.predictor import Predictor
     from serving.validate import validate
@@ -97,15 +105,15 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
         result.status = "failed"
         result.error = f"{path.name}: cannot be run ({first_line(exc)})"
         return result
-    result.n = report.n_paired
-    result.n_agreement = report.n_reference
-    result.accuracy = report.paired_accuracy
+    result.n_paired = report.n_paired
+    result.n_reference = report.n_reference
+    result.paired_accuracy = report.paired_accuracy
     result.accuracy_drop = report.accuracy_drop
     result.accuracy_drop_ci = report.accuracy_drop_ci
     result.agreement = report.agreement
     result.agreement_ci = report.agreement_ci
     result.max_abs_diff = report.max_abs_diff
-    result.latency_ms = report.latency_ms_per_image
+    result.latency_ms_per_image = report.latency_ms_per_image
     if float32:
         ok = report.max_abs_diff is not None and report.max_abs_diff <= gates.float_tolerance
         why = f"max abs probability difference {report.max_abs_diff:.2g} > {gates.float_tolerance:g}"

@@ -9,7 +9,7 @@ comparison meaningless or when an int8 model comes out slower than its float32 t
 
 Example:
     >>> doc = benchmark(["export/model.onnx", "export/model_int8.onnx"], batch_size=8, threads=2)
-    >>> [(r["model"], r["mode"], r["latency_image_p50_ms"]) for r in doc["models"]]
+    >>> [(r["model"], r["mode"], r["latency_ms_per_image_p50"]) for r in doc["models"]]
     >>> doc["warnings"]
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,10 @@ from typing import Any
 import numpy as np
 
 from serving.errors import OptionError
+from serving.metadata import FailedModelWarning
 from serving.predictor import Predictor
+from serving.results import failed_model_line
+from serving.schema import schema_id
 
 #: Benchmarked predictor modes (``auto`` is one of these per call).
 BENCH_MODES = ("latency", "throughput")
@@ -66,12 +70,12 @@ def benchmark(
     """Benchmark every model in every mode in ``rounds`` interleaved rounds of ``iters`` calls each.
 
     Returns ``{"models": [row per (model, mode)], "comparisons": [...], "warnings": [...], "loadavg":
-    [before, after], ...}``. A row has ``model, path, mode, format, precision, file_size_bytes,
-    load_time_ms, batch_size, threads, rounds, iters``, single-image latency ``latency_image_p50_ms,
-    latency_image_p95_ms`` (over all calls) and ``latency_image_round_ms`` (min/median/max of round
-    medians, ``spread``), batch latency ``latency_batch_p50_ms, latency_batch_p95_ms``,
-    ``latency_per_image_in_batch_ms`` and ``throughput_ips`` (median round) with
-    ``throughput_round_ips`` (min/median/max). ``comparisons`` give each model's single-image latency
+    [before, after], ...}``. A row has ``model, path, mode, format, precision, size_bytes,
+    load_time_ms, batch_size, threads, rounds, iters``, single-image latency ``latency_ms_per_image_p50,
+    latency_ms_per_image_p95`` (over all calls) and ``latency_ms_per_image_rounds`` (min/median/max of round
+    medians, ``spread``), batch latency ``latency_ms_per_batch_p50, latency_ms_per_batch_p95``,
+    ``latency_ms_per_image_in_batch`` and ``throughput_ips`` (median round) with
+    ``throughput_ips_rounds`` (min/median/max). ``comparisons`` give each model's single-image latency
     ratio to the first model, per mode, as the median and range of per-round ratios; ``warnings`` name
     noisy figures, ratios whose range straddles 1 (not resolved) and int8-slower-than-float32 inversions.
     """
@@ -79,10 +83,15 @@ def benchmark(
         raise OptionError("batch_size, iters and rounds must be at least 1 and warmup at least 0")
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}  # models marked failed by `cvkeras export`: measured, and named in the warnings
     for path in paths:
         for mode in modes:
             t0 = time.perf_counter()
-            predictor = Predictor.load(path, providers=providers, threads=threads, mode=mode)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FailedModelWarning)
+                predictor = Predictor.load(path, providers=providers, threads=threads, mode=mode)
+            if predictor.metadata.failed_check:
+                failed[str(path)] = failed_model_line(Path(path), predictor.metadata.failed_check)
             runs.append({"path": Path(path), "mode": mode, "predictor": predictor,
                          "load_ms": 1000.0 * (time.perf_counter() - t0), "single": [], "batch": []})
     inputs: dict[tuple[int, int], np.ndarray] = {}
@@ -115,31 +124,31 @@ def benchmark(
             "mode": run["mode"],
             "format": p.kind,
             "precision": p.metadata.precision,
-            "file_size_bytes": run["path"].stat().st_size,
+            "size_bytes": run["path"].stat().st_size,
             "load_time_ms": round(run["load_ms"], 2),
             "batch_size": batch_size,
             "threads": threads,
             "rounds": rounds,
             "iters": iters,
-            "latency_image_p50_ms": _ms(float(np.percentile(single, 50))),
-            "latency_image_p95_ms": _ms(float(np.percentile(single, 95))),
-            "latency_image_round_ms": {k: (round(v, 3) if k == "spread" else _ms(v))
+            "latency_ms_per_image_p50": _ms(float(np.percentile(single, 50))),
+            "latency_ms_per_image_p95": _ms(float(np.percentile(single, 95))),
+            "latency_ms_per_image_rounds": {k: (round(v, 3) if k == "spread" else _ms(v))
                                        for k, v in single_rounds.items()},
-            "latency_batch_p50_ms": _ms(float(np.percentile(batched, 50))),
-            "latency_batch_p95_ms": _ms(float(np.percentile(batched, 95))),
-            "latency_per_image_in_batch_ms": _ms(statistics.mean(batched) / batch_size),
+            "latency_ms_per_batch_p50": _ms(float(np.percentile(batched, 50))),
+            "latency_ms_per_batch_p95": _ms(float(np.percentile(batched, 95))),
+            "latency_ms_per_image_in_batch": _ms(statistics.mean(batched) / batch_size),
             "throughput_ips": round(tput_rounds["median"], 2),
-            "throughput_round_ips": {k: round(v, 3 if k == "spread" else 2) for k, v in tput_rounds.items()},
+            "throughput_ips_rounds": {k: round(v, 3 if k == "spread" else 2) for k, v in tput_rounds.items()},
         })
-    comparisons, warnings = _compare(runs, rows)
+    comparisons, notes = _compare(runs, rows)
     return {
-        "benchmark": "cvkeras benchmark",
+        "schema": schema_id("benchmark"),
         "what": "model alone on a fixed pre-decoded input; rounds interleave models and modes",
         "cpus": os.cpu_count(),
         "loadavg": [round(load_before[0], 2), round(load_after[0], 2)],
         "models": rows,
         "comparisons": comparisons,
-        "warnings": warnings,
+        "warnings": list(failed.values()) + notes,
     }
 
 
@@ -147,10 +156,11 @@ def _compare(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[li
     """Per-round latency ratios to the first model (same mode) and the warnings they call for."""
     warnings = []
     for row in rows:
-        spread = row["latency_image_round_ms"]["spread"]
+        spread = row["latency_ms_per_image_rounds"]["spread"]
         if spread > NOISY_SPREAD:
+            rounds = row["latency_ms_per_image_rounds"]
             warnings.append(f"noisy: {row['model']} ({row['mode']}) single-image round medians range "
-                            f"{row['latency_image_round_ms']['min']}-{row['latency_image_round_ms']['max']} ms "
+                            f"{rounds['min']}-{rounds['max']} ms "
                             f"({100 * spread:.0f} % of the median); other processes share this CPU")
     comparisons = []
     for mode in dict.fromkeys(r["mode"] for r in runs):

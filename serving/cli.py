@@ -20,6 +20,7 @@ import typer
 from serving.console import json_safe, print_rows, stdout_console
 from serving.errors import CvkerasError, OptionError, fail
 from serving.images import expand_paths
+from serving.schema import schema_id
 
 #: Failures a user can fix (bad file, wrong folder, missing package); anything else is a bug.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CvkerasError, OSError)
@@ -28,7 +29,7 @@ ModelArg = Annotated[Path, typer.Argument(help="Model file: an .onnx or .tflite 
                                           show_default=False)]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Runtime intra-op threads "
                                                 "(default: the runtime's choice).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table (docs/json.md).")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="latency: one image at a time, spinning runtime "
                                       "threads; throughput: decoding overlapped with inference; auto: "
                                       "latency for a single file, throughput otherwise.")]
@@ -45,6 +46,27 @@ def _errors() -> Iterator[None]:
         raise fail(str(exc) or type(exc).__name__, 2) from None
 
 
+def load_checked(model: Path, allow_failed: bool, **kwargs: Any) -> Any:
+    """``Predictor.load``, with a model marked failed by ``cvkeras export`` refused (exit 2) or, with
+    ``allow_failed``, named in one ``warning:`` line on stderr."""
+    import warnings
+
+    from serving.metadata import FailedModelWarning
+    from serving.predictor import Predictor
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FailedModelWarning)
+        predictor = Predictor.load(model, **kwargs)
+    for w in caught:
+        if issubclass(w.category, FailedModelWarning):
+            if not allow_failed:
+                raise fail(f"{w.message}; pass --allow-failed to run it anyway", 2)
+            typer.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return predictor
+
+
 def predict(
     model: ModelArg,
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).",
@@ -54,6 +76,9 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 16,
     threads: ThreadsOpt = None,
     mode: ModeOpt = "auto",
+    allow_failed: Annotated[bool, typer.Option(
+        "--allow-failed", help="Run a model that failed its export check (*.FAILED.*) instead of refusing it."
+    )] = False,
 ) -> None:
     """Classify images with an exported model; no TensorFlow needed.
 
@@ -61,7 +86,7 @@ def predict(
     A file that cannot be read gets an error entry; the others still run.
     Exit code: 0 all classified, 1 some failed, 2 unusable model.
     """
-    from serving.predictor import MODES, Prediction, Predictor
+    from serving.predictor import MODES, Prediction
 
     if mode not in MODES:
         raise fail(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -69,7 +94,7 @@ def predict(
     if mode == "auto":  # one session, made for the job at hand
         mode = "latency" if sum(e is None for _, e in entries) <= 1 else "throughput"
     with _errors():
-        predictor = Predictor.load(model, threads=threads, mode=mode)
+        predictor = load_checked(model, allow_failed, threads=threads, mode=mode)
     stream = predictor.iter_predict([p for p, e in entries if e is None], top_k=top_k, batch_size=batch_size)
     results: list[Prediction] = []
     with _errors():
@@ -77,7 +102,8 @@ def predict(
             r = Prediction(None, -1, math.nan, path=path, error=error) if error else next(stream)
             results.append(r)
             if json_out:
-                typer.echo(json.dumps(json_safe(r.to_dict()), allow_nan=False))
+                typer.echo(json.dumps(json_safe({"schema": schema_id("prediction"), **r.to_dict()}),
+                                      allow_nan=False))
     if not json_out:
         _prediction_table(results, top_k)
     failed = sum(not r.ok for r in results)
@@ -134,7 +160,6 @@ def validate(
     split.json, so training images never count.
     Exit code: 0 passed, 1 drop above --max-accuracy-drop, 2 unusable model or data.
     """
-    from serving.predictor import Predictor
     from serving.validate import REFERENCE_FILE, Reference, scan_class_folder
     from serving.validate import validate as run_validation
 
@@ -145,7 +170,8 @@ def validate(
         if run is None or not (run / "split.json").is_file():
             raise fail(f"{model}: pass --data DIR (DIR/<label>/<image>) or --run RUN (the run's own val split)")
     with _errors():
-        predictor = Predictor.load(model, threads=threads, mode="throughput")  # folders: one session
+        # a model export marked failed is validated (to see why), with a warning line
+        predictor = load_checked(model, True, threads=threads, mode="throughput")  # folders: one session
         items = scan_class_folder(data, predictor.labels) if data is not None else run_val_split(run, predictor.labels)
         ref_dir = reference if reference is not None else model.parent
         ref = None
@@ -266,18 +292,18 @@ def benchmark(
         ("model", "model", "{}"),
         ("mode", "mode", "{}"),
         ("precision", "precision", "{}"),
-        ("size MB", "file_size_bytes", "{:.2f}"),
+        ("size MB", "size_bytes", "{:.2f}"),
         ("load ms", "load_time_ms", "{:.0f}"),
-        ("image p50 ms", "latency_image_p50_ms", "{:.2f}"),
+        ("image p50 ms", "latency_ms_per_image_p50", "{:.2f}"),
         ("image rounds ms", "image_rounds", "{}"),
-        ("batch p50 ms", "latency_batch_p50_ms", "{:.2f}"),
+        ("batch p50 ms", "latency_ms_per_batch_p50", "{:.2f}"),
         ("images/s", "throughput_ips", "{:.1f}"),
         ("images/s rounds", "tput_rounds", "{}"),
     ]
     rows = []
     for row in doc["models"]:
-        im, tp = row["latency_image_round_ms"], row["throughput_round_ips"]
-        values = {**row, "file_size_bytes": row["file_size_bytes"] / 1e6,
+        im, tp = row["latency_ms_per_image_rounds"], row["throughput_ips_rounds"]
+        values = {**row, "size_bytes": row["size_bytes"] / 1e6,
                   "image_rounds": f"{im['min']:.2f}-{im['max']:.2f}", "tput_rounds": f"{tp['min']:.0f}-{tp['max']:.0f}"}
         rows.append([escape(fmt.format(values[key])) for _, key, fmt in columns])
     print_rows(title, [(name, "left" if name in ("model", "mode") else "right") for name, *_ in columns], rows)

@@ -21,6 +21,13 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout (NaN and infinities as null: bare NaN is not JSON)."""
+    import json
+
+    print(json.dumps(json_safe(doc), allow_nan=False))
+
+
 def stdout_console() -> Any:
     """Rich console on stdout; wide when piped (rich's 80-column default would fold file paths)."""
     from rich.console import Console

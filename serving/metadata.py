@@ -27,6 +27,19 @@ SCHEMA_VERSION = 1
 
 
 MAX_INPUT_SIDE = 4096  # a larger input is damaged metadata (and would exhaust memory), not a model
+#: Inserted before the suffix of an artifact that failed its export check: ``model_int8.FAILED.onnx``.
+#: No default name a device loads ends that way; the metadata carries the verdict too (``failed_check``).
+FAILED_MARK = ".FAILED"
+
+
+def failed_name(path: str | os.PathLike) -> Path:
+    """``export/model_int8.onnx`` -> ``export/model_int8.FAILED.onnx`` (the name a failed artifact is kept under)."""
+    p = Path(path)
+    return p.with_name(p.stem + FAILED_MARK + p.suffix)
+
+
+class FailedModelWarning(UserWarning):
+    """Loading a model whose metadata says it failed its ``cvkeras export`` check."""
 
 
 class MetadataError(CvkerasError, ValueError):
@@ -52,6 +65,14 @@ class ModelMetadata:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         if not self.preprocess:
             self.preprocess = contract(*self.input_size)
+
+    @property
+    def failed_check(self) -> str | None:
+        """Why the model failed its export check (``extra["verification"]``), or None for a passing model."""
+        mark = self.extra.get("verification") if isinstance(self.extra, dict) else None
+        if isinstance(mark, dict) and mark.get("status") == "failed":
+            return str(mark.get("reason") or "failed its export check")
+        return None
 
     def to_json(self) -> str:
         d = asdict(self)

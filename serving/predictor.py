@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from serving.errors import OptionError, first_line
-from serving.metadata import MetadataError, ModelMetadata
+from serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
 from serving.preprocess import JPEG_SCALING, ImageError, load_resized
 from serving.results import (  # noqa: F401 - Batch, ImageInput, Prediction are part of this module's interface
     Batch,
@@ -47,6 +48,7 @@ from serving.results import (  # noqa: F401 - Batch, ImageInput, Prediction are 
     _default_workers,
     _is_single,
     _source_name,
+    failed_model_line,
     not_a_model_hint,
 )
 from serving.runners import X64_QUANT_PRECISION, ModelError, _OnnxRunner, _Runner, _TFLiteRunner  # noqa: F401
@@ -120,6 +122,8 @@ class Predictor:
         if runner.num_classes is not None and runner.num_classes != len(meta.labels):
             raise MetadataError(f"{p}: metadata has {len(meta.labels)} labels but the model outputs "
                                 f"{runner.num_classes} classes; re-export the model")
+        if meta.failed_check:
+            warnings.warn(failed_model_line(p, meta.failed_check), FailedModelWarning, stacklevel=2)
         return cls(runner, meta, p, decode_workers, mode,
                    make_runner if p.suffix == ".onnx" else None)  # LiteRT: one interpreter serves both
 

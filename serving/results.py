@@ -1,5 +1,6 @@
 """What the predictor hands back (:class:`Prediction`, :class:`Batch`), what it accepts per image, and the
-one-line hint for a model path that is not a model file. Device side: numpy and Pillow only.
+one-line hints for a model path that is not a model file or a model marked failed by ``cvkeras export``.
+Device side: numpy and Pillow only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from serving.metadata import failed_name
 
 #: What ``predict`` accepts per image: a file path, encoded bytes, a PIL image or an HWC uint8 array.
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -82,8 +85,17 @@ def _models_in(folder: Path) -> list[Path]:
     return sorted(f for f in folder.glob("*") if f.suffix in (".onnx", ".tflite") and f.is_file())
 
 
+def failed_model_line(p: Path, reason: str) -> str:
+    """What to say about a model whose metadata marks it failed (kept by export for inspection only)."""
+    return (f"{p}: this model FAILED its export check ({reason}); it is kept for inspection, not for "
+            "deployment -- see export_report.json and use a model that passed")
+
+
 def not_a_model_hint(p: Path) -> str:
     """The error line for a model path that is not a file: what it is instead, and what to pass or run."""
+    if not p.exists() and failed_name(p).is_file():
+        return (f"{p}: failed its export check and was kept as {failed_name(p).name} for inspection only "
+                f"(see {p.parent / 'export_report.json'}); deploy a model that passed, or re-export")
     if p.is_dir():
         models = _models_in(p) or _models_in(p / "export")
         if models:

@@ -43,7 +43,8 @@ Items = list[tuple[str | os.PathLike, int]] | tuple[np.ndarray, np.ndarray]
 @dataclass
 class ValidationReport:
     """Accuracy of an artifact and its parity with the reference. Accuracies and agreement are fractions
-    0..1; ``accuracy_drop`` and its interval are in percentage points (reference minus artifact).
+    0..1; ``accuracy_drop`` and its interval are in percentage points (reference minus artifact), and
+    fractions in :meth:`to_dict` (the JSON).
 
     With a reference, drop and agreement are computed on the matched images only: agreement on all
     ``n_reference`` matched images (labels not needed), the drop on the ``n_paired`` of them from the
@@ -75,7 +76,14 @@ class ValidationReport:
     failures: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"} per unreadable file
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON of ``validate --json`` (``cvkeras.validation/1``, docs/json.md): the drop, its interval
+        and its gate as fractions, like every other proportion there."""
+        from serving.schema import points_to_fraction, schema_id
+
+        d = {"schema": schema_id("validation"), **asdict(self)}
+        for key in ("accuracy_drop", "accuracy_drop_ci", "max_accuracy_drop"):
+            d[key] = points_to_fraction(d[key])
+        return d
 
 
 def scan_class_folder(root: str | os.PathLike, labels: list[str]) -> list[tuple[Path, int]]:

@@ -106,7 +106,8 @@ def test_validate_uses_the_reference_next_to_the_model_and_gates_on_drop(model, 
     assert ok.exit_code == 0, ok.output  # no reference.npz next to the model: metadata's 0.75
     report = json.loads(ok.stdout)
     assert report["accuracy"] == pytest.approx(8 / 12) and report["reference_accuracy"] == 0.75
-    assert report["accuracy_drop"] == pytest.approx(100 * (0.75 - 8 / 12))
+    assert report["accuracy_drop"] == pytest.approx(0.75 - 8 / 12)  # a fraction in the JSON (docs/json.md)
+    assert report["max_accuracy_drop"] == pytest.approx(0.09) and report["schema"] == "cvkeras.validation/1"
     assert report["passed"] is True and report["n_reference"] == 0
     assert runner.invoke(app, [*base, "--max-accuracy-drop", "8"]).exit_code == 1  # 8.3 points > 8
     assert runner.invoke(app, base).exit_code == 1  # default threshold: 1 point
@@ -115,7 +116,7 @@ def test_validate_uses_the_reference_next_to_the_model_and_gates_on_drop(model, 
                                  "--json", "--max-accuracy-drop", "30"])
     report = json.loads(strict.stdout)
     assert report["reference_accuracy"] == 1.0 and report["agreement"] == pytest.approx(8 / 12)
-    assert report["accuracy_drop"] == pytest.approx(100 / 3) and strict.exit_code == 1
+    assert report["accuracy_drop"] == pytest.approx(1 / 3) and strict.exit_code == 1
     assert report["max_abs_diff"] == pytest.approx(np.abs(ref - probs).max(), abs=1e-5)
     (line,) = [ln for ln in strict.stderr.splitlines() if ln.startswith("error:")]
     assert "accuracy drop 33.33 points" in line and "top-1 agreement 66.67 %" in line  # both gates failed
@@ -144,14 +145,14 @@ def test_benchmark_json_fields(model, tmp_path):
         ("model.onnx", "latency"), ("model.onnx", "throughput"),
         ("second.onnx", "latency"), ("second.onnx", "throughput")]
     for r in rows:
-        assert r["file_size_bytes"] == (model if r["model"] == "model.onnx" else other).stat().st_size
+        assert r["size_bytes"] == (model if r["model"] == "model.onnx" else other).stat().st_size
         assert r["batch_size"] == 4 and r["threads"] == 1 and r["format"] == "onnx" and r["rounds"] == 2
-        assert 0 < r["latency_image_p50_ms"] <= r["latency_image_p95_ms"]
-        spread = r["latency_image_round_ms"]
+        assert 0 < r["latency_ms_per_image_p50"] <= r["latency_ms_per_image_p95"]
+        spread = r["latency_ms_per_image_rounds"]
         assert 0 < spread["min"] <= spread["median"] <= spread["max"] and spread["spread"] >= 0
-        assert 0 < r["latency_batch_p50_ms"] <= r["latency_batch_p95_ms"]
+        assert 0 < r["latency_ms_per_batch_p50"] <= r["latency_ms_per_batch_p95"]
         assert r["throughput_ips"] > 0 and r["load_time_ms"] > 0
-        assert r["throughput_round_ips"]["min"] <= r["throughput_ips"] <= r["throughput_round_ips"]["max"]
+        assert r["throughput_ips_rounds"]["min"] <= r["throughput_ips"] <= r["throughput_ips_rounds"]["max"]
     assert [(c["model"], c["baseline"], c["mode"]) for c in doc["comparisons"]] == [
         ("second.onnx", "model.onnx", "latency"), ("second.onnx", "model.onnx", "throughput")]
     for c in doc["comparisons"]:
@@ -178,7 +179,7 @@ def test_benchmark_flags_an_int8_inversion_and_an_unresolved_ratio():
     int8 = run("model_int8.onnx", "int8", [[2.0, 2.0], [1.9, 2.1], [2.2, 2.0]])  # slower: inverted
     noisy = run("other.onnx", "float32", [[0.5, 0.5], [1.5, 1.5], [1.0, 1.0]])  # ratio 0.5 .. 1.5
     rows = [{"model": r["path"].name, "mode": "latency",
-             "latency_image_round_ms": {"min": 1, "max": 1, "spread": 0.0}} for r in (fp32, int8, noisy)]
+             "latency_ms_per_image_rounds": {"min": 1, "max": 1, "spread": 0.0}} for r in (fp32, int8, noisy)]
     comparisons, warnings = _compare([fp32, int8, noisy], rows)
     assert [c["resolved"] for c in comparisons] == [True, False]
     assert comparisons[0]["latency_ratio"] == 2.0
