@@ -120,10 +120,17 @@ def _object_set(root: Path, per_class: int, size: int, seed: int) -> dict[str, l
 
 @pytest.mark.slow
 def test_heatmap_peak_falls_on_the_object(tmp_path):
-    """Measured (MobileNet a0.25 from scratch, 128 px, 240 steps, val accuracy 1.0, 40 held-out images; the
-    box covers 8 % of the image, so chance is ~3/40): peak inside the box for 13-14/40 at the backbone's last
-    4x4 map (a from-scratch net's last map sees the whole image) and 27-29/40 at the stride-8 layer
-    conv_pw_5_relu. Bars: 8/40 and 20/40 -- a transposed, sign-flipped or mislocated heatmap falls to chance."""
+    """The heatmap sits on the object, judged against chance and against the same map transposed.
+
+    MobileNet a0.25 from scratch, 128 px, 30 epochs of 120 images, 40 held-out images; the box covers 8.5 %
+    of the image, so a peak lands in it by chance ~3/40 times. Measured on two CPUs and three training seeds
+    (the from-scratch net's localisation varies with both): peak inside the box 7-14/40 at the backbone's
+    last 4x4 map (coarse: a from-scratch net's last map sees the whole image), 16-29/40 at the stride-8
+    layer conv_pw_5_relu (gradcam and gradcam++), where the transposed map scores 3-13; on this session's
+    AVX-512 CPU the box holds 21-22 % of the stride-8 Grad-CAM mass (2.4-2.6x its area). Bars: stride-8 hits >= 12 (P < 1e-4 by
+    chance) and > 1.2x the transposed map's, mass >= 2x the box's area; last map >= 6 and above its
+    transpose. A transposed, sign-flipped or mislocated heatmap fails them.
+    """
     import keras
 
     from cvkeras.model import build_classifier
@@ -142,17 +149,27 @@ def test_heatmap_peak_falls_on_the_object(tmp_path):
     model.fit(x[train], y[train], batch_size=16, epochs=30, verbose=0)
     assert model.evaluate(x[held], y[held], verbose=0)[1] >= 0.9
 
-    def hits(layer: str, method: str) -> int:
+    def measure(layer: str, method: str) -> dict[str, float]:
         heat, _ = gradcam(model, x[held], layer, method=method)
-        n = 0
+        hits = hits_t = 0
+        mass, area = [], []
         for h, i in zip(heat, held, strict=True):
-            row, col = np.unravel_index(np.argmax(h), h.shape)
             x0, y0, x1, y1 = boxes[paths[i]]
-            n += int(x0 <= col < x1 and y0 <= row < y1)
-        return n
+            for m, transposed in ((h, False), (h.T, True)):
+                row, col = np.unravel_index(np.argmax(m), m.shape)
+                inside = int(x0 <= col < x1 and y0 <= row < y1)
+                hits_t, hits = (hits_t + inside, hits) if transposed else (hits_t, hits + inside)
+            positive = np.clip(h, 0, None)
+            mass.append(positive[y0:y1, x0:x1].sum() / max(positive.sum(), 1e-12))
+            area.append((x1 - x0) * (y1 - y0) / h.size)
+        return {"hits": hits, "hits_transposed": hits_t, "mass": float(np.mean(mass)), "area": float(np.mean(area))}
 
-    measured = {"default": hits(default_layer(model, "mobilenet"), "gradcam"),
-                "stride8": hits("conv_pw_5_relu", "gradcam"), "stride8++": hits("conv_pw_5_relu", "gradcam++")}
+    measured = {"default": measure(default_layer(model, "mobilenet"), "gradcam"),
+                "stride8": measure("conv_pw_5_relu", "gradcam"), "stride8++": measure("conv_pw_5_relu", "gradcam++")}
     print(json.dumps(measured))
-    assert measured["default"] >= 8, measured
-    assert measured["stride8"] >= 20 and measured["stride8++"] >= 20, measured
+    last = measured["default"]
+    assert last["hits"] >= 6 and last["hits"] > last["hits_transposed"], measured
+    for name in ("stride8", "stride8++"):
+        m = measured[name]
+        assert m["hits"] >= 12 and m["hits"] > 1.2 * m["hits_transposed"], measured
+    assert measured["stride8"]["mass"] >= 2 * measured["stride8"]["area"], measured
