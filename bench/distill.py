@@ -142,11 +142,11 @@ def main() -> None:
             continue
         full = (a.get("repair") or {}).get("full_int8") or {}
         int8[a["name"]] = {"status": a["status"], "agreement": a.get("agreement"),
-                           "accuracy_drop_points": a.get("accuracy_drop"),
+                           "accuracy_drop": a.get("accuracy_drop"),
                            "layers_kept_float": len(a.get("float_layers") or []),
                            # what the fully quantized model scored before the repair kept layers in float
                            "full_int8_agreement": full.get("agreement"),
-                           "full_int8_accuracy_drop_points": full.get("accuracy_drop")}
+                           "full_int8_accuracy_drop": full.get("accuracy_drop")}
     acc_t, acc_a, acc_d = accuracy(teacher), accuracy(alone), accuracy(distilled)
     result = {
         "data": f"flowers, seeded 80/20 split (seed 42), {args.size}x{args.size} px, batch {args.batch_size}",

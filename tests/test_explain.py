@@ -127,9 +127,9 @@ def test_heatmap_peak_falls_on_the_object(tmp_path):
     (the from-scratch net's localisation varies with both): peak inside the box 7-14/40 at the backbone's
     last 4x4 map (coarse: a from-scratch net's last map sees the whole image), 16-29/40 at the stride-8
     layer conv_pw_5_relu (gradcam and gradcam++), where the transposed map scores 3-13; on this session's
-    AVX-512 CPU the box holds 21-22 % of the stride-8 Grad-CAM mass (2.4-2.6x its area). Bars: stride-8 hits >= 12 (P < 1e-4 by
-    chance) and > 1.2x the transposed map's, mass >= 2x the box's area; last map >= 6 and above its
-    transpose. A transposed, sign-flipped or mislocated heatmap fails them.
+    AVX-512 CPU the box holds 21-22 % of the stride-8 Grad-CAM mass (2.4-2.6x its area). Bars: stride-8
+    hits >= 12 (P < 1e-4 by chance) and > 1.2x the transposed map's, mass >= 2x the box's area; last map
+    >= 6 and above its transpose. A transposed, sign-flipped or mislocated heatmap fails them.
     """
     import keras
 
