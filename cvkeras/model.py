@@ -83,8 +83,11 @@ def build_backbone(spec: ModelSpec, image_size: tuple[int, int], alpha: float | 
     resolved = _resolve_weights(weights)
     try:
         base = ctor(include_top=False, weights=resolved, input_shape=shape, pooling=None, **kwargs)
-    except ValueError:
-        raise
+    except ValueError as exc:  # Keras' word on a bad argument or a weights file of another shape
+        if resolved not in (None, "imagenet"):
+            raise WeightsError(f"{resolved}: cannot load these weights into {spec.name} ({first_line(exc, 160)}); "
+                               "pass the matching no-top .h5 file or --weights none") from None
+        raise OptionError(f"{spec.name}: {first_line(exc, 200)}") from None
     except Exception as exc:  # download failures surface as URLError, OSError or Exception("URL fetch failure")
         if resolved == "imagenet":
             raise WeightsError(

@@ -120,6 +120,15 @@ def test_force_never_replaces_a_folder_cvkeras_did_not_write(tmp_path, make, nee
     assert snapshot(target) == before and snapshot(data) == data_before
 
 
+@pytest.mark.parametrize("name, content", [("weights.bin", b"not weights"), ("weights.h5", b"not an h5 file")],
+                         ids=["unknown-format", "damaged-h5"])
+def test_a_weights_file_keras_cannot_load_is_one_line(tmp_path, data, name, content):
+    weights = tmp_path / name
+    weights.write_bytes(content)
+    result = cli("finetune", data, *QUICK, "--weights", weights, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, str(weights))
+
+
 def test_output_inside_the_data_folder_is_refused_before_it_is_made(tmp_path):
     data = write_shapes(tmp_path / "shapes", per_class=3, size=32)
     before = snapshot(data)
