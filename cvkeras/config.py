@@ -18,7 +18,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("name", "alpha", "image_size", "weights", "dropout"),
     "data": ("source", "val_split", "seed", "tfds_data_dir", "cache", "batch_size", "augment", "randaugment",
              "mixup", "cutmix"),
-    "train": ("epochs", "fine_tune_epochs", "unfreeze", "optimizer", "learning_rate", "fine_tune_learning_rate",
+    "train": ("epochs", "fine_tune_epochs", "epoch_steps", "unfreeze", "optimizer", "learning_rate", "fine_tune_learning_rate",
               "warmup_epochs", "weight_decay", "label_smoothing", "class_weights", "patience", "precision",
               "strategy", "jit", "steps_per_epoch"),
 }
@@ -42,19 +42,22 @@ class FinetuneConfig:
     tfds_data_dir: str | None = None
     cache: str = "memory"
     batch_size: int = 32
-    augment: str = "light"
+    augment: str = "auto"  # auto: medium below 100 training images per class, else light (cvkeras.recipe)
     randaugment: bool = False
     mixup: float = 0.0
     cutmix: float = 0.0
-    epochs: int = 8
-    fine_tune_epochs: int = 8
+    # "auto" settings are resolved from the data by cvkeras.recipe.resolve before training; config.yaml
+    # records the resolved numbers (and run.recipe what was auto), so a replay or --resume reuses them
+    epochs: int | str = "auto"
+    fine_tune_epochs: int | str = "auto"
+    epoch_steps: int | str = "auto"  # steps per epoch; explicit: exactly that many (the data repeats)
     unfreeze: str = "0.3"
     optimizer: str = "adamw"
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
+    learning_rate: float | str = "auto"
+    fine_tune_learning_rate: float | str = "auto"
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05  # decoupled: each step w -= lr * weight_decay * w (biases, norms excluded)
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     class_weights: str = "none"
     patience: int = 5
     precision: str = "auto"
@@ -86,7 +89,7 @@ class FinetuneConfig:
                 key = _RENAME.get((section, name), name)
                 if key not in known:
                     raise ValueError(f"unknown config key {section}.{name}")
-                if key in _FLOATS and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                if key in _FLOATS and isinstance(value, str) and value.strip().lower() != "auto":  # YAML 1.1 reads 1e-3 (no dot) as a string
                     try:
                         value = float(value)
                     except ValueError:

@@ -30,6 +30,7 @@ import numpy as np
 
 from cvkeras import rundir
 from cvkeras.config import FinetuneConfig
+from cvkeras.recipe import placeholder, resolve
 from cvkeras.registry import get, resolve_alpha
 
 STATE = "state.json"
@@ -394,13 +395,13 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "dropout": (0.0, 1.0, True), "mixup": (0.0, None, True), "cutmix": (0.0, None, True),
     "val_split": (0.0, 1.0, False), "batch_size": (1, None, True), "epochs": (0, None, True),
     "fine_tune_epochs": (0, None, True), "patience": (0, None, True), "seed": (0, 2**32 - 1, True),
-    "steps_per_epoch": (1, None, True),
+    "steps_per_epoch": (1, None, True), "epoch_steps": (1, None, True),
 }
 
 
 def _check_numbers(cfg: FinetuneConfig) -> None:
     """Every numeric option is a finite number in its range (NaN, inf and negative sizes are refused)."""
-    whole = {"batch_size", "epochs", "fine_tune_epochs", "patience", "seed", "steps_per_epoch"}
+    whole = {"batch_size", "epochs", "fine_tune_epochs", "patience", "seed", "steps_per_epoch", "epoch_steps"}
     for name, (low, high, low_ok) in NUMBER_RANGES.items():
         value = getattr(cfg, name)
         if value is None and name == "steps_per_epoch":
@@ -423,6 +424,7 @@ def validate_config(cfg: FinetuneConfig) -> None:
     from cvkeras.model import unfreeze_fraction
 
     spec = get(cfg.model)
+    cfg = placeholder(cfg)  # "auto" settings are resolved from the data later (cvkeras.recipe)
     _check_numbers(cfg)
     resolve_alpha(spec, cfg.alpha)
     size = list(spec.input_size if cfg.image_size is None else cfg.image_size)
@@ -549,12 +551,16 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         # from scratch the whole network trains in every stage, and config.yaml says so
         log(f"--weights {cfg.weights}: training the whole network in every stage (--unfreeze all)")
         cfg.unfreeze = "all"
+    recipe = resolve(cfg, len(split.train) if split.source != "tfds" else
+                     int(tfds_dataset(split.tfds, "train").cardinality().numpy()), num_classes)
+    cfg = recipe.config  # no "auto" left: config.yaml records what ran, so a replay or --resume repeats it
     if write and not resume:
         doc = cfg.to_dict()
         doc["run"] = {"precision": precision, "replicas": strategy.num_replicas_in_sync,
                       "classes": num_classes, "cvkeras": __import__("cvkeras").__version__,
                       "trains": ("head, then the top --unfreeze of the backbone (BatchNorm frozen)" if pretrained
-                                 else "the whole network in every stage, BatchNorm included (from scratch)")}
+                                 else "the whole network in every stage, BatchNorm included (from scratch)"),
+                      "recipe": recipe.record()}
         rundir.write_config(run, doc)
         rundir.write_labels(run, classes)
         rundir.write_json(run / rundir.SPLIT, split.to_json(cfg.seed))
@@ -579,9 +585,10 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         val_ds = make_dataset([p for p, _ in split.val], [y for _, y in split.val], size, cfg.batch_size,
                               num_classes, cache=cfg.cache, cache_tag=f"{run.resolve()}:val")
         counts = split.counts("train")
-    steps = max(1, math.ceil(n_train / cfg.batch_size))
+    steps = int(cfg.epoch_steps)
     if cfg.steps_per_epoch is not None:
         steps = min(steps, int(cfg.steps_per_epoch))
+    if cfg.steps_per_epoch is not None or steps != math.ceil(n_train / cfg.batch_size):
         train_ds = train_ds.repeat()
     weights = class_weights(counts, cfg.class_weights) if counts else None
     if weights:
@@ -607,6 +614,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     for line in header_lines(cfg, run, classes, n_train, n_val, len(split.test or ()), model.count_params(),
                              precision, strategy.num_replicas_in_sync):
         log(line)
+    log(recipe.summary())
     planned = [s for s, e, _ in stages if e > 0]
     for stage, epochs, lr in stages:
         if state.get("finished") or stage < state["stage"] or epochs <= 0:
