@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import subprocess
 import sys
@@ -152,9 +151,7 @@ def job_cvkeras(model: str, alpha: float, weights: Path, data: Path, seed: int, 
 def _backbone(model: str, alpha: float, weights: Path, pooling: str | None):
     import keras
 
-    from cvkeras.registry import get
-
-    ctor = getattr(keras.applications, get(model).ctor)
+    ctor = {"mobilenet": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2}[model]
     return ctor(input_shape=(SIZE, SIZE, 3), alpha=alpha, include_top=False, weights=str(weights), pooling=pooling)
 
 
@@ -358,15 +355,11 @@ def main() -> int:
                     continue
                 results[job] = run_job(job, ["--method", m, "--model", model, "--data", str(data),
                                              "--seed", str(seed), "--run", str(OUT / "runs" / key)])
-        if not args.no_export and "cvkeras" in methods:
-            for model, per_class, seed in rows:
-                key = row_key(model, per_class, seed)
-                job = f"{key}/export"
-                if (job in results and "error" not in results[job]) or "accuracy" not in results.get(
-                        f"{key}/cvkeras", {}):
-                    continue
-                results[job] = run_job(job, ["--method", "export", "--model", model, "--run",
-                                             str(OUT / "runs" / key)])
+            job = f"{key}/export"  # right after the row's training, so every finished row is complete
+            if args.no_export or (job in results and "error" not in results[job]) or "accuracy" not in results.get(
+                    f"{key}/cvkeras", {}):
+                continue
+            results[job] = run_job(job, ["--method", "export", "--model", model, "--run", str(OUT / "runs" / key)])
     table = summary(results, rows)
     print(json.dumps({"benchmark": "recipe", "validation_images": 735, "image_size": SIZE,
                       "load_avg_end": [round(v, 2) for v in os.getloadavg()], "rows": table}, indent=1))

@@ -18,7 +18,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("name", "alpha", "image_size", "weights", "dropout"),
     "data": ("source", "val_split", "seed", "tfds_data_dir", "cache", "batch_size", "augment", "randaugment",
              "mixup", "cutmix"),
-    "train": ("epochs", "fine_tune_epochs", "epoch_steps", "unfreeze", "optimizer", "learning_rate", "fine_tune_learning_rate",
+    "train": ("epochs", "fine_tune_epochs", "epoch_steps", "unfreeze", "optimizer", "learning_rate",
+              "fine_tune_learning_rate",
               "warmup_epochs", "weight_decay", "label_smoothing", "class_weights", "patience", "precision",
               "strategy", "jit", "steps_per_epoch"),
 }
@@ -89,7 +90,8 @@ class FinetuneConfig:
                 key = _RENAME.get((section, name), name)
                 if key not in known:
                     raise ValueError(f"unknown config key {section}.{name}")
-                if key in _FLOATS and isinstance(value, str) and value.strip().lower() != "auto":  # YAML 1.1 reads 1e-3 (no dot) as a string
+                # YAML 1.1 reads 1e-3 (no dot) as a string; "auto" is resolved later (cvkeras.recipe)
+                if key in _FLOATS and isinstance(value, str) and value.strip().lower() != "auto":
                     try:
                         value = float(value)
                     except ValueError:

@@ -38,7 +38,8 @@ def _choices() -> dict[str, Callable[[], Sequence[str]]]:
     return {"optimizer": source("cvkeras.train", "OPTIMIZERS"), "precision": source("cvkeras.train", "PRECISIONS"),
             "strategy": source("cvkeras.train", "STRATEGIES"),
             "class_weights": source("cvkeras.train", "CLASS_WEIGHTS"),
-            "augment": lambda: ("auto", *source("cvkeras.augment", "PRESETS")()), "mode": source("serving.predictor", "MODES"),
+            "augment": lambda: ("auto", *source("cvkeras.augment", "PRESETS")()),
+            "mode": source("serving.predictor", "MODES"),
             "calibration": source("export.calibration", "METHODS"), "io_type": source("export.to_tflite", "IO_TYPES")}
 
 

@@ -38,7 +38,7 @@ AUTO_FIELDS = ("epochs", "fine_tune_epochs", "epoch_steps", "learning_rate", "fi
 #: Reference batch size of the reference learning rates.
 REFERENCE_BATCH = 32
 #: Peak learning rates at batch 32: stage 1 (head on frozen features), stage 2 (top of the backbone).
-REFERENCE_LR = {"adamw": (2e-3, 1e-4), "sgd": (2e-2, 1e-3)}
+REFERENCE_LR = {"adamw": (5e-3, 1e-4), "sgd": (5e-2, 1e-3)}
 #: Epochs per stage on a large set (where BASE_EPOCHS passes exceed the step floor).
 BASE_EPOCHS = 8
 #: The least optimizer steps per stage: small sets train this long whatever their size.
