@@ -33,12 +33,18 @@ def finetune(
     weights: str = typer.Option(None, help="imagenet (Keras download), none, or a no-top .h5 path."),
     output: str = typer.Option(None, "--output", "-o", help="Run directory (default: runs/MODEL-N, the next free N)."),
     config: Path = typer.Option(None, "--config", help="Read settings from a config.yaml; flags override it."),
-    epochs: int = typer.Option(None, help="Head-training epochs, backbone frozen (0 skips)."),
-    fine_tune_epochs: int = typer.Option(None, help="Fine-tuning epochs, top of backbone unfrozen (0 skips)."),
+    epochs: int = typer.Option(None, help="Head-training epochs, backbone frozen (0 skips); auto: at least 200 "
+                                          "steps, 8 passes on a large set."),
+    fine_tune_epochs: int = typer.Option(None, help="Fine-tuning epochs, top of backbone unfrozen (0 skips); "
+                                                    "auto: as --epochs."),
+    epoch_steps: int = typer.Option(None, help="Steps per epoch (the data repeats); auto: one pass, at least 20 "
+                                               "steps when both epoch counts are auto."),
     unfreeze: str = typer.Option(None, help="Fraction of backbone layers to unfreeze in stage 2, or 'all'."),
     batch_size: int = typer.Option(None, help="Global batch size (split across replicas)."),
-    learning_rate: float = typer.Option(None, "--lr", help="Stage-1 peak learning rate."),
-    fine_tune_learning_rate: float = typer.Option(None, "--fine-tune-lr", help="Stage-2 peak learning rate."),
+    learning_rate: float = typer.Option(None, "--lr", help="Stage-1 peak learning rate; auto: 5e-3 at batch 32, "
+                                                            "times sqrt(batch/32) (SGD: 5e-2, linear)."),
+    fine_tune_learning_rate: float = typer.Option(None, "--fine-tune-lr", help="Stage-2 peak learning rate; auto: "
+                                                  "1e-4 at batch 32, scaled as --lr (SGD: 1e-3)."),
     optimizer: str = typer.Option(None, help="Optimizer; sgd uses momentum 0.9."),
     weight_decay: float = typer.Option(None, help="Decoupled weight decay (per step w -= lr*wd*w; not biases or "
                                                   "norms), AdamW and SGD."),
@@ -47,7 +53,8 @@ def finetune(
     dropout: float = typer.Option(None, help="Dropout before the head."),
     class_weights: str = typer.Option(None, help="Class weighting; auto: inverse class frequency."),
     patience: int = typer.Option(None, help="Early stopping patience on val accuracy (0: off)."),
-    augment: str = typer.Option(None, help="Augmentation preset."),
+    augment: str = typer.Option(None, help="Augmentation preset; auto: medium below 100 training images per "
+                                           "class, else light."),
     randaugment: bool = typer.Option(None, "--randaugment/--no-randaugment", help="Add RandAugment."),
     mixup: float = typer.Option(None, help="MixUp Beta alpha (0: off)."),
     cutmix: float = typer.Option(None, help="CutMix Beta alpha (0: off)."),

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from cvkeras.augment import PRESETS as AUGMENT_PRESETS
@@ -25,7 +25,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("name", "alpha", "image_size", "weights", "dropout"),
     "data": ("source", "val_split", "seed", "tfds_data_dir", "cache", "batch_size", "augment", "randaugment",
              "mixup", "cutmix"),
-    "train": ("epochs", "fine_tune_epochs", "unfreeze", "optimizer", "learning_rate", "fine_tune_learning_rate",
+    "train": ("epochs", "fine_tune_epochs", "epoch_steps", "unfreeze", "optimizer", "learning_rate",
+              "fine_tune_learning_rate",
               "warmup_epochs", "weight_decay", "label_smoothing", "class_weights", "patience", "precision",
               "strategy", "jit", "steps_per_epoch"),
 }
@@ -42,7 +43,7 @@ OPTIMIZERS = ("adamw", "sgd")
 CLASS_WEIGHTS = ("auto", "none")
 #: Allowed values of the fields that have a fixed set (the CLI help lists them; validate_config checks them).
 CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "precision": PRECISIONS, "strategy": STRATEGIES,
-                                       "class_weights": CLASS_WEIGHTS, "augment": tuple(AUGMENT_PRESETS)}
+                                       "class_weights": CLASS_WEIGHTS, "augment": ("auto", *AUGMENT_PRESETS)}
 MAX_IMAGE_SIDE = 4096  # a larger square input is a typo, not a model (and would exhaust memory)
 
 
@@ -66,19 +67,22 @@ class FinetuneConfig:
     tfds_data_dir: str | None = None
     cache: str = "memory"
     batch_size: int = 32
-    augment: str = "light"
+    augment: str = "auto"  # auto: medium below 100 training images per class, else light (cvkeras.recipe)
     randaugment: bool = False
     mixup: float = 0.0
     cutmix: float = 0.0
-    epochs: int = 8
-    fine_tune_epochs: int = 8
+    # "auto" settings are resolved from the data by cvkeras.recipe.resolve before training; config.yaml
+    # records the resolved numbers (and run.recipe what was auto), so a replay or --resume reuses them
+    epochs: int | str = "auto"
+    fine_tune_epochs: int | str = "auto"
+    epoch_steps: int | str = "auto"  # steps per epoch; explicit: exactly that many (the data repeats)
     unfreeze: str = "0.3"
     optimizer: str = "adamw"
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
+    learning_rate: float | str = "auto"
+    fine_tune_learning_rate: float | str = "auto"
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05  # decoupled: each step w -= lr * weight_decay * w (biases, norms excluded)
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     class_weights: str = "none"
     patience: int = 5
     precision: str = "auto"
@@ -110,7 +114,8 @@ class FinetuneConfig:
                 key = _RENAME.get((section, name), name)
                 if key not in known:
                     raise OptionError(f"unknown config key {section}.{name}")
-                if key in _FLOATS and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                # YAML 1.1 reads 1e-3 (no dot) as a string; "auto" is resolved later (cvkeras.recipe)
+                if key in _FLOATS and isinstance(value, str) and value.strip().lower() != "auto":
                     try:
                         value = float(value)
                     except ValueError:
@@ -186,13 +191,13 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "dropout": (0.0, 1.0, True), "mixup": (0.0, None, True), "cutmix": (0.0, None, True),
     "val_split": (0.0, 1.0, False), "batch_size": (1, None, True), "epochs": (0, None, True),
     "fine_tune_epochs": (0, None, True), "patience": (0, None, True), "seed": (0, 2**32 - 1, True),
-    "steps_per_epoch": (1, None, True),
+    "steps_per_epoch": (1, None, True), "epoch_steps": (1, None, True),
 }
 
 
 def _check_numbers(cfg: FinetuneConfig) -> None:
     """Every numeric option is a finite number in its range (NaN, inf and negative sizes are refused)."""
-    whole = {"batch_size", "epochs", "fine_tune_epochs", "patience", "seed", "steps_per_epoch"}
+    whole = {"batch_size", "epochs", "fine_tune_epochs", "patience", "seed", "steps_per_epoch", "epoch_steps"}
     for name, (low, high, low_ok) in NUMBER_RANGES.items():
         value = getattr(cfg, name)
         if value is None and name == "steps_per_epoch":
@@ -209,11 +214,28 @@ def _check_numbers(cfg: FinetuneConfig) -> None:
         raise OptionError(f"--alpha must be a finite number, not {cfg.alpha!r}")
 
 
+AUTO = "auto"
+#: Fields that take ``auto`` (resolved from the data by :func:`cvkeras.recipe.resolve`).
+AUTO_FIELDS = ("epochs", "fine_tune_epochs", "epoch_steps", "learning_rate", "fine_tune_learning_rate", "augment")
+
+
+def is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
+def placeholder(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` with each ``auto`` replaced by a valid stand-in, for range checks before the data is read."""
+    stand_in = {"epochs": 1, "fine_tune_epochs": 1, "epoch_steps": 1, "learning_rate": 1e-3,
+                "fine_tune_learning_rate": 1e-4, "augment": "light"}
+    return replace(cfg, **{name: stand_in[name] for name in AUTO_FIELDS if is_auto(getattr(cfg, name))})
+
+
 def validate_config(cfg: FinetuneConfig) -> None:
     """Check every option before any file is touched, so a typo never leaves a half-made run."""
     from cvkeras.augment import Augmenter
 
     spec = get(cfg.model)
+    cfg = placeholder(cfg)  # "auto" settings are resolved from the data later (cvkeras.recipe)
     _check_numbers(cfg)
     resolve_alpha(spec, cfg.alpha)
     size = list(spec.input_size if cfg.image_size is None else cfg.image_size)

@@ -56,6 +56,7 @@ from cvkeras.optim import (  # noqa: F401 - re-exported
     label_counts,
     with_sample_weights,
 )
+from cvkeras.recipe import resolve
 from cvkeras.registry import get, resolve_alpha
 from cvkeras.rundir import LAST, STATE, RunDir  # noqa: F401 - STATE/LAST re-exported
 from cvkeras.runsetup import RunExistsError, _check_output_vs_data, _prepare_run, next_run_dir  # noqa: F401
@@ -163,8 +164,17 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         # from scratch the whole network trains in every stage, and config.yaml says so
         log(f"--weights {cfg.weights}: training the whole network in every stage (--unfreeze all)")
         cfg.unfreeze = "all"
+    if split.source == "tfds":
+        from cvkeras.pipeline import tfds_dataset
+
+        n_train = int(tfds_dataset(split.tfds, "train").cardinality().numpy())
+    else:
+        n_train = len(split.train)
+    recipe = resolve(cfg, n_train, num_classes)
+    cfg = recipe.config  # no "auto" left: config.yaml records what ran, so a replay or --resume repeats it
     if write and not resume:
-        _write_run_files(rd, cfg, split, precision, strategy.num_replicas_in_sync, pretrained, hook)
+        _write_run_files(rd, cfg, split, precision, strategy.num_replicas_in_sync, pretrained, hook,
+                         recipe.record())
     data = _datasets(cfg, split, run, num_classes)
 
     state: dict[str, Any] = rd.state() if resume else {
@@ -185,6 +195,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     for line in header_lines(cfg, run, classes, data.n_train, data.n_val, len(split.test or ()),
                              model.count_params(), precision, strategy.num_replicas_in_sync):
         log(line)
+    log(recipe.summary())
     run_stages(model, strategy, cfg, data, state, checkpointer, [checkpointer, *(callbacks or [])], rd,
                 resume, pretrained, num_classes, verbose, log)
     state["finished"] = True
@@ -229,13 +240,15 @@ def _recorded_split(rd: RunDir, cfg: FinetuneConfig):
 
 
 def _write_run_files(rd: RunDir, cfg: FinetuneConfig, split, precision: str, replicas: int,
-                     pretrained: bool, hook: Any = None) -> None:
+                     pretrained: bool, hook: Any = None, recipe: dict[str, Any] | None = None) -> None:
     """config.yaml (with the run's facts; ``hook.record`` adds its own), labels.txt, split.json, skipped.txt."""
     doc = cfg.to_dict()
     doc["run"] = {"precision": precision, "replicas": replicas, "classes": len(split.classes),
                   "cvkeras": __import__("cvkeras").__version__,
                   "trains": ("head, then the top --unfreeze of the backbone (BatchNorm frozen)" if pretrained
                              else "the whole network in every stage, BatchNorm included (from scratch)")}
+    if recipe is not None:
+        doc["run"]["recipe"] = recipe  # what the auto settings resolved to, and from what
     if hook:
         hook.record(doc)
     rd.write_config(doc)
@@ -278,9 +291,10 @@ def _datasets(cfg: FinetuneConfig, split, run: Path, num_classes: int) -> _Data:
         val_ds = make_dataset([p for p, _ in split.val], [y for _, y in split.val], size, cfg.batch_size,
                               num_classes, cache=cfg.cache, cache_tag=f"{run.resolve()}:val")
         counts = split.counts("train")
-    steps = max(1, math.ceil(n_train / cfg.batch_size))
+    steps = int(cfg.epoch_steps)
     if cfg.steps_per_epoch is not None:
         steps = min(steps, int(cfg.steps_per_epoch))
+    if cfg.steps_per_epoch is not None or steps != math.ceil(n_train / cfg.batch_size):
         train_ds = train_ds.repeat()
     weights = class_weights(counts, cfg.class_weights) if counts else None
     if weights:

@@ -71,7 +71,7 @@ def search_space(hp: Any, fixed: set[str], pretrained: bool) -> dict[str, Any]:
     if not pretrained:  # from scratch the whole network trains in every stage: no unfreeze depth to choose
         free.discard("unfreeze")
     if "learning_rate" in free:
-        values["learning_rate"] = hp.Float("learning_rate", 1e-4, 3e-3, sampling="log")
+        values["learning_rate"] = hp.Float("learning_rate", 5e-4, 2e-2, sampling="log")
     if "fine_tune_learning_rate" in free:
         values["fine_tune_learning_rate"] = hp.Float("fine_tune_learning_rate", 1e-5, 1e-3, sampling="log")
     if "unfreeze" in free:

@@ -41,7 +41,7 @@ def test_finetune_help_shows_config_defaults_and_choices() -> None:
     for name in ("model", "weights", "augment", "optimizer", "precision", "cache", "class_weights", "epochs",
                  "batch_size", "seed"):
         assert f"(default: {getattr(cfg, name)})" in flat, name
-    assert "(default: mobilenet_v2)" in flat and "(default: light)" in flat and "(default: adamw)" in flat
+    assert "(default: mobilenet_v2)" in flat and "(default: auto)" in flat and "(default: adamw)" in flat
     assert f"One of: {', '.join(OPTIMIZERS)}." in flat
     assert f"One of: {', '.join(PRECISIONS)}." in flat
     assert "finetune [OPTIONS] [DATA]" in flat

@@ -136,7 +136,9 @@ def test_weight_decay_shrinks_weights_but_not_biases_or_norms(optimizer):
 
 def test_default_weight_decay_is_not_negligible():
     """The per-step decay at the stage-1 peak rate: 1e-4 x 1e-3 = 1e-7 was effectively off."""
-    cfg = FinetuneConfig()
+    from cvkeras.recipe import resolve
+
+    cfg = resolve(FinetuneConfig(), n_train=1000, num_classes=5).config  # the default rate is auto
     assert cfg.weight_decay * cfg.learning_rate >= 1e-5
 
 
@@ -267,7 +269,7 @@ def test_stage_two_from_best_weights_history_lr_and_from_scratch(tmp_path, shape
     assert [float(r["learning_rate_first_step"]) for r in rows[:2]] == pytest.approx(
         [float(stage1(0)), float(stage1(steps))])
     assert float(rows[0]["learning_rate_first_step"]) == pytest.approx(0.001)
-    stage2 = train._schedule(cfg.fine_tune_learning_rate, steps, steps)
+    stage2 = train._schedule(doc["train"]["fine_tune_learning_rate"], steps, steps)  # resolved from auto
     assert float(rows[2]["learning_rate_first_step"]) == pytest.approx(float(stage2(0)))
 
     # 10: metrics.json has the plain cross-entropy, and no top-k for 3 classes (always 1.0)
