@@ -65,8 +65,11 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp.*$")  # atomic_write'
 _OWN_DIRS = (CHECKPOINTS, EXPORT)  # folders cvkeras makes (they may be left empty by a failed write)
 
 
-def _write_marker(run: Path, files: list[str]) -> None:
-    doc = {"cvkeras_run": 1, "cvkeras": __import__("cvkeras").__version__, "files": sorted(set(files))}
+def _write_marker(run: Path, files: list[str], stats: dict[str, list[int]] | None = None) -> None:
+    files = sorted(set(files))
+    doc: dict[str, Any] = {"cvkeras_run": 1, "cvkeras": __import__("cvkeras").__version__, "files": files}
+    if stats:  # size and mtime of each file as cvkeras left it: a file replaced since is no longer ours
+        doc["stat"] = {f: stats[f] for f in files if f in stats}
     tmp = run / f"{MARKER}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, run / MARKER)
@@ -87,6 +90,34 @@ def read_manifest(run: str | os.PathLike) -> list[str]:
     return [f for f in files if f and not os.path.isabs(f) and ".." not in Path(f).parts]
 
 
+def read_stats(run: str | os.PathLike) -> dict[str, list[int]]:
+    """Size and mtime (ns) of each manifest file as cvkeras wrote it ({} for a marker written before them)."""
+    try:
+        stats = json.loads((Path(run) / MARKER).read_text()).get("stat") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in stats.items() if isinstance(k, str) and isinstance(v, list) and len(v) == 2}
+
+
+def _signature(path: str | os.PathLike) -> list[int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def changed_since_written(run: str | os.PathLike, rel: str, stats: dict[str, list[int]] | None = None) -> bool:
+    """Whether the manifest file ``rel`` was replaced or edited since cvkeras wrote it (size or mtime differ).
+
+    A name in the manifest proves only that cvkeras once wrote there; the recorded signature proves that
+    the file now there is still that one. Files recorded before signatures existed count as unchanged.
+    """
+    stats = read_stats(run) if stats is None else stats
+    recorded = stats.get(rel)
+    return recorded is not None and _signature(Path(run) / rel) != recorded
+
+
 def mark_run(run: str | os.PathLike) -> None:
     """Mark ``run`` as a cvkeras run directory (an empty manifest) unless it already is one."""
     run = Path(run)
@@ -103,15 +134,19 @@ def _record(path: Path) -> None:
                 files = read_manifest(run)
             except RunDirError:
                 return  # a damaged marker is never trusted (nor rewritten): --force will refuse this folder
-            if rel not in files:
-                _write_marker(run, files + [rel])
+            stats = read_stats(run)
+            signature = _signature(path)
+            if signature is not None:
+                stats[rel] = signature
+            _write_marker(run, files + [rel], stats)
             return
 
 
 def foreign_entries(run: str | os.PathLike) -> list[str]:
     """Run-relative paths inside ``run`` that cvkeras did not write (per the manifest); [] when all are ours."""
     run = Path(run)
-    ours = set(read_manifest(run)) | {MARKER, LOCK}
+    stats = read_stats(run)
+    ours = {f for f in read_manifest(run) if not changed_since_written(run, f, stats)} | {MARKER, LOCK}
     own_dirs = {str(Path(f).parent.as_posix()) for f in ours} | set(_OWN_DIRS)
     foreign = []
     for root, dirs, files in os.walk(run):

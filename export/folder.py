@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cvkeras.runfiles import MARKER, atomic_write, mark_run, read_manifest
+from cvkeras.runfiles import MARKER, atomic_write, changed_since_written, mark_run, read_manifest
 from export.verify import ArtifactResult
 from serving.errors import RunDirError
 from serving.metadata import failed_name, sidecar_path
@@ -41,7 +41,10 @@ def written_by_cvkeras(path: str | os.PathLike) -> bool:
     """True when the manifest of the run folder holding ``path`` records that cvkeras wrote it."""
     p = Path(path)
     found = _manifest_of(p)
-    return found is not None and p.relative_to(found[0]).as_posix() in found[1]
+    if found is None:
+        return False
+    rel = p.relative_to(found[0]).as_posix()
+    return rel in found[1] and not changed_since_written(found[0], rel)
 
 
 def prepare_output(out_dir: Path) -> None:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, i
         outcome = repair.search(ranking, build, lambda: fast_check(candidate), say)
         if outcome.passed:
             io = _tflite_io_type(candidate)
-            os.replace(candidate, res.path)
+            atomic_write(res.path, Path(candidate).read_bytes())  # recorded as cvkeras's, like every artifact
             meta_io.write_sidecar(res.path, metadata(res.precision, {**extra, "io_type": io,
                                                                      "float_layers": outcome.float_layers}))
             check(res)

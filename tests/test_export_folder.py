@@ -118,6 +118,41 @@ def test_remove_previous_export_needs_the_manifest(tmp_path):
     assert unverified_files(out, ["model.onnx"]) == ["model_dynamic.tflite"]
 
 
+def test_a_file_the_user_replaced_at_a_recorded_name_is_never_removed(tmp_path):
+    """The manifest proves a name was cvkeras's; the recorded size and mtime prove the file there still is.
+    A user's copy over ``model_int8.onnx`` survives a re-export and makes ``--force`` refuse the run."""
+    import os
+
+    from cvkeras import rundir
+    from export.folder import remove_previous_export, unverified_files
+
+    run = tmp_path / "run"
+    out = run / "export"
+    out.mkdir(parents=True)
+    rundir.mark_run(run)
+    rundir.atomic_write(out / "model_int8.onnx", b"cvkeras wrote this")
+    rundir.atomic_write(out / "model.onnx", b"cvkeras wrote this too")
+    user = out / "model_int8.onnx"
+    user.write_bytes(b"a hand-tuned model, longer than the old one")  # same name, the user's bytes
+    assert remove_previous_export(out) == ["model.onnx"]
+    assert user.read_bytes().startswith(b"a hand-tuned")
+    assert unverified_files(out, ["model.onnx"]) == ["model_int8.onnx"]
+    assert rundir.foreign_entries(run) == ["export/model_int8.onnx"]
+    # same size, new content: the mtime tells (copied back with the old mtime and size, it would pass)
+    rundir.atomic_write(out / "model.onnx", b"0123456789")
+    st = os.stat(out / "model.onnx")
+    (out / "model.onnx").write_bytes(b"9876543210")
+    os.utime(out / "model.onnx", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert "export/model.onnx" in rundir.foreign_entries(run)
+    try:
+        rundir.clear_run(run)
+    except rundir.RunDirError as exc:
+        assert "export/model" in str(exc)
+    else:
+        raise AssertionError("clear_run removed a file the user replaced")
+    assert user.exists() and (out / "model.onnx").read_bytes() == b"9876543210"
+
+
 def test_failed_mark_is_read_from_the_metadata(tmp_path):
     """serving reads the failed mark from the model metadata (TF-free) and warns on load."""
     from serving.metadata import ModelMetadata, failed_name
