@@ -163,7 +163,9 @@ def build_html(run: str | os.PathLike, mistakes: list[dict[str, Any]] | None = N
 
     export_json = run / EXPORT_REPORT
     if export_json.is_file():
-        doc = json.loads(export_json.read_text())
+        from serving.schema import upgrade_export_report
+
+        doc = upgrade_export_report(json.loads(export_json.read_text()))  # an older export's too
         arts = doc.get("artifacts", [])
         cols = [c for c in EXPORT_COLUMNS if any(c in a for a in arts)]
         rows = [[_fmt(a.get(c), c) for c in cols] for a in arts]

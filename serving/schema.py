@@ -327,6 +327,26 @@ def points_to_fraction(value: Any) -> Any:
 
 # --- checking a document against its schema -------------------------------------------------------------
 
+#: export_report.json artifact keys before schema 1 (cvkeras 0.1 runs) and their names since.
+_LEGACY_ARTIFACT_KEYS = {"accuracy": "paired_accuracy", "n": "n_paired", "n_agreement": "n_reference",
+                         "file_size_bytes": "size_bytes", "latency_ms": "latency_ms_per_image"}
+
+
+def upgrade_export_report(doc: dict[str, Any]) -> dict[str, Any]:
+    """An ``export_report.json`` document in the current names and units: one written before schemas
+    (no ``schema`` key) had the drop in points and other names; returns a converted copy (or ``doc``)."""
+    if not isinstance(doc, dict) or "schema" in doc:
+        return doc
+    arts = []
+    for art in doc.get("artifacts") or []:
+        art = {_LEGACY_ARTIFACT_KEYS.get(k, k): v for k, v in art.items()}
+        for key in ("accuracy_drop", "accuracy_drop_ci"):
+            if key in art:
+                art[key] = points_to_fraction(art[key])
+        arts.append(art)
+    return {**doc, "artifacts": arts, "schema": schema_id("export_report")}
+
+
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """``(path, value)`` for every object key, and ``(list[], item)`` for every object in a list."""
     out: list[tuple[str, Any]] = []

@@ -116,3 +116,21 @@ def test_finetune_evaluate_export_json_match_the_schema(tmp_path):
     assert report["output"] == "export" and report["artifacts"][0]["path"] == "export/model.onnx"
     assert report["settings"]["max_accuracy_drop"] == 0.01  # the default 1 point, as a fraction
     assert np.isclose(report["artifacts"][0]["accuracy_drop"], 0.0)
+
+
+def test_an_export_report_from_before_the_schema_reads_in_current_names_and_units():
+    """report.html of a run exported by cvkeras 0.1 (drop in points, old names) shows the same figures."""
+    from cvkeras.report import _fmt
+    from serving.schema import schema_id, upgrade_export_report
+
+    old = {"passed": True, "artifacts": [{"name": "model_int8.onnx", "status": "passed", "accuracy": 0.9,
+                                          "accuracy_drop": 1.25, "accuracy_drop_ci": [-0.5, 3.0], "n": 80,
+                                          "file_size_bytes": 1000, "latency_ms": 2.5, "agreement": 0.99}]}
+    new = upgrade_export_report(old)
+    art = new["artifacts"][0]
+    assert new["schema"] == schema_id("export_report")
+    assert art["accuracy_drop"] == 0.0125 and art["accuracy_drop_ci"] == [-0.005, 0.03]
+    assert (art["paired_accuracy"], art["n_paired"], art["size_bytes"], art["latency_ms_per_image"]) == (
+        0.9, 80, 1000, 2.5)
+    assert _fmt(art["accuracy_drop"], "accuracy_drop") == "+1.25 points"
+    assert upgrade_export_report(new) is new  # a current document is left as it is
