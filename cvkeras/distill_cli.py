@@ -79,6 +79,10 @@ def register(app: typer.Typer, finetune_cmd: Callable[..., Any], fail: Callable[
         except CvkerasError as exc:
             raise fail(exc) from None
         recorded = ((doc.get("run") or {}).get("distill") or {}) if isinstance(doc.get("run"), dict) else {}
+        if resume and teacher and recorded.get("teacher") and \
+                Path(teacher).resolve() != Path(recorded["teacher"]).resolve():
+            raise fail(f"{output}: was distilled from {recorded['teacher']}; --resume continues with that teacher, "
+                       "so drop --teacher or start a new run with another --output")
         teacher = teacher or recorded.get("teacher")
         temperature = temperature if temperature is not None else recorded.get("temperature", DEFAULT_TEMPERATURE)
         alpha = alpha if alpha is not None else recorded.get("alpha", DEFAULT_ALPHA)

@@ -102,6 +102,24 @@ def test_bad_teacher_settings_are_one_line_errors(tmp_path):
         assert not out.exists()
 
 
+def test_resume_with_another_teacher_is_refused(tmp_path):
+    """--resume continues with the recorded teacher; naming another one is an error, nothing is touched."""
+    import yaml
+
+    from cvkeras.config import FinetuneConfig
+
+    run = tmp_path / "student"
+    run.mkdir()
+    doc = FinetuneConfig(data=str(tmp_path / "d"), model="mobilenet").to_dict()
+    doc["run"] = {"distill": {"teacher": str(tmp_path / "teacher_a"), "temperature": 4.0, "alpha": 0.3}}
+    (run / "config.yaml").write_text(yaml.safe_dump(doc))
+    before = sorted(p.name for p in run.iterdir())
+    result = CliRunner().invoke(app, ["distill", "--resume", "-o", str(run), "--teacher", str(tmp_path / "teacher_b")])
+    assert result.exit_code == 2, result.output
+    assert "was distilled from" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 @pytest.mark.slow
 def test_distill_end_to_end_through_the_cli(tmp_path):
     import keras
