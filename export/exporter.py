@@ -208,6 +208,7 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     keras_acc = float((keras_probs[val].argmax(1) == data.labels[val]).mean())
     folder.prepare_output(out_dir)
     removed = folder.remove_previous_export(out_dir)
+    folder.refuse_overwrites(out_dir, [rundir.LABELS, REFERENCE_FILE, REPORT_FILE, *(a.name for a in opts.planned())])
     if removed:
         say(f"removed {len(removed)} file(s) of the previous export in {out_dir} (an export replaces it): "
             f"{', '.join(removed)}")

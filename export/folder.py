@@ -70,6 +70,19 @@ def remove_previous_export(out_dir: Path) -> list[str]:
     return removed
 
 
+def refuse_overwrites(out_dir: Path, names: Sequence[str]) -> None:
+    """Raise ExportError, before anything is written, when a file this export writes (``names``, TFLite
+    sidecars included) already exists in ``out_dir`` and cvkeras cannot prove it wrote it: replacing it
+    would lose the user's file (e.g. ``-o`` pointed at a folder of their own)."""
+    from export.errors import ExportError
+
+    for name in names:
+        for path in (out_dir / name, *([sidecar_path(out_dir / name)] if name.endswith(".tflite") else [])):
+            if (path.exists() or path.is_symlink()) and not written_by_cvkeras(path):
+                raise ExportError(f"{path}: exists and cvkeras cannot prove it wrote it; move it away or pick "
+                                  "another --output (export never overwrites a file it did not write)")
+
+
 def unverified_files(out_dir: Path, made: Sequence[str]) -> list[str]:
     """Model files in ``out_dir`` that are not this export's (``made``, sidecars included) and that cvkeras
     cannot prove it wrote: export leaves them in place and lists them, unverified."""

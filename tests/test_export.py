@@ -157,6 +157,21 @@ def test_missing_best_keras_exits_2(tmp_path):
     assert not (run / "export").exists()
 
 
+def test_export_never_overwrites_a_users_file_in_its_output_folder(tiny_run, tmp_path):
+    """`-o` at a folder of the user's: a file the export would write there (labels.txt) and that cvkeras
+    cannot prove it wrote is refused before anything is written; the folder is left as it was."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "labels.txt").write_text("my own labels\n")
+    (out / "notes.md").write_text("keep\n")
+    result = _invoke(tiny_run, "--format", "onnx", "--output", out, "--threads", "1")
+    assert result.exit_code == 2, result.output
+    errors = _errors(result)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {out / 'labels.txt'}: exists and cvkeras cannot")
+    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "notes.md"]
+    assert (out / "labels.txt").read_text() == "my own labels\n"
+
+
 def test_export_run_raises_export_error_for_bad_format(tmp_path):
     with pytest.raises(ExportError, match="unknown format"):
         export_run(tmp_path, formats="onnx,savedmodel")
