@@ -93,12 +93,17 @@ def repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, quan
         candidate = res.path[: -len(".onnx")] + ".candidate.onnx"
 
         groups = {r.name: r.nodes or [r.name] for r in ranking}
+        built: dict[str, Any] = {}  # what GPTQ and bias correction did to the candidate in the file now
 
         def build(names: list[str]) -> None:
             nodes = [n for name in names for n in groups[name]]
-            p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True)
+            rounding: dict[str, Any] = {}
+            p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True,
+                                       report=rounding)
             meta_io.embed_onnx(p, meta_io.ModelMetadata.from_json(_onnx_meta(res.path)))
             atomic_write(candidate, lambda tmp: to_onnx.save(p, tmp))
+            built.clear()
+            built.update(rounding)
 
         def cand_check() -> tuple[bool, dict[str, Any]]:
             return fast_check(candidate)
@@ -106,7 +111,8 @@ def repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, quan
         outcome = repair.search(ranking, build, cand_check, say)
         if outcome.passed:
             p = to_onnx_load(candidate)
-            save(res, p, {**extra, "float_layers": outcome.float_layers})
+            kept = {k: v for k, v in extra.items() if k not in ("gptq", "bias_correction")}  # the full model's
+            save(res, p, {**kept, **built, "float_layers": outcome.float_layers})
             check(res)
     except ExportError as exc:
         res.repair = {"error": str(exc)}

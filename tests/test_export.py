@@ -433,6 +433,9 @@ def test_int8_onnx_missing_the_gate_is_repaired_with_float_layers(hostile_export
     assert len(floats) == len(row["float_layers"])
     meta = json.loads({p.key: p.value for p in q.metadata_props}["cvkeras"])
     assert meta["extra"]["float_layers"] == row["float_layers"]
+    # GPTQ's figures are the repaired model's own: it re-rounded only layers this file keeps in int8
+    weighted = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert meta["extra"]["gptq"]["layers"] <= len(weighted) - len(floats)
     assert not list(out.glob("*candidate*"))
 
 
