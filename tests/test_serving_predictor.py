@@ -230,12 +230,27 @@ def test_reference_photos_decode_identically_through_the_predictor(predictor, ph
 
 
 @pytest.mark.parametrize("decode_workers,threads", [(0, 1), (2, None)])
-def test_onnx_sessions_use_exact_int8_kernels(model_path, decode_workers, threads):
-    """Every session asks for exact int8 kernels: without it, x86 CPUs lacking VNNI saturate u8*s8 pair
-    sums in int16 and an int8 model's predictions (and export's verdict) depend on the CPU."""
+def test_onnx_sessions_use_exact_int8_kernels_where_the_cpu_needs_them(model_path, decode_workers, threads):
+    """Every session asks for exact int8 kernels on x86 CPUs without VNNI (whose default kernels saturate
+    u8*s8 pair sums in int16, so predictions would depend on the CPU), and for the fast default elsewhere."""
     from serving.predictor import X64_QUANT_PRECISION
+    from serving.runners import needs_exact_int8_kernels
 
     p = Predictor.load(model_path, threads=threads, decode_workers=decode_workers)
     opts = p._runner.session.get_session_options()
     assert X64_QUANT_PRECISION == "session.x64quantprecision"
-    assert opts.get_session_config_entry(X64_QUANT_PRECISION) == "1"
+    assert opts.get_session_config_entry(X64_QUANT_PRECISION) == ("1" if needs_exact_int8_kernels() else "0")
+
+
+@pytest.mark.parametrize("machine,flags,exact", [
+    ("x86_64", frozenset({"sse4_2", "avx2", "fma"}), True),  # AVX2 only: saturating int16 pair sums
+    ("x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}), False),
+    ("AMD64", frozenset({"avx2", "avx_vnni"}), False),
+    ("x86_64", None, True),  # flags unknown: correct before fast
+    ("aarch64", None, False),  # ARM kernels are exact; the option is x86 only
+    ("arm64", frozenset({"asimddp"}), False),
+])
+def test_exact_int8_kernels_only_on_x86_without_vnni(machine, flags, exact):
+    from serving.runners import exact_int8_kernels_for
+
+    assert exact_int8_kernels_for(machine, flags) is exact
