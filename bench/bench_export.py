@@ -1,13 +1,14 @@
 """Benchmark `cvkeras export --int8` on real photos for several small backbones; prints one JSON document.
 
 Per row: fine-tune the backbone from its real ImageNet weights on ``../shared/data/flowers`` with the
-project's trainer and every default (``cvkeras finetune``: 8 + 8 epochs, light augmentation, seeded
-80/20 split), export with ``--int8`` and the default gates (``export.export_run``: agreement >= 99 %,
-drop <= 1 point, repair on), then time every artifact on this CPU, batch 1, same threads, same images,
-models taking turns (interleaved rounds). Per artifact: top-1 agreement with Keras over every image not
-used for calibration (validation + held-back training) with its 95 % interval, accuracy drop on the
-validation split with its paired 95 % interval, size ratio to the float32 file of its format, latency
-ratio to float32 ONNX, and the layers an int8 repair kept in float (with the full-int8 figures before it).
+project's trainer and every default (``cvkeras finetune``: the auto recipe, which on this data resolves to 8 +
+8 epochs of 92 steps and light augmentation; seeded 80/20 split), export with ``--int8`` and the default gates
+(``export.export_run``: agreement >= 99 %, drop <= 1 point, repair on), then time every artifact on this CPU,
+batch 1, same threads, same images, models taking turns (interleaved rounds). Per artifact: top-1 agreement
+with Keras over every image not used for calibration (validation + held-back training) with its 95 % interval,
+accuracy drop on the validation split with its paired 95 % interval, size ratio to the float32 file of its
+format, latency ratio to float32 ONNX, and the layers an int8 repair kept in float (with the full-int8 figures
+before it).
 
 Rows (hardest first): MobileNet a0.25 224, MobileNetV2 a0.5 224, MobileNet a0.25 160, MobileNetV2 a0.35 224.
 Trained runs are cached in ``bench/out/runs/<row>`` (reused when ``metrics.json`` is there), exports go to
@@ -58,7 +59,7 @@ def row_name(model: str, alpha: float, size: int) -> str:
 
 def run_dir(model: str, alpha: float, size: int) -> Path:
     """The cached run of a row (the defaults and the seed are part of the name)."""
-    return OUT / "runs" / f"{row_name(model, alpha, size)}-e8+8-s{SEED}"
+    return OUT / "runs" / f"{row_name(model, alpha, size)}-auto-s{SEED}"
 
 
 def finetune(run: Path, model: str, alpha: float, size: int, weights: str) -> float | None:

@@ -3,7 +3,7 @@
 Rules (the same everywhere): recursive, sorted; hidden files and folders (``.name``) and archive litter
 (``__MACOSX``) are skipped; a file counts when its extension is one of ``IMAGE_EXTENSIONS``. Files
 training cannot use -- a name that is not UTF-8, an image format no decoder here reads -- are reported
-to ``skipped`` as ``(path, reason)`` rather than silently left out.
+to ``skipped`` as ``(path, reason)`` rather than silently left out; the device side keeps non-UTF-8 names.
 
 Device side: standard library only.
 """
@@ -60,15 +60,20 @@ def class_folders(folder: str | os.PathLike, skipped: list[tuple[str, str]] | No
     return sorted(out)
 
 
-def list_images(folder: str | os.PathLike, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted), hidden entries skipped; see the module rules."""
+def list_images(folder: str | os.PathLike, skipped: list[tuple[str, str]] | None = None, *,
+                utf8_only: bool = True) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted), hidden entries skipped; see the module rules.
+
+    ``utf8_only=False`` keeps file names that are not UTF-8: the device side (Pillow) reads them, only
+    training's string tensors cannot, so predict and validate must not drop them.
+    """
     folder = Path(folder)
     found = []
     for p in sorted(folder.rglob("*")):
         if any(is_hidden(part) for part in p.relative_to(folder).parts) or not p.is_file():
             continue
         if is_image_file(p):
-            if is_utf8(str(p)):
+            if not utf8_only or is_utf8(str(p)):
                 found.append(p)
             elif skipped is not None:
                 skipped.append((str(p), "file name is not valid UTF-8; rename it"))
@@ -84,7 +89,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str | No
     entries: list[tuple[str, str | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = [str(f) for f in list_images(p)]
+            found = [str(f) for f in list_images(p, utf8_only=False)]
             if not found:
                 entries.append((str(p), f"{p}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
             entries += [(f, None) for f in found]

@@ -112,7 +112,7 @@ def scan_class_folder(root: str | os.PathLike, labels: list[str]) -> list[tuple[
     if unknown:
         raise ValidationError(f"{base}: folder(s) {', '.join(unknown)} are not labels of this model "
                               f"({', '.join(labels)}); remove them or pass the right --data")
-    items = [(f, index[d.name]) for d in dirs for f in list_images(d)]
+    items = [(f, index[d.name]) for d in dirs for f in list_images(d, utf8_only=False)]
     if not items:
         raise ValidationError(f"{base}: no {'/'.join(IMAGE_EXTENSIONS)} images in the class folders")
     return items

@@ -56,6 +56,27 @@ def test_predict_json_lines_match_numpy(model, images):
         assert len(row["top_k"]) == 2 and row["top_k"][0]["label"] == row["label"]
 
 
+def test_predict_and_validate_keep_file_names_that_are_not_utf8(model, images, tmp_path):
+    """Pillow reads them on the device (only training cannot): a folder must not silently drop them."""
+    import os
+    import shutil
+
+    folder, paths = images
+    odd = folder / os.fsdecode(b"odd\xff.png")
+    shutil.copy(paths[0], odd)
+    result = runner.invoke(app, ["predict", str(model), str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = _lines(result)
+    assert len(rows) == 4 and str(odd) in [r["path"] for r in rows]
+    assert next(r for r in rows if r["path"] == str(odd))["label"] == next(
+        r for r in rows if r["path"] == str(paths[0]))["label"]
+    data = tmp_path / "val"
+    write_class_folder(data, 2)
+    shutil.copy(paths[0], data / LABELS[0] / os.fsdecode(b"odd\xff.png"))
+    result = runner.invoke(app, ["validate", str(model), "--data", str(data), "--json", "--max-accuracy-drop", "100"])
+    assert json.loads(result.stdout)["n"] == 2 * len(LABELS) + 1, result.output
+
+
 def test_predict_table_and_failures_exit_1(model, images, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # short relative paths keep table cells on one line
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 50)
