@@ -3,8 +3,9 @@
     python bench/int8_lab.py prep RUN          # decode the export's images, Keras probs, float ONNX (cached)
     python bench/int8_lab.py VARIANT RUN [N]   # quantize, report top-1 agreement vs Keras
 
-VARIANT: base, weights-only, acts-only, float-logits, mse-ranges, bc-oneshot (3 rounds), bc-seq N (random
-N calibration images), bc N / gptq N / gptq-bc N (export.bias_correction / export.weight_rounding on N).
+VARIANT: base, weights-only, acts-only, float-logits, mse-ranges, bc-oneshot (3 rounds), bc N / gptq N /
+gptq-bc N (export.bias_correction / export.weight_rounding on N; ``bc`` is the layer-by-layer correction
+the README's "bc-seq" rows measured on N random calibration images, now the export's own code).
 
 Agreement is over the export's fidelity images (validation + held-back training), the same split, seed
 and calibration sample as ``cvkeras export --int8``; int8 models run with exact kernels
@@ -136,35 +137,12 @@ def weight_only(run: Path):
     return proto
 
 
-def channel_means(proto, tensors: list[str], images: np.ndarray, optimize: bool, batch: int = 32):
-    """Per-channel (axis 1) means of ``tensors`` over ``images`` (model made to output them)."""
-    import onnx
-    from onnx import helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    have = {o.name for o in m.graph.output}
-    for t in tensors:
-        if t not in have:
-            m.graph.output.append(helper.make_empty_tensor_value_info(t))
-            m.graph.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    sess = session(m, optimize=optimize)
-    name = sess.get_inputs()[0].name
-    sums = None
-    n = 0
-    for i in range(0, len(images), batch):
-        outs = sess.run(tensors, {name: images[i : i + batch].astype(np.float32)})
-        s = [o.sum(axis=tuple(a for a in range(o.ndim) if a != 1)) / (o.size / o.shape[1]) * len(o)
-             for o in outs]
-        sums = s if sums is None else [a + b for a, b in zip(sums, s, strict=True)]
-        n += len(outs[0])
-    return [s / n for s in sums]
-
-
 def bias_correct(run: Path, q, images: np.ndarray, passes: int = 3, damping: float = 1.0, ops=("Conv", "Gemm")):
     """Empirical bias correction of QDQ model ``q`` in place: int32 biases absorb per-channel mean error."""
     import onnx
     from onnx import numpy_helper
+
+    from export.bias_correction import channel_means
 
     f = onnx.load(str(lab_dir(run) / "pre.onnx"))
     fout = {n.name: n.output[0] for n in f.graph.node if n.op_type in ops}
@@ -229,35 +207,6 @@ def flips_by_margin(probs: np.ndarray, d) -> None:
         print(f"  keras prob margin {lo:.2f}-{hi:.2f}: {sel.sum():5d} images, {flip[sel].sum():4d} flips")
 
 
-def bias_correct_seq(run: Path, q, images: np.ndarray, damping: float = 1.0, ops=("Conv", "Gemm"),
-                     skip=()):
-    """Sequential empirical bias correction: layer by layer in graph order, each measured after the
-    corrections of the layers before it."""
-    import onnx
-    from onnx import numpy_helper
-
-    f = onnx.load(str(lab_dir(run) / "pre.onnx"))
-    fout = {n.name: n.output[0] for n in f.graph.node if n.op_type in ops}
-    init = {t.name: t for t in q.graph.initializer}
-    producer = {o: n for n in q.graph.node for o in n.output}
-    targets = []
-    for n in q.graph.node:
-        if n.op_type in ops and n.name in fout and len(n.input) > 2 and n.name not in skip:
-            dq = producer.get(n.input[2])
-            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in init:
-                continue
-            targets.append((n.name, fout[n.name], n.output[0], dq.input[0],
-                            numpy_helper.to_array(init[dq.input[1]]).astype(np.float64)))
-    fm = channel_means(f, [t[1] for t in targets], images, True)
-    for (name, _, qt, b_name, scale), a in zip(targets, fm, strict=True):
-        b = channel_means(q, [qt], images, False)[0]
-        delta = (b - a) * damping
-        bias = numpy_helper.to_array(init[b_name]).astype(np.int64) - np.round(delta / scale).astype(np.int64)
-        init[b_name].CopyFrom(numpy_helper.from_array(bias.astype(np.int32), b_name))
-        print(f"{name:24s} rel |dmean| {np.abs(b - a).mean() / (np.abs(a).mean() + 1e-9):.4f}", flush=True)
-    return q
-
-
 def float_logits(q):
     """Drop the QuantizeLinear/DequantizeLinear pair on the outputs of Gemm nodes (float logits)."""
     producer = {o: n for n in q.graph.node for o in n.output}
@@ -288,18 +237,13 @@ def mse_ranges(run: Path, q, images: np.ndarray, per_tensor: int = 200000, seed:
     """TensorQuantOverrides: per activation tensor of ``q``, the clip max (of the float model's values on
     ``images``) whose uint8 fake quantization has the smallest MSE."""
     import onnx
-    from onnx import helper
+
+    from export.bias_correction import with_outputs
 
     f = onnx.load(str(lab_dir(run) / "pre.onnx"))
     fnames = {o for n in f.graph.node for o in n.output}
     names = sorted({n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"} & fnames)
-    m = onnx.ModelProto()
-    m.CopyFrom(f)
-    have = {o.name for o in m.graph.output}
-    for t in names:
-        if t not in have:
-            m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    sess = session(m)
+    sess = session(with_outputs(f, names))
     inp = sess.get_inputs()[0].name
     rng = np.random.default_rng(seed)
     keep = {t: [] for t in names}
@@ -359,8 +303,6 @@ def main(argv: list[str]) -> None:
         q = float_logits(q)
     elif cmd == "bc-oneshot":
         q = bias_correct(run, q, cal, passes=3)
-    elif cmd == "bc-seq":
-        q = bias_correct_seq(run, q, cal[np.random.default_rng(0).choice(len(cal), n, replace=False)])
     if cmd in ("gptq", "gptq-bc"):
         print(round_weights(pre, q, cal, n))
     if cmd in ("bc", "gptq-bc"):

@@ -80,19 +80,24 @@ def _session(proto, optimize: bool):
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def channel_means(proto, tensors: list[str], images: np.ndarray, optimize: bool,
-                  batch: int = 32) -> list[np.ndarray]:
-    """Per-channel (axis 1) means of the float ``tensors`` of ``proto`` over ``images`` (float32 NHWC)."""
+def with_outputs(proto, tensors: list[str]):
+    """A copy of ONNX model ``proto`` that also outputs the float ``tensors`` (to read activations)."""
     import onnx
     from onnx import helper
 
     m = onnx.ModelProto()
     m.CopyFrom(proto)
-    have = {o.name for o in m.graph.output}
+    have = {o.name for o in m.graph.output} | {i.name for i in m.graph.input}
     for t in tensors:
         if t not in have:
             m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    sess = _session(m, optimize)
+    return m
+
+
+def channel_means(proto, tensors: list[str], images: np.ndarray, optimize: bool,
+                  batch: int = 32) -> list[np.ndarray]:
+    """Per-channel (axis 1) means of the float ``tensors`` of ``proto`` over ``images`` (float32 NHWC)."""
+    sess = _session(with_outputs(proto, tensors), optimize)
     name = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     if isinstance(fixed, int) and fixed > 0:  # a static batch size: feed exactly that many

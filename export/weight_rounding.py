@@ -124,9 +124,9 @@ def round_weights(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
     signal the layer must reproduce, not the quantized model's noise.
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
-    from export.bias_correction import _session, spread
+    from export.bias_correction import _session, spread, with_outputs
 
     t0 = time.perf_counter()
     f = float_model if isinstance(float_model, onnx.ModelProto) else onnx.load(str(float_model))
@@ -174,14 +174,8 @@ def round_weights(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
     if not layers:
         return {"layers": 0}
     x = spread(images, max_images).astype(np.float32)
-    m = onnx.ModelProto()
-    m.CopyFrom(f)
     names = list(dict.fromkeys(layer.x_name for layer in layers))
-    have = {o.name for o in m.graph.output} | {i.name for i in m.graph.input}
-    for t in names:
-        if t not in have:
-            m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    sess = _session(m, optimize=True)
+    sess = _session(with_outputs(f, names), optimize=True)
     inp = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     if isinstance(fixed, int) and fixed > 0:
