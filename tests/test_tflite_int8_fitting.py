@@ -143,3 +143,43 @@ def test_tflite_gptq_reduces_the_output_error_of_int8_weights():
     assert not np.array_equal(q, before.array(lb.weight).reshape(q.shape))
     np.testing.assert_array_equal(np.abs(q).max(axis=1), 127)
 
+
+def test_fit_rounding_records_both_steps_and_honours_zero(biased):
+    from export.quantize import QuantSettings
+    from export.tflite_steps import fit_rounding
+
+    reference, plain, _, _, _ = biased
+    calib = np.random.default_rng(9).integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
+    lines: list[str] = []
+    report: dict = {}
+    out = fit_rounding(plain, reference, calib, QuantSettings(), "model_int8.tflite", report, lines.append)
+    assert report["gptq"]["layers"] == 3 and report["bias_correction"]["layers"] == 3 and out != plain
+    assert any("bias correction" in line for line in lines) and any("GPTQ" in line for line in lines)
+    off: dict = {}
+    same = fit_rounding(plain, reference, calib, QuantSettings(gptq_images=0, bias_correction_images=0),
+                        "model_int8.tflite", off, lines.append)
+    assert same == plain and off == {}
+
+
+def test_ops_kept_float_by_a_repair_are_not_corrected():
+    """A repair candidate (QuantizationDebugger, one op denylisted): the float op keeps its float bias, the
+    int8 ops around it are matched to the float model and corrected."""
+    from export import to_tflite
+    from export.repair import TFLiteDebugger
+    from export.tflite_bias_correction import correct_biases
+    from export.tflite_graph import Flatbuffer
+
+    rng = np.random.default_rng(4)
+    calib = rng.integers(0, 256, (16, 8, 8, 3)).astype(np.uint8)
+    with to_tflite.saved_model(_biased_model(rng)) as saved:
+        reference = to_tflite.convert(saved, "float32")
+        debugger = TFLiteDebugger(saved, calib, calib[:4])
+        dw = next(r.name for r in debugger.ranking() if "dw" in r.name)
+        candidate = debugger.quantize([dw], "uint8")
+    corrected, result = correct_biases(candidate, reference, calib)
+    assert [layer.op for layer in result.layers] == ["CONV_2D", "CONV_2D"]
+    before, after = Flatbuffer(candidate), Flatbuffer(corrected)
+    (fb,) = [layer for layer in before.layers if layer.kind == "depthwise"]
+    (fa,) = [layer for layer in after.layers if layer.kind == "depthwise"]
+    assert fa.bias.dtype is np.float32
+    np.testing.assert_array_equal(after.array(fa.bias), before.array(fb.bias))
