@@ -88,11 +88,10 @@ def fit_rounding(blob: bytes, reference: bytes, images: np.ndarray, quant: Quant
         out, done = correct_biases(b, reference, images, n)
         return out, done.summary()
 
-    steps = (("gptq", quant.gptq_images, "GPTQ weight rounding", "GPTQ re-rounded the int8 weights of",
+    steps = (("gptq", quant.gptq_images, "GPTQ weight rounding",
               lambda b, n: round_weights(b, reference, images, n)),
-             ("bias_correction", quant.bias_correction_images, "int8 bias correction",
-              "bias correction moved the mean int8 error into the int32 biases of", bias_step))
-    for key, n, what, did, step in steps:
+             ("bias_correction", quant.bias_correction_images, "int8 bias correction", bias_step))
+    for key, n, what, step in steps:
         if n <= 0:
             continue
         try:
@@ -101,8 +100,8 @@ def fit_rounding(blob: bytes, reference: bytes, images: np.ndarray, quant: Quant
             raise
         except Exception as exc:  # the interpreter and numpy raise many types
             raise ConversionError(artifact, f"{what} failed ({first_line(exc)}); export without --int8") from None
-        say(f"  {artifact}: {did} {done.get('layers', 0)} op(s) "
-            f"({done.get('images', 0)} images, {done.get('seconds', 0)} s)")
+        say(f"  {artifact}: {what} of {done.get('layers', 0)} op(s), {done.get('images', 0)} images, "
+            f"{done.get('seconds', 0)} s")
         if report is not None:
             report[key] = done
     return blob
