@@ -44,8 +44,8 @@ def convert(job: Job) -> None:
                     if res.precision == "int8":
                         extra.update(io_type=io_type,
                                      calibration={"method": "minmax", "samples": len(calib_images)})
-                        blob = fit_rounding(blob, float_blob(blobs, saved), calib_images, quant, res.name, extra,
-                                            say)
+                        reference = float_blob(blobs, saved, res.name)
+                        blob = fit_rounding(blob, reference, calib_images, quant, res.name, extra, say)
                 except ExportError as exc:
                     fail_result(res, exc)
                     continue
@@ -56,18 +56,19 @@ def convert(job: Job) -> None:
                 if (repair and res.precision == "int8" and res.status == "failed"
                         and not res.error.endswith("cannot be run")):
                     repair_tflite(res, saved, calib_images, debug_images, io_type, extra, metadata,
-                                   fast_check, check, say, quant, float_blob(blobs, saved))
+                                   fast_check, check, say, quant, float_blob(blobs, saved, res.name))
     except ConversionError as exc:  # the SavedModel trace failed: no TFLite variant can be made
         for res in wanted:
             fail_result(res, ConversionError(res.name, str(exc).split(": ", 1)[-1]))
 
 
-def float_blob(blobs: dict[str, bytes], saved: str) -> bytes:
-    """The float32 TFLite model of this export (converted now when it was not planned or failed)."""
+def float_blob(blobs: dict[str, bytes], saved: str, artifact: str = "model_int8.tflite") -> bytes:
+    """The float32 TFLite model of this export, the int8 fitting's reference (converted now, for
+    ``artifact``'s sake, when model.tflite was not made)."""
     from export import to_tflite
 
     if "float32" not in blobs:
-        blobs["float32"] = to_tflite.convert(saved, "float32")
+        blobs["float32"] = to_tflite.convert(saved, "float32", artifact=artifact)
     return blobs["float32"]
 
 
