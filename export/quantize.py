@@ -23,7 +23,8 @@ from export.to_onnx import check, compact_names, quiet
 
 @dataclass(frozen=True)
 class QuantSettings:
-    """Knobs of ONNX static int8 quantization (recorded in the artifact's metadata)."""
+    """Knobs of ONNX static int8 quantization (recorded in the artifact's metadata); ``gptq_images`` and
+    ``bias_correction_images`` apply to ``model_int8.tflite`` too (``export.tflite_steps.fit_rounding``)."""
 
     calibration: str = "minmax"  # minmax | entropy | percentile
     per_channel: bool = True

@@ -1,18 +1,21 @@
 """The TFLite rows of the artifact table, all from one traced SavedModel: ``model.tflite``, ``model_int8.tflite``
-(full integer, repaired with the QuantizationDebugger's denylist when it misses a gate),
-``model_fp16.tflite`` and ``model_dynamic.tflite``; each with its JSON metadata sidecar.
+(full integer, its rounding fitted to the data by GPTQ and bias correction like ``model_int8.onnx``, and
+repaired with the QuantizationDebugger's denylist when it misses a gate), ``model_fp16.tflite`` and
+``model_dynamic.tflite``; each with its JSON metadata sidecar.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from export import metadata as meta_io
-from export.errors import ConversionError, ExportError
+from export.errors import ConversionError, ExportError, first_line
 from export.job import Job, fail_result, record_repair
+from export.quantize import QuantSettings
 from export.verify import ArtifactResult
 
 
@@ -22,8 +25,9 @@ def convert(job: Job) -> None:
     from export import to_tflite
 
     model, say, check, metadata, fast_check = job.model, job.say, job.check, job.metadata, job.fast_check
-    io_type, repair = job.options.io_type, job.options.repair
+    io_type, repair, quant = job.options.io_type, job.options.repair, job.options.quant_settings()
     calib_images, debug_images = job.calib_images, job.debug_images
+    blobs: dict[str, bytes] = {}  # by precision: the float model is the reference of the int8 fitting
 
     wanted = job.wanted("tflite")
     if not wanted:
@@ -33,15 +37,18 @@ def convert(job: Job) -> None:
         with to_tflite.saved_model(model) as saved:
             for res in wanted:
                 say(f"converting {res.name}")
+                extra: dict[str, Any] = {"format": "tflite"}
                 try:
-                    blob = to_tflite.convert(saved, res.precision, calib_images, io_type, res.name)
+                    blob = blobs[res.precision] = to_tflite.convert(saved, res.precision, calib_images, io_type,
+                                                                    res.name)
+                    if res.precision == "int8":
+                        extra.update(io_type=io_type,
+                                     calibration={"method": "minmax", "samples": len(calib_images)})
+                        reference = float_blob(blobs, saved, res.name)
+                        blob = fit_rounding(blob, reference, calib_images, quant, res.name, extra, say)
                 except ExportError as exc:
                     fail_result(res, exc)
                     continue
-                extra: dict[str, Any] = {"format": "tflite"}
-                if res.precision == "int8":
-                    extra.update(io_type=io_type,
-                                 calibration={"method": "minmax", "samples": len(calib_images)})
                 atomic_write(res.path, blob)
                 meta_io.write_sidecar(res.path, metadata(res.precision, extra))
                 res.status = "converted"
@@ -49,15 +56,62 @@ def convert(job: Job) -> None:
                 if (repair and res.precision == "int8" and res.status == "failed"
                         and not res.error.endswith("cannot be run")):
                     repair_tflite(res, saved, calib_images, debug_images, io_type, extra, metadata,
-                                   fast_check, check, say)
+                                   fast_check, check, say, quant, float_blob(blobs, saved, res.name))
     except ConversionError as exc:  # the SavedModel trace failed: no TFLite variant can be made
         for res in wanted:
             fail_result(res, ConversionError(res.name, str(exc).split(": ", 1)[-1]))
 
 
+def float_blob(blobs: dict[str, bytes], saved: str, artifact: str = "model_int8.tflite") -> bytes:
+    """The float32 TFLite model of this export, the int8 fitting's reference (converted now, for
+    ``artifact``'s sake, when model.tflite was not made)."""
+    from export import to_tflite
+
+    if "float32" not in blobs:
+        blobs["float32"] = to_tflite.convert(saved, "float32", artifact=artifact)
+    return blobs["float32"]
+
+
+def fit_rounding(blob: bytes, reference: bytes, images: np.ndarray, quant: QuantSettings, artifact: str,
+                 report: dict[str, Any] | None, say: Callable[[str], None]) -> bytes:
+    """GPTQ weight rounding, then bias correction, of full-integer model ``blob`` against its float twin.
+
+    The TFLite twin of :func:`export.quantize._fit_rounding`, with the same settings (``gptq_images``,
+    ``bias_correction_images``; 0 turns a step off); ``report`` gets ``"gptq"`` and ``"bias_correction"``.
+
+    Raises:
+        ConversionError: a step failed.
+    """
+    from export.tflite_bias_correction import correct_biases
+    from export.tflite_weight_rounding import round_weights
+
+    def bias_step(b: bytes, n: int) -> tuple[bytes, dict[str, Any]]:
+        out, done = correct_biases(b, reference, images, n)
+        return out, done.summary()
+
+    steps = (("gptq", quant.gptq_images, "GPTQ weight rounding",
+              lambda b, n: round_weights(b, reference, images, n)),
+             ("bias_correction", quant.bias_correction_images, "int8 bias correction", bias_step))
+    for key, n, what, step in steps:
+        if n <= 0:
+            continue
+        try:
+            blob, done = step(blob, n)
+        except ExportError:
+            raise
+        except Exception as exc:  # the interpreter and numpy raise many types
+            raise ConversionError(artifact, f"{what} failed ({first_line(exc)}); export without --int8") from None
+        say(f"  {artifact}: {what} of {done.get('layers', 0)} op(s), {done.get('images', 0)} images, "
+            f"{done.get('seconds', 0)} s")
+        if report is not None:
+            report[key] = done
+    return blob
+
+
 def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, io_type: str, extra, metadata,
-                   fast_check, check, say) -> None:
-    """TFLite twin of :func:`export.onnx_steps.repair_onnx`, with the QuantizationDebugger's ``denylisted_nodes``."""
+                   fast_check, check, say, quant: QuantSettings | None = None, reference: bytes | None = None) -> None:
+    """TFLite twin of :func:`export.onnx_steps.repair_onnx`, with the QuantizationDebugger's ``denylisted_nodes``;
+    each candidate gets :func:`fit_rounding` too (with ``quant`` and the float model ``reference``)."""
     import shutil
 
     from cvkeras.rundir import atomic_write
@@ -70,16 +124,23 @@ def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, i
         debugger = repair.TFLiteDebugger(saved, calib_images, debug_images[: repair.DEBUG_IMAGES], res.name)
         ranking = debugger.ranking()
         candidate = res.path[: -len(".tflite")] + ".candidate.tflite"
+        built: dict[str, Any] = {}  # what GPTQ and bias correction did to the candidate in the file now
 
         def build(names: list[str]) -> None:
-            atomic_write(candidate, debugger.quantize(names, io_type))
+            blob, rounding = debugger.quantize(names, io_type), {}
+            if quant is not None and reference is not None:
+                blob = fit_rounding(blob, reference, calib_images, quant, res.name, rounding, lambda m: None)
+            atomic_write(candidate, blob)
             shutil.copyfile(sidecar_path(res.path), sidecar_path(candidate))
+            built.clear()
+            built.update(rounding)
 
         outcome = repair.search(ranking, build, lambda: fast_check(candidate), say)
         if outcome.passed:
             io = _tflite_io_type(candidate)
             atomic_write(res.path, Path(candidate).read_bytes())  # recorded as cvkeras's, like every artifact
-            meta_io.write_sidecar(res.path, metadata(res.precision, {**extra, "io_type": io,
+            kept = {k: v for k, v in extra.items() if k not in ("gptq", "bias_correction")}  # the full model's
+            meta_io.write_sidecar(res.path, metadata(res.precision, {**kept, **built, "io_type": io,
                                                                      "float_layers": outcome.float_layers}))
             check(res)
     except ExportError as exc:

@@ -115,7 +115,8 @@ _EXPORT_FIELDS = (
     _f("settings.calibration_samples", "int", "images", "calibration tensors (mirror images included)"),
     _f("settings.calibration_images", "int", "images", "calibration images"),
     _f("settings.calibration_flip", "bool", "", "mirror images calibrated too"),
-    _f("settings.quantization", "object", "", "ONNX Runtime quantization settings"),
+    _f("settings.quantization", "object", "", "int8 quantization settings (ONNX Runtime's; `gptq_images` and "
+                                               "`bias_correction_images` also for model_int8.tflite)"),
     _f("settings.quantization.*", "string|bool|int|number|null", "", "one setting (`export.quantize.QuantSettings`)"),
     _f("settings.max_accuracy_drop", "number", FRACTION, "the drop gate (`--max-accuracy-drop` points / 100)"),
     _f("settings.min_agreement", "number", FRACTION, "the agreement gate"),

@@ -270,6 +270,8 @@ def test_metadata_in_every_artifact(exported, keras_val):
         assert meta.preprocess["color_order"] == "RGB" and meta.preprocess["value_range"] == [0.0, 255.0]
     side = json.loads((out / "model_int8.tflite.json").read_text())
     assert side["extra"]["io_type"] == "uint8" and side["extra"]["calibration"]["samples"] > 0
+    # GPTQ and bias correction ran on model_int8.tflite too, on every conv/FC op
+    assert side["extra"]["gptq"]["layers"] > 0 and side["extra"]["bias_correction"]["layers"] > 0
     import onnx
 
     props = {p.key: p.value for p in onnx.load(out / "model_int8.onnx").metadata_props}

@@ -1,0 +1,185 @@
+"""GPTQ and empirical bias correction of full-integer TFLite models (export.tflite_weight_rounding,
+export.tflite_bias_correction): tiny hand-made Keras nets, converted by the export's own converter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _convert(model, calib: np.ndarray, io_type: str) -> tuple[bytes, bytes]:
+    """(float model.tflite, full-integer model_int8.tflite) of a Keras ``model``, as the export makes them."""
+    from export import to_tflite
+
+    with to_tflite.saved_model(model) as saved:
+        return to_tflite.convert(saved, "float32"), to_tflite.convert(saved, "int8", calib, io_type)
+
+
+def _run(blob: bytes, x: np.ndarray) -> np.ndarray:
+    """Real-valued outputs of ``blob`` for every image of ``x`` (dequantized when integer)."""
+    from export.tflite_bias_correction import feed, interpreter
+
+    it = interpreter(blob)
+    d = it.get_output_details()[0]
+    out = []
+    for image in x:
+        feed(it, image)
+        it.invoke()
+        y = it.get_tensor(d["index"]).astype(np.float64)
+        if np.dtype(d["dtype"]).kind != "f":
+            scale, zero = d["quantization"]
+            y = (y - zero) * scale
+        out.append(y[0])
+    return np.stack(out)
+
+
+def _biased_model(rng: np.random.Generator):
+    """0..255 image -> 1x1 conv -> ReLU -> depthwise 3x3 -> ReLU -> 1x1 conv, every conv with a bias.
+
+    The depthwise weights sit 0.45 of an int8 step above the grid of their per-channel scale (one weight
+    per channel at the maximum sets that scale), so rounding pulls all nine of a channel's weights down
+    together: a systematic shift of every output channel's mean on the non-negative input (the ONNX test's
+    net, tests/test_bias_correction.py, in Keras).
+    """
+    import keras
+
+    c = 8
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(c, 1, activation="relu", name="pw1")(inp)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    model = keras.Model(inp, keras.layers.Conv2D(4, 1, name="pw2")(x))
+    step = rng.uniform(0.002, 0.02, c)
+    grid = rng.integers(10, 60, (c, 9)).astype(np.float64)
+    grid[:, 0] = 127
+    wd = ((grid + np.where(grid == 127, 0.0, 0.45)) * step[:, None]).T.reshape(3, 3, c, 1)
+    model.get_layer("pw1").set_weights([rng.normal(0, 0.5, (1, 1, 3, c)) / 255, np.full(c, 0.1)])
+    model.get_layer("dw").set_weights([wd, np.full(c, -0.2)])
+    model.get_layer("pw2").set_weights([rng.normal(0, 0.5, (1, 1, c, 4)), np.zeros(4)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def biased():
+    from export.tflite_bias_correction import correct_biases
+
+    rng = np.random.default_rng(3)
+    calib = rng.integers(0, 256, (32, 8, 8, 3)).astype(np.uint8)
+    test = rng.integers(0, 256, (32, 8, 8, 3)).astype(np.uint8)
+    reference, plain = _convert(_biased_model(rng), calib, "uint8")
+    corrected, result = correct_biases(plain, reference, calib)
+    return reference, plain, corrected, result, test
+
+
+def test_tflite_bias_correction_removes_the_mean_shift_of_int8_rounding(biased):
+    """On images it was not measured on, the corrected model's output error has (almost) no mean and a
+    smaller power than the uncorrected one's; without the correction the test fails."""
+    reference, plain, corrected, _, x = biased
+    ref = _run(reference, x)
+    err_plain, err_corr = _run(plain, x) - ref, _run(corrected, x) - ref
+    bias_plain = np.abs(err_plain.mean(axis=(0, 1, 2))).mean()
+    bias_corr = np.abs(err_corr.mean(axis=(0, 1, 2))).mean()
+    assert bias_corr < 0.3 * bias_plain, (bias_plain, bias_corr)
+    assert (err_corr**2).mean() < 0.8 * (err_plain**2).mean(), ((err_corr**2).mean(), (err_plain**2).mean())
+
+
+def test_tflite_bias_correction_edits_only_int32_biases_and_reports_each_op(biased):
+    from export.tflite_graph import Flatbuffer
+
+    _, plain, corrected, result, _ = biased
+    assert [layer.op for layer in result.layers] == ["CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D"]
+    assert result.images == 32 and result.summary()["layers"] == 3
+    assert len(corrected) == len(plain)
+    a, b = np.frombuffer(corrected, np.uint8), np.frombuffer(plain, np.uint8)
+    changed = set(np.flatnonzero(a != b).tolist())
+    assert changed
+    fb = Flatbuffer(corrected)
+    in_biases = set()
+    for layer in fb.layers:
+        view = fb.array(layer.bias)
+        start = view.__array_interface__["data"][0] - np.frombuffer(fb.buf, np.uint8).__array_interface__["data"][0]
+        in_biases.update(range(start, start + view.nbytes))
+    assert changed <= in_biases  # weights, scales, graph untouched
+
+
+def _conv_model(rng: np.random.Generator, c_in: int = 32, c_out: int = 8):
+    """One 3x3 conv (stride 2, padded) with a bias; each output channel has one large weight, so its
+    per-channel int8 step is coarse for all the others (tests/test_weight_rounding.py's net, in Keras)."""
+    import keras
+
+    inp = keras.Input((8, 8, c_in))
+    model = keras.Model(inp, keras.layers.Conv2D(c_out, 3, strides=2, padding="same", name="conv")(inp))
+    w = rng.normal(0, 0.05, (3, 3, c_in, c_out))
+    w[1, 1, 0, :] = 1.0
+    model.get_layer("conv").set_weights([w, rng.normal(0, 0.1, c_out)])
+    return model
+
+
+def _inputs(rng: np.random.Generator, n: int, c_in: int = 32) -> np.ndarray:
+    """Correlated non-negative channels (a few shared smooth factors plus noise), NHWC."""
+    factors = rng.normal(0, 1, (n, 8, 8, 4))
+    x = factors @ rng.normal(0, 1, (4, c_in)) + 0.3 * rng.normal(0, 1, (n, 8, 8, c_in))
+    return np.maximum(x + 4, 0).astype(np.float32)
+
+
+def test_tflite_gptq_reduces_the_output_error_of_int8_weights():
+    """GPTQ-rounded weights give a smaller output error than nearest rounding on images GPTQ did not see;
+    scales stay, and so does each channel's largest weight at +-127."""
+    from export.tflite_graph import Flatbuffer
+    from export.tflite_weight_rounding import round_weights
+
+    rng = np.random.default_rng(5)
+    calib, test = _inputs(rng, 64), _inputs(rng, 64)
+    reference, nearest = _convert(_conv_model(rng), calib, "float32")
+    gptq, done = round_weights(nearest, reference, calib)
+    assert done["layers"] == 1 and done["images"] == 64
+    ref = _run(reference, test)
+    e_gptq, e_nearest = ((_run(gptq, test) - ref) ** 2).mean(), ((_run(nearest, test) - ref) ** 2).mean()
+    assert e_gptq < 0.8 * e_nearest, (e_gptq, e_nearest)
+    assert len(gptq) == len(nearest)
+    before, after = Flatbuffer(nearest), Flatbuffer(gptq)
+    (lb,), (la,) = before.layers, after.layers
+    np.testing.assert_array_equal(la.weight.scale, lb.weight.scale)
+    q = after.array(la.weight).reshape(la.weight.shape[0], -1)
+    assert not np.array_equal(q, before.array(lb.weight).reshape(q.shape))
+    np.testing.assert_array_equal(np.abs(q).max(axis=1), 127)
+
+
+def test_fit_rounding_records_both_steps_and_honours_zero(biased):
+    from export.quantize import QuantSettings
+    from export.tflite_steps import fit_rounding
+
+    reference, plain, _, _, _ = biased
+    calib = np.random.default_rng(9).integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
+    lines: list[str] = []
+    report: dict = {}
+    out = fit_rounding(plain, reference, calib, QuantSettings(), "model_int8.tflite", report, lines.append)
+    assert report["gptq"]["layers"] == 3 and report["bias_correction"]["layers"] == 3 and out != plain
+    assert any("bias correction" in line for line in lines) and any("GPTQ" in line for line in lines)
+    off: dict = {}
+    same = fit_rounding(plain, reference, calib, QuantSettings(gptq_images=0, bias_correction_images=0),
+                        "model_int8.tflite", off, lines.append)
+    assert same == plain and off == {}
+
+
+def test_ops_kept_float_by_a_repair_are_not_corrected():
+    """A repair candidate (QuantizationDebugger, one op denylisted): the float op keeps its float bias, the
+    int8 ops around it are matched to the float model and corrected."""
+    from export import to_tflite
+    from export.repair import TFLiteDebugger
+    from export.tflite_bias_correction import correct_biases
+    from export.tflite_graph import Flatbuffer
+
+    rng = np.random.default_rng(4)
+    calib = rng.integers(0, 256, (16, 8, 8, 3)).astype(np.uint8)
+    with to_tflite.saved_model(_biased_model(rng)) as saved:
+        reference = to_tflite.convert(saved, "float32")
+        debugger = TFLiteDebugger(saved, calib, calib[:4])
+        dw = next(r.name for r in debugger.ranking() if "dw" in r.name)
+        candidate = debugger.quantize([dw], "uint8")
+    corrected, result = correct_biases(candidate, reference, calib)
+    assert [layer.op for layer in result.layers] == ["CONV_2D", "CONV_2D"]
+    before, after = Flatbuffer(candidate), Flatbuffer(corrected)
+    (fb,) = [layer for layer in before.layers if layer.kind == "depthwise"]
+    (fa,) = [layer for layer in after.layers if layer.kind == "depthwise"]
+    assert fa.bias.dtype is np.float32
+    np.testing.assert_array_equal(after.array(fa.bias), before.array(fb.bias))
