@@ -1,7 +1,7 @@
 """The TFLite rows of the artifact table, all from one traced SavedModel: ``model.tflite``, ``model_int8.tflite``
 (full integer, its rounding fitted to the data by GPTQ and bias correction like ``model_int8.onnx``, and
 repaired with the QuantizationDebugger's denylist when it misses a gate), ``model_fp16.tflite`` and
-``model_dynamic.tflite``; each with its JSON metadata sidecar.
+``model_dynamic.tflite`` (its int8 weights rounded by GPTQ too); each with its JSON metadata sidecar.
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ def convert(job: Job) -> None:
                     if res.precision == "int8":
                         extra.update(io_type=io_type,
                                      calibration={"method": "minmax", "samples": len(calib_images)})
+                    if res.precision in ("int8", "dynamic"):
                         reference = float_blob(blobs, saved, res.name)
-                        blob = fit_rounding(blob, reference, calib_images, quant, res.name, extra, say)
+                        blob = fit_rounding(blob, reference, calib_images, quant, res.name, extra, say,
+                                            hybrid=res.precision == "dynamic")
+                    blob = to_tflite.strip_names(blob, res.name)  # the names served the fitting only
                 except ExportError as exc:
                     fail_result(res, exc)
                     continue
@@ -73,11 +76,13 @@ def float_blob(blobs: dict[str, bytes], saved: str, artifact: str = "model_int8.
 
 
 def fit_rounding(blob: bytes, reference: bytes, images: np.ndarray, quant: QuantSettings, artifact: str,
-                 report: dict[str, Any] | None, say: Callable[[str], None]) -> bytes:
+                 report: dict[str, Any] | None, say: Callable[[str], None], hybrid: bool = False) -> bytes:
     """GPTQ weight rounding, then bias correction, of full-integer model ``blob`` against its float twin.
 
     The TFLite twin of :func:`export.quantize._fit_rounding`, with the same settings (``gptq_images``,
     ``bias_correction_images``; 0 turns a step off); ``report`` gets ``"gptq"`` and ``"bias_correction"``.
+    ``hybrid``: ``blob`` is the dynamic-range model: GPTQ only (its activations are quantized at run time,
+    per batch, so there is no fixed rounding shift for a bias to absorb).
 
     Raises:
         ConversionError: a step failed.
@@ -90,8 +95,9 @@ def fit_rounding(blob: bytes, reference: bytes, images: np.ndarray, quant: Quant
         return out, done.summary()
 
     steps = (("gptq", quant.gptq_images, "GPTQ weight rounding",
-              lambda b, n: round_weights(b, reference, images, n)),
-             ("bias_correction", quant.bias_correction_images, "int8 bias correction", bias_step))
+              lambda b, n: round_weights(b, reference, images, n, hybrid=hybrid)),
+             ("bias_correction", 0 if hybrid else quant.bias_correction_images, "int8 bias correction",
+              bias_step))
     for key, n, what, step in steps:
         if n <= 0:
             continue
@@ -115,7 +121,7 @@ def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, i
     import shutil
 
     from cvkeras.rundir import atomic_write
-    from export import repair
+    from export import repair, to_tflite
     from serving.metadata import sidecar_path
 
     full = res.to_dict()
@@ -130,7 +136,7 @@ def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, i
             blob, rounding = debugger.quantize(names, io_type), {}
             if quant is not None and reference is not None:
                 blob = fit_rounding(blob, reference, calib_images, quant, res.name, rounding, lambda m: None)
-            atomic_write(candidate, blob)
+            atomic_write(candidate, to_tflite.strip_names(blob, res.name))
             shutil.copyfile(sidecar_path(res.path), sidecar_path(candidate))
             built.clear()
             built.update(rounding)

@@ -6,7 +6,8 @@ ops matched by tensor name), in the column order of the TFLite weight layout: (k
 the kh x kw taps of each channel for DEPTHWISE_CONV_2D (channel multiplier 1), the inputs for
 FULLY_CONNECTED. The converter's per-channel scales stay as they are, and so does the weight that set each
 channel's scale (its largest magnitude, at +-127): GPTQ may move it, and is then overruled there.
-Only int8 weight bytes change; the file keeps its size and graph.
+Only int8 weight bytes change; the file keeps its size and graph. The same applies to the int8 weights of a
+dynamic-range model (``model_dynamic.tflite``, ``hybrid=True``).
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ def _moments(x: np.ndarray, layer: Layer) -> np.ndarray:
     return cols.T @ cols
 
 
-def _eligible(fb: Flatbuffer, layer: Layer) -> bool:
+def _eligible(fb: Flatbuffer, layer: Layer, hybrid: bool = False) -> bool:
     w = layer.weight
     axis = 3 if layer.kind == "depthwise" else 0
     if w.dtype is not np.int8 or not w.quantized or w.axis != axis or w.scale.size != w.shape[axis]:
         return False
-    if np.any(w.zero_point != 0) or fb.array(w) is None or not layer.input.quantized:
+    # full integer: int8 activations in; dynamic range ("hybrid" ops): float activations, int8 weights
+    if np.any(w.zero_point != 0) or fb.array(w) is None or layer.input.quantized == hybrid:
         return False
     if layer.kind == "depthwise":
         return layer.multiplier == 1
@@ -62,17 +64,18 @@ def _eligible(fb: Flatbuffer, layer: Layer) -> bool:
 
 
 def round_weights(int8_blob: bytes, float_blob: bytes, images: np.ndarray,
-                  max_images: int = DEFAULT_IMAGES) -> tuple[bytes, dict[str, Any]]:
+                  max_images: int = DEFAULT_IMAGES, hybrid: bool = False) -> tuple[bytes, dict[str, Any]]:
     """The int8 model ``int8_blob`` with its int8 weights re-rounded by GPTQ, and a summary of what was done.
 
     ``float_blob``: the float TFLite model converted from the same SavedModel. ``images``: calibration
-    images (NHWC, 0..255); ``max_images`` of them, evenly spread, are used.
+    images (NHWC, 0..255); ``max_images`` of them, evenly spread, are used. ``hybrid``: ``int8_blob`` is a
+    dynamic-range model (float activations into int8-weight ops), whose per-channel weights GPTQ fits alike.
     """
     t0 = time.perf_counter()
     fb, ref = Flatbuffer(int8_blob), Flatbuffer(float_blob)
     todo = []
     for layer, twin in zip(fb.layers, match(fb.layers, ref.layers), strict=True):
-        if twin is None or not _eligible(fb, layer):
+        if twin is None or not _eligible(fb, layer, hybrid):
             continue
         w_f = real_weights(ref, twin)
         if w_f is not None and w_f.shape == layer.weight.shape:

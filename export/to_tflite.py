@@ -88,3 +88,25 @@ def convert(saved_model_dir: str, variant: str, images: np.ndarray | None = None
     except Exception as exc:  # ConverterError, RuntimeError from the calibrator
         raise ConversionError(artifact, f"the TFLite converter cannot handle this model ({_reason(exc)}); "
                                         "export --format onnx or drop this variant") from None
+
+
+def strip_names(blob: bytes, artifact: str = "model.tflite") -> bytes:
+    """``blob`` without the strings LiteRT does not need to run it (tensor, subgraph and signature names).
+
+    Tensor names are ~4 % of a small int8 model (38 KB of 0.96 MB for MobileNetV2 a0.5); the device reads
+    inputs and outputs by index and the labels from the sidecar, so the written files carry none. The int8
+    fitting matches ops by name, so it runs on the unstripped blobs before this.
+
+        >>> small = strip_names(convert(saved, "float32"))  # doctest: +SKIP
+
+    Raises:
+        ConversionError: the flatbuffer could not be rewritten (names ``artifact``).
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    try:
+        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+        flatbuffer_utils.strip_strings(model)
+        return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    except Exception as exc:  # flatbuffers raises plain Python errors on a malformed buffer
+        raise ConversionError(artifact, f"its tensor names could not be stripped ({_reason(exc)})") from None

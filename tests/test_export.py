@@ -272,6 +272,8 @@ def test_metadata_in_every_artifact(exported, keras_val):
     assert side["extra"]["io_type"] == "uint8" and side["extra"]["calibration"]["samples"] > 0
     # GPTQ and bias correction ran on model_int8.tflite too, on every conv/FC op
     assert side["extra"]["gptq"]["layers"] > 0 and side["extra"]["bias_correction"]["layers"] > 0
+    dyn = json.loads((out / "model_dynamic.tflite.json").read_text())["extra"]  # GPTQ only: float activations
+    assert "gptq" in dyn and "bias_correction" not in dyn
     import onnx
 
     props = {p.key: p.value for p in onnx.load(out / "model_int8.onnx").metadata_props}

@@ -144,6 +144,48 @@ def test_tflite_gptq_reduces_the_output_error_of_int8_weights():
     np.testing.assert_array_equal(np.abs(q).max(axis=1), 127)
 
 
+def test_tflite_gptq_fits_the_int8_weights_of_a_dynamic_range_model():
+    """model_dynamic.tflite (float activations, int8 per-channel weights) gets the same GPTQ: a smaller
+    output error on unseen images; the full-integer path leaves its float-input ops alone."""
+    from export import to_tflite
+    from export.quantize import QuantSettings
+    from export.tflite_steps import fit_rounding
+    from export.tflite_weight_rounding import round_weights
+
+    rng = np.random.default_rng(5)
+    calib, test = _inputs(rng, 64), _inputs(rng, 64)
+    with to_tflite.saved_model(_conv_model(rng)) as saved:
+        reference, dynamic = to_tflite.convert(saved, "float32"), to_tflite.convert(saved, "dynamic")
+    assert round_weights(dynamic, reference, calib)[1] == {"layers": 0}  # not a full-integer op
+    fitted, done = round_weights(dynamic, reference, calib, hybrid=True)
+    assert done["layers"] == 1 and len(fitted) == len(dynamic)
+    ref = _run(reference, test)
+    e_gptq, e_nearest = ((_run(fitted, test) - ref) ** 2).mean(), ((_run(dynamic, test) - ref) ** 2).mean()
+    assert e_gptq < 0.8 * e_nearest, (e_gptq, e_nearest)
+    report: dict = {}
+    out = fit_rounding(dynamic, reference, calib, QuantSettings(), "model_dynamic.tflite", report, lambda m: None,
+                       hybrid=True)
+    assert out == fitted and list(report) == ["gptq"]  # no bias correction: activations quantized per batch
+
+
+def test_written_tflite_files_carry_no_tensor_names_and_run_the_same():
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export import to_tflite
+    from export.errors import ConversionError
+
+    rng = np.random.default_rng(5)
+    calib, test = _inputs(rng, 16), _inputs(rng, 8)
+    for blob in _convert(_conv_model(rng), calib, "uint8"):
+        small = to_tflite.strip_names(blob)
+        assert len(small) < len(blob)
+        np.testing.assert_array_equal(_run(small, test), _run(blob, test))
+        it = Interpreter(model_content=small)
+        assert [d["name"] for d in it.get_tensor_details() if d["name"]] == []
+    with pytest.raises(ConversionError, match="model_x.tflite"):
+        to_tflite.strip_names(b"not a flatbuffer", "model_x.tflite")
+
+
 def test_fit_rounding_records_both_steps_and_honours_zero(biased):
     from export.quantize import QuantSettings
     from export.tflite_steps import fit_rounding
