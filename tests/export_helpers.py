@@ -176,3 +176,14 @@ def __getattr__(name: str):
         globals()["Svd"] = _register_svd()
         return globals()["Svd"]
     raise AttributeError(name)
+
+
+def correction_effect(ref: np.ndarray, plain: np.ndarray, corrected: np.ndarray,
+                      channel_axis: int) -> dict[str, float]:
+    """How a bias correction changed a model's output error against ``ref``: the mean |per-channel mean
+    error| (the shift it must remove) and the mean squared error, before (``plain``) and after."""
+    axes = tuple(a for a in range(ref.ndim) if a != channel_axis % ref.ndim)
+    err_plain, err_corr = plain - ref, corrected - ref
+    return {"shift_plain": float(np.abs(err_plain.mean(axis=axes)).mean()),
+            "shift_corrected": float(np.abs(err_corr.mean(axis=axes)).mean()),
+            "mse_plain": float((err_plain**2).mean()), "mse_corrected": float((err_corr**2).mean())}

@@ -73,13 +73,12 @@ def biased():
 def test_tflite_bias_correction_removes_the_mean_shift_of_int8_rounding(biased):
     """On images it was not measured on, the corrected model's output error has (almost) no mean and a
     smaller power than the uncorrected one's; without the correction the test fails."""
+    from export_helpers import correction_effect
+
     reference, plain, corrected, _, x = biased
-    ref = _run(reference, x)
-    err_plain, err_corr = _run(plain, x) - ref, _run(corrected, x) - ref
-    bias_plain = np.abs(err_plain.mean(axis=(0, 1, 2))).mean()
-    bias_corr = np.abs(err_corr.mean(axis=(0, 1, 2))).mean()
-    assert bias_corr < 0.3 * bias_plain, (bias_plain, bias_corr)
-    assert (err_corr**2).mean() < 0.8 * (err_plain**2).mean(), ((err_corr**2).mean(), (err_plain**2).mean())
+    e = correction_effect(_run(reference, x), _run(plain, x), _run(corrected, x), channel_axis=-1)  # NHWC
+    assert e["shift_corrected"] < 0.3 * e["shift_plain"], e
+    assert e["mse_corrected"] < 0.8 * e["mse_plain"], e
 
 
 def test_tflite_bias_correction_edits_only_int32_biases_and_reports_each_op(biased):
