@@ -1,7 +1,8 @@
 """The TFLite rows of the artifact table, all from one traced SavedModel: ``model.tflite``, ``model_int8.tflite``
 (full integer, its rounding fitted to the data by GPTQ and bias correction like ``model_int8.onnx``, and
 repaired with the QuantizationDebugger's denylist when it misses a gate), ``model_fp16.tflite`` and
-``model_dynamic.tflite`` (its int8 weights rounded by GPTQ too); each with its JSON metadata sidecar.
+``model_dynamic.tflite`` (its int8 weights rounded by GPTQ too, and its worst ops given float weights when it
+misses a gate); each with its JSON metadata sidecar.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def convert(job: Job) -> None:
                         reference = float_blob(blobs, saved, res.name)
                         blob = fit_rounding(blob, reference, calib_images, quant, res.name, extra, say,
                                             hybrid=res.precision == "dynamic")
-                    blob = to_tflite.strip_names(blob, res.name)  # the names served the fitting only
+                    named, blob = blob, to_tflite.strip_names(blob, res.name)  # names serve fitting and repair
                 except ExportError as exc:
                     fail_result(res, exc)
                     continue
@@ -56,10 +57,13 @@ def convert(job: Job) -> None:
                 meta_io.write_sidecar(res.path, metadata(res.precision, extra))
                 res.status = "converted"
                 check(res)
-                if (repair and res.precision == "int8" and res.status == "failed"
-                        and not res.error.endswith("cannot be run")):
-                    repair_tflite(res, saved, calib_images, debug_images, io_type, extra, metadata,
-                                   fast_check, check, say, quant, float_blob(blobs, saved, res.name))
+                if repair and res.status == "failed" and not res.error.endswith("cannot be run"):
+                    if res.precision == "int8":
+                        repair_tflite(res, saved, calib_images, debug_images, io_type, extra, metadata,
+                                      fast_check, check, say, quant, float_blob(blobs, saved, res.name))
+                    elif res.precision == "dynamic":
+                        repair_dynamic(res, named, float_blob(blobs, saved, res.name), calib_images, extra,
+                                       metadata, fast_check, check, say)
     except ConversionError as exc:  # the SavedModel trace failed: no TFLite variant can be made
         for res in wanted:
             fail_result(res, ConversionError(res.name, str(exc).split(": ", 1)[-1]))
@@ -118,24 +122,61 @@ def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, i
                    fast_check, check, say, quant: QuantSettings | None = None, reference: bytes | None = None) -> None:
     """TFLite twin of :func:`export.onnx_steps.repair_onnx`, with the QuantizationDebugger's ``denylisted_nodes``;
     each candidate gets :func:`fit_rounding` too (with ``quant`` and the float model ``reference``)."""
+    from export import repair
+
+    full = res.to_dict()
+    say(f"{res.error}; measuring per-layer int8 error (TFLite QuantizationDebugger)")
+    try:
+        debugger = repair.TFLiteDebugger(saved, calib_images, debug_images[: repair.DEBUG_IMAGES], res.name)
+
+        def make(names: list[str]) -> tuple[bytes, dict[str, Any]]:
+            blob, rounding = debugger.quantize(names, io_type), {}
+            if quant is not None and reference is not None:
+                blob = fit_rounding(blob, reference, calib_images, quant, res.name, rounding, lambda m: None)
+            return blob, rounding
+
+        _search(res, full, debugger.ranking(), make, extra, metadata, fast_check, check, say)
+    except ExportError as exc:
+        res.repair = {"error": str(exc)}
+
+
+def repair_dynamic(res: ArtifactResult, blob: bytes, reference: bytes, calib_images, extra, metadata, fast_check,
+                   check, say) -> None:
+    """When ``model_dynamic.tflite`` misses a gate: give its worst int8-weight ops (ranked by
+    :func:`export.tflite_dynamic_repair.rank_layers` on the calibration images) their float weights back, the
+    fewest that pass. ``blob``: the model as fitted, before its names were stripped."""
+    from export.tflite_dynamic_repair import float_weights, rank_layers
+
+    full = res.to_dict()
+    say(f"{res.error}; measuring per-layer int8 weight error on calibration images")
+    try:
+        try:
+            ranking = rank_layers(blob, reference, calib_images)
+        except ExportError:
+            raise
+        except Exception as exc:  # the interpreter and numpy raise many types
+            raise ConversionError(res.name, f"ranking its layers failed ({first_line(exc)})") from None
+        _search(res, full, ranking, lambda names: (float_weights(blob, reference, names), {}), extra, metadata,
+                fast_check, check, say)
+    except ExportError as exc:
+        res.repair = {"error": str(exc)}
+
+
+def _search(res: ArtifactResult, full: dict[str, Any], ranking, make, extra, metadata, fast_check, check,
+            say) -> None:
+    """The repair search of :func:`export.repair.search` over ``make(names) -> (blob, fitting record)``
+    candidates, written next to the artifact; the passing one replaces it and is checked like any artifact."""
     import shutil
 
     from cvkeras.rundir import atomic_write
     from export import repair, to_tflite
     from serving.metadata import sidecar_path
 
-    full = res.to_dict()
-    say(f"{res.error}; measuring per-layer int8 error (TFLite QuantizationDebugger)")
+    candidate = res.path[: -len(".tflite")] + ".candidate.tflite"
+    built: dict[str, Any] = {}  # what GPTQ and bias correction did to the candidate in the file now
     try:
-        debugger = repair.TFLiteDebugger(saved, calib_images, debug_images[: repair.DEBUG_IMAGES], res.name)
-        ranking = debugger.ranking()
-        candidate = res.path[: -len(".tflite")] + ".candidate.tflite"
-        built: dict[str, Any] = {}  # what GPTQ and bias correction did to the candidate in the file now
-
         def build(names: list[str]) -> None:
-            blob, rounding = debugger.quantize(names, io_type), {}
-            if quant is not None and reference is not None:
-                blob = fit_rounding(blob, reference, calib_images, quant, res.name, rounding, lambda m: None)
+            blob, rounding = make(names)
             atomic_write(candidate, to_tflite.strip_names(blob, res.name))
             shutil.copyfile(sidecar_path(res.path), sidecar_path(candidate))
             built.clear()
@@ -143,17 +184,15 @@ def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, i
 
         outcome = repair.search(ranking, build, lambda: fast_check(candidate), say)
         if outcome.passed:
-            io = _tflite_io_type(candidate)
             atomic_write(res.path, Path(candidate).read_bytes())  # recorded as cvkeras's, like every artifact
             kept = {k: v for k, v in extra.items() if k not in ("gptq", "bias_correction")}  # the full model's
-            meta_io.write_sidecar(res.path, metadata(res.precision, {**kept, **built, "io_type": io,
+            if res.precision == "int8":
+                kept["io_type"] = _tflite_io_type(candidate)
+            meta_io.write_sidecar(res.path, metadata(res.precision, {**kept, **built,
                                                                      "float_layers": outcome.float_layers}))
             check(res)
-    except ExportError as exc:
-        res.repair = {"error": str(exc)}
-        return
     finally:
-        cand = Path(res.path[: -len(".tflite")] + ".candidate.tflite")
+        cand = Path(candidate)
         cand.unlink(missing_ok=True)
         sidecar_path(cand).unlink(missing_ok=True)
     record_repair(res, full, outcome)

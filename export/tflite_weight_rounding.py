@@ -22,7 +22,7 @@ from export.tflite_bias_correction import feed, interpreter
 from export.tflite_graph import Flatbuffer, Layer, match, real_weights, taps
 from export.weight_rounding import DEFAULT_IMAGES, MAX_COLUMNS, _gptq
 
-__all__ = ["DEFAULT_IMAGES", "round_weights"]
+__all__ = ["DEFAULT_IMAGES", "fitted_layers", "input_moments", "round_weights"]
 
 
 def _rows(w: np.ndarray, kind: str) -> np.ndarray:
@@ -63,6 +63,31 @@ def _eligible(fb: Flatbuffer, layer: Layer, hybrid: bool = False) -> bool:
     return int(np.prod(w.shape[1:])) <= MAX_COLUMNS
 
 
+def fitted_layers(fb: Flatbuffer, ref: Flatbuffer, hybrid: bool = False) -> list[tuple[Layer, Layer, np.ndarray]]:
+    """``(layer, its float twin, the twin's real weights)`` for every op of ``fb`` whose int8 weights GPTQ can
+    fit (``hybrid``: the float-activation ops of a dynamic-range model)."""
+    todo = []
+    for layer, twin in zip(fb.layers, match(fb.layers, ref.layers), strict=True):
+        if twin is None or not _eligible(fb, layer, hybrid):
+            continue
+        w_f = real_weights(ref, twin)
+        if w_f is not None and w_f.shape == layer.weight.shape:
+            todo.append((layer, twin, w_f))
+    return todo
+
+
+def input_moments(float_blob: bytes, twins: list[Layer], images: np.ndarray) -> list[np.ndarray]:
+    """Per op of the float model, ``sum p p^T`` of its input patches over ``images`` (weight column order)."""
+    it = interpreter(float_blob)
+    h: list[Any] = [0.0] * len(twins)
+    for image in images:
+        feed(it, image)
+        it.invoke()
+        for k, twin in enumerate(twins):
+            h[k] = h[k] + _moments(np.asarray(it.get_tensor(twin.input.index), np.float64), twin)
+    return h
+
+
 def round_weights(int8_blob: bytes, float_blob: bytes, images: np.ndarray,
                   max_images: int = DEFAULT_IMAGES, hybrid: bool = False) -> tuple[bytes, dict[str, Any]]:
     """The int8 model ``int8_blob`` with its int8 weights re-rounded by GPTQ, and a summary of what was done.
@@ -72,24 +97,12 @@ def round_weights(int8_blob: bytes, float_blob: bytes, images: np.ndarray,
     dynamic-range model (float activations into int8-weight ops), whose per-channel weights GPTQ fits alike.
     """
     t0 = time.perf_counter()
-    fb, ref = Flatbuffer(int8_blob), Flatbuffer(float_blob)
-    todo = []
-    for layer, twin in zip(fb.layers, match(fb.layers, ref.layers), strict=True):
-        if twin is None or not _eligible(fb, layer, hybrid):
-            continue
-        w_f = real_weights(ref, twin)
-        if w_f is not None and w_f.shape == layer.weight.shape:
-            todo.append((layer, twin, w_f))
+    fb = Flatbuffer(int8_blob)
+    todo = fitted_layers(fb, Flatbuffer(float_blob), hybrid)
     if not todo:
         return int8_blob, {"layers": 0}
     x = spread(images, max_images)
-    it = interpreter(float_blob)
-    h: list[Any] = [0.0] * len(todo)
-    for image in x:
-        feed(it, image)
-        it.invoke()
-        for k, (_, twin, _) in enumerate(todo):
-            h[k] = h[k] + _moments(np.asarray(it.get_tensor(twin.input.index), np.float64), twin)
+    h = input_moments(float_blob, [twin for _, twin, _ in todo], x)
     pinned = 0
     for (layer, _, w_f), hk in zip(todo, h, strict=True):
         w = _rows(w_f, layer.kind)

@@ -413,6 +413,26 @@ def test_tiny_model_int8_onnx_passes_without_repair(exported):
 
 
 @pytest.mark.slow
+def test_dynamic_tflite_missing_the_gate_gets_float_weights_for_its_worst_ops(hostile_run, tmp_path):
+    """The int8-hostile net's Conv_1 rounds a rescaled input channel's weights to zero in the dynamic-range
+    model too; repair gives the worst-ranked ops (Conv_1 first) their float weights back and passes."""
+    from serving.metadata import read_metadata
+
+    out = tmp_path / "export"
+    result = _invoke(hostile_run, "--format", "tflite", "--int8", "--output", out, "--threads", "1")
+    row = next(a for a in json.loads((out / "export_report.json").read_text())["artifacts"]
+               if a["name"] == "model_dynamic.tflite")
+    rep = row["repair"]
+    assert rep["full_int8"]["agreement"] < 0.99, row
+    assert row["status"] == "passed" and row["agreement"] >= 0.99, (row, result.output)
+    assert rep["passed"] and 1 <= len(row["float_layers"]) <= 2, rep  # the culprit ranks first
+    assert "Conv_1" in rep["ranking"][0]["name"] and rep["ranking"][0]["metric"] == "weight noise/signal"
+    assert rep["size_cost"] > 1.0  # float weights are 4 bytes each
+    assert read_metadata(out / "model_dynamic.tflite").extra["float_layers"] == row["float_layers"]
+    assert not list(out.glob("*.candidate.*"))
+
+
+@pytest.mark.slow
 def test_int8_onnx_missing_the_gate_is_repaired_with_float_layers(hostile_exported):
     """The int8-hostile net loses most of its int8 ONNX agreement; repair keeps layers in float."""
     import onnx
