@@ -53,8 +53,24 @@ def print_table(report) -> None:
         if a.float_layers:
             rep = a.repair or {}
             print(f"{a.name}: repaired, {len(a.float_layers)} layer(s) kept in float32 "
-                  f"({', '.join(a.float_layers)}); size x{rep.get('size_cost', float('nan')):.3f}, "
+                  f"({layer_list(a.float_layers)}); size x{rep.get('size_cost', float('nan')):.3f}, "
                   f"latency x{rep.get('latency_cost', float('nan')):.3f} of the full int8 model")
+
+
+#: In a TFLite fused op name (``act;bn;conv``), the part that names the weighted op.
+_WEIGHTED = ("/convolution", "/depthwise", "/MatMul", "/BiasAdd")
+
+
+def layer_list(names: list[str], most: int = 4) -> str:
+    """Layer names for one console line: each TFLite fused name (``a;b;c``) by its weighted op's part, at
+    most ``most`` of them (``export_report.json`` has them all)."""
+    def weighted_part(name: str) -> str:
+        parts = name.split(";")
+        return next((x for x in parts if x.endswith(_WEIGHTED)), parts[0])
+
+    short = [weighted_part(n) for n in names]
+    more = f", ... {len(short) - most} more in export_report.json" if len(short) > most else ""
+    return ", ".join(short[:most]) + more
 
 
 def export(

@@ -430,6 +430,17 @@ def test_dynamic_tflite_missing_the_gate_gets_float_weights_for_its_worst_ops(ho
     assert rep["size_cost"] > 1.0  # float weights are 4 bytes each
     assert read_metadata(out / "model_dynamic.tflite").extra["float_layers"] == row["float_layers"]
     assert not list(out.glob("*.candidate.*"))
+    line = next(x for x in result.output.splitlines() if x.startswith("model_dynamic.tflite: repaired, "))
+    assert "Conv_1" in line and "size x" in line
+
+
+def test_repair_line_names_few_layers_briefly():
+    from export.cli import layer_list
+
+    names = [f"m/relu_{i}/Relu6;m/bn_{i}/add;m/conv_{i}/convolution" for i in range(6)]
+    assert layer_list(names[:2]) == "m/conv_0/convolution, m/conv_1/convolution"
+    assert layer_list(names).endswith("m/conv_3/convolution, ... 2 more in export_report.json")
+    assert layer_list(["/Conv_1/Conv", "a;b"]) == "/Conv_1/Conv, a"  # ONNX names; no weighted part: the first
 
 
 @pytest.mark.slow
