@@ -17,6 +17,7 @@ repair have float biases and are left alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -54,17 +55,23 @@ def feed(it, image: np.ndarray) -> None:
     it.set_tensor(d["index"], np.clip(q, info.min, info.max).astype(dtype))
 
 
-def layer_input_means(blob: bytes, layers: list[Layer], images: np.ndarray) -> list[np.ndarray]:
-    """:func:`export.tflite_graph.input_means` of each of ``layers`` (ops of ``blob``) over ``images``."""
+def input_sums(blob: bytes, layers: list[Layer], images: np.ndarray,
+               stat: Callable[[np.ndarray, Layer], np.ndarray]) -> list[np.ndarray]:
+    """Per op of ``layers`` (ops of ``blob``), the sum over ``images`` of ``stat(its real input, op)``: one
+    interpreter pass per image, every op's input read from it."""
     it = interpreter(blob)
     sums: list[np.ndarray | float] = [0.0] * len(layers)
     for image in images:
         feed(it, image)
         it.invoke()
         for k, layer in enumerate(layers):
-            x = layer.input.dequantize(it.get_tensor(layer.input.index))
-            sums[k] = sums[k] + input_means(x, layer)
-    return [np.asarray(s) / len(images) for s in sums]
+            sums[k] = sums[k] + stat(layer.input.dequantize(it.get_tensor(layer.input.index)), layer)
+    return [np.asarray(s) for s in sums]
+
+
+def layer_input_means(blob: bytes, layers: list[Layer], images: np.ndarray) -> list[np.ndarray]:
+    """:func:`export.tflite_graph.input_means` of each of ``layers`` (ops of ``blob``) over ``images``."""
+    return [s / len(images) for s in input_sums(blob, layers, images, input_means)]
 
 
 def correct_biases(int8_blob: bytes, float_blob: bytes, images: np.ndarray,

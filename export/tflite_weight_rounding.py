@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from export.bias_correction import spread
-from export.tflite_bias_correction import feed, interpreter
+from export.tflite_bias_correction import input_sums
 from export.tflite_graph import Flatbuffer, Layer, match, real_weights, taps
 from export.weight_rounding import DEFAULT_IMAGES, MAX_COLUMNS, _gptq
 
@@ -78,14 +78,7 @@ def fitted_layers(fb: Flatbuffer, ref: Flatbuffer, hybrid: bool = False) -> list
 
 def input_moments(float_blob: bytes, twins: list[Layer], images: np.ndarray) -> list[np.ndarray]:
     """Per op of the float model, ``sum p p^T`` of its input patches over ``images`` (weight column order)."""
-    it = interpreter(float_blob)
-    h: list[Any] = [0.0] * len(twins)
-    for image in images:
-        feed(it, image)
-        it.invoke()
-        for k, twin in enumerate(twins):
-            h[k] = h[k] + _moments(np.asarray(it.get_tensor(twin.input.index), np.float64), twin)
-    return h
+    return input_sums(float_blob, twins, images, _moments)
 
 
 def round_weights(int8_blob: bytes, float_blob: bytes, images: np.ndarray,
