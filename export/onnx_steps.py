@@ -89,7 +89,8 @@ def repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, quan
         raw = quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True, compact=False)
         raw_path = pre.with_name("raw_int8.onnx")
         to_onnx.save(raw, raw_path)
-        ranking = repair.rank_onnx_layers(pre, raw_path, debug_images[: repair.DEBUG_IMAGES].astype(np.float32))
+        ranking = repair.rank_onnx_layers(pre, raw_path, debug_images[: repair.DEBUG_IMAGES].astype(np.float32),
+                                          already_float=set(extra.get("float_stem", ())))
         candidate = res.path[: -len(".onnx")] + ".candidate.onnx"
 
         groups = {r.name: r.nodes or [r.name] for r in ranking}

@@ -40,6 +40,12 @@ class QuantSettings:
     activation_symmetric: bool = False
     weight_symmetric: bool = True
     exclude_softmax: bool = True
+    # The stem stays float32 (see :func:`stem_nodes`): the input normalisation and the first convs, up to the
+    # narrowest of the first ``float_stem`` convs' outputs. ONNX Runtime's int8 kernels are slow on a 3-channel
+    # input and on 8-16-channel tensors at full resolution: measured here (x86 VNNI, batch 1) with 2 of
+    # MobileNet a0.25's convs float, int8/float32 latency went 1.05 -> 0.73, and with 3 of MobileNetV2
+    # a0.5's, 0.78 -> 0.62, for a few hundred float weights (0: quantize the stem too).
+    float_stem: int = 3
     # GPTQ weight rounding (export.weight_rounding): int8 weights rounded to minimise each layer's output
     # error on this many calibration images instead of to nearest (0: off). Scales and ranges unchanged.
     gptq_images: int = 128
@@ -86,7 +92,8 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
     ``exclude``: names of nodes (of the pre-processed graph) kept in float32, besides the Softmax.
     ``preprocessed``: ``float_model`` is already the output of :func:`preprocess`. ``compact`` False keeps
     the quantizer's tensor names (``qdq_loss_debug`` matches activations by them). ``report``: gets
-    ``"gptq"`` and ``"bias_correction"``, summaries of :func:`export.weight_rounding.round_weights` and
+    ``"float_stem"`` (the weighted nodes of the stem kept float, see :func:`stem_nodes`), ``"gptq"`` and
+    ``"bias_correction"``, summaries of :func:`export.weight_rounding.round_weights` and
     :func:`export.bias_correction.correct_biases` (when they ran; GPTQ first, as each changes the biases'
     shifts).
 
@@ -109,8 +116,9 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
         try:
             with quiet():
                 graph = onnx.load(str(pre)).graph
+                stem = stem_nodes(graph, settings.float_stem)
                 keep_float = ([n.name for n in graph.node if n.op_type == "Softmax"]
-                              if settings.exclude_softmax else []) + list(exclude)
+                              if settings.exclude_softmax else []) + stem + list(exclude)
                 quantize_static(
                     str(pre), str(out), ort_data_reader(images, graph.input[0].name),
                     quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
@@ -120,6 +128,8 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
                                    "WeightSymmetric": settings.weight_symmetric},
                 )
             proto = onnx.load(str(out))
+            if report is not None:  # the stem's weighted nodes: float32 in the file besides any repair's
+                report["float_stem"] = [n.name for n in graph.node if n.name in set(stem) and n.op_type in _WBQ_OPS]
             _fit_rounding(pre, proto, images, settings, artifact, report)
             keep_float_inputs(proto, exclude)
             if compact:
@@ -131,6 +141,32 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
                                             "try --calibration minmax or export without --int8") from None
     check(proto, artifact)
     return proto
+
+
+def stem_nodes(graph, convs: int) -> list[str]:
+    """Names of the nodes of ``graph`` (pre-processed, in topological order) that form its float stem.
+
+    The stem ends after whichever of the first ``convs`` Conv nodes has the fewest output elements (the
+    later one on a tie): everything before it, the input normalisation included, stays float, and the
+    one int8 boundary falls on the narrowest tensor, where re-quantizing costs least. MobileNetV2's
+    first three convs end in its 8-channel projection; MobileNet v1's first two in the depthwise output.
+    Empty when ``convs`` is 0 or the graph has no Conv.
+    """
+    if convs <= 0:
+        return []
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(graph.value_info) + list(graph.output)}
+    nodes = list(graph.node)
+    conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"][:convs]
+    if not conv_at:
+        return []
+
+    def size(i: int) -> float:
+        dims = shapes.get(nodes[i].output[0], [])[1:]  # per image: the batch axis is symbolic
+        return float(np.prod(dims)) if dims and all(d > 0 for d in dims) else float("inf")
+
+    cut = min(reversed(conv_at), key=size)  # reversed: min keeps the first of equals, the later conv
+    return [n.name for n in nodes[: cut + 1]]
 
 
 def _fit_rounding(pre: Path, proto, images: np.ndarray, settings: QuantSettings, artifact: str,

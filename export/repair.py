@@ -26,7 +26,7 @@ import io
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,11 +170,12 @@ def _clip_bounds(graph) -> dict[str, tuple[float, float]]:
 
 
 def rank_onnx_layers(pre_path: str | os.PathLike, qdq_path: str | os.PathLike, images: np.ndarray,
-                     input_name: str = INPUT_NAME) -> list[LayerError]:
+                     input_name: str = INPUT_NAME, already_float: Collection[str] = ()) -> list[LayerError]:
     """Weighted nodes of the pre-processed float graph ``pre_path``, worst quantization error first.
 
     ``qdq_path``: the fully quantized model made from ``pre_path`` with the quantizer's own tensor names
     (``quantize_int8(..., compact=False)``). ``images``: float32 NHWC inputs (a few calibration images).
+    ``already_float``: nodes ``qdq_path`` keeps float anyway (its stem), left out of the ranking.
     """
     import onnx
     import onnxruntime as ort
@@ -223,7 +224,7 @@ def rank_onnx_layers(pre_path: str | os.PathLike, qdq_path: str | os.PathLike, i
             consumers[i].append(node)
     ranked = []
     for node in graph.node:
-        if node.op_type not in WEIGHTED_OPS or not node.name:
+        if node.op_type not in WEIGHTED_OPS or not node.name or node.name in already_float:
             continue
         tensors, t, group = [node.output[0]], node.output[0], [node.name]
         while len(consumers[t]) == 1 and consumers[t][0].op_type in FUSED_ACTIVATIONS:

@@ -60,8 +60,9 @@ def biased(tmp_path_factory):
     calib = rng.uniform(0, 1, (32, 3, 8, 8)).astype(np.float32)
     test = rng.uniform(0, 1, (32, 3, 8, 8)).astype(np.float32)
     report: dict = {}
-    corrected = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, gptq_images=0), report=report)
-    plain = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, gptq_images=0,
+    corrected = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, float_stem=0, gptq_images=0),
+                              report=report)
+    plain = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, float_stem=0, gptq_images=0,
                                                     bias_correction_images=0))
     return src, test, corrected, plain, report
 
@@ -100,8 +101,8 @@ def test_layers_kept_float_are_not_corrected(tmp_path):
     _biased_model(src, rng)
     calib = rng.uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
     report: dict = {}
-    q = quantize_int8(src, calib, QuantSettings(exclude_softmax=False), exclude=["dw", "relu2"], compact=False,
-                      report=report)
+    q = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, float_stem=0), exclude=["dw", "relu2"],
+                      compact=False, report=report)
     assert report["bias_correction"]["layers"] == 2
     bd = next(numpy_helper.to_array(t) for t in q.graph.initializer if t.name == "bd")
     np.testing.assert_array_equal(bd, np.full(8, -0.2, np.float32))

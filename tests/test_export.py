@@ -465,9 +465,11 @@ def test_int8_onnx_missing_the_gate_is_repaired_with_float_layers(hostile_export
     inits = {t.name: t.data_type for t in q.graph.initializer}
     floats = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
               and inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
-    assert len(floats) == len(row["float_layers"])
     meta = json.loads({p.key: p.value for p in q.metadata_props}["cvkeras"])
     assert meta["extra"]["float_layers"] == row["float_layers"]
+    # besides them only the stem, which every int8 ONNX file keeps float (export.quantize.stem_nodes)
+    assert meta["extra"]["float_stem"] and meta["extra"]["quantization"]["float_stem"] > 0
+    assert len(floats) == len(row["float_layers"]) + len(meta["extra"]["float_stem"])
     # GPTQ's figures are the repaired model's own: it re-rounded only layers this file keeps in int8
     weighted = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm")]
     assert meta["extra"]["gptq"]["layers"] <= len(weighted) - len(floats)
@@ -612,7 +614,7 @@ def test_int8_onnx_excluded_layer_stays_float_when_onnxruntime_loads_it(tmp_path
     _dw_model(src, rng)
     x = rng.uniform(0, 1, (16, 1, 3, 8, 8)).astype(np.float32)
     q = tmp_path / "q.onnx"
-    save(quantize_int8(src, x[:, 0], QuantSettings(exclude_softmax=False), exclude=["dw", "relu2"],
+    save(quantize_int8(src, x[:, 0], QuantSettings(exclude_softmax=False, float_stem=0), exclude=["dw", "relu2"],
                        compact=False), q)
     loaded = tmp_path / "loaded.onnx"  # the graph as ONNX Runtime runs it, after its optimizers
     opts = ort.SessionOptions()
@@ -642,7 +644,8 @@ def test_onnx_layer_ranking_does_not_count_relu_as_quantization_noise(tmp_path, 
     _dw_model(src, rng, dw_bias)
     preprocess(src, pre)
     x = rng.uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
-    save(quantize_int8(pre, x, QuantSettings(exclude_softmax=False), preprocessed=True, compact=False), raw)
+    save(quantize_int8(pre, x, QuantSettings(exclude_softmax=False, float_stem=0), preprocessed=True,
+                       compact=False), raw)
     ranking = rank_onnx_layers(pre, raw, x[:4], input_name="x")
     assert len(ranking) == 3 and all(r.op == "Conv" for r in ranking)
     # 8-bit rounding of weights and activations: noise/signal around 1e-4, nowhere near the Relu's 0.5

@@ -58,9 +58,9 @@ def test_gptq_reduces_the_output_error_of_int8_weights(conv):
 
     src, calib, test = conv
     report: dict = {}
-    gptq = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, bias_correction_images=0),
+    gptq = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, float_stem=0, bias_correction_images=0),
                          report=report, compact=False)
-    nearest = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, bias_correction_images=0,
+    nearest = quantize_int8(src, calib, QuantSettings(exclude_softmax=False, float_stem=0, bias_correction_images=0,
                                                       gptq_images=0), compact=False)
     assert report["gptq"]["layers"] == 1
     ref = _run(src, test)

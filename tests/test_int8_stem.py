@@ -1,0 +1,92 @@
+"""The int8 ONNX stem: the input normalisation and the first convs stay float32 (``export.quantize.stem_nodes``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _stem_net(path) -> None:
+    """x/127.5 - 1, conv 3->16, depthwise 16, projection 16->8, expansion 8->48, pooled Gemm, Softmax (NCHW)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["xs"], name="norm_mul"),
+        helper.make_node("Add", ["xs", "b"], ["xn"], name="norm_add"),
+        helper.make_node("Conv", ["xn", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", group=16, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="project"),
+        helper.make_node("Conv", ["c3", "w4", "b4"], ["c4"], name="expand"),
+        helper.make_node("Relu", ["c4"], ["r4"], name="relu4"),
+        helper.make_node("GlobalAveragePool", ["r4"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w5", "b5"], ["logits"], name="head", transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=1),
+    ]
+    inits = [numpy_helper.from_array(np.array(1 / 127.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(-1.0, np.float32), "b"),
+             init("w1", 16, 3, 3, 3), init("b1", 16), init("w2", 16, 1, 3, 3), init("b2", 16),
+             init("w3", 8, 16, 1, 1), init("b3", 8), init("w4", 48, 8, 1, 1), init("b4", 48),
+             init("w5", 4, 48), init("b5", 4)]
+    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_stem_ends_at_the_narrowest_of_its_first_convs(tmp_path):
+    """Three convs: the cut falls after the 8-channel projection; two: after the later of two equal outputs."""
+    from export.quantize import preprocess, stem_nodes
+
+    _stem_net(tmp_path / "net.onnx")
+    preprocess(tmp_path / "net.onnx", tmp_path / "pre.onnx")
+    graph = onnx.load(tmp_path / "pre.onnx").graph
+    ops = {n.name: n.op_type for n in graph.node}
+    three = stem_nodes(graph, 3)
+    assert [ops[n] for n in three if ops[n] == "Conv"] == ["Conv"] * 3 and ops[three[-1]] == "Conv"
+    assert ops[three[0]] == "Mul"  # the input normalisation is part of the stem
+    two = stem_nodes(graph, 2)
+    assert [ops[n] for n in two if ops[n] == "Conv"] == ["Conv"] * 2 and ops[two[-1]] == "Conv"
+    assert stem_nodes(graph, 0) == []
+
+
+def test_int8_model_keeps_the_stem_float_and_quantizes_the_rest(tmp_path):
+    """Default settings: the stem's convs keep float weights and run on a float input, every later weighted
+    node reads int8 weights; ``float_stem=0`` quantizes them all. Both models stay close to float32."""
+    import onnxruntime as ort
+
+    from export.quantize import QuantSettings, quantize_int8
+
+    _stem_net(tmp_path / "net.onnx")
+    rng = np.random.default_rng(1)
+    calib = rng.uniform(0, 255, (16, 3, 16, 16)).astype(np.float32)
+    report: dict = {}
+    stem = quantize_int8(tmp_path / "net.onnx", calib, QuantSettings(gptq_images=0, bias_correction_images=0),
+                         report=report)
+    none = quantize_int8(tmp_path / "net.onnx", calib,
+                         QuantSettings(float_stem=0, gptq_images=0, bias_correction_images=0), report=(r0 := {}))
+    assert len(report["float_stem"]) == 3 and r0["float_stem"] == []
+
+    def float_weighted(proto) -> int:
+        inits = {t.name: t.data_type for t in proto.graph.initializer}
+        return sum(1 for n in proto.graph.node if n.op_type in ("Conv", "Gemm")
+                   and inits.get(n.input[1]) == onnx.TensorProto.FLOAT)
+
+    assert float_weighted(stem) == 3 and float_weighted(none) == 0
+    assert not [n for n in stem.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"]
+    x = rng.uniform(0, 255, (8, 3, 16, 16)).astype(np.float32)
+    ref = ort.InferenceSession(str(tmp_path / "net.onnx")).run(None, {"x": x})[0]
+    for proto in (stem, none):
+        out = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+        assert np.abs(out - ref).max() < 0.1
