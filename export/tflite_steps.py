@@ -49,7 +49,7 @@ def convert(job: Job) -> None:
                         reference = float_blob(blobs, saved, res.name)
                         blob = fit_rounding(blob, reference, calib_images, quant, res.name, extra, say,
                                             hybrid=res.precision == "dynamic")
-                    named, blob = blob, to_tflite.strip_names(blob, res.name)  # names serve fitting and repair
+                    named, blob = blob, to_tflite.compact(blob, res.name)  # names serve fitting and repair
                 except ExportError as exc:
                     fail_result(res, exc)
                     continue
@@ -177,7 +177,7 @@ def _search(res: ArtifactResult, full: dict[str, Any], ranking, make, extra, met
     try:
         def build(names: list[str]) -> None:
             blob, rounding = make(names)
-            atomic_write(candidate, to_tflite.strip_names(blob, res.name))
+            atomic_write(candidate, to_tflite.compact(blob, res.name))
             shutil.copyfile(sidecar_path(res.path), sidecar_path(candidate))
             built.clear()
             built.update(rounding)
