@@ -21,6 +21,10 @@ Goals (issue #9), per row: agreement >= 99 % and drop <= 0.5 point for int8 ONNX
 Usage::
 
     python bench/bench_export.py [--rows mobilenet-a0.25-224,...] [--threads 2] [--timing-images 200]
+                                 [--timing-rounds 5] [--retime]
+
+``--retime`` times the files of the last run again without exporting: latency is a property of the CPU's
+load as much as of the model, and a long export run rarely has a quiet machine throughout.
 """
 
 from __future__ import annotations
@@ -60,6 +64,13 @@ def row_name(model: str, alpha: float, size: int) -> str:
 def run_dir(model: str, alpha: float, size: int) -> Path:
     """The cached run of a row (the defaults and the seed are part of the name)."""
     return OUT / "runs" / f"{row_name(model, alpha, size)}-auto-s{SEED}"
+
+
+def export_dir(model: str, alpha: float, size: int) -> Path:
+    """Where a row's export goes; MobileNetV2 a0.5's is the one ``bench/bench_serving.py`` reads."""
+    if (model, alpha, size) == ("mobilenet_v2", 0.5, 224):
+        return OUT / "export"
+    return OUT / "exports" / row_name(model, alpha, size)
 
 
 def finetune(run: Path, model: str, alpha: float, size: int, weights: str) -> float | None:
@@ -111,30 +122,21 @@ def _pct(v: float | None) -> float | None:
 
 def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
     from export import export_run
-    from serving.preprocess import load_resized
 
     name = row_name(model, alpha, size)
     run = run_dir(model, alpha, size)
     print(f"[{name}] training (cached runs are reused)", file=sys.stderr)
     train_s = finetune(run, model, alpha, size, weights)
-    out = OUT / "export" if (model, alpha, size) == ("mobilenet_v2", 0.5, 224) else OUT / "exports" / name
+    out = export_dir(model, alpha, size)
     t0 = time.perf_counter()
     report = export_run(run, out, int8=True, threads=args.threads,
                         progress=lambda m: print(f"[{name}] {m}", file=sys.stderr))
     export_s = time.perf_counter() - t0
 
-    split = json.loads((run / "split.json").read_text())
-    val_paths = [p for p, _ in split["val"]][: args.timing_images]
-    images = np.stack([load_resized(p, (size, size)) for p in val_paths])
-    paths = [Path(a.path) for a in report.artifacts if Path(a.path).is_file()]
-    latency = time_artifacts(paths, images, args.threads, args.timing_rounds)
-
     sizes = {a.name: a.size_bytes for a in report.artifacts}
-    base_ms = latency.get("model.onnx", {}).get("median_ms")
     artifacts = []
     for a in report.artifacts:
         fmt_float = "model.onnx" if a.format == "onnx" else "model.tflite"
-        lat = latency.get(a.name, {})
         row = {
             "artifact": a.name, "status": a.status,
             "agreement_pct": _pct(a.agreement), "agreement_ci_pct": [_pct(v) for v in a.agreement_ci or []],
@@ -145,10 +147,8 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
             "size_mb": None if a.size_bytes is None else round(a.size_bytes / 2**20, 3),
             "size_ratio": None if not sizes.get(fmt_float) or a.size_bytes is None
             else round(a.size_bytes / sizes[fmt_float], 3),
-            "latency_ms_median": None if not lat else round(lat["median_ms"], 3),
-            "latency_round_medians_ms": lat.get("round_medians_ms"),
-            "latency_ratio_vs_onnx_fp32": None if not lat or not base_ms else round(lat["median_ms"] / base_ms, 3),
             "float_layers": a.float_layers,
+            "path": a.path,
         }
         if a.repair:
             full = a.repair.get("full_int8", {})
@@ -160,7 +160,32 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
             row["repair_latency_cost"] = a.repair.get("latency_cost")
             row["repair_attempts"] = a.repair.get("attempts")
         artifacts.append(row)
-    by = {r["artifact"]: r for r in artifacts}
+    result = {
+        "row": name, "model": model, "alpha": alpha, "image_size": size, "run": str(run),
+        "keras_accuracy_pct": _pct(report.keras_accuracy), "images": report.images,
+        "train_seconds": None if train_s is None else round(train_s, 1), "export_seconds": round(export_s, 1),
+        "export_exit_code": report.exit_code, "artifacts": artifacts,
+    }
+    timed(result, run, size, args)
+    return result
+
+
+def timed(row: dict, run: Path, size: int, args) -> None:
+    """Time a row's artifact files (interleaved rounds) and set its latency fields and goals (edits ``row``)."""
+    from serving.preprocess import load_resized
+
+    split = json.loads((run / "split.json").read_text())
+    images = np.stack([load_resized(p, (size, size)) for p, _ in split["val"][: args.timing_images]])
+    paths = [Path(a["path"]) for a in row["artifacts"] if a.get("path") and Path(a["path"]).is_file()]
+    latency = time_artifacts(paths, images, args.threads, args.timing_rounds)
+    base_ms = latency.get("model.onnx", {}).get("median_ms")
+    for a in row["artifacts"]:
+        lat = latency.get(Path(a.get("path") or a["artifact"]).name, {})
+        a["latency_ms_median"] = None if not lat else round(lat["median_ms"], 3)
+        a["latency_round_medians_ms"] = lat.get("round_medians_ms")
+        a["latency_ratio_vs_onnx_fp32"] = None if not lat or not base_ms else round(lat["median_ms"] / base_ms, 3)
+        a["latency_ratio_round_range"] = _round_ratio_range(lat, latency.get("model.onnx"))
+    by = {r["artifact"]: r for r in row["artifacts"]}
 
     def goal(art: str, key: str, limit: float, at_least: bool = False) -> bool | None:
         v = by.get(art, {}).get(key)
@@ -173,13 +198,16 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
         goals[f"{art} size"] = goal(art, "size_ratio", GOALS["int8_max_size_ratio"])
     goals["model_int8.onnx latency"] = goal("model_int8.onnx", "latency_ratio_vs_onnx_fp32",
                                             GOALS["int8_onnx_max_latency_ratio"])
-    return {
-        "row": name, "model": model, "alpha": alpha, "image_size": size, "run": str(run),
-        "keras_accuracy_pct": _pct(report.keras_accuracy), "images": report.images,
-        "train_seconds": None if train_s is None else round(train_s, 1), "export_seconds": round(export_s, 1),
-        "export_exit_code": report.exit_code, "timing_images": len(images), "artifacts": artifacts,
-        "goals_met": goals,
-    }
+    row["timing_images"] = len(images)
+    row["goals_met"] = goals
+
+
+def _round_ratio_range(lat: dict | None, base: dict | None) -> list[float] | None:
+    """Smallest and largest per-round ratio to model.onnx (rounds are interleaved, so pairs are fair)."""
+    if not lat or not base:
+        return None
+    r = [a / b for a, b in zip(lat["round_medians_ms"], base["round_medians_ms"], strict=True)]
+    return [round(min(r), 3), round(max(r), 3)]
 
 
 def main() -> int:
@@ -189,6 +217,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timing-images", type=int, default=200)
     ap.add_argument("--timing-rounds", type=int, default=5)
+    ap.add_argument("--retime", action="store_true",
+                    help="only time again the artifacts of the last run's bench/out/export_bench.json")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -199,6 +229,18 @@ def main() -> int:
         return 2
     rows = []
     path = OUT / "export_bench.json"
+    if args.retime:  # the exports of the last run, timed again (e.g. on a quieter machine)
+        doc = json.loads(path.read_text())
+        for row in doc["rows"]:
+            if row["row"] in wanted:
+                model, alpha, size, _ = known[row["row"]]
+                for art in row["artifacts"]:  # a run from before paths were recorded
+                    art.setdefault("path", str(export_dir(model, alpha, size) / art["artifact"]))
+                timed(row, Path(row["run"]), size, args)
+        doc["retimed_load_average"] = os.getloadavg()
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(json.dumps(doc, indent=2))
+        return 0
     for r in wanted:
         rows.append(bench_row(*known[r], args))
         doc = {"benchmark": "export", "data": "flowers (3670 photos, seeded 80/20 split)",
