@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from serving.errors import CvkerasError, first_line
 
-__all__ = ["ConversionError", "ExportError", "first_line"]
+__all__ = ["ConversionError", "ExportError", "converting", "first_line"]
 
 
 class ExportError(CvkerasError, RuntimeError):
@@ -17,3 +20,19 @@ class ConversionError(ExportError):
     def __init__(self, artifact: str, message: str) -> None:
         super().__init__(f"{artifact}: {message}")
         self.artifact = artifact
+
+
+@contextlib.contextmanager
+def converting(artifact: str, what: str, fix: str = "") -> Iterator[None]:
+    """Any error raised inside, except an ExportError (already one line), as a ConversionError for ``artifact``:
+    ``"<what> failed (<its first line>); <fix>"``. Converters, runtimes and numpy raise many types.
+
+        >>> with converting("model_int8.onnx", "int8 bias correction", "export without --int8"):  # doctest: +SKIP
+        ...     correct_biases(...)
+    """
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as exc:  # the point: every other type becomes one line
+        raise ConversionError(artifact, f"{what} failed ({first_line(exc)})" + (f"; {fix}" if fix else "")) from None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from export.calibration import METHODS, ort_data_reader
-from export.errors import ConversionError, ExportError, first_line
+from export.errors import ConversionError, ExportError, converting, first_line
 from export.to_onnx import check, compact_names, quiet
 
 
@@ -113,7 +113,8 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
             pre = Path(float_model)
         else:
             preprocess(float_model, pre, artifact)
-        try:
+        with converting(artifact, "onnxruntime int8 quantization",
+                        "try --calibration minmax or export without --int8"):
             with quiet():
                 graph = onnx.load(str(pre)).graph
                 stem = stem_nodes(graph, settings.float_stem)
@@ -134,11 +135,6 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
             keep_float_inputs(proto, exclude)
             if compact:
                 compact_names(proto)
-        except ExportError:
-            raise
-        except Exception as exc:  # onnxruntime.quantization raises many types
-            raise ConversionError(artifact, f"onnxruntime int8 quantization failed ({first_line(exc)}); "
-                                            "try --calibration minmax or export without --int8") from None
     check(proto, artifact)
     return proto
 
@@ -182,11 +178,8 @@ def _fit_rounding(pre: Path, proto, images: np.ndarray, settings: QuantSettings,
     for key, n, what, step in steps:
         if n <= 0:
             continue
-        try:
+        with converting(artifact, what, "export without --int8"):
             done = step(n)
-        except Exception as exc:  # onnxruntime and numpy raise many types
-            raise ConversionError(artifact, f"{what} failed ({first_line(exc)}); "
-                                            "export without --int8") from None
         if report is not None:
             report[key] = done
 

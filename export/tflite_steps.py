@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from export import metadata as meta_io
-from export.errors import ConversionError, ExportError, first_line
+from export.errors import ConversionError, ExportError, converting
 from export.job import Job, fail_result, record_repair
 from export.quantize import QuantSettings
 from export.verify import ArtifactResult
@@ -105,12 +105,8 @@ def fit_rounding(blob: bytes, reference: bytes, images: np.ndarray, quant: Quant
     for key, n, what, step in steps:
         if n <= 0:
             continue
-        try:
+        with converting(artifact, what, "export without --int8"):
             blob, done = step(blob, n)
-        except ExportError:
-            raise
-        except Exception as exc:  # the interpreter and numpy raise many types
-            raise ConversionError(artifact, f"{what} failed ({first_line(exc)}); export without --int8") from None
         say(f"  {artifact}: {what} of {done.get('layers', 0)} op(s), {done.get('images', 0)} images, "
             f"{done.get('seconds', 0)} s")
         if report is not None:
@@ -150,12 +146,8 @@ def repair_dynamic(res: ArtifactResult, blob: bytes, reference: bytes, calib_ima
     full = res.to_dict()
     say(f"{res.error}; measuring per-layer int8 weight error on calibration images")
     try:
-        try:
+        with converting(res.name, "ranking its layers"):
             ranking = rank_layers(blob, reference, calib_images)
-        except ExportError:
-            raise
-        except Exception as exc:  # the interpreter and numpy raise many types
-            raise ConversionError(res.name, f"ranking its layers failed ({first_line(exc)})") from None
         _search(res, full, ranking, lambda names: (float_weights(blob, reference, names), {}), extra, metadata,
                 fast_check, check, say)
     except ExportError as exc:
