@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cvkeras.cli import app
 
-# MobileNet alpha 0.25: its 28 layers trace in half the time of MobileNetV2's 155, and none of these tests is
+# MobileNet alpha 0.25: a far shorter network than MobileNetV2, it trains in half the time; none of these tests is
 # about the backbone (MobileNetV2 is fine-tuned through the CLI in test_distill.py, and the export tests' run)
 TINY = ["--model", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32",
         "--batch-size", "8", "--augment", "light"]
