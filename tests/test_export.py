@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from export_helpers import LABELS, SIZE, make_int8_hostile_run, make_tiny_run
+from export_helpers import LABELS, SIZE
 from typer.testing import CliRunner
 
 from export import ExportError, export_run, plan_artifacts
@@ -43,8 +43,8 @@ def _errors(result) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("export_tiny"))
+def tiny_run(export_tiny_run) -> Path:
+    return export_tiny_run
 
 
 def _pil(path: str) -> np.ndarray:
@@ -89,9 +89,9 @@ def fidelity_rows(exported, tiny_run):
 
 
 @pytest.fixture(scope="session")
-def hostile_run(tiny_run, tmp_path_factory) -> Path:
+def hostile_run(int8_hostile_run) -> Path:
     """The tiny run's model rescaled so that full int8 fails on every CPU (``make_int8_hostile_run``)."""
-    return make_int8_hostile_run(tiny_run, tmp_path_factory.mktemp("int8_hostile") / "run")
+    return int8_hostile_run
 
 
 @pytest.fixture(scope="session")

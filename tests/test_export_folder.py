@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from export_helpers import make_int8_hostile_run, make_tiny_run
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
@@ -34,12 +33,13 @@ def _report(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def marked_hostile_run(tmp_path_factory) -> Path:
-    """A copy of the int8-hostile tiny run, marked as `cvkeras finetune` marks its run folders."""
+def marked_hostile_run(int8_hostile_run, tmp_path_factory) -> Path:
+    """A copy of the session's int8-hostile tiny run (tests/conftest.py), marked as `cvkeras finetune` marks its
+    run folders; copied, since the test exports into it."""
     from cvkeras import rundir
 
-    base = tmp_path_factory.mktemp("export_folder")
-    run = make_int8_hostile_run(make_tiny_run(base), base / "hostile")
+    run = tmp_path_factory.mktemp("export_folder") / "hostile"
+    shutil.copytree(int8_hostile_run, run, ignore=shutil.ignore_patterns("export", rundir.LOCK))
     rundir.mark_run(run)
     return run
 
