@@ -101,6 +101,10 @@ def export(
                                 help="When int8 misses a gate, keep its worst layers in float until it passes."),
     calibration_flip: bool = typer.Option(ExportOptions.calibration_flip, "--calibration-flip/--no-calibration-flip",
                                           help="Calibrate on the calibration images and their mirror images."),
+    float_stem: bool = typer.Option(ExportOptions.float_stem, "--float-stem/--int8-stem",
+                                    help="Keep model_int8.onnx's stem (input normalisation, first convs) in float32, "
+                                         "which ONNX Runtime's CPU kernels run faster; --int8-stem for an all-int8 "
+                                         "graph (e.g. an int8-only accelerator)."),
     json_out: bool = typer.Option(False, "--json", help="Print export_report.json on stdout instead of the "
                                                         "table (docs/json.md)."),
 ) -> None:
@@ -126,7 +130,7 @@ def export(
         options = ExportOptions(
             formats=format, int8=int8, fp16=fp16, calibration=calibration, calibration_samples=calibration_samples,
             io_type=io_type, opset=opset, max_accuracy_drop=max_accuracy_drop, threads=threads,
-            min_agreement=min_agreement, repair=repair, calibration_flip=calibration_flip,
+            min_agreement=min_agreement, repair=repair, calibration_flip=calibration_flip, float_stem=float_stem,
         ).checked()  # every option, before the run directory is locked or read
         with run_lock(run, "export") if run.is_dir() else contextlib.nullcontext():
             report = export_run(run, output, options, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))

@@ -86,6 +86,7 @@ class ExportOptions:
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     repair: bool = True
     calibration_flip: bool = True
+    float_stem: bool = True  # False (--int8-stem): model_int8.onnx quantizes its stem too (QuantSettings.float_stem 0)
 
     def checked(self) -> ExportOptions:
         """This object with ``formats`` parsed, after checking every value (ExportError naming the flag)."""
@@ -111,7 +112,8 @@ class ExportOptions:
         return replace(self, formats=fmts, quant=self.quant_settings())
 
     def quant_settings(self) -> QuantSettings:
-        return replace(self.quant or QuantSettings(), calibration=self.calibration)
+        quant = replace(self.quant or QuantSettings(), calibration=self.calibration)
+        return quant if self.float_stem else replace(quant, float_stem=0)
 
     def planned(self) -> list[Artifact]:
         """The table rows this export makes, in conversion order."""

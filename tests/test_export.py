@@ -413,6 +413,33 @@ def test_tiny_model_int8_onnx_passes_without_repair(exported):
 
 
 @pytest.mark.slow
+def test_int8_onnx_keeps_its_stem_float_unless_int8_stem(exported, tiny_run, tmp_path):
+    """Default: the stem's convs keep float weights (listed in the metadata); ``--int8-stem``: every Conv/Gemm
+    reads int8 weights, and the report's settings say so."""
+    import onnx
+
+    def float_weighted(path) -> list[str]:
+        q = onnx.load(path)
+        inits = {t.name: t.data_type for t in q.graph.initializer}
+        return [n.name for n in q.graph.node if n.op_type in ("Conv", "Gemm")
+                and inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
+
+    def extra(path) -> dict:
+        return json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["cvkeras"])["extra"]
+
+    _, default = exported
+    stem = extra(default / "model_int8.onnx")["float_stem"]
+    assert stem and len(float_weighted(default / "model_int8.onnx")) == len(stem)
+    out = tmp_path / "export"
+    result = _invoke(tiny_run, "--format", "onnx", "--int8", "--int8-stem", "--no-repair", "--output", out,
+                     "--threads", "1")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert float_weighted(out / "model_int8.onnx") == [] and extra(out / "model_int8.onnx")["float_stem"] == []
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["settings"]["quantization"]["float_stem"] == 0
+
+
+@pytest.mark.slow
 def test_dynamic_tflite_missing_the_gate_gets_float_weights_for_its_worst_ops(hostile_run, tmp_path):
     """The int8-hostile net's Conv_1 rounds a rescaled input channel's weights to zero in the dynamic-range
     model too; repair gives the worst-ranked ops (Conv_1 first) their float weights back and passes."""
