@@ -132,7 +132,7 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
             if report is not None:  # the stem's weighted nodes: float32 in the file besides any repair's
                 report["float_stem"] = [n.name for n in graph.node if n.name in set(stem) and n.op_type in _WBQ_OPS]
             _fit_rounding(pre, proto, images, settings, artifact, report)
-            keep_float_inputs(proto, exclude)
+            keep_float_inputs(proto, [*stem, *exclude])  # a stem conv may read a tensor quantized for others
             if compact:
                 compact_names(proto)
     check(proto, artifact)
@@ -146,7 +146,8 @@ def stem_nodes(graph, convs: int) -> list[str]:
     later one on a tie): everything before it, the input normalisation included, stays float, and the
     one int8 boundary falls on the narrowest tensor, where re-quantizing costs least. MobileNetV2's
     first three convs end in its 8-channel projection; MobileNet v1's first two in the depthwise output.
-    Empty when ``convs`` is 0 or the graph has no Conv.
+    A conv with a 1x1 output map (squeeze-excite) is never the cut. Nodes without a name cannot be
+    excluded by ``quantize_static`` and are left out. Empty when ``convs`` is 0 or the graph has no Conv.
     """
     if convs <= 0:
         return []
@@ -159,10 +160,12 @@ def stem_nodes(graph, convs: int) -> list[str]:
 
     def size(i: int) -> float:
         dims = shapes.get(nodes[i].output[0], [])[1:]  # per image: the batch axis is symbolic
-        return float(np.prod(dims)) if dims and all(d > 0 for d in dims) else float("inf")
+        if not dims or any(d <= 0 for d in dims) or int(np.prod(dims[1:])) <= 1:
+            return float("inf")  # unknown, or a 1x1 map (a squeeze-excite conv): never the cut
+        return float(np.prod(dims))
 
     cut = min(reversed(conv_at), key=size)  # reversed: min keeps the first of equals, the later conv
-    return [n.name for n in nodes[: cut + 1]]
+    return [n.name for n in nodes[: cut + 1] if n.name]  # quantize_static excludes by name
 
 
 def _fit_rounding(pre: Path, proto, images: np.ndarray, settings: QuantSettings, artifact: str,

@@ -90,3 +90,86 @@ def test_int8_model_keeps_the_stem_float_and_quantizes_the_rest(tmp_path):
     for proto in (stem, none):
         out = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
         assert np.abs(out - ref).max() < 0.1
+
+
+def _branching_net(path) -> None:
+    """conv1, maxpool, then {convA1 (4 ch, the narrowest: the cut) -> convA2; convB shortcut} -> Add -> head.
+    convA1's input is also read by convB, which is not in the stem, so it arrives quantized."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+
+    wa1 = rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32)
+    wa1[0] *= 100  # channel ranges 100x apart: per-tensor int8 weights would wreck channels 1-3
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["mp"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["mp", "wa1", "ba1"], ["ca1"], name="convA1"),
+        helper.make_node("Relu", ["ca1"], ["ra1"], name="reluA1"),
+        helper.make_node("Conv", ["mp", "wb", "bb"], ["cb"], name="convB"),
+        helper.make_node("Conv", ["ra1", "wa2", "ba2"], ["ca2"], name="convA2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["ca2", "cb"], ["s"], name="add"),
+        helper.make_node("GlobalAveragePool", ["s"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w5", "b5"], ["y"], name="head", transB=1),
+    ]
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), numpy_helper.from_array(wa1, "wa1"), init("ba1", 4),
+             init("wb", 8, 8, 1, 1), init("bb", 8), init("wa2", 8, 4, 3, 3), init("ba2", 8), init("w5", 4, 8),
+             init("b5", 4)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])
+    graph = helper.make_graph(nodes, "branch", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_a_stem_conv_reading_a_shared_quantized_tensor_stays_float_when_onnxruntime_loads_it(tmp_path):
+    """The cut conv's input is quantized for the shortcut too; ONNX Runtime's WeightBiasQuantization would
+    quantize its float weights per tensor at load unless its input is rewired (keep_float_inputs)."""
+    import onnxruntime as ort
+
+    from export.quantize import QuantSettings, quantize_int8
+
+    _branching_net(tmp_path / "net.onnx")
+    rng = np.random.default_rng(1)
+    report: dict = {}
+    q = quantize_int8(tmp_path / "net.onnx", rng.uniform(-1, 1, (8, 3, 16, 16)).astype(np.float32),
+                      QuantSettings(gptq_images=0, bias_correction_images=0), report=report)
+    assert len(report["float_stem"]) == 2  # conv1 and the narrow convA1; convB is not before the cut
+    onnx.save(q, tmp_path / "q.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(str(tmp_path / "q.onnx"), so, providers=["CPUExecutionProvider"])
+    loaded = onnx.load(tmp_path / "loaded.onnx")
+    inits = {t.name: t.data_type for t in loaded.graph.initializer}
+    convs = [n for n in loaded.graph.node if n.op_type == "Conv"]
+    float_convs = [n for n in convs if inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
+    assert len(float_convs) == 2, [(n.name, n.input[1]) for n in convs]
+
+
+def test_stem_leaves_out_unnamed_nodes_and_squeeze_excite_convs(tmp_path):
+    """quantize_static excludes by name, so an unnamed node must never be listed (it would exclude every
+    unnamed node); a conv with a 1x1 output map is never the cut."""
+    from export.quantize import preprocess, stem_nodes
+
+    _stem_net(tmp_path / "net.onnx")
+    model = onnx.load(tmp_path / "net.onnx")
+    for node in model.graph.node:
+        node.name = ""
+    onnx.save(model, tmp_path / "unnamed.onnx")
+    preprocess(tmp_path / "unnamed.onnx", tmp_path / "pre.onnx")
+    assert "" not in stem_nodes(onnx.load(tmp_path / "pre.onnx").graph, 3)
+    preprocess(tmp_path / "net.onnx", tmp_path / "pre2.onnx")
+    graph = onnx.load(tmp_path / "pre2.onnx").graph
+    ops = {n.name: n.op_type for n in graph.node}
+    for v in graph.value_info:  # make the projection's output a 1x1 map: it must stop being the cut
+        if v.name == next(n.output[0] for n in graph.node if n.name == stem_nodes(graph, 3)[-1]):
+            for d in v.type.tensor_type.shape.dim[2:]:
+                d.dim_value = 1
+    assert [ops[n] for n in stem_nodes(graph, 3) if ops[n] == "Conv"] == ["Conv"] * 2
