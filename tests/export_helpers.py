@@ -187,3 +187,51 @@ def correction_effect(ref: np.ndarray, plain: np.ndarray, corrected: np.ndarray,
     return {"shift_plain": float(np.abs(err_plain.mean(axis=axes)).mean()),
             "shift_corrected": float(np.abs(err_corr.mean(axis=axes)).mean()),
             "mse_plain": float((err_plain**2).mean()), "mse_corrected": float((err_corr**2).mean())}
+
+
+def float_weight_nodes(proto) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes of an ONNX model whose weight is a float32 initializer, not a
+    DequantizeLinear output: the layers an int8 file (or a loaded session's graph) really runs in float."""
+    import onnx
+
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    return [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
+            and inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
+
+
+def stem_onnx_net(path) -> None:
+    """x/127.5 - 1, conv 3->16, depthwise 16, projection 16->8, expansion 8->48, pooled Gemm, Softmax (NCHW)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["xs"], name="norm_mul"),
+        helper.make_node("Add", ["xs", "b"], ["xn"], name="norm_add"),
+        helper.make_node("Conv", ["xn", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", group=16, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="project"),
+        helper.make_node("Conv", ["c3", "w4", "b4"], ["c4"], name="expand"),
+        helper.make_node("Relu", ["c4"], ["r4"], name="relu4"),
+        helper.make_node("GlobalAveragePool", ["r4"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w5", "b5"], ["logits"], name="head", transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=1),
+    ]
+    inits = [numpy_helper.from_array(np.array(1 / 127.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(-1.0, np.float32), "b"),
+             init("w1", 16, 3, 3, 3), init("b1", 16), init("w2", 16, 1, 3, 3), init("b2", 16),
+             init("w3", 8, 16, 1, 1), init("b3", 8), init("w4", 48, 8, 1, 1), init("b4", 48),
+             init("w5", 4, 48), init("b5", 4)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])
+    graph = helper.make_graph(nodes, "stem", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from export_helpers import LABELS, SIZE
+from export_helpers import LABELS, SIZE, float_weight_nodes
 from typer.testing import CliRunner
 
 from export import ExportError, export_run, plan_artifacts
@@ -418,23 +418,18 @@ def test_int8_onnx_keeps_its_stem_float_unless_int8_stem(exported, tiny_run, tmp
     reads int8 weights, and the report's settings say so."""
     import onnx
 
-    def float_weighted(path) -> list[str]:
-        q = onnx.load(path)
-        inits = {t.name: t.data_type for t in q.graph.initializer}
-        return [n.name for n in q.graph.node if n.op_type in ("Conv", "Gemm")
-                and inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
-
     def extra(path) -> dict:
         return json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["cvkeras"])["extra"]
 
     _, default = exported
     stem = extra(default / "model_int8.onnx")["float_stem"]
-    assert stem and len(float_weighted(default / "model_int8.onnx")) == len(stem)
+    assert stem and len(float_weight_nodes(onnx.load(default / "model_int8.onnx"))) == len(stem)
     out = tmp_path / "export"
     result = _invoke(tiny_run, "--format", "onnx", "--int8", "--int8-stem", "--no-repair", "--output", out,
                      "--threads", "1")
     assert result.exit_code == 0, result.output + result.stderr
-    assert float_weighted(out / "model_int8.onnx") == [] and extra(out / "model_int8.onnx")["float_stem"] == []
+    assert float_weight_nodes(onnx.load(out / "model_int8.onnx")) == []
+    assert extra(out / "model_int8.onnx")["float_stem"] == []
     report = json.loads((out / "export_report.json").read_text())
     assert report["settings"]["quantization"]["float_stem"] == 0
 
@@ -489,9 +484,7 @@ def test_int8_onnx_missing_the_gate_is_repaired_with_float_layers(hostile_export
     assert rep["size_cost"] > 1.0 and rep["latency_cost"] > 0
     # the float layers really are float: weighted nodes whose weight is a float initializer, not a DQ output
     q = onnx.load(out / "model_int8.onnx")
-    inits = {t.name: t.data_type for t in q.graph.initializer}
-    floats = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
-              and inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
+    floats = float_weight_nodes(q)
     meta = json.loads({p.key: p.value for p in q.metadata_props}["cvkeras"])
     assert meta["extra"]["float_layers"] == row["float_layers"]
     # besides them only the stem, which every int8 ONNX file keeps float (export.quantize.stem_nodes)

@@ -27,13 +27,13 @@ def test_converting_turns_any_error_into_one_line_and_lets_export_errors_through
 def test_a_failing_gptq_step_names_the_artifact_and_the_step(tmp_path, monkeypatch):
     """quantize_int8 through a GPTQ step that raises: one ConversionError line, no traceback type leaks."""
     pytest.importorskip("onnxruntime")
-    from test_int8_stem import _stem_net
+    from export_helpers import stem_onnx_net
 
     from export import weight_rounding
     from export.errors import ConversionError
     from export.quantize import QuantSettings, quantize_int8
 
-    _stem_net(tmp_path / "net.onnx")
+    stem_onnx_net(tmp_path / "net.onnx")
 
     def broken(*args, **kwargs):
         raise np.linalg.LinAlgError("Matrix is singular")

@@ -4,52 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from export_helpers import float_weight_nodes, stem_onnx_net
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-
-def _stem_net(path) -> None:
-    """x/127.5 - 1, conv 3->16, depthwise 16, projection 16->8, expansion 8->48, pooled Gemm, Softmax (NCHW)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-
-    def init(name, *shape):
-        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
-
-    nodes = [
-        helper.make_node("Mul", ["x", "s"], ["xs"], name="norm_mul"),
-        helper.make_node("Add", ["xs", "b"], ["xn"], name="norm_add"),
-        helper.make_node("Conv", ["xn", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", group=16, pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="project"),
-        helper.make_node("Conv", ["c3", "w4", "b4"], ["c4"], name="expand"),
-        helper.make_node("Relu", ["c4"], ["r4"], name="relu4"),
-        helper.make_node("GlobalAveragePool", ["r4"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-        helper.make_node("Gemm", ["f", "w5", "b5"], ["logits"], name="head", transB=1),
-        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=1),
-    ]
-    inits = [numpy_helper.from_array(np.array(1 / 127.5, np.float32), "s"),
-             numpy_helper.from_array(np.array(-1.0, np.float32), "b"),
-             init("w1", 16, 3, 3, 3), init("b1", 16), init("w2", 16, 1, 3, 3), init("b2", 16),
-             init("w3", 8, 16, 1, 1), init("b3", 8), init("w4", 48, 8, 1, 1), init("b4", 48),
-             init("w5", 4, 48), init("b5", 4)]
-    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
 
 
 def test_stem_ends_at_the_narrowest_of_its_first_convs(tmp_path):
     """Three convs: the cut falls after the 8-channel projection; two: after the later of two equal outputs."""
     from export.quantize import preprocess, stem_nodes
 
-    _stem_net(tmp_path / "net.onnx")
+    stem_onnx_net(tmp_path / "net.onnx")
     preprocess(tmp_path / "net.onnx", tmp_path / "pre.onnx")
     graph = onnx.load(tmp_path / "pre.onnx").graph
     ops = {n.name: n.op_type for n in graph.node}
@@ -68,7 +33,7 @@ def test_int8_model_keeps_the_stem_float_and_quantizes_the_rest(tmp_path):
 
     from export.quantize import QuantSettings, quantize_int8
 
-    _stem_net(tmp_path / "net.onnx")
+    stem_onnx_net(tmp_path / "net.onnx")
     rng = np.random.default_rng(1)
     calib = rng.uniform(0, 255, (16, 3, 16, 16)).astype(np.float32)
     report: dict = {}
@@ -78,12 +43,7 @@ def test_int8_model_keeps_the_stem_float_and_quantizes_the_rest(tmp_path):
                          QuantSettings(float_stem=0, gptq_images=0, bias_correction_images=0), report=(r0 := {}))
     assert len(report["float_stem"]) == 3 and r0["float_stem"] == []
 
-    def float_weighted(proto) -> int:
-        inits = {t.name: t.data_type for t in proto.graph.initializer}
-        return sum(1 for n in proto.graph.node if n.op_type in ("Conv", "Gemm")
-                   and inits.get(n.input[1]) == onnx.TensorProto.FLOAT)
-
-    assert float_weighted(stem) == 3 and float_weighted(none) == 0
+    assert len(float_weight_nodes(stem)) == 3 and float_weight_nodes(none) == []
     assert not [n for n in stem.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"]
     x = rng.uniform(0, 255, (8, 3, 16, 16)).astype(np.float32)
     ref = ort.InferenceSession(str(tmp_path / "net.onnx")).run(None, {"x": x})[0]
@@ -146,11 +106,7 @@ def test_a_stem_conv_reading_a_shared_quantized_tensor_stays_float_when_onnxrunt
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
     ort.InferenceSession(str(tmp_path / "q.onnx"), so, providers=["CPUExecutionProvider"])
-    loaded = onnx.load(tmp_path / "loaded.onnx")
-    inits = {t.name: t.data_type for t in loaded.graph.initializer}
-    convs = [n for n in loaded.graph.node if n.op_type == "Conv"]
-    float_convs = [n for n in convs if inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
-    assert len(float_convs) == 2, [(n.name, n.input[1]) for n in convs]
+    assert len(float_weight_nodes(onnx.load(tmp_path / "loaded.onnx"))) == 2
 
 
 def test_stem_leaves_out_unnamed_nodes_and_squeeze_excite_convs(tmp_path):
@@ -158,7 +114,7 @@ def test_stem_leaves_out_unnamed_nodes_and_squeeze_excite_convs(tmp_path):
     unnamed node); a conv with a 1x1 output map is never the cut."""
     from export.quantize import preprocess, stem_nodes
 
-    _stem_net(tmp_path / "net.onnx")
+    stem_onnx_net(tmp_path / "net.onnx")
     model = onnx.load(tmp_path / "net.onnx")
     for node in model.graph.node:
         node.name = ""
