@@ -130,7 +130,8 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
                 )
             proto = onnx.load(str(out))
             if report is not None:  # the stem's weighted nodes: float32 in the file besides any repair's
-                report["float_stem"] = [n.name for n in graph.node if n.name in set(stem) and n.op_type in _WBQ_OPS]
+                in_stem = set(stem)
+                report["float_stem"] = [n.name for n in graph.node if n.name in in_stem and n.op_type in _WBQ_OPS]
             _fit_rounding(pre, proto, images, settings, artifact, report)
             keep_float_inputs(proto, [*stem, *exclude])  # a stem conv may read a tensor quantized for others
             if compact:
