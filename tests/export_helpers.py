@@ -199,10 +199,22 @@ def float_weight_nodes(proto) -> list[str]:
             and inits.get(n.input[1]) == onnx.TensorProto.FLOAT]
 
 
+def save_onnx_net(path, name: str, nodes: list, inits: list) -> None:
+    """An opset-13 ONNX model of ``nodes`` from input ``x`` (N, 3, 16, 16) to ``y`` (N, 4), saved at ``path``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])
+    graph = helper.make_graph(nodes, name, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
 def stem_onnx_net(path) -> None:
     """x/127.5 - 1, conv 3->16, depthwise 16, projection 16->8, expansion 8->48, pooled Gemm, Softmax (NCHW)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
 
@@ -229,9 +241,4 @@ def stem_onnx_net(path) -> None:
              init("w1", 16, 3, 3, 3), init("b1", 16), init("w2", 16, 1, 3, 3), init("b2", 16),
              init("w3", 8, 16, 1, 1), init("b3", 8), init("w4", 48, 8, 1, 1), init("b4", 48),
              init("w5", 4, 48), init("b5", 4)]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])
-    graph = helper.make_graph(nodes, "stem", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
+    save_onnx_net(path, "stem", nodes, inits)

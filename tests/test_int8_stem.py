@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from export_helpers import float_weight_nodes, stem_onnx_net
+from export_helpers import float_weight_nodes, save_onnx_net, stem_onnx_net
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -55,7 +55,7 @@ def test_int8_model_keeps_the_stem_float_and_quantizes_the_rest(tmp_path):
 def _branching_net(path) -> None:
     """conv1, maxpool, then {convA1 (4 ch, the narrowest: the cut) -> convA2; convB shortcut} -> Add -> head.
     convA1's input is also read by convB, which is not in the stem, so it arrives quantized."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
 
@@ -80,12 +80,7 @@ def _branching_net(path) -> None:
     inits = [init("w1", 8, 3, 3, 3), init("b1", 8), numpy_helper.from_array(wa1, "wa1"), init("ba1", 4),
              init("wb", 8, 8, 1, 1), init("bb", 8), init("wa2", 8, 4, 3, 3), init("ba2", 8), init("w5", 4, 8),
              init("b5", 4)]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])
-    graph = helper.make_graph(nodes, "branch", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
+    save_onnx_net(path, "branch", nodes, inits)
 
 
 def test_a_stem_conv_reading_a_shared_quantized_tensor_stays_float_when_onnxruntime_loads_it(tmp_path):
