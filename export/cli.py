@@ -25,12 +25,14 @@ def print_table(report) -> None:
 
     im = report.images
     table = Table(title=f"{report.model_name}: Keras accuracy {100 * report.keras_accuracy:.2f}% on "
-                        f"{report.n_val} validation images; agreement over {im.get('fidelity')} images "
-                        f"({im.get('val')} val + {im.get('held_back_train')} held-back training), "
+                        f"{report.n_val} validation images; accuracy, drop, agreement and max|dp| on those "
+                        f"{im.get('val')} validation images (the gates); 'held-back' is the agreement on "
+                        f"{im.get('held_back_train')} held-back training images (seen in training, not gated); "
                         f"{im.get('calibration')} calibration images", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("artifact", no_wrap=True)
-    for col in ("acc %", "drop [95% CI]", "agree % [95% CI]", "max|dp|", "MB", "ms/img", "float layers"):
+    for col in ("acc %", "drop [95% CI]", "agree % [95% CI]", "held-back %", "max|dp|", "MB", "ms/img",
+                "float layers"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
     for a in report.artifacts:
@@ -43,6 +45,7 @@ def print_table(report) -> None:
             agree += f" [{100 * a.agreement_ci[0]:.2f}, {100 * a.agreement_ci[1]:.2f}]"
         table.add_row(
             a.name, _fmt(None if a.paired_accuracy is None else 100 * a.paired_accuracy, ".2f"), drop, agree,
+            _fmt(None if a.held_back_agreement is None else 100 * a.held_back_agreement, ".2f"),
             _fmt(a.max_abs_diff, ".1e"),
             _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms_per_image, ".2f"),
             "-" if a.float_layers is None else str(len(a.float_layers)),
@@ -96,9 +99,14 @@ def export(
     min_agreement: float = typer.Option(
         ExportOptions.min_agreement, "--min-agreement",
         help="Smallest top-1 agreement with the Keras model (fraction) allowed for reduced precision, "
-             "over the validation and held-back training images."),
+             "on the validation images (held-back training images are reported apart, never gated)."),
     repair: bool = typer.Option(ExportOptions.repair, "--repair/--no-repair",
-                                help="When int8 misses a gate, keep its worst layers in float until it passes."),
+                                help="When int8 misses a gate, keep its worst layers in float: the fewest that "
+                                     "hold on held-back training images, then judged once on validation."),
+    repair_min_agreement: float | None = typer.Option(
+        ExportOptions.repair_min_agreement, "--repair-min-agreement", show_default=False,
+        help="Agreement the repair's search needs on the held-back training images (fraction; default: half "
+             "the disagreement --min-agreement allows, 0.995 for 0.99)."),
     calibration_flip: bool = typer.Option(ExportOptions.calibration_flip, "--calibration-flip/--no-calibration-flip",
                                           help="Calibrate on the calibration images and their mirror images."),
     float_stem: bool = typer.Option(ExportOptions.float_stem, "--float-stem/--int8-stem",
@@ -131,6 +139,7 @@ def export(
             formats=format, int8=int8, fp16=fp16, calibration=calibration, calibration_samples=calibration_samples,
             io_type=io_type, opset=opset, max_accuracy_drop=max_accuracy_drop, threads=threads,
             min_agreement=min_agreement, repair=repair, calibration_flip=calibration_flip, float_stem=float_stem,
+            repair_min_agreement=repair_min_agreement,
         ).checked()  # every option, before the run directory is locked or read
         with run_lock(run, "export") if run.is_dir() else contextlib.nullcontext():
             report = export_run(run, output, options, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))

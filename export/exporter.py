@@ -99,7 +99,7 @@ class ExportReport:
         return next(a for a in self.artifacts if a.name == name)
 
     def to_dict(self) -> dict[str, Any]:
-        """``export_report.json`` (``cvkeras.export_report/1``, docs/json.md): proportions as fractions,
+        """``export_report.json`` (``cvkeras.export_report/2``, docs/json.md): proportions as fractions,
         files relative to the run directory (absolute when the export folder is outside it)."""
         from serving.schema import points_to_fraction, schema_id
 
@@ -213,9 +213,12 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
         say(f"removed {len(removed)} file(s) of the previous export in {out_dir} (an export replaces it): "
             f"{', '.join(removed)}")
     rundir.write_labels(out_dir, labels)
-    ref_paths = None if data.paths is None else relative_paths(data.paths, split.get("root"))
-    rundir.atomic_write(out_dir / REFERENCE_FILE, Reference(keras_probs, data.labels, ref_paths, keras_acc,
-                                                            splits=data.splits).to_bytes())
+    root = split.get("root")
+    ref_paths = None if data.paths is None else relative_paths(data.paths, root)
+    rundir.atomic_write(out_dir / REFERENCE_FILE, Reference(
+        keras_probs, data.labels, ref_paths, keras_acc, splits=data.splits,
+        calibration=relative_paths(data.calibration_paths, root), seen=relative_paths(data.seen_paths, root),
+    ).to_bytes())
 
     calib_images = None
     if opts.int8:
@@ -238,11 +241,19 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
         say(f"verifying {res.name} on {len(data.labels)} images")
         return verify_artifact(res, items, reference, gates, opts.threads)
 
+    held = data.held_back
+    search_ref = reference.subset(held)
+    search_gates = Gates(100.0, opts.search_agreement(), opts.float_tolerance)
+
     def fast_check(path: str) -> tuple[bool, dict[str, Any]]:
-        """A repair candidate on the decoded arrays (the same pixels as the files, no decoding)."""
-        res = verify_artifact(ArtifactResult(Path(path).name, "", "int8", path), (data.images, data.labels),
-                              reference, gates, opts.threads)
-        return res.status == "passed", res.to_dict()
+        """A repair candidate on the held-back training images' arrays (the same pixels as the files): the
+        repair chooses on these, never on the validation images its verdict is then measured on once."""
+        if not held.any():
+            raise ExportError(f"{path}: no held-back training image to choose the repair on (calibration used "
+                              "every readable training image); lower --calibration-samples")
+        res = verify_artifact(ArtifactResult(Path(path).name, "", "int8", path),
+                              (data.images[held], data.labels[held]), search_ref, search_gates, opts.threads)
+        return res.status == "passed", {**res.to_dict(), "accuracy_drop": None}
 
     job = Job(model, opts, results, calib_images, data.calibration, metadata, say, check, fast_check)
     for fmt in dict.fromkeys(a.format for a in opts.planned()):  # the table's order: ONNX, then TFLite

@@ -1,10 +1,14 @@
 """The images an export is checked on, decoded exactly as the device decodes them (``serving.preprocess``).
 
-Every image of the run that calibration does not use is a fidelity image:
+Every image has one role, recorded in ``reference.npz`` (``serving.reference``):
 
-* the validation split (labelled, held out from training): accuracy drop and top-1 agreement;
-* the training images held back from calibration: top-1 agreement only (labels are not needed, and the
-  model has seen them, so their accuracy says nothing).
+* validation (the run's validation split, held out from training): the gates -- top-1 agreement and
+  accuracy drop -- and every figure export reports as its verdict; nothing export does is chosen on it;
+* held-back training (training images not used for calibration, at most ``MAX_HELD_BACK``): what export's
+  own choices are made on (the int8 repair's search), and an agreement reported beside the gate, never
+  pooled into it (training images are predicted with wider margins and rarely flip);
+* calibration (a stratified sample of the training split): what int8 is fitted on;
+* seen (the remaining training images): listed so that ``validate`` keeps them out of its figures.
 
 Calibration takes a stratified sample of the training split, at most half of it so that the other half
 always remains for fidelity; calibration and fidelity sets are disjoint by construction. Files are
@@ -41,10 +45,15 @@ class FidelitySet:
     calibration: np.ndarray  # uint8 NHWC, disjoint from ``images``
     calibration_paths: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
+    seen_paths: list[str] = field(default_factory=list)  # training images in no other role
 
     @property
     def val(self) -> np.ndarray:
         return self.splits == "val"
+
+    @property
+    def held_back(self) -> np.ndarray:
+        return self.splits == "train"
 
     def items(self) -> list[tuple[str, int]] | tuple[np.ndarray, np.ndarray]:
         """What ``serving.validate.validate`` takes: the files (decoded again there), or the arrays."""
@@ -53,8 +62,9 @@ class FidelitySet:
         return list(zip(self.paths, self.labels.tolist(), strict=True))
 
     def counts(self) -> dict[str, Any]:
-        return {"fidelity": len(self.labels), "val": int(self.val.sum()), "held_back_train": int((~self.val).sum()),
-                "calibration": len(self.calibration), "unreadable": len(self.failures)}
+        return {"fidelity": len(self.labels), "val": int(self.val.sum()), "held_back_train": int(self.held_back.sum()),
+                "calibration": len(self.calibration), "seen_train": len(self.seen_paths),
+                "unreadable": len(self.failures)}
 
 
 def calibration_count(n_train: int, samples: int) -> int:
@@ -102,6 +112,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
     rest = np.setdiff1d(np.arange(len(train)), cal_idx)
     rest = rest[stratified_sample(t_labels[rest], MAX_HELD_BACK, seed)]
     cal_paths = [str(train[i][0]) for i in cal_idx]
+    seen = np.setdiff1d(np.arange(len(train)), np.concatenate([cal_idx, rest]))
     if n_cal:
         calibration, _, cal_fail = _decode(cal_paths, size)
         if not len(calibration):
@@ -118,7 +129,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
                           "needs readable validation images")
     return FidelitySet(images, np.asarray([y for _, y, _ in items], np.int64),
                        np.asarray([s for _, _, s in items]), [p for p, _, _ in items], calibration,
-                       cal_paths, failures + cal_fail)
+                       cal_paths, failures + cal_fail, [str(train[i][0]) for i in seen])
 
 
 def _tfds_set(run, split: dict, size, calibration_samples, seed, max_val) -> FidelitySet:

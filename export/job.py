@@ -49,7 +49,11 @@ def record_repair(res: ArtifactResult, full: dict[str, Any], outcome) -> None:
         if full.get("latency_ms_per_image") and res.latency_ms_per_image:
             doc["latency_cost"] = round(res.latency_ms_per_image / full["latency_ms_per_image"], 4)
     res.float_layers = outcome.float_layers if outcome.passed else None
+    if outcome.passed:  # the search's choice, judged once on the validation images like any artifact
+        doc["judged_on"] = {"images": "validation", "n": res.n_reference, "agreement": res.agreement,
+                            "accuracy_drop": res.to_dict().get("accuracy_drop"), "passed": res.ok}
     res.repair = doc
     if not outcome.passed:
         res.error = (f"{full.get('error')}; no mix of int8 and float layers passes (tried "
-                     f"{', '.join(str(a.float_layers) for a in outcome.attempts)} layer(s) in float)")
+                     f"{', '.join(str(a.float_layers) for a in outcome.attempts)} layer(s) in float, on the "
+                     "held-back training images)")

@@ -90,7 +90,7 @@ def repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, quan
         raw_path = pre.with_name("raw_int8.onnx")
         to_onnx.save(raw, raw_path)
         ranking = repair.rank_onnx_layers(pre, raw_path, debug_images[: repair.DEBUG_IMAGES].astype(np.float32),
-                                          already_float=set(extra.get("float_stem", ())))
+                                          already_float={*extra.get("float_stem", ()), *extra.get("float_head", ())})
         candidate = res.path[: -len(".onnx")] + ".candidate.onnx"
 
         groups = {r.name: r.nodes or [r.name] for r in ranking}

@@ -84,6 +84,9 @@ class ExportOptions:
     quant: QuantSettings | None = None
     verify_samples: int | None = None
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    #: what the int8 repair's search requires on the held-back training images (None: half the
+    #: disagreement ``min_agreement`` allows: 0.995 for 0.99, as training images flip less than validation ones)
+    repair_min_agreement: float | None = None
     repair: bool = True
     calibration_flip: bool = True
     float_stem: bool = True  # False (--int8-stem): model_int8.onnx quantizes its stem too (QuantSettings.float_stem 0)
@@ -109,11 +112,19 @@ class ExportOptions:
             raise ExportError("--max-accuracy-drop and the float tolerance must not be negative")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ExportError(f"--min-agreement must be a fraction in 0..1, not {self.min_agreement}")
+        if self.repair_min_agreement is not None and not 0.0 <= self.repair_min_agreement <= 1.0:
+            raise ExportError(f"--repair-min-agreement must be a fraction in 0..1, not {self.repair_min_agreement}")
         return replace(self, formats=fmts, quant=self.quant_settings())
 
     def quant_settings(self) -> QuantSettings:
         quant = replace(self.quant or QuantSettings(), calibration=self.calibration)
         return quant if self.float_stem else replace(quant, float_stem=0)
+
+    def search_agreement(self) -> float:
+        """The agreement the repair's search needs on held-back training images."""
+        if self.repair_min_agreement is not None:
+            return self.repair_min_agreement
+        return 1.0 - (1.0 - self.min_agreement) / 2
 
     def planned(self) -> list[Artifact]:
         """The table rows this export makes, in conversion order."""
@@ -129,6 +140,7 @@ class ExportOptions:
             "calibration_images": calibration_images, "calibration_flip": bool(self.int8 and self.calibration_flip),
             "quantization": quant.to_dict(), "max_accuracy_drop": self.max_accuracy_drop,
             "min_agreement": self.min_agreement, "repair": self.repair,
+            "repair_min_agreement": self.search_agreement(),
             "float_tolerance": self.float_tolerance, "threads": self.threads,
         }
 

@@ -1,8 +1,10 @@
 """ONNX reduced precision: static int8 (ONNX Runtime, QDQ, per-channel weights) and float16 weights.
 
 int8: ``quant_pre_process`` (shape inference + graph optimisation) first, then ``quantize_static`` with
-activations calibrated on the run's own training images. The final Softmax stays float by default:
-probabilities are what callers compare and threshold, and quantizing them to 1/256 steps buys nothing.
+activations calibrated on the run's own training images. The classifier stays float by default (its
+Gemm/MatMul, bias and Softmax, :func:`head_nodes`): quantized logits tie whenever the top two differ by less
+than one int8 step (measured: a near-tie model kept 2 of 32 top-1 answers), and probabilities are what
+callers compare and threshold. Its input is the pooled int8 features, so it costs one small float layer.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class QuantSettings:
     activation_symmetric: bool = False
     weight_symmetric: bool = True
     exclude_softmax: bool = True
+    # The classifier layer (last Gemm/MatMul and its bias before the output Softmax) stays float32 too, so
+    # the logits are not rounded to int8 steps: top-1 survives near-ties (see the module docstring).
+    float_head: bool = True
     # The stem stays float32 (see :func:`stem_nodes`): the input normalisation and the first convs, up to the
     # narrowest of the first ``float_stem`` convs' outputs. ONNX Runtime's int8 kernels are slow on a 3-channel
     # input and on 8-16-channel tensors at full resolution: measured here (x86 VNNI, batch 1) with 2 of
@@ -118,8 +123,9 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
             with quiet():
                 graph = onnx.load(str(pre)).graph
                 stem = stem_nodes(graph, settings.float_stem)
+                head = head_nodes(graph) if settings.float_head else []
                 keep_float = ([n.name for n in graph.node if n.op_type == "Softmax"]
-                              if settings.exclude_softmax else []) + stem + list(exclude)
+                              if settings.exclude_softmax else []) + stem + head + list(exclude)
                 quantize_static(
                     str(pre), str(out), ort_data_reader(images, graph.input[0].name),
                     quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
@@ -132,12 +138,34 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
             if report is not None:  # the stem's weighted nodes: float32 in the file besides any repair's
                 in_stem = set(stem)
                 report["float_stem"] = [n.name for n in graph.node if n.name in in_stem and n.op_type in _WBQ_OPS]
+                report["float_head"] = [n for n in head if n]
             _fit_rounding(pre, proto, images, settings, artifact, report)
-            keep_float_inputs(proto, [*stem, *exclude])  # a stem conv may read a tensor quantized for others
+            keep_float_inputs(proto, [*stem, *head, *exclude])  # a float conv may read a tensor quantized for others
             if compact:
                 compact_names(proto)
     check(proto, artifact)
     return proto
+
+
+def head_nodes(graph) -> list[str]:
+    """Names of the classifier nodes: each graph output's Softmax and the Gemm/MatMul (with its bias Add)
+    that feeds it. Empty when the graph does not end that way."""
+    producer = {o: n for n in graph.node for o in n.output}
+    names: list[str] = []
+    for out in graph.output:
+        node = producer.get(out.name)
+        if node is None or node.op_type != "Softmax":
+            continue
+        names.append(node.name)
+        node = producer.get(node.input[0])
+        if node is not None and node.op_type == "Add":
+            adds = [producer.get(i) for i in node.input]
+            mm = next((a for a in adds if a is not None and a.op_type in ("MatMul", "Gemm")), None)
+            if mm is not None:
+                names += [node.name, mm.name]
+        elif node is not None and node.op_type in ("Gemm", "MatMul"):
+            names.append(node.name)
+    return [n for n in names if n]
 
 
 def stem_nodes(graph, convs: int) -> list[str]:

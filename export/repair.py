@@ -13,10 +13,11 @@
      scale, the "rmse/scale" of TensorFlow's quantization debugger guide (0.29 is pure rounding).
 
 2. Rank layers by that error, worst first, and keep the top ``k`` in float: ``k`` doubles (1, 2, 4 ...)
-   until the gate holds, then a bisection finds the smallest passing ``k``. Every candidate is checked
-   with the same gate as the export (agreement and drop on the fidelity images). The search assumes
-   that keeping more of the worst layers in float does not hurt, which is what it is for; the final
-   artifact is verified again from its files either way.
+   until the candidate holds, then a bisection finds the smallest holding ``k``. Candidates are checked on
+   the held-back training images only (top-1 agreement >= ``ExportOptions.search_agreement()``), never on
+   the validation images: the search's choice is then judged once, from its files, on validation, like any
+   artifact. The outcome is not monotone in ``k`` (a flip more or less is noise), so a search that looked
+   at the validation images would ship its luckiest draw; ``attempts`` lists every candidate tried.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "HardSwish")
 #: Calibration images the layer errors are measured on.
 DEBUG_IMAGES = 16
+#: What the search's candidates are checked on (``RepairResult.to_dict``'s ``searched_on``).
+SEARCH_IMAGES = "held_back_train"
 
 
 @dataclass
@@ -63,12 +66,15 @@ class LayerError:
 
 @dataclass
 class Attempt:
+    """One candidate of the search, as measured on the held-back training images."""
+
     float_layers: int
     agreement: float | None
     accuracy_drop: float | None
     passed: bool
     size_bytes: int
     latency_ms_per_image: float
+    n_images: int = 0
 
 
 @dataclass
@@ -81,7 +87,7 @@ class RepairResult:
     attempts: list[Attempt] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "float_layers": self.float_layers,
+        return {"passed": self.passed, "float_layers": self.float_layers, "searched_on": SEARCH_IMAGES,
                 "ranking": [r.to_dict() for r in self.ranking[:20]],
                 "attempts": [asdict(a) for a in self.attempts]}
 
@@ -103,10 +109,11 @@ def search(ranking: Sequence[LayerError], build: Callable[[list[str]], None],
         build(names[:k])
         built.append(k)
         ok, fig = check()
-        say(f"  {k} layer(s) in float: agreement {100 * (fig.get('agreement') or 0):.2f} %, "
-            f"drop {100 * (fig.get('accuracy_drop') or 0):+.2f} points -> {'passed' if ok else 'failed'}")
+        say(f"  {k} layer(s) in float: agreement {100 * (fig.get('agreement') or 0):.2f} % on "
+            f"{fig.get('n_reference', 0)} held-back training images -> {'holds' if ok else 'not yet'}")
         result.attempts.append(Attempt(k, fig.get("agreement"), fig.get("accuracy_drop"), ok,
-                                       int(fig.get("size_bytes") or 0), float(fig.get("latency_ms_per_image") or 0.0)))
+                                       int(fig.get("size_bytes") or 0), float(fig.get("latency_ms_per_image") or 0.0),
+                                       int(fig.get("n_reference") or 0)))
         outcome[k] = ok
         return ok
 
@@ -281,15 +288,8 @@ class TFLiteDebugger:
         return ranked
 
     def quantize(self, denylisted_nodes: Sequence[str], io_type: str) -> bytes:
-        """The full-integer model (``io_type`` I/O) with the ops producing ``denylisted_nodes`` in float."""
-        import tensorflow as tf
-        from tensorflow.lite.python import convert
+        """The full-integer model (``io_type`` input) with the ops producing ``denylisted_nodes`` in float
+        (and its classifier, like every ``model_int8.tflite``: :func:`export.to_tflite.int8_model`)."""
+        from export.to_tflite import int8_model
 
-        dtype = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_type]
-        try:
-            with quiet():
-                return bytes(convert.mlir_quantize(
-                    self._debugger.calibrated_model, fully_quantize=True, input_data_type=dtype,
-                    output_data_type=dtype, denylisted_nodes=list(denylisted_nodes)))
-        except Exception as exc:  # converter errors
-            raise ConversionError(self.artifact, f"selective quantization failed ({first_line(exc)})") from None
+        return int8_model(self._debugger.calibrated_model, io_type, denylisted_nodes, self.artifact)

@@ -5,8 +5,9 @@ fidelity images decoded from their files; the figures come from ``serving.valida
 ``reference.npz`` -- the same function, images and reference as ``cvkeras validate``, so both report the
 same figures. Gates: float32 artifacts must match Keras within ``float_tolerance`` (max absolute
 probability difference); reduced-precision ones (fp16, dynamic, int8) must keep top-1 agreement with
-Keras of at least ``min_agreement`` on every fidelity image and lose at most ``max_accuracy_drop``
-accuracy points on the labelled ones.
+Keras of at least ``min_agreement`` and lose at most ``max_accuracy_drop`` accuracy points, both on the
+validation images (nothing export fits or chooses uses them); the held-back training images' agreement is
+reported beside it (``held_back_agreement``), never pooled into the gate.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class ArtifactResult:
     ``status``: ``passed`` | ``failed`` (missed its gate, or could not be run) | ``error`` (conversion
     failed) | ``skipped`` (its float32 parent failed). Accuracies and agreement are fractions,
     ``accuracy_drop`` and its interval are in points (fractions in :meth:`to_dict`, the JSON).
-    ``paired_accuracy``/``accuracy_drop`` are over the ``n_paired`` labelled validation images,
-    ``agreement`` over all ``n_reference`` fidelity images (the names of ``validate --json``).
+    ``paired_accuracy``/``accuracy_drop``/``agreement``/``max_abs_diff`` are over the ``n_reference``
+    (= ``n_paired``) validation images, ``held_back_agreement`` over the ``n_held_back`` held-back training
+    images (the names of ``validate --json``; ``measured_on`` says it per figure).
     """
 
     name: str
@@ -57,6 +59,10 @@ class ArtifactResult:
     latency_ms_per_image: float | None = None
     n_paired: int = 0
     n_reference: int = 0
+    held_back_agreement: float | None = None
+    held_back_agreement_ci: list[float] | None = None
+    n_held_back: int = 0
+    measured_on: dict[str, Any] | None = None
     gate: str = ""
     error: str | None = None
     float_layers: list[str] | None = None  # layers an int8 repair kept in float32
@@ -67,7 +73,7 @@ class ArtifactResult:
         return self.status == "passed"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON row (``cvkeras.export_report/1``): the drop and its interval as fractions, like every
+        """The JSON row (``cvkeras.export_report/2``): the drop and its interval as fractions, like every
         other proportion there (the attributes keep points, the unit of the gate flag and the console)."""
         from serving.schema import points_to_fraction
 
@@ -114,6 +120,10 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
     result.agreement_ci = report.agreement_ci
     result.max_abs_diff = report.max_abs_diff
     result.latency_ms_per_image = report.latency_ms_per_image
+    result.held_back_agreement = report.held_back_agreement
+    result.held_back_agreement_ci = report.held_back_agreement_ci
+    result.n_held_back = report.n_held_back
+    result.measured_on = {k: v for k, v in report.measured_on.items() if k != "accuracy"}
     if float32:
         ok = report.max_abs_diff is not None and report.max_abs_diff <= gates.float_tolerance
         why = f"max abs probability difference {report.max_abs_diff:.2g} > {gates.float_tolerance:g}"

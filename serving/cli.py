@@ -157,7 +157,8 @@ def validate(
     Reports accuracy, its drop in points, top-1 agreement and largest probability difference with the
     reference outputs saved by `cvkeras export`, and per-class accuracy. The images are --data, or with
     --run (the default for a model in RUN/export/) exactly the validation files the run recorded in
-    split.json, so training images never count.
+    split.json. Either way every figure is on images training never saw: images of --data that the
+    reference records as training images are counted apart, with a warning.
     Exit code: 0 passed, 1 drop above --max-accuracy-drop, 2 unusable model or data.
     """
     from serving.validate import REFERENCE_FILE, Reference, scan_class_folder
@@ -231,16 +232,24 @@ def _validation_tables(report: Any) -> None:
     agree = _pct(report.agreement)
     if report.agreement_ci:
         agree += f" [95 % CI {100 * report.agreement_ci[0]:.2f}..{100 * report.agreement_ci[1]:.2f}]"
+    on = report.measured_on.get("accuracy", {}).get("images", "given images")
     rows = [
-        ("images", str(report.n)),
+        ("images", f"{report.n} ({on})"),
         ("accuracy", _pct(report.accuracy)),
         ("reference accuracy", _pct(report.reference_accuracy)),
         ("accuracy on the same images", _pct(report.paired_accuracy)),
-        ("labelled images compared", str(report.n_paired)),
+        ("validation images compared", str(report.n_paired)),
         ("accuracy drop", f"{drop} (max {report.max_accuracy_drop:g})"),
         ("top-1 agreement", f"{agree} (min {100 * report.min_agreement:g} %)"),
         ("max |p - p_ref|", "-" if report.max_abs_diff is None else f"{report.max_abs_diff:.4f}"),
         ("matched reference outputs", str(report.n_reference)),
+    ]
+    if report.n_held_back:
+        rows.append(("held-back training agreement", f"{_pct(report.held_back_agreement)} on {report.n_held_back} "
+                                                     "images (seen in training; not gated)"))
+    if report.n_seen:
+        rows.append(("training images (apart)", f"{report.n_seen}, accuracy {_pct(report.seen_accuracy)}"))
+    rows += [
         ("latency per image", f"{report.latency_ms_per_image:.2f} ms"),
         ("unreadable files", str(len(report.failures))),
         ("result", "[green]passed[/green]" if report.passed else "[red]FAILED[/red]"),
@@ -257,6 +266,10 @@ def _validation_tables(report: Any) -> None:
     console.print(per_class)
     for f in report.failures[:10]:
         typer.echo(f"skipped: {f['error']}", err=True)
+    if report.n_seen:
+        typer.echo(f"warning: {report.n_seen} of the images were seen in training (the model was trained, "
+                   "calibrated or repaired on them); they are counted apart, not in the accuracy or the gates",
+                   err=True)
 
 
 def benchmark(

@@ -2,9 +2,18 @@
 
 A deployed artifact (ONNX/TFLite, maybe int8) is checked against the Keras model it came from, without
 TensorFlow: ``cvkeras export`` saves the Keras model's outputs as ``reference.npz`` next to the model
-(``paths`` "class/file" relative to the data root, ``labels``, ``probs`` N x C, optional ``accuracy``),
-and the model metadata carries the Keras accuracy. The report gives accuracy, drop in points, top-1
-agreement and the largest probability difference with the reference, per-class accuracy and latency.
+(``serving.reference``: rows matched by their recorded relative path, each row a validation image or a
+held-back training image, plus the paths of every other training image), and the model metadata carries
+the Keras accuracy. The report gives accuracy, drop in points, top-1 agreement and the largest probability
+difference with the reference, per-class accuracy and latency.
+
+One protocol, whoever calls it (``validate FILE``, ``validate --data ROOT``, ``export``): every figure is
+measured on images nothing was fitted or chosen on by export -- the reference's validation rows for
+agreement, drop and differences (the gates), and for the headline accuracy the validation rows plus any
+image the reference does not know. Images training saw (held-back training rows, calibration and other
+training images) never enter those figures: they are counted apart (``n_seen``, ``seen_accuracy``), and
+the held-back rows' agreement is reported beside the gate (``held_back_agreement``), never pooled into it.
+``measured_on`` names the images and count of every figure.
 
 Example:
     >>> p = Predictor.load("export/model_int8.onnx")
@@ -26,13 +35,13 @@ import numpy as np
 from serving.images import class_folders, list_images
 from serving.predictor import Predictor
 from serving.preprocess import IMAGE_EXTENSIONS, resize
-from serving.reference import REFERENCE_FILE, Reference, ValidationError, _key  # noqa: F401
+from serving.reference import HELD_BACK, REFERENCE_FILE, VAL, PathIndex, Reference, ValidationError  # noqa: F401
 from serving.stats import Z95, paired_drop_interval, wilson_interval  # noqa: F401
 
 #: Default smallest top-1 agreement with the float model (``--min-agreement`` of export and validate).
-#: Disagreement bounds the accuracy drop (|drop| <= 1 - agreement), so 0.99 caps the drop at one point on
-#: any data while the float32 exports agree 99.7-100 % (decode differences only); the int8 models of
-#: issue #9, 95-96 %, fail it.
+#: Agreement is measured on the labelled validation rows, so disagreement bounds the accuracy drop on those
+#: same images (|drop| <= 1 - agreement): 0.99 caps the drop at one point, while the float32 exports agree
+#: 99.7-100 % (decode differences only); the int8 models of issue #9, 95-96 %, fail it.
 DEFAULT_MIN_AGREEMENT = 0.99
 #: Sub-folders that hold a held-out split inside a data folder, tried when DIR itself has no classes.
 SPLIT_FOLDERS = ("val", "validation")
@@ -46,9 +55,11 @@ class ValidationReport:
     0..1; ``accuracy_drop`` and its interval are in percentage points (reference minus artifact), and
     fractions in :meth:`to_dict` (the JSON).
 
-    With a reference, drop and agreement are computed on the matched images only: agreement on all
-    ``n_reference`` matched images (labels not needed), the drop on the ``n_paired`` of them from the
-    labelled split, paired image by image. ``accuracy`` is over all ``n`` evaluated images.
+    With a reference, agreement, differences and drop are computed on the ``n_reference`` images matched
+    with its validation rows (the drop paired image by image, ``n_paired`` = ``n_reference``); images matched
+    with held-back training rows give ``held_back_agreement`` apart. ``accuracy`` and ``per_class`` are over
+    the ``n`` images no training saw (validation rows and images the reference does not know); the ``n_seen``
+    images training saw are counted apart (``seen_accuracy``). ``measured_on``: figure -> images and count.
     """
 
     model: str
@@ -74,9 +85,15 @@ class ValidationReport:
     support: dict[str, int] = field(default_factory=dict)
     latency_ms_per_image: float = 0.0  # mean model time per image (decoding excluded)
     failures: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"} per unreadable file
+    held_back_agreement: float | None = None  # agreement on held-back training rows (reported, never gated)
+    held_back_agreement_ci: list[float] | None = None
+    n_held_back: int = 0
+    n_seen: int = 0  # images training saw (held-back rows, calibration, other training images): apart
+    seen_accuracy: float | None = None
+    measured_on: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure -> {"images", "n"}
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON of ``validate --json`` (``cvkeras.validation/1``, docs/json.md): the drop, its interval
+        """The JSON of ``validate --json`` (``cvkeras.validation/2``, docs/json.md): the drop, its interval
         and its gate as fractions, like every other proportion there."""
         from serving.schema import points_to_fraction, schema_id
 
@@ -148,10 +165,11 @@ def validate(
         max_accuracy_drop: largest allowed drop, in percentage points, for ``passed``.
         min_agreement: smallest allowed top-1 agreement with the reference (fraction), for ``passed``.
 
-    With a reference, drop and agreement are computed on the images it covers (matched by "class/file",
-    or by position for arrays) and nothing else; a reference that matches none of the images is an
-    error. Without one, the drop is against the model metadata's accuracy, which was measured on other
-    images (``reference_source`` says so).
+    With a reference (images matched by their recorded relative path, or by position for arrays), the
+    gated figures are computed on its validation rows only and the headline accuracy on images no training
+    saw (see the module docstring); a reference that matches no validation image is an error. Without one,
+    the drop is against the model metadata's accuracy, which was measured on other images
+    (``reference_source`` says so).
     """
     if reference is not None and not isinstance(reference, Reference):
         reference = Reference.load(reference)
@@ -185,35 +203,91 @@ def validate(
                 kept += batch.indices
         probs = np.concatenate(chunks) if chunks else np.zeros((0, num_classes), np.float32)
         labels = all_labels[kept]
-        keys = [_key(paths[i]) for i in kept]
+        keys = [os.fspath(paths[i]) for i in kept]
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValidationError(f"label indices must be in 0..{num_classes - 1} for this model's labels")
-    n = len(labels)
-    if n == 0:
+    if len(labels) == 0:
         raise ValidationError("no readable images to validate; check --data")
-    pred = probs.argmax(axis=1)
-    correct = pred == labels
-    accuracy = float(correct.mean())
+    rows, roles = _match(reference, keys, len(probs))
+    unseen = (roles == VAL_ROLE) | (roles == NEW)
+    if not unseen.any():
+        raise ValidationError(f"all {len(labels)} images were seen in training (held-back, calibration or other "
+                              "training images of the reference); pass the validation data (--run RUN, or --data "
+                              "with the validation folder)")
+    correct = probs.argmax(axis=1) == labels
     per_class, support = {}, {}
-    for c in np.unique(labels):
+    for c in np.unique(labels[unseen]):
         name = predictor.labels[int(c)]
-        mask = labels == c
+        mask = unseen & (labels == c)
         per_class[name] = float(correct[mask].mean())
         support[name] = int(mask.sum())
-
+    n = int(unseen.sum())
     report = ValidationReport(
-        model=str(predictor.path), n=n, accuracy=accuracy, reference_accuracy=None, accuracy_drop=None,
-        max_accuracy_drop=float(max_accuracy_drop), passed=True, per_class=per_class, support=support,
-        latency_ms_per_image=1000.0 * model_seconds / n, failures=failures, min_agreement=float(min_agreement),
+        model=str(predictor.path), n=n, accuracy=float(correct[unseen].mean()), reference_accuracy=None,
+        accuracy_drop=None, max_accuracy_drop=float(max_accuracy_drop), passed=True, per_class=per_class,
+        support=support, latency_ms_per_image=1000.0 * model_seconds / len(labels), failures=failures,
+        min_agreement=float(min_agreement),
     )
+    kinds = {str(r) for r in roles[unseen]}
+    report.measured_on["accuracy"] = {"images": _HEADLINE[frozenset(kinds)], "n": n}
+    seen = ~unseen
+    if seen.any():
+        report.n_seen = int(seen.sum())
+        report.seen_accuracy = float(correct[seen].mean())
+        report.measured_on["seen_accuracy"] = {"images": "training images (seen in training)", "n": report.n_seen}
     if reference is not None:
-        _compare(report, reference, probs, labels, keys, num_classes)
+        _compare(report, reference, probs, labels, rows, roles, num_classes)
     elif predictor.metadata.reference_accuracy is not None:
         report.reference_accuracy = float(predictor.metadata.reference_accuracy)
         report.reference_source = "model metadata"
-        report.accuracy_drop = 100.0 * (report.reference_accuracy - accuracy)
+        report.accuracy_drop = 100.0 * (report.reference_accuracy - report.accuracy)
+        report.measured_on["accuracy_drop"] = {"images": "given images vs the metadata's accuracy on other images",
+                                               "n": n}
     _gate(report)
     return report
+
+
+#: Roles of an evaluated image: a validation row of the reference, a held-back training row, another image
+#: training saw (calibration or not held back), or an image the reference does not know.
+VAL_ROLE, HELD_BACK_ROLE, SEEN, NEW = "validation", "held_back_train", "seen", "new"
+_HEADLINE = {frozenset({VAL_ROLE}): "validation", frozenset({NEW}): "given images (not in the reference)",
+             frozenset({VAL_ROLE, NEW}): "validation + given images not in the reference"}
+
+
+def _match(ref: Reference | None, keys: list[str] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference row (-1: none) and role of each evaluated image.
+
+    Files match rows by their recorded relative path (:class:`serving.reference.PathIndex`), arrays by
+    position. Two images matching one row is an error: the reference could not tell them apart.
+    """
+    rows = np.full(n, -1, np.int64)
+    roles = np.full(n, NEW, dtype=object)
+    if ref is None:
+        return rows, roles
+    if keys is None or ref.paths is None:  # match by position
+        if len(ref.probs) != n:
+            raise ValidationError(f"{ref.source}: {len(ref.probs)} reference outputs for {n} "
+                                  "images; pass the images the reference was computed on")
+        rows = np.arange(n)
+    else:
+        index = PathIndex(ref.paths)
+        found = [index.find(k) for k in keys]
+        rows = np.asarray([-1 if r is None else r for r in found], np.int64)
+        hit = np.flatnonzero(rows >= 0)
+        first: dict[int, int] = {}
+        for i in hit:
+            j = first.setdefault(int(rows[i]), int(i))
+            if j != i:
+                raise ValidationError(f"{ref.source}: {keys[j]} and {keys[i]} both match the reference image "
+                                      f"{ref.paths[rows[i]]!r}; pass one copy of the data")
+        trained = PathIndex([*ref.calibration, *ref.seen])
+        for i in np.flatnonzero(rows < 0):
+            if keys[i] in trained:
+                roles[i] = SEEN
+    matched = rows >= 0
+    splits = ref.row_splits()
+    roles[matched] = np.where(splits[rows[matched]] == VAL, VAL_ROLE, HELD_BACK_ROLE)
+    return rows, roles
 
 
 def _gate(report: ValidationReport) -> None:
@@ -235,43 +309,41 @@ def _gate(report: ValidationReport) -> None:
     report.passed = not fails
 
 
-def _compare(report: ValidationReport, ref: Reference, probs: np.ndarray, labels: np.ndarray,
-             keys: list[str] | None, num_classes: int) -> None:
-    """Agreement, differences, drop and their intervals from the reference outputs on the matched images."""
+def _compare(report: ValidationReport, ref: Reference, probs: np.ndarray, labels: np.ndarray, rows: np.ndarray,
+             roles: np.ndarray, num_classes: int) -> None:
+    """Agreement, differences, drop and their intervals on the validation rows; held-back rows apart."""
     if ref.probs.ndim != 2 or ref.probs.shape[1] != num_classes:
         raise ValidationError(f"{ref.source}: reference has {ref.probs.shape[-1]} classes, the model "
                               f"{num_classes}; pass the reference exported with this model")
-    if keys is None or ref.paths is None:  # match by position
-        if len(ref.probs) != len(probs):
-            raise ValidationError(f"{ref.source}: {len(ref.probs)} reference outputs for {len(probs)} "
-                                  "images; pass the images the reference was computed on")
-        mine, theirs = np.arange(len(probs)), np.arange(len(probs))
-    else:
-        where = {_key(p): i for i, p in enumerate(ref.paths)}
-        pairs = [(i, where[k]) for i, k in enumerate(keys) if k in where]
-        mine = np.asarray([i for i, _ in pairs], dtype=np.int64)
-        theirs = np.asarray([j for _, j in pairs], dtype=np.int64)
-    report.n_reference = len(mine)
-    if not len(mine):
+    val, held = roles == VAL_ROLE, roles == HELD_BACK_ROLE
+    if not (val.any() or held.any()):
         raise ValidationError(f"{ref.source}: none of the {len(probs)} images is in the reference; pass the "
                               "data the model was exported from, or another --reference")
-    p, q = probs[mine], ref.probs[theirs]
+    if held.any():
+        same = probs[held].argmax(1) == ref.probs[rows[held]].argmax(1)
+        report.n_held_back = int(held.sum())
+        report.held_back_agreement = float(same.mean())
+        report.held_back_agreement_ci = list(wilson_interval(int(same.sum()), len(same)))
+        report.measured_on["held_back_agreement"] = {"images": "held-back training (seen in training; not gated)",
+                                                     "n": report.n_held_back}
+    if not val.any():
+        raise ValidationError(f"{ref.source}: none of the {len(probs)} images is a validation image of the "
+                              f"reference ({int(held.sum())} are held-back training images, which training saw); "
+                              "pass the validation data (--run RUN, or --data with the validation folder)")
+    p, q, y = probs[val], ref.probs[rows[val]], labels[val]
     diff = np.abs(p - q)
     same = p.argmax(1) == q.argmax(1)
+    report.n_reference = report.n_paired = int(val.sum())
     report.agreement = float(same.mean())
     report.agreement_ci = list(wilson_interval(int(same.sum()), len(same)))
     report.max_abs_diff = float(diff.max())
     report.mean_abs_diff = float(diff.mean())
-    # The drop: matched images of the labelled split only ("train" rows were seen in training).
-    paired = np.ones(len(mine), bool) if ref.splits is None else ref.splits[theirs] == "val"
-    if not paired.any():
-        return
-    y = labels[mine][paired]
-    ref_ok, model_ok = q[paired].argmax(1) == y, p[paired].argmax(1) == y
-    report.n_paired = int(paired.sum())
+    ref_ok, model_ok = q.argmax(1) == y, p.argmax(1) == y
     report.reference_accuracy = float(ref_ok.mean())
     report.paired_accuracy = float(model_ok.mean())
     report.accuracy_drop = 100.0 * (report.reference_accuracy - report.paired_accuracy)
     report.accuracy_drop_ci = [100.0 * v for v in paired_drop_interval(ref_ok, model_ok)]
     report.discordant = [int((ref_ok & ~model_ok).sum()), int((~ref_ok & model_ok).sum())]
-    report.reference_source = f"reference outputs on the same {report.n_paired} labelled images"
+    report.reference_source = f"reference outputs on the same {report.n_paired} validation images"
+    for figure in ("agreement", "accuracy_drop", "max_abs_diff", "paired_accuracy"):
+        report.measured_on[figure] = {"images": "validation", "n": report.n_reference}

@@ -306,7 +306,9 @@ def test_reference_npz_covers_val_and_held_back_training_images(exported, keras_
     assert held == set(train) - cal and not held & cal
     report = json.loads((out / "export_report.json").read_text())
     assert report["images"] == {"fidelity": len(abs_paths), "val": len(paths), "held_back_train": len(held),
-                                "calibration": n_cal, "unreadable": 0}
+                                "calibration": n_cal, "seen_train": 0, "unreadable": 0}
+    # every training image has its recorded role: the calibration sample is listed by relative path
+    assert {str(Path(root) / p) for p in ref["calibration"]} == cal
     assert report["settings"]["calibration_samples"] == 2 * n_cal  # with their mirror images
 
 

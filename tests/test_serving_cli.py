@@ -128,7 +128,7 @@ def test_validate_uses_the_reference_next_to_the_model_and_gates_on_drop(model, 
     report = json.loads(ok.stdout)
     assert report["accuracy"] == pytest.approx(8 / 12) and report["reference_accuracy"] == 0.75
     assert report["accuracy_drop"] == pytest.approx(0.75 - 8 / 12)  # a fraction in the JSON (docs/json.md)
-    assert report["max_accuracy_drop"] == pytest.approx(0.09) and report["schema"] == "cvkeras.validation/1"
+    assert report["max_accuracy_drop"] == pytest.approx(0.09) and report["schema"] == "cvkeras.validation/2"
     assert report["passed"] is True and report["n_reference"] == 0
     assert runner.invoke(app, [*base, "--max-accuracy-drop", "8"]).exit_code == 1  # 8.3 points > 8
     assert runner.invoke(app, base).exit_code == 1  # default threshold: 1 point

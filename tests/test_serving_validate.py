@@ -99,18 +99,20 @@ def test_partial_reference_compares_matched_images_only(predictor, data, tmp_pat
     assert report.reference_accuracy == pytest.approx(matched.mean())  # not the stored 0.76 of other images
     assert report.paired_accuracy == pytest.approx(matched.mean())
     assert report.accuracy_drop == pytest.approx(0.0) and report.passed is True
-    assert report.reference_source == "reference outputs on the same 8 labelled images"
+    assert report.reference_source == "reference outputs on the same 8 validation images"
     other = tmp_path / "other"
     _write_reference(other, [(tmp_path / "x" / "nowhere.png", 0)], probs[:1], labels[:1])
     with pytest.raises(ValidationError, match="none of the 16 images is in the reference"):
         validate(predictor, scan_class_folder(root, LABELS), other)
 
 
-def test_split_rows_agreement_on_all_drop_on_val_and_gate_messages(predictor, data, tmp_path):
+def test_gates_on_validation_rows_held_back_training_rows_reported_apart(predictor, data, tmp_path):
+    """Issue #22.1/#22.4: agreement, drop and the headline accuracy are over validation rows only; the
+    held-back training rows (which rarely flip) give their own agreement, never pooled into the gate."""
     root, items = data
     probs, labels, _ = _truth(items)
     ref = probs.copy()
-    ref[[1, 2]] = np.roll(ref[[1, 2]], 1, axis=1)  # the reference disagrees on two images
+    ref[[1, 2, 9]] = np.roll(ref[[1, 2, 9]], 1, axis=1)  # the reference disagrees on 2 val, 1 training image
     export_dir = _write_reference(tmp_path / "export", items, ref, labels)
     splits = np.array(["val"] * 8 + ["train"] * 8)
     with np.load(export_dir / "reference.npz") as z:
@@ -118,7 +120,8 @@ def test_split_rows_agreement_on_all_drop_on_val_and_gate_messages(predictor, da
     np.savez(export_dir / "reference.npz", split=splits, **arrays)
     report = validate(predictor, scan_class_folder(root, LABELS), export_dir, max_accuracy_drop=100.0,
                       min_agreement=0.9)
-    assert report.n_reference == 16 and report.agreement == pytest.approx(14 / 16)
+    assert report.n_reference == 8 and report.agreement == pytest.approx(6 / 8)  # pooled would be 13/16
+    assert report.n_held_back == 8 and report.held_back_agreement == pytest.approx(7 / 8)
     val = slice(0, 8)
     ref_ok, model_ok = ref[val].argmax(1) == labels[val], probs[val].argmax(1) == labels[val]
     assert report.n_paired == 8
@@ -128,10 +131,17 @@ def test_split_rows_agreement_on_all_drop_on_val_and_gate_messages(predictor, da
     lo, hi = report.accuracy_drop_ci
     assert lo < report.accuracy_drop < hi
     lo, hi = report.agreement_ci
-    assert lo < 14 / 16 < hi
+    assert lo < 6 / 8 < hi
+    # the headline accuracy is over the 8 validation images; the 8 training images are counted apart
+    assert report.n == 8 and report.accuracy == pytest.approx(model_ok.mean())
+    assert report.n_seen == 8 and report.seen_accuracy == pytest.approx((probs[8:].argmax(1) == labels[8:]).mean())
+    assert sum(report.support.values()) == 8
+    assert report.measured_on["agreement"] == {"images": "validation", "n": 8}
+    assert report.measured_on["accuracy"] == {"images": "validation", "n": 8}
+    assert report.measured_on["held_back_agreement"]["n"] == 8
     assert report.passed is False
     (why,) = report.gate_failures
-    assert why.startswith("top-1 agreement 87.50 % (95 % CI ") and why.endswith("by 2.50 points")
+    assert why.startswith("top-1 agreement 75.00 % (95 % CI ") and why.endswith("by 15.00 points")
 
 
 def test_intervals_against_hand_computed_values():
@@ -201,3 +211,69 @@ def test_reference_file_errors(tmp_path):
     (tmp_path / "reference.npz").write_bytes(b"garbage")
     with pytest.raises(ValidationError, match="not a readable reference"):
         Reference.load(tmp_path)
+
+
+def _device_probs(predictor, items):
+    """What the exporter stores: the model's outputs on exactly these files' pixels."""
+    paths = [p for p, _ in items]
+    probs = np.concatenate([predictor.predict_batch(b.x) for b in predictor.batches(paths, 64)])
+    return probs.astype(np.float32), np.array([y for _, y in items])
+
+
+def test_train_val_layout_with_repeated_file_names_matches_each_row_exactly(predictor, tmp_path):
+    """Issue #22.3: ``train/red/00.png`` and ``val/red/00.png`` are different photos; rows are matched by the
+    relative path the run recorded, so the float model matches its reference exactly (it failed with a max
+    probability difference near 1 when both were keyed ``red/00.png``)."""
+    from serving.reference import relative_paths
+
+    root = tmp_path / "data"
+    train = write_class_folder(root / "train", per_class=4, seed=1, wrong=0)
+    val = write_class_folder(root / "val", per_class=4, seed=2, wrong=1)
+    items = train + val
+    probs, labels = _device_probs(predictor, items)
+    keys = relative_paths([str(p) for p, _ in items], root)
+    assert keys[0] == "train/red/00.png" and "val/red/00.png" in keys
+    splits = np.array(["train"] * len(train) + ["val"] * len(val))
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    (export_dir / "reference.npz").write_bytes(Reference(probs, labels, keys, 0.5, splits=splits).to_bytes())
+    ref = Reference.load(export_dir)
+    for data in (root, root / "val"):  # --data DATA_ROOT (val/ found inside) or the val folder itself
+        report = validate(predictor, scan_class_folder(data, LABELS), ref, min_agreement=0.99)
+        assert report.n_reference == len(val) and report.max_abs_diff < 1e-5 and report.agreement == 1.0
+        assert report.passed
+    # the whole tree, train/ included: validation rows gate, training rows are counted apart
+    both = [(p, y) for p, y in items]
+    report = validate(predictor, both, ref)
+    assert report.n == len(val) and report.n_seen == len(train) and report.n_held_back == len(train)
+    assert report.max_abs_diff < 1e-5
+    # the same photos keyed "class/file" (what older exports wrote) cannot be told apart: refused in one line
+    old = [f"{Path(p).parent.name}/{Path(p).name}" for p, _ in items]
+    with pytest.raises(ValidationError, match="reference path 'red/00.png' occurs twice"):
+        Reference(probs, labels, old, 0.5, splits=splits)
+    np.savez(export_dir / "reference.npz", probs=probs, labels=labels, paths=np.array(old), split=splits)
+    with pytest.raises(ValidationError, match="occurs twice.*re-run `cvkeras export`"):
+        Reference.load(export_dir)
+
+
+def test_nested_folders_with_the_same_names_in_two_classes_are_distinct_rows(predictor, tmp_path):
+    """``red/a/00.png`` and ``green/a/00.png`` were both keyed ``a/00.png``; now each has its own row, and
+    two copies of the data given at once are refused rather than paired arbitrarily."""
+    from serving.reference import relative_paths
+
+    root = tmp_path / "data"
+    items = []
+    for c, name in enumerate(LABELS):
+        sub = write_class_folder(root / name / "a", per_class=2, seed=c, labels=[name], wrong=0)
+        items += [(p, c) for p, _ in sub]  # root/<label>/a/<label>/<i>.png
+    probs, labels = _device_probs(predictor, items)
+    keys = relative_paths([str(p) for p, _ in items], root)
+    ref = Reference(probs, labels, keys, 0.5)
+    report = validate(predictor, items, ref)
+    assert report.n_reference == len(items) and report.max_abs_diff < 1e-5
+    import shutil
+
+    shutil.copytree(root, tmp_path / "copy" / "data")
+    copies = items + [(tmp_path / "copy" / "data" / k, y) for k, (_, y) in zip(keys, items, strict=True)]
+    with pytest.raises(ValidationError, match="both match the reference image"):
+        validate(predictor, copies, ref)
