@@ -197,6 +197,15 @@ def stem_nodes(graph, convs: int) -> list[str]:
     return [n.name for n in nodes[: cut + 1] if n.name]  # quantize_static excludes by name
 
 
+def weight_range(settings: QuantSettings) -> tuple[int, int]:
+    """The int8 weight range ONNX Runtime's quantizer uses with these settings (+-64 with ``reduce_range``)."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
+
+    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT8, settings.reduce_range, settings.weight_symmetric)
+    return int(qmin), int(qmax)
+
+
 def _fit_rounding(pre: Path, proto, images: np.ndarray, settings: QuantSettings, artifact: str,
                   report: dict[str, Any] | None) -> None:
     """GPTQ weight rounding, then bias correction, of the fresh QDQ model ``proto`` (edited in place)."""
@@ -204,7 +213,7 @@ def _fit_rounding(pre: Path, proto, images: np.ndarray, settings: QuantSettings,
     from export.weight_rounding import round_weights
 
     steps = (("gptq", settings.gptq_images, "GPTQ weight rounding",
-              lambda n: round_weights(pre, proto, images, n)),
+              lambda n: round_weights(pre, proto, images, n, qrange=weight_range(settings))),
              ("bias_correction", settings.bias_correction_images, "int8 bias correction",
               lambda n: correct_biases(pre, proto, images, n).summary()))
     for key, n, what, step in steps:

@@ -59,20 +59,10 @@ def float_weights(dynamic_blob: bytes, float_blob: bytes, names: Sequence[str]) 
     fb, ref = Flatbuffer(dynamic_blob), Flatbuffer(float_blob)
     swaps = {layer.weight.index: w_f.astype(np.float32)
              for layer, _, w_f in fitted_layers(fb, ref, hybrid=True) if layer.name in wanted}
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(dynamic_blob))
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(fb.to_bytes()))  # weights unshared
     sub = model.subgraphs[0]
-    users: dict[int, int] = {}
-    for t in sub.tensors:
-        users[t.buffer] = users.get(t.buffer, 0) + 1
-    for index, w in swaps.items():
+    for index, w in swaps.items():  # each swapped tensor has its own buffer: replaced, 3 bytes more a weight
         t = sub.tensors[index]
-        data = np.frombuffer(np.ascontiguousarray(w).tobytes(), np.uint8)
-        if users[t.buffer] == 1:  # the int8 weights' own buffer: replaced, so the file grows by 3 bytes a weight
-            model.buffers[t.buffer].data = data
-        else:  # shared with another tensor: a buffer of its own
-            buf = schema.BufferT()
-            buf.data = data
-            model.buffers.append(buf)
-            t.buffer = len(model.buffers) - 1
+        model.buffers[t.buffer].data = np.frombuffer(np.ascontiguousarray(w).tobytes(), np.uint8)
         t.type, t.quantization = schema.TensorType.FLOAT32, None
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

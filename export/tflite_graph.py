@@ -68,6 +68,19 @@ class Flatbuffer:
     def __init__(self, blob: bytes) -> None:
         from tensorflow.lite.python import schema_py_generated as schema
 
+        self._parse(schema, blob)
+        # The converter stores identical constants once (e.g. the zero biases of bias-free convs): a write
+        # through one layer's view would change every tensor sharing the buffer. Each weighted op's weight
+        # and bias get a buffer of their own before anything can be edited.
+        users: dict[int, int] = {}
+        for t in self._tensors:
+            users[t.buffer] = users.get(t.buffer, 0) + 1
+        shared = sorted({t.index for layer in self.layers for t in (layer.weight, layer.bias)
+                         if t is not None and t.buffer > 0 and users[t.buffer] > 1})
+        if shared:
+            self._parse(schema, unshare(blob, shared))
+
+    def _parse(self, schema, blob: bytes) -> None:
         self.buf = bytearray(blob)
         self._model = schema.Model.GetRootAsModel(self.buf, 0)
         if self._model.SubgraphsLength() < 1:
@@ -128,6 +141,29 @@ class Flatbuffer:
 
     def to_bytes(self) -> bytes:
         return bytes(self.buf)
+
+
+def unshare(blob: bytes, tensors: list[int]) -> bytes:
+    """``blob`` with each of ``tensors`` (indices in subgraph 0) given its own copy of a buffer that other
+    tensors use too."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+    sub = model.subgraphs[0]
+    users: dict[int, int] = {}
+    for t in sub.tensors:
+        users[t.buffer] = users.get(t.buffer, 0) + 1
+    for index in tensors:
+        t = sub.tensors[index]
+        if users.get(t.buffer, 0) > 1:
+            users[t.buffer] -= 1
+            buf = schema.BufferT()
+            data = model.buffers[t.buffer].data
+            buf.data = None if data is None else np.array(data, np.uint8, copy=True)
+            model.buffers.append(buf)
+            t.buffer = len(model.buffers) - 1
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def match(int8: list[Layer], ref: list[Layer]) -> list[Layer | None]:

@@ -117,8 +117,12 @@ def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmin: int, qmax: int,
 
 
 def round_weights(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
-                  max_images: int = DEFAULT_IMAGES, batch: int = 16) -> dict[str, Any]:
+                  max_images: int = DEFAULT_IMAGES, batch: int = 16,
+                  qrange: tuple[int, int] = (-127, 127)) -> dict[str, Any]:
     """Re-round the int8 weights of ``qdq`` (edited in place) with GPTQ; returns a summary.
+
+    ``qrange``: the quantizer's weight range (``export.quantize.weight_range``: +-64 with ``reduce_range``),
+    which no rounded weight may leave.
 
     Inputs to each layer are the float model's (``float_model``, same node names): H then describes the
     signal the layer must reproduce, not the quantized model's noise.
@@ -189,7 +193,7 @@ def round_weights(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
             _accumulate(layer, outs[layer.x_name])
     for layer in layers:
         w = layer.w_float if layer.kind == "gemm" else layer.w_float.reshape(layer.w_float.shape[0], -1)
-        q = _gptq(w, layer.h, layer.scale, -127, 127)
+        q = _gptq(w, layer.h, layer.scale, *qrange)
         old = numpy_helper.to_array(layer.weight)
         if layer.kind == "gemm":
             q = q if _attrs(layer.node).get("transB", 0) else q.T

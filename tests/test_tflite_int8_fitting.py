@@ -240,3 +240,34 @@ def test_ops_kept_float_by_a_repair_are_not_corrected():
     (fa,) = [layer for layer in after.layers if layer.kind == "depthwise"]
     assert fa.bias.dtype is np.float32
     np.testing.assert_array_equal(after.array(fa.bias), before.array(fb.bias))
+
+
+def test_bias_correction_and_gptq_never_write_through_a_buffer_other_tensors_share():
+    """Issue #22.6: the converter stores the identical zero biases of bias-free convs once; each layer's
+    correction must land in that layer's bias alone (on main, every sharing layer ended with one vector)."""
+    import keras
+
+    from export.tflite_bias_correction import correct_biases
+    from export.tflite_graph import Flatbuffer
+    from export.tflite_weight_rounding import round_weights
+
+    rng = np.random.default_rng(5)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 1, use_bias=False, activation="relu", name="a")(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, activation="relu", name="b")(x)
+    x = keras.layers.Conv2D(8, 1, use_bias=False, name="c")(x)
+    model = keras.Model(inp, x)
+    for name in "abc":
+        w = model.get_layer(name).get_weights()[0]
+        model.get_layer(name).set_weights([rng.normal(0, 1.0 / np.sqrt(w[..., 0].size), w.shape) / 40])
+    calib = rng.integers(0, 256, (32, 8, 8, 3)).astype(np.uint8)
+    reference, plain = _convert(model, calib, "uint8")
+    fb = Flatbuffer(plain)
+    assert len({layer.bias.buffer for layer in fb.layers}) == 3  # each bias has a buffer of its own now
+    biases = [fb.array(layer.bias).copy() for layer in fb.layers]
+    assert all((b == 0).all() for b in biases)
+    corrected, _ = correct_biases(plain, reference, calib)
+    after = [Flatbuffer(corrected).array(layer.bias) for layer in Flatbuffer(corrected).layers]
+    assert len({tuple(b.tolist()) for b in after}) == 3, after  # three layers, three different corrections
+    rounded, _ = round_weights(plain, reference, calib, 32)
+    assert len(Flatbuffer(rounded).layers) == 3

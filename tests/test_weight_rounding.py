@@ -71,3 +71,30 @@ def test_gptq_reduces_the_output_error_of_int8_weights(conv):
     v = {t.name: numpy_helper.to_array(t) for t in nearest.graph.initializer if t.data_type == 3}
     assert w.keys() == v.keys() and any(not np.array_equal(w[k], v[k]) for k in w)
     assert all(np.abs(w[k].astype(int) - v[k]).max() <= 3 for k in w)  # re-rounded, not re-scaled
+
+
+def test_gptq_keeps_weights_in_the_quantizers_reduced_range(tmp_path):
+    """Issue #22.8: with ``reduce_range`` ONNX Runtime's int8 weights span +-64; GPTQ's error feedback moves
+    weights next to the limit beyond it unless it clips there (it clipped at +-127)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from export.quantize import QuantSettings, quantize_int8, weight_range
+
+    rng = np.random.default_rng(11)
+    src = tmp_path / "conv.onnx"
+    _conv_model(src, rng)
+    model = onnx.load(src)
+    # every weight 0.3-0.5 of a step below its channel's limit: nearest rounding puts it at the limit, and
+    # the error feedback of its neighbours pushes some one step past it
+    w = np.sign(rng.normal(size=(8, 32, 3, 3))) * (1 - rng.uniform(0.3, 0.5, (8, 32, 3, 3)) / 64)
+    w[:, 0, 0, 0] = 1.0
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w.astype(np.float32), "w"))
+    onnx.save(model, src)
+    settings = QuantSettings(exclude_softmax=False, float_stem=0, bias_correction_images=0, reduce_range=True)
+    assert weight_range(settings) == (-64, 64) and weight_range(QuantSettings()) == (-127, 127)
+    report: dict = {}
+    q = quantize_int8(src, _inputs(rng, 64), settings, report=report, compact=False)
+    assert report["gptq"]["layers"] == 1
+    weights = [numpy_helper.to_array(t) for t in q.graph.initializer if t.data_type == 3]
+    assert weights and max(int(np.abs(x.astype(int)).max()) for x in weights) <= 64
