@@ -5,7 +5,8 @@ project's trainer and every default (``cvkeras finetune``: the auto recipe, whic
 8 epochs of 92 steps and light augmentation; seeded 80/20 split), export with ``--int8`` and the default gates
 (``export.export_run``: agreement >= 99 %, drop <= 1 point, repair on), then time every artifact on this CPU,
 batch 1, same threads, same images, models taking turns (interleaved rounds). Per artifact: top-1 agreement
-with Keras over every image not used for calibration (validation + held-back training) with its 95 % interval,
+with Keras on the validation images (the gate) with its 95 % interval, beside it the held-back training images'
+agreement and the two pooled (the gate before issue #22),
 accuracy drop on the validation split with its paired 95 % interval, size ratio to the float32 file of its
 format, latency ratio to float32 ONNX, and the layers an int8 repair kept in float (with the full-int8 figures
 before it).
@@ -120,6 +121,14 @@ def _pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
+def _pooled(a) -> float | None:
+    """Agreement over validation + held-back training rows together (the pre-#22 gate), from both figures."""
+    if a.agreement is None or a.held_back_agreement is None:
+        return _pct(a.agreement)
+    n, m = a.n_reference, a.n_held_back
+    return _pct((a.agreement * n + a.held_back_agreement * m) / (n + m))
+
+
 def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
     from export import export_run
 
@@ -140,7 +149,10 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
         row = {
             "artifact": a.name, "status": a.status,
             "agreement_pct": _pct(a.agreement), "agreement_ci_pct": [_pct(v) for v in a.agreement_ci or []],
-            "n_agreement": a.n_reference,
+            "n_agreement": a.n_reference,  # validation images: the gate (issue #22)
+            "held_back_agreement_pct": _pct(a.held_back_agreement), "n_held_back": a.n_held_back,
+            # what the gate was before issue #22: validation and held-back training rows pooled
+            "pooled_agreement_pct": _pooled(a),
             "accuracy_pct": _pct(a.paired_accuracy),
             "accuracy_drop_points": None if a.accuracy_drop is None else round(a.accuracy_drop, 2),
             "accuracy_drop_ci_points": [round(v, 2) for v in a.accuracy_drop_ci or []], "n_val": a.n_paired,

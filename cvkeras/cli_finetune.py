@@ -59,6 +59,9 @@ def finetune(
     mixup: float = typer.Option(None, help="MixUp Beta alpha (0: off)."),
     cutmix: float = typer.Option(None, help="CutMix Beta alpha (0: off)."),
     val_split: float = typer.Option(None, help="Validation fraction when the data has no val split."),
+    test_split: float = typer.Option(None, help="Test fraction when the data has no test split (0: none): "
+                                                "evaluated once at the end; the validation figures are the ones "
+                                                "the best epoch was chosen on."),
     seed: int = typer.Option(None, help="Seed for the split, shuffling, augmentation and init."),
     cache: str = typer.Option(None, help="memory, none, or a file path prefix for a file cache."),
     tfds_data_dir: str = typer.Option(None, help="TFDS data_dir (a prepared or offline copy)."),
@@ -147,9 +150,11 @@ def summary_lines(result) -> list[str]:
              + (f" on {result.replicas} replicas" if result.replicas > 1 else "")]
     if result.metrics:
         lines += [f"val {k:<14} {v}" for k, v in summary_rows(result.metrics)]
+        lines.append("val figures are selection figures: the best epoch was chosen on these images"
+                     + ("" if result.metrics.get("test") else " (--test-split sets aside images for an unbiased one)"))
         test = result.metrics.get("test")
         if test:
-            lines.append(f"test accuracy      {test['accuracy']:.4f} on {test['n']} images")
+            lines.append(f"test accuracy      {test['accuracy']:.4f} on {test['n']} images (evaluated once)")
     plots = [name for name in (CURVES, CONFUSION, "report.html") if (run / name).is_file()]
     if plots:
         lines.append(f"saved      {', '.join(plots)} in {run}")
@@ -160,5 +165,8 @@ def final_line(result) -> str:
     """The one line even --quiet prints: where the run is, its accuracy and the next command."""
     run = result.run_dir
     acc = result.metrics.get("accuracy") if result.metrics else None
-    score = f" (val accuracy {100 * acc:.2f} % at epoch {result.best_epoch})" if acc is not None else ""
+    test = (result.metrics or {}).get("test")
+    score = (f" (val accuracy {100 * acc:.2f} % at epoch {result.best_epoch}, the selection figure"
+             + (f"; test accuracy {100 * test['accuracy']:.2f} % on {test['n']} images" if test else "") + ")"
+             if acc is not None else "")
     return f"Results saved to {run}{score}. Next: cvkeras export {run} --int8"

@@ -23,8 +23,8 @@ from serving.errors import OptionError
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("name", "alpha", "image_size", "weights", "dropout"),
-    "data": ("source", "val_split", "seed", "tfds_data_dir", "cache", "batch_size", "augment", "randaugment",
-             "mixup", "cutmix"),
+    "data": ("source", "val_split", "test_split", "seed", "tfds_data_dir", "cache", "batch_size", "augment",
+             "randaugment", "mixup", "cutmix"),
     "train": ("epochs", "fine_tune_epochs", "epoch_steps", "unfreeze", "optimizer", "learning_rate",
               "fine_tune_learning_rate",
               "warmup_epochs", "weight_decay", "label_smoothing", "class_weights", "patience", "precision",
@@ -34,7 +34,7 @@ _RENAME = {("model", "name"): "model", ("data", "source"): "data"}
 #: Fields holding text (YAML may give a list or a mapping by mistake: refused by name, not a TypeError later).
 _TEXT = {"data", "model", "weights", "cache", "augment", "unfreeze", "optimizer", "class_weights", "precision",
          "strategy", "tfds_data_dir"}
-_FLOATS = {"alpha", "dropout", "val_split", "mixup", "cutmix", "learning_rate", "fine_tune_learning_rate",
+_FLOATS = {"alpha", "dropout", "val_split", "test_split", "mixup", "cutmix", "learning_rate", "fine_tune_learning_rate",
            "warmup_epochs", "weight_decay", "label_smoothing"}
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -63,6 +63,9 @@ class FinetuneConfig:
     weights: str = "imagenet"
     dropout: float = 0.2
     val_split: float = 0.2
+    #: fraction of the images set aside as a test split when the data has none (0: none): evaluated once,
+    #: at the end, unlike the validation split that training chooses its best epoch on
+    test_split: float = 0.0
     seed: int = 42
     tfds_data_dir: str | None = None
     cache: str = "memory"
@@ -189,7 +192,8 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "learning_rate": (0.0, None, False), "fine_tune_learning_rate": (0.0, None, False),
     "weight_decay": (0.0, None, True), "warmup_epochs": (0.0, None, True), "label_smoothing": (0.0, 1.0, True),
     "dropout": (0.0, 1.0, True), "mixup": (0.0, None, True), "cutmix": (0.0, None, True),
-    "val_split": (0.0, 1.0, False), "batch_size": (1, None, True), "epochs": (0, None, True),
+    "val_split": (0.0, 1.0, False), "test_split": (0.0, 1.0, True), "batch_size": (1, None, True),
+    "epochs": (0, None, True),
     "fine_tune_epochs": (0, None, True), "patience": (0, None, True), "seed": (0, 2**32 - 1, True),
     "steps_per_epoch": (1, None, True), "epoch_steps": (1, None, True),
 }
@@ -257,5 +261,8 @@ def validate_config(cfg: FinetuneConfig) -> None:
         raise OptionError("--epochs and --fine-tune-epochs must be >= 0 and not both 0")
     if not 0.0 < cfg.val_split < 1.0:
         raise OptionError(f"--val-split must be between 0 and 1, not {cfg.val_split}")
+    if not 0.0 <= cfg.test_split < 1.0 or cfg.val_split + cfg.test_split >= 1.0:
+        raise OptionError(f"--test-split must be in 0..1 and leave training images beside --val-split "
+                          f"({cfg.val_split}), not {cfg.test_split}")
     if cfg.learning_rate <= 0 or cfg.fine_tune_learning_rate <= 0:
         raise OptionError("learning rates must be positive")

@@ -28,7 +28,8 @@ TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 
 
-def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42, source: str = "folder") -> DataSplit:
+def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42, source: str = "folder",
+                test_split: float = 0.0) -> DataSplit:
     """Scan a class-folder dataset (optionally with train/val/test sub-folders)."""
     root = Path(root).expanduser()
     if not root.exists():
@@ -55,7 +56,7 @@ def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42,
         index = {c: i for i, c in enumerate(classes)}
         splits = {"train": [(str(p.resolve()), index[d.name]) for d in class_folders(root)
                             for p in list_images(d, skipped)]}
-    return _finish(classes, splits, str(root), val_split, seed, source, str(root.resolve()), skipped)
+    return _finish(classes, splits, str(root), val_split, seed, source, str(root.resolve()), skipped, test_split)
 
 
 def recorded_split(run: str | os.PathLike) -> DataSplit:
@@ -131,16 +132,20 @@ def load_tfds(spec: str, data_dir: str | None = None, val_split: float = 0.2, se
     return DataSplit(list(label.names), [], [], [], [], "tfds", None, meta)
 
 
-def load_source(data: str, val_split: float = 0.2, seed: int = 42, tfds_data_dir: str | None = None) -> DataSplit:
-    """Resolve a ``--data`` argument to a :class:`DataSplit`."""
+def load_source(data: str, val_split: float = 0.2, seed: int = 42, tfds_data_dir: str | None = None,
+                test_split: float = 0.0) -> DataSplit:
+    """Resolve a ``--data`` argument to a :class:`DataSplit` (``test_split``: see ``datasplit._finish``)."""
     if data.startswith("demo:"):
         from cvkeras.demo import DATASETS, ensure_demo
 
         if data.split(":", 1)[1] not in DATASETS:
             raise DataError(f"{data}: unknown demo dataset; the built-in one is demo:shapes")
-        return scan_folder(ensure_demo(data), val_split, seed, source="demo")
+        return scan_folder(ensure_demo(data), val_split, seed, source="demo", test_split=test_split)
     if data.startswith("tfds:"):
+        if test_split:
+            raise DataError(f"{data}: --test-split is for folders and CSV files; a TFDS dataset's own test split "
+                            "is evaluated when it has one")
         return load_tfds(data, tfds_data_dir, val_split, seed)
     if data.lower().endswith(".csv"):
-        return read_csv(data, val_split, seed)
-    return scan_folder(data, val_split, seed)
+        return read_csv(data, val_split, seed, test_split)
+    return scan_folder(data, val_split, seed, test_split=test_split)

@@ -93,8 +93,12 @@ def stratified_split(
 
 def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where: str, val_split: float,
             seed: int, source: str, root: str | None,
-            pre_skipped: list[tuple[str, str]] | None = None) -> DataSplit:
-    """Drop unreadable files, check every class has images, and split when no val split was given."""
+            pre_skipped: list[tuple[str, str]] | None = None, test_split: float = 0.0) -> DataSplit:
+    """Drop unreadable files, check every class has images, and split when no val split was given.
+
+    ``test_split`` > 0 and no test split given: that fraction of all images is set aside first (seeded,
+    stratified, independent of the validation draw), then validation is drawn from the rest so that it is
+    still ``val_split`` of all images."""
     all_items = [it for items in splits.values() for it in items]
     ok, skipped = _check_readable([p for p, _ in all_items])
     skipped = list(pre_skipped or []) + skipped
@@ -102,6 +106,14 @@ def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where:
     splits = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
     if len(classes) < 2:
         raise DataError(f"{where}: found {len(classes)} class(es); need at least two class folders or labels")
+    if test_split and not splits.get("test"):
+        total = sum(len(v) for v in splits.values())
+        frac = test_split * total / max(1, len(splits.get("train", [])))
+        if not 0.0 < frac < 1.0:
+            raise DataError(f"{where}: --test-split {test_split} leaves no training images; lower it")
+        splits["train"], splits["test"] = stratified_split(splits.get("train", []), frac, seed + 1)
+        if not splits.get("val"):
+            val_split = min(0.9, val_split / (1.0 - test_split))
     if not splits.get("val"):
         splits["train"], splits["val"] = stratified_split(splits.get("train", []), val_split, seed)
     counts = Counter(y for _, y in splits.get("train", []))

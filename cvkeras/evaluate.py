@@ -99,6 +99,7 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
     report = {"schema": schema_id("metrics"), **classification_report(probs, labels, classes)}
     report["split"] = split if data is None else None  # --data: all of another dataset, not a split of the run
     report["data"] = "run" if data is None else data
+    report["measured_on"] = measured_on(split if data is None else None, len(labels))
     if write:
         # the run's own validation report is metrics.json; other evaluations get their own files
         default = data is None and split == "val"
@@ -110,6 +111,19 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
         plot_confusion(report["confusion_matrix"], classes, run / rundir.CONFUSION.replace(".png", f"{name}.png"),
                        title=report_title(report, what))
     return report
+
+
+#: What each set of images is to a run's figures: the validation split is looked at to choose the best epoch,
+#: the stage-2 start and (tune, distill) the winner, so its accuracy is the selection figure; a test split
+#: is evaluated once, at the end, and nothing is chosen on it.
+ROLES = {"val": "validation (selection: the best epoch was chosen on it)",
+         "test": "test (evaluated once, at the end; nothing chosen on it)"}
+
+
+def measured_on(split: str | None, n: int) -> dict[str, Any]:
+    """``measured_on`` of a metrics document: which images, how many, and whether anything was chosen on them."""
+    return {"images": ROLES.get(split, "another dataset (--data)") if split is not None
+            else "another dataset (--data)", "n": int(n), "selection": split == "val"}
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:

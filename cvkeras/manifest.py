@@ -36,7 +36,7 @@ def _header_columns(row: list[str], path: Path, base: Path) -> tuple[int, int, i
     return col_path, col_label, find(SPLIT_COLUMNS)
 
 
-def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) -> DataSplit:
+def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42, test_split: float = 0.0) -> DataSplit:
     """Read a manifest of image paths and labels; paths are relative to the CSV.
 
     With a header, columns are found by name (path/filename/file/image, label/class/category and an
@@ -78,7 +78,7 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) ->
         if split not in aliases:
             raise DataError(f"{path}:{lineno}: unknown split {split!r}; use train, val or test")
         splits.setdefault(aliases[split], []).append((str(file), index[label]))
-    result = _finish(classes, splits, str(path), val_split, seed, "csv", str(base.resolve()))
+    result = _finish(classes, splits, str(path), val_split, seed, "csv", str(base.resolve()), test_split=test_split)
     labels_of: dict[str, set[str]] = {}
     for _, rel, label, _ in rows:
         labels_of.setdefault(str((base / rel).resolve()), set()).add(label)

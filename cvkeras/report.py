@@ -123,8 +123,13 @@ def build_html(run: str | os.PathLike, mistakes: list[dict[str, Any]] | None = N
     acc = metrics.get("accuracy")
     summary = [["model", model_name], ["classes", len(metrics.get("classes", []))],
                ["validation images", metrics.get("n", "-")],
-               ["validation accuracy", _fmt(acc, "accuracy") if acc is not None else "-"],
+               ["validation accuracy (selection: the best epoch was chosen on these images)",
+                _fmt(acc, "accuracy") if acc is not None else "-"],
                ["macro F1", _fmt(metrics.get("macro_f1"))]]
+    test = metrics.get("test")
+    if test:
+        summary.append([f"test accuracy (evaluated once, {test.get('n', '-')} images)", _fmt(test.get("accuracy"),
+                                                                                            "accuracy")])
     parts.append(f'<section id="summary"><h2>Summary</h2>{_table(["", "value"], summary)}</section>')
 
     curves = run / rundir.CURVES

@@ -143,7 +143,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     if not resume:  # the data is scanned (and refused) before the run directory is touched
         if output:
             _check_output_vs_data(Path(output), cfg.data)
-        split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
+        split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir, cfg.test_split)
         if hook:
             hook.check(split.classes)
     run, cfg = _prepare_run(cfg, output, force, resume, stack)
@@ -313,7 +313,7 @@ def _final_metrics(rd: RunDir, model_name: str, has_test: bool) -> dict[str, Any
                 title=f"{model_name} - best epoch on the " + report_title(metrics, "val split"))
     if has_test:
         test = evaluate_run(rd.path, split="test", write=False)
-        metrics["test"] = {k: test[k] for k in ("n", "accuracy", "cross_entropy", "macro_f1")}
+        metrics["test"] = {k: test[k] for k in ("n", "accuracy", "cross_entropy", "macro_f1", "measured_on")}
         rundir.write_json(rd / rundir.METRICS, metrics)
     refresh(rd.path, warn=lambda line: print(line, file=sys.stderr))
     return metrics

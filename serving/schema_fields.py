@@ -79,11 +79,20 @@ _METRICS_FIELDS = (
     _f("classes", "list[string]", "", "class names, index = label"),
     _f("split", "string|null", "", "`val` or `test`: the run's recorded split; null with `--data` (see `data`)"),
     _f("data", "string", "", "`run` (the run's own split) or the `--data` argument as given: every image of it counts"),
+    _f("measured_on", "object", "", "the images these figures are on"),
+    _f("measured_on.images", "string", "", "validation (selection), test (evaluated once) or another dataset"),
+    _f("measured_on.n", "int", "images", "how many"),
+    _f("measured_on.selection", "bool", "", "true for the validation split: the best epoch (and any tuning) "
+                                            "was chosen on it, so its accuracy is optimistic"),
     _f("test", "object", "", "finetune with a test split: the test figures", False),
     _f("test.n", "int", "images", "test images"),
     _f("test.accuracy", "number|null", FRACTION, "test accuracy"),
     _f("test.cross_entropy", "number|null", "nats", "test cross-entropy"),
     _f("test.macro_f1", "number", FRACTION, "test macro F1"),
+    _f("test.measured_on", "object", "", "the test images (`selection` false)"),
+    _f("test.measured_on.images", "string", "", "test (evaluated once, at the end)"),
+    _f("test.measured_on.n", "int", "images", "how many"),
+    _f("test.measured_on.selection", "bool", "", "false: nothing was chosen on them"),
 )
 
 _ARTIFACT = "artifacts[]"

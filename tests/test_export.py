@@ -382,25 +382,37 @@ def test_report_figures_match_an_independent_computation(exported, fidelity_rows
 
 @pytest.mark.slow
 def test_export_and_validate_report_identical_figures(exported, tiny_run):
-    """One verdict: `cvkeras validate` on the run's data folder gives the export's figures, to the bit."""
+    """One verdict (issue #22.1, #22.4): `cvkeras validate FILE` (the run's validation split) and `validate --data
+    DATA_ROOT` give the export's figures, to the bit, for every artifact: agreement and drop on the validation
+    rows; with --data, the headline accuracy is over the validation images too, and the training images the folder
+    also holds (held-back, calibration) are counted apart, with a warning."""
     from serving.cli import validate as validate_command
 
     _, out = exported
     report = {a["name"]: a for a in json.loads((out / "export_report.json").read_text())["artifacts"]}
-    data = json.loads((tiny_run / "split.json").read_text())["root"]
+    split = json.loads((tiny_run / "split.json").read_text())
+    data, n_val = split["root"], len(split["val"])
     app = typer.Typer()
     app.command()(validate_command)
     app.command()(lambda: None)
     for name in ("model_int8.onnx", "model_int8.tflite", "model_dynamic.tflite", "model.onnx"):
-        result = CliRunner().invoke(app, ["validate", str(out / name), "--data", data, "--json", "--threads", "1"])
-        assert result.exit_code == 0, result.output + result.stderr
-        got = json.loads(result.stdout)
         row = report[name]
-        assert got["n"] == 60  # every image of the folder was run, calibration images included ...
-        assert got["n_reference"] == row["n_reference"] < 60  # ... and only the matched ones compared
-        for key in ("n_paired", "paired_accuracy", "accuracy_drop", "accuracy_drop_ci", "agreement", "agreement_ci",
-                    "max_abs_diff"):  # one name per figure in both documents
-            assert got[key] == row[key], (name, key)
+        for how in (["--data", data], ["--run", str(tiny_run)]):
+            result = CliRunner().invoke(app, ["validate", str(out / name), *how, "--json", "--threads", "1"])
+            assert result.exit_code == 0, result.output + result.stderr
+            got = json.loads(result.stdout)
+            assert got["n"] == n_val and got["n_reference"] == row["n_reference"] == n_val
+            assert got["accuracy"] == row["paired_accuracy"]  # the headline is the validation accuracy
+            assert sum(got["support"].values()) == n_val
+            for key in ("n_paired", "paired_accuracy", "accuracy_drop", "accuracy_drop_ci", "agreement",
+                        "agreement_ci", "max_abs_diff"):  # one name per figure in both documents
+                assert got[key] == row[key], (name, key, how)
+            assert got["measured_on"]["agreement"] == {"images": "validation", "n": n_val}
+            if how[0] == "--data":  # the folder holds the 42 training images too: counted apart, with a warning
+                assert got["n_seen"] == 60 - n_val and got["held_back_agreement"] == row["held_back_agreement"]
+                assert "were seen in training" in result.stderr
+            else:
+                assert got["n_seen"] == 0 and "seen in training" not in result.stderr
 
 
 @pytest.mark.slow
