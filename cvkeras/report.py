@@ -26,8 +26,8 @@ from serving.errors import first_line
 REPORT = "report.html"
 EXPORT_REPORT = Path("export") / "export_report.json"
 #: Columns of the export table, in order, when the artifact rows carry them.
-EXPORT_COLUMNS = ("name", "status", "paired_accuracy", "accuracy_drop", "agreement", "size_bytes",
-                  "latency_ms_per_image", "n_paired")
+EXPORT_COLUMNS = ("name", "status", "paired_accuracy", "accuracy_drop", "agreement", "n_paired",
+                  "held_back_agreement", "n_held_back", "size_bytes", "latency_ms_per_image")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
@@ -75,7 +75,7 @@ def _fmt(value: Any, key: str = "") -> str:
     if isinstance(value, float):
         if key == "accuracy_drop":  # a fraction in export_report.json, shown in points as on the console
             return f"{100 * value:+.2f} points"
-        if key in ("accuracy", "agreement") or key.endswith("_accuracy"):
+        if key in ("accuracy", "agreement") or key.endswith(("_accuracy", "_agreement")):
             return f"{100 * value:.2f} %"
         return f"{value:.4g}"
     if key == "size_bytes" and isinstance(value, int):
@@ -174,7 +174,9 @@ def build_html(run: str | os.PathLike, mistakes: list[dict[str, Any]] | None = N
         arts = doc.get("artifacts", [])
         cols = [c for c in EXPORT_COLUMNS if any(c in a for a in arts)]
         rows = [[_fmt(a.get(c), c) for c in cols] for a in arts]
-        parts.append('<section id="export"><h2>Export</h2>'
+        parts.append('<section id="export"><h2>Export</h2><p class=muted>accuracy, drop and agreement on the '
+                     '<code>n_paired</code> validation images (the gates); held-back agreement on training images '
+                     'the model saw, reported apart and never gated.</p>'
                      + _table(cols, rows, [str(a.get("status", "")) for a in arts]) + "</section>")
     import yaml
 

@@ -166,11 +166,12 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
 
     Verification is the device's: the fidelity images (validation split plus the training images not
     used for calibration) are decoded from their files by ``serving.preprocess``, the Keras reference
-    (``reference.npz``) is computed on those tensors, and every artifact is run from its file through
-    ``serving.Predictor`` and ``serving.validate`` -- the code and figures of ``cvkeras validate``.
-    Reduced precision must keep top-1 agreement >= ``min_agreement`` and lose at most
-    ``max_accuracy_drop`` points; an int8 model that misses is repaired (``repair``) by keeping its worst
-    layers in float (``export.repair``).
+    (``reference.npz``, which records every image's role) is computed on those tensors, and every artifact
+    is run from its file through ``serving.Predictor`` and ``serving.validate`` -- the code and figures of
+    ``cvkeras validate``. Reduced precision must keep top-1 agreement >= ``min_agreement`` and lose at most
+    ``max_accuracy_drop`` points, both on the validation images; an int8 model that misses is repaired
+    (``repair``) by keeping its worst layers in float (``export.repair``), the fewest that hold on the
+    held-back training images, judged once on validation.
 
     Returns the report; check ``report.exit_code`` (conversion errors and failed gates do not raise, so
     that every artifact is tried and the files are kept for inspection).
