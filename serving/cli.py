@@ -183,6 +183,9 @@ def validate(
         typer.echo(json.dumps(json_safe(report.to_dict()), allow_nan=False))
     else:
         _validation_tables(report)
+    if report.n_seen:
+        typer.echo(f"warning: {report.n_seen} of the images were seen in training (trained on, calibrated on or "
+                   "chosen on by export); they are counted apart, not in the accuracy or the gates", err=True)
     if report.gate_failures:
         typer.echo(f"error: {model.name}: {'; '.join(report.gate_failures)}", err=True)
     raise typer.Exit(0 if report.passed else 1)
@@ -266,10 +269,7 @@ def _validation_tables(report: Any) -> None:
     console.print(per_class)
     for f in report.failures[:10]:
         typer.echo(f"skipped: {f['error']}", err=True)
-    if report.n_seen:
-        typer.echo(f"warning: {report.n_seen} of the images were seen in training (the model was trained, "
-                   "calibrated or repaired on them); they are counted apart, not in the accuracy or the gates",
-                   err=True)
+
 
 
 def benchmark(
