@@ -19,7 +19,7 @@ from rich.table import Table
 from cvkeras.cli_finetune import final_line, finetune, run_finetune, summary_lines  # noqa: F401
 from cvkeras.helpfmt import FinetuneHelpCommand, HelpCommand, HelpGroup
 from serving.console import print_json, stdout_console
-from serving.errors import CvkerasError, fail
+from serving.errors import CvkerasError, fail, quote
 from serving.schema import schema_id  # standard library only: cheap for --help
 
 app = typer.Typer(
@@ -140,7 +140,7 @@ def evaluate(
     from cvkeras.rundir import os_error_line, run_lock
 
     if split not in ("val", "test"):
-        raise fail(f"unknown --split {split!r}; use val or test")
+        raise fail(f"unknown --split {quote(split)}; use val or test")
     try:
         with run_lock(run, "evaluate") if run.is_dir() else contextlib.nullcontext():
             report = evaluate_run(run, data=data, split=split)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import CvkerasError
+from serving.errors import CvkerasError, quote
 from serving.preprocess import ImageError, load_image
 
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
@@ -107,7 +107,7 @@ def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where:
     counts = Counter(y for _, y in splits.get("train", []))
     empty = [classes[i] for i in range(len(classes)) if counts.get(i, 0) == 0]
     if empty:
-        raise DataError(f"{where}: class {empty[0]!r} has no readable training images; add images or remove it")
+        raise DataError(f"{where}: class {quote(empty[0])} has no readable training images; add images or remove it")
     if not splits["val"]:
         raise DataError(f"{where}: the validation split is empty; add images or raise --val-split")
     val_counts = Counter(y for _, y in splits["val"])

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import CvkerasError
+from serving.errors import CvkerasError, quote
 
 METHODS = ("gradcam", "gradcam++")
 
@@ -63,16 +63,17 @@ def gradcam(model, images: np.ndarray, layer: str | None = None, class_index: in
     import tensorflow as tf
 
     if method not in METHODS:
-        raise ExplainError(f"unknown --method {method!r}; choose {' or '.join(METHODS)}")
+        raise ExplainError(f"unknown --method {quote(method)}; choose {' or '.join(METHODS)}")
     base = _backbone(model)
     layer = layer or base.layers[-1].name
     try:
         target = base.get_layer(layer)
     except ValueError:
         names = [x.name for x in base.layers if len(getattr(x.output, "shape", ())) == 4][-5:]
-        raise ExplainError(f"no layer {layer!r} in {base.name}; the last spatial ones are {', '.join(names)}") from None
+        raise ExplainError(f"no layer {quote(layer)} in {base.name}; "
+                           f"the last spatial ones are {', '.join(names)}") from None
     if len(target.output.shape) != 4:
-        raise ExplainError(f"layer {layer!r} is not a spatial feature map (shape {tuple(target.output.shape)})")
+        raise ExplainError(f"layer {quote(layer)} is not a spatial feature map (shape {tuple(target.output.shape)})")
     import keras
 
     probe = base if target is base.layers[-1] else keras.Model(base.inputs, [target.output, base.output])
@@ -204,7 +205,7 @@ def explain_images(model, labels: list[str], sources: Sequence[str | os.PathLike
     from serving.preprocess import ImageError, load_resized
 
     if class_label is not None and class_label not in labels:
-        raise ExplainError(f"unknown --class {class_label!r}; the model's classes are {', '.join(labels)}")
+        raise ExplainError(f"unknown --class {quote(class_label)}; the model's classes are {', '.join(labels)}")
     size = tuple(int(v) for v in model.input_shape[1:3])
     layer = layer or default_layer(model)
     items: list[Explanation] = []

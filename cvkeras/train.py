@@ -61,7 +61,7 @@ from cvkeras.registry import get, resolve_alpha
 from cvkeras.rundir import LAST, STATE, RunDir  # noqa: F401 - STATE/LAST re-exported
 from cvkeras.runsetup import RunExistsError, _check_output_vs_data, _prepare_run, next_run_dir  # noqa: F401
 from cvkeras.stages import TrainingDivergedError, run_stages, stage_label  # noqa: F401
-from serving.errors import OptionError, first_line
+from serving.errors import OptionError, first_line, quote
 
 
 def warn(message: str) -> None:
@@ -235,7 +235,7 @@ def _recorded_split(rd: RunDir, cfg: FinetuneConfig):
     recorded = rd.config().data
     if cfg.data and recorded and cfg.data != recorded:
         raise RunExistsError(f"{rd.path}: was trained on {recorded}; --resume continues on its recorded "
-                             f"split, so drop the data argument {cfg.data!r} or start a new run")
+                             f"split, so drop the data argument {quote(cfg.data)} or start a new run")
     return recorded_split(rd.path)
 
 

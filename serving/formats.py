@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from serving.errors import RunDirError, first_line
+from serving.errors import RunDirError, first_line, quote
 
 LABELS = "labels.txt"
 SPLIT = "split.json"
@@ -51,7 +51,7 @@ def read_labels(path: str | os.PathLike) -> list[str]:
         raise RunDirError(f"{p}: no class names; restore labels.txt from the run")
     if len(set(labels)) != len(labels):
         dup = next(x for x in labels if labels.count(x) > 1)
-        raise RunDirError(f"{p}: class {dup!r} is listed twice; restore labels.txt from the run")
+        raise RunDirError(f"{p}: class {quote(dup)} is listed twice; restore labels.txt from the run")
     return labels
 
 
@@ -88,11 +88,11 @@ def read_split(run: str | os.PathLike) -> dict[str, Any]:
     for name in ("train", "val", "test"):
         items = doc.get(name, [])
         if not isinstance(items, list):
-            raise RunDirError(f"{p}: field {name!r} must be a list of [path, label]; {fix}")
+            raise RunDirError(f"{p}: field {quote(name)} must be a list of [path, label]; {fix}")
         for i, item in enumerate(items):
             ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
                   and isinstance(item[1], int) and not isinstance(item[1], bool) and item[1] >= 0
                   and (n is None or item[1] < n))
             if not ok:
-                raise RunDirError(f"{p}: {name}[{i}] must be [path, label index], not {item!r:.80}; {fix}")
+                raise RunDirError(f"{p}: {name}[{i}] must be [path, label index], not {quote(item, 80)}; {fix}")
     return doc

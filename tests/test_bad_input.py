@@ -573,3 +573,50 @@ def test_a_csv_file_under_two_labels_is_warned_about(tmp_path):
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     split = read_csv(tmp_path / "data.csv")
     assert any("several labels" in w and "circle and square" in w for w in split.warnings), split.warnings
+
+
+# === issue 27: hostile round two =========================================================================
+
+def _alias_bomb(levels: int = 6, width: int = 9) -> str:
+    """A YAML alias bomb as one flow list (a few hundred bytes): each item ``width`` aliases of the one before."""
+    items = ['&a0 ["lol"]'] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return f"[{', '.join(items)}]"
+
+
+def _peak_bytes(fn) -> tuple[object, int]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("where", ["finetune-config", "run-config"])
+def test_a_yaml_alias_bomb_is_quoted_without_expanding_it(tmp_path, data, run_copy, where):
+    """9 ** 6 leaves: a full repr is megabytes (9 ** 8 took 1.44 GB); the quote stays under a megabyte."""
+    bomb = _alias_bomb()
+    if where == "finetune-config":
+        config = tmp_path / "bomb.yaml"
+        config.write_text(f"model: {{name: {bomb}}}\n")
+        args = ["finetune", data, "--config", config, "--output", tmp_path / "run"]
+        needle = "model.name"
+    else:
+        cfg = yaml.safe_load((run_copy / "config.yaml").read_text())
+        cfg["model"] = "BOMB"
+        (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg).replace("BOMB", bomb))
+        args, needle = ["evaluate", run_copy], "'model'"
+    result, peak = _peak_bytes(lambda: cli(*args))
+    assert_one_line_error(result, 2, needle)
+    assert len(result.output) < 1000 and peak < 1_000_000, (len(result.output), peak)
+
+
+def test_quote_is_bounded_and_escapes_control_characters():
+    from serving.errors import printable, quote
+
+    assert quote("daisy") == "'daisy'"
+    assert "\x1b" not in quote("a\x1b[2Jb") and "\\x1b" in quote("a\x1b[2Jb")
+    assert len(quote("x" * 10_000)) <= 80 and len(quote(list(range(10_000)))) <= 80
+    assert printable("rose\n\x1b]0;pwned\x07\u202e") == "rose\\n\\x1b]0;pwned\\x07\\u202e"
