@@ -26,6 +26,9 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # class names and file names are text, never mathtext: ``price_$5_$10`` or ``a$\\frac{x$b`` made
+    # matplotlib raise after the whole training
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -620,3 +620,28 @@ def test_quote_is_bounded_and_escapes_control_characters():
     assert "\x1b" not in quote("a\x1b[2Jb") and "\\x1b" in quote("a\x1b[2Jb")
     assert len(quote("x" * 10_000)) <= 80 and len(quote(list(range(10_000)))) <= 80
     assert printable("rose\n\x1b]0;pwned\x07\u202e") == "rose\\n\\x1b]0;pwned\\x07\\u202e"
+
+
+MATH_NAMES = ["price_$5_$10", "a$\\frac{x$b", "c$^$d"]
+
+
+def test_class_names_matplotlib_would_read_as_math_are_plotted_as_text(run_copy):
+    """evaluate (like finetune's end) draws the class names; they are never parsed as mathtext."""
+    (run_copy / "labels.txt").write_text("".join(f"{n}\n" for n in MATH_NAMES))
+    doc = json.loads((run_copy / "split.json").read_text())
+    doc["classes"] = MATH_NAMES
+    (run_copy / "split.json").write_text(json.dumps(doc))
+    (run_copy / "confusion_matrix.png").unlink()
+    result = cli("evaluate", run_copy)
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_plot_titles_with_dollar_signs_are_not_math(tmp_path):
+    from cvkeras.plots import plot_confusion, plot_curves
+
+    plot_confusion([[1, 0], [0, 1]], MATH_NAMES[:2], tmp_path / "cm.png", title=MATH_NAMES[1])
+    (tmp_path / "history.csv").write_text("epoch,stage,loss,val_loss,accuracy,val_accuracy,learning_rate\n"
+                                          "1,1,1.0,1.0,0.5,0.5,0.001\n")
+    plot_curves(tmp_path / "history.csv", tmp_path / "curves.png", title=MATH_NAMES[0] + MATH_NAMES[1])
+    assert (tmp_path / "cm.png").is_file() and (tmp_path / "curves.png").is_file()
