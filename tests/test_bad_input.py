@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from shapes_helpers import write_shapes
 from typer.testing import CliRunner
 
@@ -645,3 +646,45 @@ def test_plot_titles_with_dollar_signs_are_not_math(tmp_path):
                                           "1,1,1.0,1.0,0.5,0.5,0.001\n")
     plot_curves(tmp_path / "history.csv", tmp_path / "curves.png", title=MATH_NAMES[0] + MATH_NAMES[1])
     assert (tmp_path / "cm.png").is_file() and (tmp_path / "curves.png").is_file()
+
+
+# --- explain writes only into a folder it owns ------------------------------------------------------------
+
+def _photos(tmp: Path, data: Path, names: tuple[str, ...] = ("flower.png", "photo.png")) -> Path:
+    photos = tmp / "photos"
+    photos.mkdir()
+    for name, src in zip(names, sorted(data.rglob("*.png")), strict=False):
+        shutil.copy(src, photos / name)
+    return photos
+
+
+@pytest.mark.parametrize("case", ["output-is-the-input-folder", "output-holds-user-pngs", "output-is-a-file",
+                                  "output-is-the-run"])
+def test_explain_never_writes_among_files_it_did_not_write(tmp_path, data, run_copy, case):
+    photos = _photos(tmp_path, data)
+    out = {"output-is-the-input-folder": photos, "output-is-the-run": run_copy,
+           "output-holds-user-pngs": tmp_path / "mine", "output-is-a-file": tmp_path / "notes.txt"}[case]
+    if case == "output-holds-user-pngs":
+        out.mkdir()
+        (out / "photo.png").write_bytes(b"my photo")
+        (out / "contact_sheet.png").write_bytes(b"my sheet")
+    if case == "output-is-a-file":
+        out.write_text("mine\n")
+    before, run_before = snapshot(tmp_path), snapshot(run_copy)
+    result = cli("explain", run_copy, photos, "-o", out)
+    assert_one_line_error(result, 2, str(out))
+    assert snapshot(tmp_path) == before and snapshot(run_copy) == run_before
+
+
+def test_explain_names_never_collide_with_the_sheet_or_an_input(tmp_path, data, run_copy):
+    photos = _photos(tmp_path, data, ("contact_sheet.jpg", "flower.png"))
+    Image.open(photos / "contact_sheet.jpg").convert("RGB").save(photos / "contact_sheet.jpg", format="JPEG")
+    out = tmp_path / "cams"
+    result = cli("explain", run_copy, photos, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["contact_sheet-2.png", "contact_sheet.png", "flower.png"]
+    again = cli("explain", run_copy, photos, "-o", out)  # a folder explain wrote is its own to write again
+    assert again.exit_code == 0, again.output
+    default = cli("explain", run_copy, photos)
+    assert default.exit_code == 0 and (run_copy / "explain" / "flower.png").is_file(), default.output
+    assert rundir.foreign_entries(run_copy) == []  # RUN/explain stays recorded in the run's manifest
