@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from cvkeras.datasplit import DataError, DataSplit, _finish
-from serving.errors import quote
+from serving.errors import has_control, quote
 
 #: Column names a manifest header may use (case-insensitive); the first match of each kind is used.
 PATH_COLUMNS = ("path", "filename", "file", "image", "filepath", "image_path")
@@ -65,6 +65,9 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) ->
             row = [row[col_path], row[col_label], split_cell]
             if not row[0].strip():
                 raise DataError(f"{path}:{lineno}: empty path; give each row an image path")
+            if has_control(row[1].strip()):
+                raise DataError(f"{path}:{lineno}: label {quote(row[1].strip())} holds a control character (newline, "
+                                "tab, ESC, ...); fix the row")
             if not row[1].strip():
                 raise DataError(f"{path}:{lineno}: empty label for {quote(row[0].strip())}; "
                                 "give every row a class name")

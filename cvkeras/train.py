@@ -61,12 +61,12 @@ from cvkeras.registry import get, resolve_alpha
 from cvkeras.rundir import LAST, STATE, RunDir  # noqa: F401 - STATE/LAST re-exported
 from cvkeras.runsetup import RunExistsError, _check_output_vs_data, _prepare_run, next_run_dir  # noqa: F401
 from cvkeras.stages import TrainingDivergedError, run_stages, stage_label  # noqa: F401
-from serving.errors import OptionError, first_line, quote
+from serving.errors import OptionError, first_line, printable, quote
 
 
 def warn(message: str) -> None:
     """One ``warning:`` line on stderr (data oddities the run continues through)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from serving.console import json_safe, print_rows, stdout_console
-from serving.errors import CvkerasError, OptionError, fail, quote
+from serving.errors import CvkerasError, OptionError, fail, printable, quote
 from serving.images import expand_paths
 from serving.schema import schema_id
 
@@ -113,7 +113,10 @@ def predict(
 
 
 def _prediction_table(results: list[Any], top_k: int) -> None:
-    from rich.markup import escape
+    from rich.markup import escape as escape_markup
+
+    def escape(text: str) -> str:  # file names and labels are user text: no markup, no control characters
+        return escape_markup(printable(text))
 
     columns = [("file", "left"), ("label", "left"), ("score", "right")]
     if top_k > 1:

@@ -15,7 +15,7 @@ import reprlib
 from typing import Any
 
 #: Characters a terminal acts on (C0/C1 controls with ESC, DEL) or that reorder text (bidi overrides).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 #: How much of a user value a message quotes (its repr, cut): messages stay one readable line.
 QUOTE_LIMIT = 80
 
@@ -32,6 +32,11 @@ class OptionError(CvkerasError, ValueError):
 
 class RunDirError(CvkerasError, ValueError):
     """A run directory that is missing, incomplete or damaged; the message names the file and the fix."""
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character a terminal acts on or a line-based file splits at (see ``printable``)."""
+    return _CONTROL.search(text) is not None
 
 
 def printable(text: str, limit: int = 2000) -> str:

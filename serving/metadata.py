@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import CvkerasError, first_line, quote
+from serving.formats import label_problem
 from serving.preprocess import contract
 
 METADATA_KEY = "cvkeras"
@@ -101,6 +102,9 @@ class ModelMetadata:
             raise MetadataError(f"{source}: metadata labels are not a list of names; re-export the model")
         if not meta.labels:
             raise MetadataError(f"{source}: metadata has no labels; re-export it with `cvkeras export`")
+        problem = label_problem(meta.labels)
+        if problem:
+            raise MetadataError(f"{source}: metadata labels: {problem}; re-export the model")
         return meta
 
 

@@ -688,3 +688,59 @@ def test_explain_names_never_collide_with_the_sheet_or_an_input(tmp_path, data, 
     default = cli("explain", run_copy, photos)
     assert default.exit_code == 0 and (run_copy / "explain" / "flower.png").is_file(), default.output
     assert rundir.foreign_entries(run_copy) == []  # RUN/explain stays recorded in the run's manifest
+
+
+# --- class names with control characters are refused when read; nothing raw reaches the terminal ----------
+
+ESC_LABEL = "rose\x1b]0;pwned\x07\x1b[2J"
+
+
+def test_a_csv_label_with_a_newline_is_refused_with_its_row(tmp_path, data):
+    rows = [f"{p},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    rows[2] = rows[2].split(",")[0] + ',"circle\nsquare"'
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    result = cli("finetune", csv_file, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, "data.csv:3", "control character", "'circle\\nsquare'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_class_folder_named_with_escape_sequences_is_refused_and_never_printed_raw(tmp_path):
+    data = write_shapes(tmp_path / "shapes", per_class=3, size=32)
+    (data / "square").rename(data / ESC_LABEL)
+    result = cli("finetune", data, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, str(data), "control character")
+    assert "\x1b" not in result.output and "\\x1b" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("labels, needle", [(["red", ESC_LABEL, "blue", "grey"], "control character"),
+                                            (["red", "red", "blue", "grey"], "listed twice")],
+                         ids=["escape-sequence", "duplicate"])
+def test_bad_labels_in_model_metadata_are_one_line(tmp_path, labels, needle):
+    from serving_helpers import write_class_folder
+
+    model = _serving_model(tmp_path, {"labels": labels})
+    images = tmp_path / "imgs"
+    write_class_folder(images, per_class=1)
+    result = cli("predict", model, images)
+    assert_one_line_error(result, 2, str(model), needle)
+    assert "\x1b" not in result.output
+
+
+def test_predict_table_escapes_control_characters_in_file_names(tmp_path):
+    model = _serving_model(tmp_path)
+    photo = tmp_path / f"{ESC_LABEL}.png"
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(photo)
+    result = cli("predict", model, photo)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "rose\\x1b]0;pwned" in result.output
+
+
+def test_class_names_differing_only_by_case_are_warned_about(tmp_path):
+    from cvkeras.data import scan_folder
+
+    data = write_shapes(tmp_path / "shapes", per_class=3, size=32)
+    (data / "square").rename(data / "Circle")
+    split = scan_folder(data)
+    assert any("differ only by case" in w and "'Circle' and 'circle'" in w for w in split.warnings), split.warnings
