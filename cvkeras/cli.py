@@ -210,11 +210,14 @@ def report(
     skipped files and the export table; one self-contained file that opens offline."""
     _quiet_tf()
     from cvkeras.report import write_report
+    from cvkeras.rundir import os_error_line
 
     try:
         path = write_report(run, mistakes)
     except CvkerasError as exc:
         raise fail(exc) from None
+    except OSError as exc:
+        raise fail(os_error_line(exc)) from None
     console.print(f"Report saved to {path}", highlight=False)
 
 

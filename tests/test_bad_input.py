@@ -744,3 +744,51 @@ def test_class_names_differing_only_by_case_are_warned_about(tmp_path):
     (data / "square").rename(data / "Circle")
     split = scan_folder(data)
     assert any("differ only by case" in w and "'Circle' and 'circle'" in w for w in split.warnings), split.warnings
+
+
+# --- a full disk: one line naming the file, exit 2, earlier files intact -----------------------------------
+
+def _disk_full_at(monkeypatch, name: str) -> None:
+    """Writing any file called ``name`` fails like a full disk: the write raises ENOSPC, naming no file."""
+    replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(runfiles.os, "replace", full)
+
+
+@pytest.mark.parametrize("command, name", [
+    (["evaluate"], "metrics.json"), (["report"], "report.html"), (["explain", "IMAGES", "-o", "OUT"], "flower.png"),
+    (["export", "--format", "onnx"], "model.onnx"),
+], ids=["evaluate", "report", "explain", "export"])
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, data, run_copy, monkeypatch, command, name):
+    photos = _photos(tmp_path, data)
+    out = tmp_path / "cams"
+    args = [str(photos) if a == "IMAGES" else str(out) if a == "OUT" else a for a in command]
+    before = snapshot(run_copy)
+    _disk_full_at(monkeypatch, name)
+    result = cli(args[0], run_copy, *args[1:])
+    assert_one_line_error(result, 2, name, "no space left")
+    assert not out.exists()  # explain leaves no folder it made
+    after = snapshot(run_copy)
+    kept = {k: v for k, v in after.items() if k in before and k != rundir.MARKER}  # the manifest may grow
+    assert kept == {k: v for k, v in before.items() if k != rundir.MARKER}  # nothing written earlier is damaged
+    assert not [f for f in after if ".tmp" in f]
+
+
+def test_a_full_disk_in_finetune_names_the_checkpoint_and_resume_knows_the_finished_epoch(tmp_path, data,
+                                                                                         monkeypatch):
+    import keras
+
+    run = tmp_path / "run"
+    _disk_full_at(monkeypatch, "last.keras")
+    result = cli("finetune", data, *QUICK, "--output", run)
+    assert_one_line_error(result, 2, str(run / "checkpoints" / "last.keras"), "no space left")
+    keras.saving.load_model(run / "best.keras", safe_mode=True)  # the finished epoch's model is complete
+    monkeypatch.undo()
+    resume = cli("finetune", "--resume", "--output", run)
+    assert_one_line_error(resume, 2, "epoch(s) 1-1 finished", "best.keras")
+    assert "before its first epoch" not in resume.output
