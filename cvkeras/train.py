@@ -146,7 +146,10 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir)
         if hook:
             hook.check(split.classes)
+    before = None if output is None or not Path(output).is_dir() else any(Path(output).iterdir())  # None: new
     run, cfg = _prepare_run(cfg, output, force, resume, stack)
+    if not resume:  # runs before the lock is released: a failed set-up leaves no stub that blocks the retry
+        stack.push(lambda exc_type, exc, tb: _undo_setup(run, before) if exc_type else None)
     rd = RunDir(run)
     spec = _resolve_model(cfg)
     keras.utils.set_random_seed(cfg.seed)
@@ -204,6 +207,25 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     metrics = _final_metrics(rd, spec.name, bool(split.test)) if write else {}
     return FinetuneResult(run, metrics, state["best_val_accuracy"], state["global_epoch"], len(split.skipped),
                           precision, strategy.num_replicas_in_sync, state["best_epoch"])
+
+
+def _undo_setup(run: Path, had_files: bool | None) -> None:
+    """After a failure before any epoch ended (a weights file Keras cannot load, Ctrl-C while building):
+    remove the files this run wrote (its manifest only), and its marker and the folder when the folder was
+    empty (``had_files`` False) or new (None), so the retry the error suggests does not meet "run directory
+    exists". A run with a finished epoch is kept."""
+    if (run / rundir.HISTORY).exists():
+        return
+    try:
+        rundir.clear_run(run)  # manifest files only; refuses (removing nothing) if anyone else added a file
+    except (rundir.RunDirError, OSError):
+        return
+    if not had_files:
+        for name in (rundir.MARKER, rundir.LOCK):
+            (run / name).unlink(missing_ok=True)
+    if had_files is None:
+        with contextlib.suppress(OSError):
+            run.rmdir()
 
 
 def _load_checkpoint(rd: RunDir):

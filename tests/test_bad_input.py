@@ -792,3 +792,19 @@ def test_a_full_disk_in_finetune_names_the_checkpoint_and_resume_knows_the_finis
     resume = cli("finetune", "--resume", "--output", run)
     assert_one_line_error(resume, 2, "epoch(s) 1-1 finished", "best.keras")
     assert "before its first epoch" not in resume.output
+
+
+# --- smaller items ----------------------------------------------------------------------------------------
+
+def test_a_failed_set_up_leaves_no_stub_run_directory(tmp_path, data):
+    weights = tmp_path / "weights.h5"
+    weights.write_bytes(b"not an h5 file")
+    run = tmp_path / "run"
+    result = cli("finetune", data, *QUICK, "--weights", weights, "--output", run)
+    assert_one_line_error(result, 2, str(weights))
+    assert not run.exists()  # the retry the error invites is not met by "run directory exists"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("finetune", data, *QUICK, "--weights", weights, "--output", empty)
+    assert_one_line_error(result, 2, str(weights))
+    assert empty.is_dir() and list(empty.iterdir()) == []  # a folder the user made stays, as it was
