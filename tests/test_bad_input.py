@@ -808,3 +808,17 @@ def test_a_failed_set_up_leaves_no_stub_run_directory(tmp_path, data):
     result = cli("finetune", data, *QUICK, "--weights", weights, "--output", empty)
     assert_one_line_error(result, 2, str(weights))
     assert empty.is_dir() and list(empty.iterdir()) == []  # a folder the user made stays, as it was
+
+
+@pytest.mark.parametrize("command, target", [("export", "export.exporter.export_run"),
+                                             ("evaluate", "cvkeras.evaluate.evaluate_run"),
+                                             ("report", "cvkeras.report.write_report")])
+def test_ctrl_c_is_one_line_and_exit_130(run_copy, monkeypatch, command, target):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    before = snapshot(run_copy)
+    result = cli(command, run_copy)
+    assert_one_line_error(result, 130, "interrupted", f"cvkeras {command}")
+    assert snapshot(run_copy) == before
