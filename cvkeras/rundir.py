@@ -268,6 +268,19 @@ class RunDir:
             raise RunDirError(f"{p}: expected a JSON object; start the run again with --force")
         return doc
 
+    def unfinished(self) -> str | None:
+        """A warning line when training stopped before its last epoch (Ctrl-C, a full disk), else None:
+        ``best.keras`` is then the best of the finished epochs only, and the user should know before shipping it."""
+        try:
+            state = self.state()
+        except RunDirError:
+            return None  # a damaged state.json is --resume's error to report
+        if state is None or state.get("finished", True):
+            return None
+        return (f"{self.path}: training stopped after epoch {state.get('global_epoch', '?')} (stage "
+                f"{state.get('stage', '?')}) and did not finish; best.keras is the best of the finished epochs -- "
+                f"`cvkeras finetune --resume --output {self.path}` completes it")
+
     def check_labels(self, labels: list[str], outputs: int) -> None:
         check_labels(self.path, labels, outputs)
 

@@ -822,3 +822,15 @@ def test_ctrl_c_is_one_line_and_exit_130(run_copy, monkeypatch, command, target)
     result = cli(command, run_copy)
     assert_one_line_error(result, 130, "interrupted", f"cvkeras {command}")
     assert snapshot(run_copy) == before
+
+
+def test_exporting_an_unfinished_run_warns_that_it_is_unfinished(run_copy):
+    state_file = run_copy / "checkpoints" / "state.json"
+    state = json.loads(state_file.read_text())
+    finished = cli("export", run_copy, "--format", "onnx")
+    assert finished.exit_code == 0 and "did not finish" not in finished.output, finished.output
+    state.update(finished=False, stage=2)  # Ctrl-C in stage 2
+    state_file.write_text(json.dumps(state))
+    result = cli("export", run_copy, "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "did not finish" in result.stderr and "--resume" in result.stderr
