@@ -242,7 +242,7 @@ def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:
 
     out: list[str] = []
     for p in map(Path, paths):
-        out += [str(f) for f in images_in(p, utf8_only=False)] if p.is_dir() else [str(p)]
+        out += [str(f) for f in images_in(p, utf8_only=False, other_formats=True)] if p.is_dir() else [str(p)]
     return out
 
 

@@ -78,6 +78,8 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42) ->
     aliases = {"train": "train", "val": "val", "validation": "val", "test": "test", "": "train"}
     for lineno, rel, label, split in rows:
         file = (base / rel).resolve()
+        if file.is_dir():
+            raise DataError(f"{path}:{lineno}: {rel} is a folder, not an image file; list image files, one per row")
         if not file.is_file():
             raise DataError(f"{path}:{lineno}: {rel} does not exist (paths are relative to the CSV); fix the row")
         if split not in aliases:

@@ -834,3 +834,53 @@ def test_exporting_an_unfinished_run_warns_that_it_is_unfinished(run_copy):
     result = cli("export", run_copy, "--format", "onnx")
     assert result.exit_code == 0, result.output
     assert "warning:" in result.stderr and "did not finish" in result.stderr and "--resume" in result.stderr
+
+
+def test_predict_on_a_named_pipe_is_an_error_entry_not_a_hang(tmp_path):
+    import threading
+
+    model = _serving_model(tmp_path)
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(result=cli("predict", model, fifo, "--json")), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # unblock the open() so the thread ends, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("predict blocked opening a named pipe")
+    result = box["result"]
+    assert result.exit_code == 1 and "named pipe" in result.output and "Traceback" not in result.output
+
+
+def test_predict_on_a_folder_lists_webp_and_tiff_files_it_classifies_by_name(tmp_path):
+    model = _serving_model(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.webp", "c.tiff"):
+        Image.new("RGB", (20, 20), (200, 30, 30)).save(folder / name)
+    result = cli("predict", model, folder, "--json")
+    assert result.exit_code == 0, result.output
+    docs = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert sorted(Path(d["path"]).name for d in docs) == ["a.png", "b.webp", "c.tiff"]
+    assert all("error" not in d or d["error"] is None for d in docs), docs
+
+
+def test_a_csv_row_naming_a_folder_says_it_is_a_folder(tmp_path, data):
+    rows = [f"{p},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    rows[1] = f"{data / 'circle'},circle"
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    result = cli("finetune", csv_file, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, "data.csv:2", "is a folder")
+
+
+def test_a_dangling_symlink_is_listed_as_skipped(tmp_path):
+    from cvkeras.data import scan_folder
+
+    data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
+    (data / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    split = scan_folder(data)
+    reasons = {Path(p).name: why for p, why in split.skipped}
+    assert "broken symlink" in reasons["gone.png"]
