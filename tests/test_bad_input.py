@@ -884,3 +884,15 @@ def test_a_dangling_symlink_is_listed_as_skipped(tmp_path):
     split = scan_folder(data)
     reasons = {Path(p).name: why for p, why in split.skipped}
     assert "broken symlink" in reasons["gone.png"]
+
+
+def test_the_confusion_matrix_figure_is_bounded_for_many_classes():
+    """200 classes drew a 20600 x 10200 px figure (4.2 GB of RAM); it is capped, with every k-th name shown."""
+    from cvkeras.plots import CONFUSION_MAX_TICKS, confusion_figure
+
+    classes = [f"class_{i:03d}" for i in range(200)]
+    fig = confusion_figure(np.eye(200, dtype=int).tolist(), classes)
+    width, height = fig.get_size_inches() * fig.dpi
+    assert width * height <= 6_000 * 3_000, (width, height)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[0] == "class_000" and len(labels) <= CONFUSION_MAX_TICKS
