@@ -48,8 +48,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], No
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and (exc.filename is None or os.fspath(exc.filename) == tmp):
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        named = None if not isinstance(exc, OSError) or exc.filename is None else os.fspath(exc.filename)
+        if isinstance(exc, OSError) and (named is None or os.path.basename(named).startswith(f".{path.name}.")):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # the file, not its temp name
         raise
     _record(path)
     return path
