@@ -163,7 +163,7 @@ def _check_regular_file(source: Any, name: str) -> None:
         return  # open() reports a missing or unreadable path with its reason
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
-        raise ImageError(f"{name}: {kind}, not an image file; pass an image file")
+        raise ImageError(f"{name}: cannot open ({kind}, not an image file); pass an image file, PIL image or array")
 
 
 def _load(source: Any, size: tuple[int, int] | None, jpeg_scaling: bool = False) -> np.ndarray:
