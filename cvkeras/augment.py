@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serving.errors import OptionError
+from serving.errors import OptionError, quote
 
 PRESETS: dict[str, dict[str, float]] = {
     "none": {},
@@ -40,7 +40,7 @@ class Augmenter:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise OptionError(f"unknown --augment {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            raise OptionError(f"unknown --augment {quote(self.preset)}; choose one of {', '.join(PRESETS)}")
         if self.mixup < 0 or self.cutmix < 0:
             raise OptionError("--mixup and --cutmix take a Beta alpha >= 0")
         self._p = PRESETS[self.preset]

@@ -19,7 +19,7 @@ from rich.table import Table
 from cvkeras.cli_finetune import final_line, finetune, run_finetune, summary_lines  # noqa: F401
 from cvkeras.helpfmt import FinetuneHelpCommand, HelpCommand, HelpGroup
 from serving.console import print_json, stdout_console
-from serving.errors import CvkerasError, fail
+from serving.errors import CvkerasError, fail, printable, quote
 from serving.schema import schema_id  # standard library only: cheap for --help
 
 app = typer.Typer(
@@ -140,7 +140,7 @@ def evaluate(
     from cvkeras.rundir import os_error_line, run_lock
 
     if split not in ("val", "test"):
-        raise fail(f"unknown --split {split!r}; use val or test")
+        raise fail(f"unknown --split {quote(split)}; use val or test")
     try:
         with run_lock(run, "evaluate") if run.is_dir() else contextlib.nullcontext():
             report = evaluate_run(run, data=data, split=split)
@@ -173,6 +173,7 @@ def explain(
     from rich.progress import Progress
 
     from cvkeras.explain import explain_run
+    from cvkeras.rundir import os_error_line
 
     try:
         with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -181,17 +182,23 @@ def explain(
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
     except CvkerasError as exc:
         raise fail(exc) from None
+    except OSError as exc:
+        raise fail(os_error_line(exc)) from None
     for src, why in result.skipped:
-        err.print(f"skipped {src}: {why}", highlight=False, soft_wrap=True, markup=False)
+        err.print(printable(f"skipped {src}: {why}"), highlight=False, soft_wrap=True, markup=False)
     if not result.items:
         raise fail("no readable image among the given paths; pass image files or folders of them")
     table = Table(title=f"{result.method} on layer {result.layer}")
     for col in ("image", "class", "score", "predicted"):
         table.add_column(col, overflow="fold")
-    for item in result.items:
-        table.add_row(Path(item.source).name, item.label, f"{item.score:.1%}", item.predicted)
+    from rich.markup import escape
+
+    for item in result.items:  # file and class names are user text: no markup, no control characters
+        table.add_row(*(escape(printable(v)) for v in (Path(item.source).name, item.label, f"{item.score:.1%}",
+                                                       item.predicted)))
     console.print(table)
-    console.print(f"Results saved to {result.sheet.parent} (contact sheet: {result.sheet.name})", highlight=False)
+    console.print(printable(f"Results saved to {result.sheet.parent} (contact sheet: {result.sheet.name})"),
+                  highlight=False, markup=False)
 
 
 @app.command(cls=HelpCommand)
@@ -203,11 +210,14 @@ def report(
     skipped files and the export table; one self-contained file that opens offline."""
     _quiet_tf()
     from cvkeras.report import write_report
+    from cvkeras.rundir import os_error_line
 
     try:
         path = write_report(run, mistakes)
     except CvkerasError as exc:
         raise fail(exc) from None
+    except OSError as exc:
+        raise fail(os_error_line(exc)) from None
     console.print(f"Report saved to {path}", highlight=False)
 
 

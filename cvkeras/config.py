@@ -19,7 +19,7 @@ from typing import Any
 
 from cvkeras.augment import PRESETS as AUGMENT_PRESETS
 from cvkeras.registry import get, resolve_alpha
-from serving.errors import OptionError
+from serving.errors import OptionError, quote
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("name", "alpha", "image_size", "weights", "dropout"),
@@ -110,9 +110,10 @@ class FinetuneConfig:
             if section in ("run", "result"):
                 continue
             if section not in SECTIONS:
-                raise OptionError(f"unknown config section {section!r}; expected {', '.join(SECTIONS)}")
+                raise OptionError(f"unknown config section {quote(section)}; expected {', '.join(SECTIONS)}")
             if not isinstance(values, dict):
-                raise OptionError(f"config section {section!r} must be a mapping of settings, not {values!r:.60}")
+                raise OptionError(f"config section {quote(section)} must be a mapping of settings, "
+                                  f"not {quote(values, 60)}")
             for name, value in values.items():
                 key = _RENAME.get((section, name), name)
                 if key not in known:
@@ -122,16 +123,16 @@ class FinetuneConfig:
                     try:
                         value = float(value)
                     except ValueError:
-                        raise OptionError(f"config key {section}.{name} must be a number, not {value!r}") from None
+                        raise OptionError(f"config key {section}.{name} must be a number, not {quote(value)}") from None
                 if (key in _TEXT and value is not None and not isinstance(value, str)
                         and not (key == "unfreeze" and is_finite_number(value))):
-                    raise OptionError(f"config key {section}.{name} must be text, not {value!r:.60}")
+                    raise OptionError(f"config key {section}.{name} must be text, not {quote(value, 60)}")
                 kwargs[key] = value
         size = kwargs.get("image_size")
         if isinstance(size, int):
             kwargs["image_size"] = [size, size]
         elif size is not None and (not isinstance(size, list) or not all(isinstance(v, int) for v in size)):
-            raise OptionError(f"model.image_size must be an int or [height, width], not {size!r}")
+            raise OptionError(f"model.image_size must be an int or [height, width], not {quote(size)}")
         return cls(**kwargs)
 
     def merged(self, overrides: dict[str, Any]) -> FinetuneConfig:
@@ -176,14 +177,14 @@ def unfreeze_fraction(unfreeze: float | str) -> float:
     except (TypeError, ValueError):  # e.g. a list in config.yaml
         frac = -1.0
     if not 0.0 <= frac <= 1.0:
-        raise OptionError(f"--unfreeze must be a fraction in 0..1 or 'all', not {unfreeze!r}")
+        raise OptionError(f"--unfreeze must be a fraction in 0..1 or 'all', not {quote(unfreeze)}")
     return frac
 
 
 def check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
     """``value`` if it is one of ``allowed``, else a ValueError naming the flag and the choices."""
     if value not in allowed:
-        raise OptionError(f"unknown {flag} {value!r}; choose {', '.join(allowed[:-1])} or {allowed[-1]}")
+        raise OptionError(f"unknown {flag} {quote(value)}; choose {', '.join(allowed[:-1])} or {allowed[-1]}")
     return value
 
 
@@ -209,13 +210,13 @@ def _check_numbers(cfg: FinetuneConfig) -> None:
         flag = "--" + {"learning_rate": "lr", "fine_tune_learning_rate": "fine-tune-lr"}.get(
             name, name.replace("_", "-"))
         if not is_finite_number(value) or (name in whole and not float(value).is_integer()):
-            raise OptionError(f"{flag} must be a finite {'whole ' if name in whole else ''}number, not {value!r}")
+            raise OptionError(f"{flag} must be a finite {'whole ' if name in whole else ''}number, not {quote(value)}")
         if low is not None and (value < low or (value == low and not low_ok)):
             raise OptionError(f"{flag} must be {'at least' if low_ok else 'above'} {low}, not {value}")
         if high is not None and (value > high or (value == high and high == 1.0)):
             raise OptionError(f"{flag} must be below {high}, not {value}")
     if cfg.alpha is not None and not is_finite_number(cfg.alpha):
-        raise OptionError(f"--alpha must be a finite number, not {cfg.alpha!r}")
+        raise OptionError(f"--alpha must be a finite number, not {quote(cfg.alpha)}")
 
 
 AUTO = "auto"

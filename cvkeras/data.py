@@ -22,6 +22,7 @@ from pathlib import Path
 from cvkeras.datasplit import DataError, DataSplit, _check_readable, _finish, stratified_split  # noqa: F401
 from cvkeras.manifest import read_csv  # noqa: F401 - re-exported
 from serving.errors import first_line
+from serving.formats import label_problem, quote
 from serving.images import IGNORED_DIRS, OTHER_IMAGE_EXTENSIONS, class_folders, list_images  # noqa: F401
 
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
@@ -48,7 +49,8 @@ def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42,
             items = []
             for d in class_folders(folder, skipped if name != "train" else None):
                 if d.name not in index:
-                    raise DataError(f"{d}: class {d.name!r} is not in {found['train']}; use the same class folders")
+                    raise DataError(f"{d}: class {quote(d.name)} is not in {found['train']}; "
+                                    "use the same class folders")
                 items += [(str(p.resolve()), index[d.name]) for p in list_images(d, skipped)]
             splits[name] = items
     else:
@@ -117,6 +119,9 @@ def load_tfds(spec: str, data_dir: str | None = None, val_split: float = 0.2, se
     label = info.features["label"] if "label" in info.features else None
     if label is None or not hasattr(label, "names"):
         raise DataError(f"{spec}: the dataset has no 'label' ClassLabel feature")
+    problem = label_problem(list(label.names))
+    if problem:
+        raise DataError(f"{spec}: {problem}; cvkeras cannot train on these class names")
     splits = list(info.splits.keys()) or ["train"]  # metadata-less (mocked/partial) copies list none
     if "train" not in splits:
         raise DataError(f"{spec}: the dataset has no 'train' split")

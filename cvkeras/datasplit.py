@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import CvkerasError
+from serving.errors import CvkerasError, quote
+from serving.formats import label_problem
 from serving.preprocess import ImageError, load_image
 
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
@@ -91,6 +92,19 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
+def case_clashes(classes: list[str], where: str) -> list[str]:
+    """A warning when class names differ only by case (``Daisy``, ``daisy``): almost always one class
+    split in two by a typo, and one folder on a case-insensitive file system."""
+    by_fold: dict[str, list[str]] = {}
+    for name in classes:
+        by_fold.setdefault(name.casefold(), []).append(name)
+    clashes = [names for names in by_fold.values() if len(names) > 1]
+    if not clashes:
+        return []
+    return [f"{where}: {len(clashes)} group(s) of class names differ only by case (e.g. "
+            f"{' and '.join(map(quote, clashes[0]))}); they train as different classes -- merge them if they are one"]
+
+
 def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where: str, val_split: float,
             seed: int, source: str, root: str | None,
             pre_skipped: list[tuple[str, str]] | None = None, test_split: float = 0.0) -> DataSplit:
@@ -106,6 +120,9 @@ def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where:
     splits = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
     if len(classes) < 2:
         raise DataError(f"{where}: found {len(classes)} class(es); need at least two class folders or labels")
+    problem = label_problem(classes)
+    if problem:  # labels.txt is one name per line, and names reach the terminal: refused before any training
+        raise DataError(f"{where}: {problem}; rename that class folder or label")
     if test_split and not splits.get("test"):
         total = sum(len(v) for v in splits.values())
         frac = test_split * total / max(1, len(splits.get("train", [])))
@@ -119,12 +136,12 @@ def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where:
     counts = Counter(y for _, y in splits.get("train", []))
     empty = [classes[i] for i in range(len(classes)) if counts.get(i, 0) == 0]
     if empty:
-        raise DataError(f"{where}: class {empty[0]!r} has no readable training images; add images or remove it")
+        raise DataError(f"{where}: class {quote(empty[0])} has no readable training images; add images or remove it")
     if not splits["val"]:
         raise DataError(f"{where}: the validation split is empty; add images or raise --val-split")
     val_counts = Counter(y for _, y in splits["val"])
     no_val = [classes[i] for i in range(len(classes)) if not val_counts.get(i)]
-    warnings = []
+    warnings = case_clashes(classes, where)
     if no_val:
         warnings.append(f"{where}: class(es) {', '.join(map(repr, no_val[:5]))} have no validation image "
                         "(a class needs 2+ images, or add it to val/); its validation recall is undefined and "

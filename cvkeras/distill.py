@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.errors import CvkerasError
+from serving.errors import CvkerasError, quote
 
 DEFAULT_TEMPERATURE = 4.0
 DEFAULT_ALPHA = 0.3
@@ -43,9 +43,9 @@ class DistillError(CvkerasError, ValueError):
 def check_settings(temperature: float, alpha: float) -> None:
     """``--temperature`` > 0 and ``--alpha`` in 0..1, finite; a DistillError naming the flag otherwise."""
     if not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature <= 0:
-        raise DistillError(f"--temperature must be a finite number above 0, not {temperature!r}")
+        raise DistillError(f"--temperature must be a finite number above 0, not {quote(temperature)}")
     if not isinstance(alpha, int | float) or not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
-        raise DistillError(f"--alpha must be a number in 0..1 (the weight of the hard-label loss), not {alpha!r}")
+        raise DistillError(f"--alpha must be a number in 0..1 (the weight of the hard-label loss), not {quote(alpha)}")
 
 
 @dataclass

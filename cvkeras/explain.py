@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import CvkerasError
+from serving.errors import CvkerasError, quote
 
 METHODS = ("gradcam", "gradcam++")
+SHEET = "contact_sheet.png"
 
 
 class ExplainError(CvkerasError, ValueError):
@@ -63,16 +65,17 @@ def gradcam(model, images: np.ndarray, layer: str | None = None, class_index: in
     import tensorflow as tf
 
     if method not in METHODS:
-        raise ExplainError(f"unknown --method {method!r}; choose {' or '.join(METHODS)}")
+        raise ExplainError(f"unknown --method {quote(method)}; choose {' or '.join(METHODS)}")
     base = _backbone(model)
     layer = layer or base.layers[-1].name
     try:
         target = base.get_layer(layer)
     except ValueError:
         names = [x.name for x in base.layers if len(getattr(x.output, "shape", ())) == 4][-5:]
-        raise ExplainError(f"no layer {layer!r} in {base.name}; the last spatial ones are {', '.join(names)}") from None
+        raise ExplainError(f"no layer {quote(layer)} in {base.name}; "
+                           f"the last spatial ones are {', '.join(names)}") from None
     if len(target.output.shape) != 4:
-        raise ExplainError(f"layer {layer!r} is not a spatial feature map (shape {tuple(target.output.shape)})")
+        raise ExplainError(f"layer {quote(layer)} is not a spatial feature map (shape {tuple(target.output.shape)})")
     import keras
 
     probe = base if target is base.layers[-1] else keras.Model(base.inputs, [target.output, base.output])
@@ -204,7 +207,7 @@ def explain_images(model, labels: list[str], sources: Sequence[str | os.PathLike
     from serving.preprocess import ImageError, load_resized
 
     if class_label is not None and class_label not in labels:
-        raise ExplainError(f"unknown --class {class_label!r}; the model's classes are {', '.join(labels)}")
+        raise ExplainError(f"unknown --class {quote(class_label)}; the model's classes are {', '.join(labels)}")
     size = tuple(int(v) for v in model.input_shape[1:3])
     layer = layer or default_layer(model)
     items: list[Explanation] = []
@@ -239,35 +242,97 @@ def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:
 
     out: list[str] = []
     for p in map(Path, paths):
-        out += [str(f) for f in images_in(p, utf8_only=False)] if p.is_dir() else [str(p)]
+        out += [str(f) for f in images_in(p, utf8_only=False, other_formats=True)] if p.is_dir() else [str(p)]
     return out
+
+
+def claim_output(out: Path, run: Path) -> tuple[bool, bool]:
+    """Check that explain may write into ``out`` and make it; returns (folder made here, marker written here).
+
+    explain writes only into a folder it owns: a new or empty one (marked as cvkeras' so each PNG is
+    recorded), ``RUN/explain``, or one it wrote before -- never a folder holding files cvkeras did not
+    write (the photos being explained, a user's own ``photo.png``), nor a run directory itself.
+    """
+    from cvkeras import rundir
+
+    fix = "pass --output a new or empty folder"
+    if out.exists() and not out.is_dir():
+        raise ExplainError(f"{out}: exists and is not a folder; {fix}")
+    if out.resolve() == run.resolve() or (out / rundir.CONFIG).is_file():
+        raise ExplainError(f"{out}: is a run directory; explain writes into RUN/explain by default -- {fix}")
+    if out.is_dir() and any(out.iterdir()):
+        owner = next((d for d in (out, out.parent, out.parent.parent) if (d / rundir.MARKER).is_file()), None)
+        prefix = "" if owner is None or owner == out else out.relative_to(owner).as_posix() + "/"
+        try:
+            foreign = ["?"] if owner is None else [f for f in rundir.foreign_entries(owner) if f.startswith(prefix)]
+        except rundir.RunDirError:
+            foreign = ["?"]
+        if foreign:
+            example = "" if foreign == ["?"] else f" (e.g. {rundir.printable_path(foreign[0][len(prefix):])})"
+            raise ExplainError(f"{out}: holds files cvkeras did not write{example}; refusing to write heatmaps "
+                               f"among them -- {fix}")
+        return False, False
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    marked = not any((d / rundir.MARKER).is_file() for d in (out, out.parent, out.parent.parent))
+    if marked:
+        rundir.mark_run(out)
+    return made, marked
+
+
+def output_names(sources: Sequence[str], out: Path) -> list[Path]:
+    """One PNG per source in ``out``, named after it: unique (same names from two folders get ``-2``), never
+    the contact sheet's name and never the path of an input image (``-o`` next to the photos)."""
+    inputs = {os.path.realpath(s) for s in sources}
+    used = {SHEET}
+    paths = []
+    for src in sources:
+        stem = Path(src).stem
+        name, n = stem, 1
+        while f"{name}.png" in used or os.path.realpath(out / f"{name}.png") in inputs:
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(f"{name}.png")
+        paths.append(out / f"{name}.png")
+    return paths
 
 
 def explain_run(run: str | os.PathLike, images: Sequence[str | os.PathLike], layer: str | None = None,
                 class_label: str | None = None, method: str = "gradcam", output: str | os.PathLike | None = None,
                 progress: Any = None) -> ExplainResult:
     """Explain images with a run's ``best.keras``: one PNG per image and ``contact_sheet.png`` in ``output``
-    (default ``RUN/explain``)."""
+    (default ``RUN/explain``; see :func:`claim_output` for which folders it may be)."""
     from cvkeras import rundir
     from cvkeras.model import load_model
 
     rd = rundir.RunDir.open(run)
     run = rd.path
-    labels = rd.labels()
-    model_name = rd.model_name()
-    model = load_model(rd.best)
-    layer = layer or default_layer(model, model_name)
-    result = explain_images(model, labels, list_images(images), layer, class_label, method, progress=progress)
     out = Path(output) if output else run / "explain"
-    used: set[str] = set()
-    for item in result.items:
-        stem = Path(item.source).stem
-        name, n = stem, 1
-        while name in used:  # same file name in two folders
-            n += 1
-            name = f"{stem}-{n}"
-        used.add(name)
-        item.png = _save(_figure(item, method), out / f"{name}.png")
-    if result.items:
-        result.sheet = _save(contact_sheet(result.items, method), out / "contact_sheet.png")
+    made, marked = claim_output(out, run)  # before the model loads: a wrong -o fails in a second
+    written: list[Path] = []
+
+    def undo() -> None:  # a folder this call made or marked holds only what it wrote: leave nothing half-done
+        if marked:
+            for path in [*written, out / rundir.MARKER]:
+                path.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+    try:
+        labels = rd.labels()
+        model_name = rd.model_name()
+        model = load_model(rd.best)
+        layer = layer or default_layer(model, model_name)
+        result = explain_images(model, labels, list_images(images), layer, class_label, method, progress=progress)
+        if not result.items:
+            undo()
+            return result
+        for item, png in zip(result.items, output_names([i.source for i in result.items], out), strict=True):
+            item.png = _save(_figure(item, method), png)
+            written.append(png)
+        result.sheet = _save(contact_sheet(result.items, method), out / SHEET)
+    except BaseException:
+        undo()
+        raise
     return result

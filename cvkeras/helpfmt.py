@@ -135,9 +135,22 @@ def polish(command: Any, defaults: dict[str, Any] | None = None) -> None:
 
 
 class HelpCommand(TyperCommand):
-    """A Typer command whose ``--help`` goes through :func:`polish` first."""
+    """A Typer command whose ``--help`` goes through :func:`polish` first, and whose Ctrl-C is one line.
+
+    Every command's Ctrl-C (and SIGTERM, see ``cvkeras.cli.terminate_as_interrupt``) ends as one ``error:``
+    line and exit 130; commands that can say more (finetune: how to resume) catch it first.
+    """
 
     help_defaults: dict[str, Any] = {}
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            from serving.errors import fail
+
+            raise fail(f"interrupted; `cvkeras {ctx.info_name}` stopped -- files it finished are kept and none is "
+                       "left half-written (every write is atomic); run it again", 130) from None
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         polish(self, self.help_defaults)

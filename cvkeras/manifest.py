@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from cvkeras.datasplit import DataError, DataSplit, _finish
+from serving.errors import has_control, quote
 
 #: Column names a manifest header may use (case-insensitive); the first match of each kind is used.
 PATH_COLUMNS = ("path", "filename", "file", "image", "filepath", "image_path")
@@ -31,7 +32,7 @@ def _header_columns(row: list[str], path: Path, base: Path) -> tuple[int, int, i
     col_path, col_label = find(PATH_COLUMNS), find(LABEL_COLUMNS)
     for col, what, options in ((col_path, "image path", PATH_COLUMNS), (col_label, "label", LABEL_COLUMNS)):
         if col is None:
-            raise DataError(f"{path}:1: the header {','.join(row)!r} names no {what} column; "
+            raise DataError(f"{path}:1: the header {quote(','.join(row))} names no {what} column; "
                             f"call it one of {', '.join(options)}")
     return col_path, col_label, find(SPLIT_COLUMNS)
 
@@ -55,17 +56,21 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42, te
                 columns = header
                 continue
             if len(row) < 2:
-                raise DataError(f"{path}:{lineno}: expected 'path,label[,split]', got {','.join(row)!r}")
+                raise DataError(f"{path}:{lineno}: expected 'path,label[,split]', got {quote(','.join(row))}")
             col_path, col_label, col_split = columns
             if len(row) <= max(col_path, col_label):
                 raise DataError(f"{path}:{lineno}: expected {max(col_path, col_label) + 1} columns as in the "
-                                f"header, got {','.join(row)!r}")
+                                f"header, got {quote(','.join(row))}")
             split_cell = row[col_split] if col_split is not None and len(row) > col_split else ""
             row = [row[col_path], row[col_label], split_cell]
             if not row[0].strip():
                 raise DataError(f"{path}:{lineno}: empty path; give each row an image path")
+            if has_control(row[1].strip()):
+                raise DataError(f"{path}:{lineno}: label {quote(row[1].strip())} holds a control character (newline, "
+                                "tab, ESC, ...); fix the row")
             if not row[1].strip():
-                raise DataError(f"{path}:{lineno}: empty label for {row[0].strip()!r}; give every row a class name")
+                raise DataError(f"{path}:{lineno}: empty label for {quote(row[0].strip())}; "
+                                "give every row a class name")
             rows.append((lineno, row[0].strip(), row[1].strip(), row[2].strip().lower()))
     classes = sorted({label for _, _, label, _ in rows})
     index = {c: i for i, c in enumerate(classes)}
@@ -73,10 +78,12 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42, te
     aliases = {"train": "train", "val": "val", "validation": "val", "test": "test", "": "train"}
     for lineno, rel, label, split in rows:
         file = (base / rel).resolve()
+        if file.is_dir():
+            raise DataError(f"{path}:{lineno}: {rel} is a folder, not an image file; list image files, one per row")
         if not file.is_file():
             raise DataError(f"{path}:{lineno}: {rel} does not exist (paths are relative to the CSV); fix the row")
         if split not in aliases:
-            raise DataError(f"{path}:{lineno}: unknown split {split!r}; use train, val or test")
+            raise DataError(f"{path}:{lineno}: unknown split {quote(split)}; use train, val or test")
         splits.setdefault(aliases[split], []).append((str(file), index[label]))
     result = _finish(classes, splits, str(path), val_split, seed, "csv", str(base.resolve()), test_split=test_split)
     labels_of: dict[str, set[str]] = {}

@@ -19,7 +19,7 @@ import numpy as np
 
 from cvkeras.config import unfreeze_fraction  # noqa: F401 - re-exported
 from cvkeras.registry import ModelSpec, get, resolve_alpha
-from serving.errors import CvkerasError, OptionError, first_line
+from serving.errors import CvkerasError, OptionError, first_line, quote
 from serving.formats import INPUT_NAME, OUTPUT_NAME
 
 IMAGENET_MEAN_RGB = np.array([123.675, 116.28, 103.53])
@@ -55,7 +55,7 @@ def _normalisation_layers(mode: str):
         return [conv]
     if mode == "none":
         return []
-    raise OptionError(f"unknown preprocessing mode {mode!r}")
+    raise OptionError(f"unknown preprocessing mode {quote(mode)}")
 
 
 def _resolve_weights(weights: str | None) -> str | None:

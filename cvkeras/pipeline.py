@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from serving import preprocess as contract
-from serving.errors import first_line
+from serving.errors import first_line, quote
 
 
 def decode_resize(path, size: Sequence[int]):
@@ -118,7 +118,7 @@ def load_split_images(
         return images[idx], labels[idx], [f"tfds:{split}:{i}" for i in idx]
     items = split_doc.get(split) or []
     if not items:
-        raise rundir.RunDirError(f"{run}/split.json: split {split!r} is empty")
+        raise rundir.RunDirError(f"{run}/split.json: split {quote(split)} is empty")
     gone = [p for p, _ in items if not os.path.isfile(p)]  # e.g. a run copied without (all of) its data
     if gone:
         print(f"warning: {len(gone)} of {len(items)} {split} file(s) in split.json are missing (e.g. {gone[0]}); "
@@ -220,7 +220,7 @@ def tfds_dataset(tfds_meta: dict[str, Any], split: str):
         return tfds.load(full, split=name, data_dir=tfds_meta.get("data_dir"), as_supervised=True,
                          shuffle_files=False, download=True)
     except Exception as exc:  # offline, not prepared, bad split name...
-        raise DataError(f"tfds:{full}: cannot load split {name!r} ({first_line(exc, 200)}); "
+        raise DataError(f"tfds:{full}: cannot load split {quote(name)} ({first_line(exc, 200)}); "
                         "prepare it or pass --tfds-data-dir") from None
 
 

@@ -20,12 +20,21 @@ from cvkeras.rundir import atomic_write
 
 #: history.csv's learning-rate column (older runs logged ``learning_rate``).
 LR_COLUMNS = ("learning_rate_first_step", "learning_rate")
+#: The confusion matrix figure grows 0.5 inch per class up to this side (inches, at 100 dpi): unbounded,
+#: 200 classes drew a 20600 x 10200 px PNG and took 4.2 GB of RAM and a minute after training.
+CONFUSION_MAX_SIDE = 24.0
+#: At most this many class names per axis; with more classes every k-th is labelled (metrics.json and the
+#: report's per-class table name them all).
+CONFUSION_MAX_TICKS = 50
 
 
 def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # class names and file names are text, never mathtext: ``price_$5_$10`` or ``a$\\frac{x$b`` made
+    # matplotlib raise after the whole training
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -102,14 +111,17 @@ def confusion_figure(cm: list[list[int]], classes: list[str], title: str | None 
     totals = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0)
     n = len(classes)
-    side = max(4.0, 0.5 * n + 2)
+    side = min(max(4.0, 0.5 * n + 2), CONFUSION_MAX_SIDE)
+    ticks = list(range(0, n, math.ceil(n / CONFUSION_MAX_TICKS) if n else 1))
+    names = [classes[i] for i in ticks]
+    small = {} if len(ticks) <= 30 else {"fontsize": 6}
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 2, side))
     for ax, data, label, fmt, vmax in ((axes[0], counts, "count", "d", None),
                                        (axes[1], norm, "fraction of the true class", ".2f", 1.0)):
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=vmax)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
-        ax.set_xticks(range(n), classes, rotation=45, ha="right")
-        ax.set_yticks(range(n), classes)
+        ax.set_xticks(ticks, names, rotation=45, ha="right", **small)
+        ax.set_yticks(ticks, names, **small)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title("counts" if fmt == "d" else "normalised by true class")

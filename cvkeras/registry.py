@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serving.errors import CvkerasError, OptionError
+from serving.errors import CvkerasError, OptionError, quote
 
 #: How a backbone wants its input normalised (added to the model as serialisable layers):
 #: ``tf``: x/127.5 - 1; ``torch``: x/255 then ImageNet mean/std; ``caffe``: RGB->BGR, minus ImageNet
@@ -109,7 +109,7 @@ def get(name: str) -> ModelSpec:
 
     close = difflib.get_close_matches(key, REGISTRY, n=3)
     hint = f"did you mean {', '.join(close)}?" if close else "run `cvkeras models` for the list"
-    raise UnknownModelError(f"unknown model {name!r}; {hint}")
+    raise UnknownModelError(f"unknown model {quote(name)}; {hint}")
 
 
 def resolve_alpha(spec: ModelSpec, alpha: float | None) -> float | None:

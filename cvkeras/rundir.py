@@ -43,7 +43,7 @@ from cvkeras.runfiles import (  # noqa: F401 - the file helpers are part of this
     run_lock,
     write_json,
 )
-from serving.errors import CvkerasError, RunDirError, first_line
+from serving.errors import CvkerasError, RunDirError, first_line, quote
 from serving.formats import LABELS, SPLIT, existing_file, labels_text, read_labels, read_split
 
 CONFIG = "config.yaml"
@@ -88,7 +88,7 @@ def _field(cfg: dict[str, Any], p: Path, section: str, name: str) -> Any:
     values = cfg.get(section, {} if section != "model" else None)
     if not isinstance(values, dict):
         what = " (name, image_size, ...)" if section == "model" else ""
-        raise RunDirError(f"{p}: field {section!r} must be a mapping{what}, not {values!r:.60}; {fix}")
+        raise RunDirError(f"{p}: field {quote(section)} must be a mapping{what}, not {quote(values, 60)}; {fix}")
     if (section, name) == ("model", "name"):
         if not isinstance(values.get("name"), str):
             raise RunDirError(f"{p}: field model.name must be a model name; {fix}")
@@ -98,12 +98,12 @@ def _field(cfg: dict[str, Any], p: Path, section: str, name: str) -> Any:
         if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_IMAGE_SIDE
                                                                 for v in size)):
             raise RunDirError(f"{p}: field model.image_size must be [height, width] in 1..{MAX_IMAGE_SIDE}, "
-                              f"not {size!r:.60}; {fix}")
+                              f"not {quote(size, 60)}; {fix}")
         return size
     if (section, name) == ("data", "seed"):
         seed = values.get("seed", FinetuneConfig.seed)
         if type(seed) is not int:
-            raise RunDirError(f"{p}: field data.seed must be an integer, not {seed!r:.40}; {fix}")
+            raise RunDirError(f"{p}: field data.seed must be an integer, not {quote(seed, 40)}; {fix}")
         return seed
     return values.get(name)
 
@@ -116,7 +116,7 @@ def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
     _field(cfg, p, "model", "image_size")
     for section in ("data", "train"):
         if not isinstance(cfg.get(section, {}), dict):
-            raise RunDirError(f"{p}: field {section!r} must be a mapping; fix it or restore config.yaml from the run")
+            raise RunDirError(f"{p}: field '{section}' must be a mapping; fix it or restore config.yaml from the run")
     _field(cfg, p, "data", "seed")
     return cfg
 
@@ -267,6 +267,19 @@ class RunDir:
         if not isinstance(doc, dict):
             raise RunDirError(f"{p}: expected a JSON object; start the run again with --force")
         return doc
+
+    def unfinished(self) -> str | None:
+        """A warning line when training stopped before its last epoch (Ctrl-C, a full disk), else None:
+        ``best.keras`` is then the best of the finished epochs only, and the user should know before shipping it."""
+        try:
+            state = self.state()
+        except RunDirError:
+            return None  # a damaged state.json is --resume's error to report
+        if state is None or state.get("finished", True):
+            return None
+        return (f"{self.path}: training stopped after epoch {state.get('global_epoch', '?')} (stage "
+                f"{state.get('stage', '?')}) and did not finish; best.keras is the best of the finished epochs -- "
+                f"`cvkeras finetune --resume --output {self.path}` completes it")
 
     def check_labels(self, labels: list[str], outputs: int) -> None:
         check_labels(self.path, labels, outputs)

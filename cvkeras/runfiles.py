@@ -27,25 +27,30 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], No
     """Write ``data`` (bytes, text, or a function that writes to a given temp path) then rename.
 
     The temp file lives in the destination folder so the rename is atomic; on failure it is removed
-    and the destination is untouched.
+    and the destination is untouched. An OSError while writing (a full disk: ``write()`` names no file)
+    is raised naming ``path``, so every command's one-line error says which file could not be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
         if callable(data):
             data(tmp)
         else:
             with open(tmp, "wb") as fh:
                 fh.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        named = None if not isinstance(exc, OSError) or exc.filename is None else os.fspath(exc.filename)
+        if isinstance(exc, OSError) and (named is None or os.path.basename(named).startswith(f".{path.name}.")):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # the file, not its temp name
         raise
     _record(path)
     return path
@@ -71,8 +76,12 @@ def _write_marker(run: Path, files: list[str], stats: dict[str, list[int]] | Non
     if stats:  # size and mtime of each file as cvkeras left it: a file replaced since is no longer ours
         doc["stat"] = {f: stats[f] for f in files if f in stats}
     tmp = run / f"{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, run / MARKER)
+    try:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, run / MARKER)
+    except OSError as exc:  # a full disk: the old marker stays whole; the error names it
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(run / MARKER)) from exc
 
 
 def read_manifest(run: str | os.PathLike) -> list[str]:
@@ -251,12 +260,12 @@ class run_lock:  # noqa: N801 - used as a context manager, like open()
 
 def os_error_line(exc: OSError, what: str = "") -> str:
     """One line for a file-system failure: the file, the reason, and the fix for a read-only folder."""
-    where = exc.filename or what
+    where = printable_path(os.fspath(exc.filename)) if exc.filename else (what or "(file not named by the OS)")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return (f"{where}: cannot write here ({exc.strerror}); the folder is read-only -- "
                 "pass --output to a writable folder (or copy the run)")
-    if exc.errno == errno.ENOSPC:
-        return f"{where}: no space left on the device; free some space and retry"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}: no space left on the device; free some space and retry (files written before are kept)"
     return f"{where}: {exc.strerror or exc}"
 
 

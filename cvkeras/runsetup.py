@@ -44,6 +44,26 @@ def _check_output_vs_data(run: Path, data: str) -> None:
                              "pick an --output outside it")
 
 
+def no_checkpoint_line(run: Path) -> str:
+    """Why ``--resume`` cannot continue a run without ``checkpoints/state.json``, from what the run holds:
+    epochs whose history and best model were written before the checkpoint write failed (a full disk) are
+    named as finished, so the user knows ``best.keras`` is usable and what a restart repeats."""
+    import csv
+
+    history = run / rundir.HISTORY
+    try:
+        with open(history, newline="") as fh:
+            done = [row.get("epoch") for row in csv.DictReader(fh)]
+    except (OSError, ValueError, csv.Error):
+        done = []
+    if done and (run / rundir.BEST).is_file():
+        return (f"{run}: epoch(s) 1-{done[-1]} finished ({rundir.HISTORY}, {rundir.BEST} are complete) but their "
+                f"checkpoint {rundir.CHECKPOINTS}/{rundir.STATE} was never written (a write failed), so training "
+                "cannot continue from it; evaluate or export the run as it is, or start it again with --force")
+    return (f"{run}: no checkpoint to resume from (the run stopped before its first epoch ended); start it again "
+            "with --force")
+
+
 def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool,
                  stack: contextlib.ExitStack) -> tuple[Path, FinetuneConfig]:
     """The run directory to write, locked for this process; with --force only cvkeras' own files are removed."""
@@ -52,8 +72,7 @@ def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: b
             raise RunExistsError("--resume needs --output RUN_DIR naming the run to continue")
         run = Path(output)
         if not rundir.RunDir(run).state_path.is_file():
-            raise RunExistsError(f"{run}: no checkpoint to resume from (the run stopped before its first "
-                                 "epoch ended); start it again with --force")
+            raise RunExistsError(no_checkpoint_line(run))
         stack.enter_context(rundir.run_lock(run, "finetune --resume"))
         # A config without data means "as saved"; the CLI passes the saved config with its flags applied.
         return run, cfg if cfg.data else rundir.RunDir(run).config()

@@ -61,12 +61,12 @@ from cvkeras.registry import get, resolve_alpha
 from cvkeras.rundir import LAST, STATE, RunDir  # noqa: F401 - STATE/LAST re-exported
 from cvkeras.runsetup import RunExistsError, _check_output_vs_data, _prepare_run, next_run_dir  # noqa: F401
 from cvkeras.stages import TrainingDivergedError, run_stages, stage_label  # noqa: F401
-from serving.errors import OptionError, first_line
+from serving.errors import OptionError, first_line, printable, quote
 
 
 def warn(message: str) -> None:
     """One ``warning:`` line on stderr (data oddities the run continues through)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -146,7 +146,10 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir, cfg.test_split)
         if hook:
             hook.check(split.classes)
+    before = None if output is None or not Path(output).is_dir() else any(Path(output).iterdir())  # None: new
     run, cfg = _prepare_run(cfg, output, force, resume, stack)
+    if not resume:  # runs before the lock is released: a failed set-up leaves no stub that blocks the retry
+        stack.push(lambda exc_type, exc, tb: _undo_setup(run, before) if exc_type else None)
     rd = RunDir(run)
     spec = _resolve_model(cfg)
     keras.utils.set_random_seed(cfg.seed)
@@ -206,6 +209,25 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
                           precision, strategy.num_replicas_in_sync, state["best_epoch"])
 
 
+def _undo_setup(run: Path, had_files: bool | None) -> None:
+    """After a failure before any epoch ended (a weights file Keras cannot load, Ctrl-C while building):
+    remove the files this run wrote (its manifest only), and its marker and the folder when the folder was
+    empty (``had_files`` False) or new (None), so the retry the error suggests does not meet "run directory
+    exists". A run with a finished epoch is kept."""
+    if (run / rundir.HISTORY).exists():
+        return
+    try:
+        rundir.clear_run(run)  # manifest files only; refuses (removing nothing) if anyone else added a file
+    except (rundir.RunDirError, OSError):
+        return
+    if not had_files:
+        for name in (rundir.MARKER, rundir.LOCK):
+            (run / name).unlink(missing_ok=True)
+    if had_files is None:
+        with contextlib.suppress(OSError):
+            run.rmdir()
+
+
 def _load_checkpoint(rd: RunDir):
     """``checkpoints/last.keras`` with its optimizer state and precision policy (safe mode)."""
     import keras
@@ -235,7 +257,7 @@ def _recorded_split(rd: RunDir, cfg: FinetuneConfig):
     recorded = rd.config().data
     if cfg.data and recorded and cfg.data != recorded:
         raise RunExistsError(f"{rd.path}: was trained on {recorded}; --resume continues on its recorded "
-                             f"split, so drop the data argument {cfg.data!r} or start a new run")
+                             f"split, so drop the data argument {quote(cfg.data)} or start a new run")
     return recorded_split(rd.path)
 
 

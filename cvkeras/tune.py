@@ -44,7 +44,7 @@ from cvkeras.tune_summary import (  # noqa: F401 - the search's files are part o
     trial_name,
     write_summary,
 )
-from serving.errors import CvkerasError
+from serving.errors import CvkerasError, quote
 
 MARKER = ".cvkeras-tune"
 PROJECT = "keras_tuner"
@@ -180,7 +180,7 @@ def run_one(run: Path, base: FinetuneConfig, trial: Any, key: str, objective: st
                        log=lambda line: None)
         score = result.metrics.get(key)
         if score is None or not math.isfinite(float(score)):
-            raise ValueError(f"metrics.json has no finite {key} ({score!r})")
+            raise ValueError(f"metrics.json has no finite {key} ({quote(score)})")
         score = float(score)
     except KeyboardInterrupt:
         raise
@@ -224,13 +224,13 @@ def tune(base: FinetuneConfig, output: str | os.PathLike, max_trials: int, fixed
 
     log = log or (lambda line: print(line, flush=True))
     if objective not in OBJECTIVES:
-        raise TuneError(f"unknown --objective {objective!r}; choose {', '.join(OBJECTIVES)}")
+        raise TuneError(f"unknown --objective {quote(objective)}; choose {', '.join(OBJECTIVES)}")
     if algorithm not in ALGORITHMS:
-        raise TuneError(f"unknown --algorithm {algorithm!r}; choose {' or '.join(ALGORITHMS)}")
+        raise TuneError(f"unknown --algorithm {quote(algorithm)}; choose {' or '.join(ALGORITHMS)}")
     if not isinstance(max_trials, int) or max_trials < 1:
-        raise TuneError(f"--max-trials must be at least 1, not {max_trials!r}")
+        raise TuneError(f"--max-trials must be at least 1, not {quote(max_trials)}")
     if time_budget_min is not None and not (rundir.is_finite_number(time_budget_min) and time_budget_min > 0):
-        raise TuneError(f"--time-budget must be a positive number of minutes, not {time_budget_min!r}")
+        raise TuneError(f"--time-budget must be a positive number of minutes, not {quote(time_budget_min)}")
     run = Path(output)
     if resume:  # the search continues with its recorded settings; only --max-trials and --time-budget change
         check_tune_dir(run, resume)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from export.options import ExportOptions
-from serving.errors import CvkerasError, fail
+from serving.errors import CvkerasError, fail, printable
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -132,7 +132,7 @@ def export(
     from export.exporter import REPORT_FILE, export_run
 
     err = Console(stderr=True)
-    from cvkeras.rundir import os_error_line, run_lock
+    from cvkeras.rundir import RunDir, os_error_line, run_lock
 
     try:
         options = ExportOptions(
@@ -142,6 +142,9 @@ def export(
             repair_min_agreement=repair_min_agreement,
         ).checked()  # every option, before the run directory is locked or read
         with run_lock(run, "export") if run.is_dir() else contextlib.nullcontext():
+            unfinished = RunDir(run).unfinished()
+            if unfinished:
+                print(f"warning: {printable(unfinished)}", file=sys.stderr)
             report = export_run(run, output, options, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     except CvkerasError as exc:
         raise fail(exc) from None

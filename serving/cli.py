@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from serving.console import json_safe, print_rows, stdout_console
-from serving.errors import CvkerasError, OptionError, fail
+from serving.errors import CvkerasError, OptionError, fail, printable, quote
 from serving.images import expand_paths
 from serving.schema import schema_id
 
@@ -89,7 +89,7 @@ def predict(
     from serving.predictor import MODES, Prediction
 
     if mode not in MODES:
-        raise fail(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise fail(f"--mode {quote(mode)}: choose one of {', '.join(MODES)}")
     entries = expand_paths(paths)
     if mode == "auto":  # one session, made for the job at hand
         mode = "latency" if sum(e is None for _, e in entries) <= 1 else "throughput"
@@ -113,7 +113,10 @@ def predict(
 
 
 def _prediction_table(results: list[Any], top_k: int) -> None:
-    from rich.markup import escape
+    from rich.markup import escape as escape_markup
+
+    def escape(text: str) -> str:  # file names and labels are user text: no markup, no control characters
+        return escape_markup(printable(text))
 
     columns = [("file", "left"), ("label", "left"), ("score", "right")]
     if top_k > 1:

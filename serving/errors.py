@@ -10,7 +10,14 @@ command reports), so the device side, the training side and the exporter all sha
 
 from __future__ import annotations
 
+import re
+import reprlib
 from typing import Any
+
+#: Characters a terminal acts on (C0/C1 controls with ESC, DEL) or that reorder text (bidi overrides).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: How much of a user value a message quotes (its repr, cut): messages stay one readable line.
+QUOTE_LIMIT = 80
 
 
 class CvkerasError(Exception):
@@ -25,6 +32,42 @@ class OptionError(CvkerasError, ValueError):
 
 class RunDirError(CvkerasError, ValueError):
     """A run directory that is missing, incomplete or damaged; the message names the file and the fix."""
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character a terminal acts on or a line-based file splits at (see ``printable``)."""
+    return _CONTROL.search(text) is not None
+
+
+def printable(text: str, limit: int = 2000) -> str:
+    """``text`` safe to print on one terminal line: control characters (newline, ESC, bidi overrides) shown
+    escaped (``\\n``, ``\\x1b``), at most ``limit`` characters (cut with ``...``).
+
+    A label or file name reaches the terminal through messages and tables; raw, ESC sequences would clear the
+    screen or retitle the window and a newline would forge a line.
+    """
+    text = str(text)
+    cut = len(text) > limit
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text[: limit + 1])
+    return text[: limit - 3] + "..." if cut or len(text) > limit else text
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, QUOTE_LIMIT, QUOTE_LIMIT, 40
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = 6
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """The one way a message quotes a user value: its repr, bounded and escaped (``printable``).
+
+    The repr is built bounded (``reprlib``: a few items per level, a few levels), never in full and then cut:
+    a YAML alias bomb of a few hundred bytes would otherwise expand to gigabytes before the error prints.
+    """
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a repr that fails (an int past Python's digit limit, a broken __repr__)
+        text = f"<{type(value).__name__}>"
+    return printable(text, limit)
 
 
 def first_line(exc: BaseException | str, limit: int = 300) -> str:
@@ -48,5 +91,5 @@ def fail(message: BaseException | str, code: int | None = None) -> Any:
 
     if code is None:
         code = getattr(message, "exit_code", 2)
-    typer.echo(f"error: {first_line(message, 2000)}", err=True)
+    typer.echo(f"error: {printable(first_line(message, 2000))}", err=True)
     return typer.Exit(code)

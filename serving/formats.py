@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from serving.errors import RunDirError, first_line
+from serving.errors import RunDirError, first_line, has_control, quote
 
 LABELS = "labels.txt"
 SPLIT = "split.json"
@@ -35,8 +35,27 @@ def existing_file(path: str | os.PathLike, name: str, error: type[Exception], mi
     return p
 
 
+def label_problem(labels: Sequence[str]) -> str | None:
+    """Why ``labels`` cannot be a model's class names, or None: a name with a control character (a newline
+    splits ``labels.txt``'s one-name-per-line format; ESC sequences act on the terminal that prints it), an
+    empty name, or a name given twice. Every reader of class names (folders, CSV, metadata) asks this."""
+    seen: set[str] = set()
+    for name in labels:
+        if has_control(name):
+            return f"class name {quote(name)} holds a control character (newline, tab, ESC, ...)"
+        if not name.strip():
+            return f"class name {quote(name)} is empty"
+        if name in seen:
+            return f"class {quote(name)} is listed twice"
+        seen.add(name)
+    return None
+
+
 def labels_text(labels: Sequence[str]) -> str:
-    """The content of ``labels.txt`` for ``labels``."""
+    """The content of ``labels.txt`` for ``labels`` (ValueError for names :func:`label_problem` refuses)."""
+    problem = label_problem(labels)
+    if problem:
+        raise ValueError(f"{LABELS}: {problem}")
     return "".join(f"{name}\n" for name in labels)
 
 
@@ -49,9 +68,9 @@ def read_labels(path: str | os.PathLike) -> list[str]:
         raise RunDirError(f"{p}: not UTF-8 text; restore labels.txt from the run") from None
     if not labels:
         raise RunDirError(f"{p}: no class names; restore labels.txt from the run")
-    if len(set(labels)) != len(labels):
-        dup = next(x for x in labels if labels.count(x) > 1)
-        raise RunDirError(f"{p}: class {dup!r} is listed twice; restore labels.txt from the run")
+    problem = label_problem(labels)
+    if problem:
+        raise RunDirError(f"{p}: {problem}; restore labels.txt from the run")
     return labels
 
 
@@ -88,11 +107,11 @@ def read_split(run: str | os.PathLike) -> dict[str, Any]:
     for name in ("train", "val", "test"):
         items = doc.get(name, [])
         if not isinstance(items, list):
-            raise RunDirError(f"{p}: field {name!r} must be a list of [path, label]; {fix}")
+            raise RunDirError(f"{p}: field {quote(name)} must be a list of [path, label]; {fix}")
         for i, item in enumerate(items):
             ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
                   and isinstance(item[1], int) and not isinstance(item[1], bool) and item[1] >= 0
                   and (n is None or item[1] < n))
             if not ok:
-                raise RunDirError(f"{p}: {name}[{i}] must be [path, label index], not {item!r:.80}; {fix}")
+                raise RunDirError(f"{p}: {name}[{i}] must be [path, label index], not {quote(item, 80)}; {fix}")
     return doc

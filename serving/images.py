@@ -61,18 +61,25 @@ def class_folders(folder: str | os.PathLike, skipped: list[tuple[str, str]] | No
 
 
 def list_images(folder: str | os.PathLike, skipped: list[tuple[str, str]] | None = None, *,
-                utf8_only: bool = True) -> list[Path]:
+                utf8_only: bool = True, other_formats: bool = False) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted), hidden entries skipped; see the module rules.
 
     ``utf8_only=False`` keeps file names that are not UTF-8: the device side (Pillow) reads them, only
-    training's string tensors cannot, so predict and validate must not drop them.
+    training's string tensors cannot, so predict and validate must not drop them. ``other_formats=True``
+    also lists ``OTHER_IMAGE_EXTENSIONS`` (WebP, TIFF, ...): predict and explain decode with Pillow, so a
+    folder must not silently leave out a file they classify when it is named (one Pillow cannot read becomes
+    that file's error entry).
     """
     folder = Path(folder)
     found = []
     for p in sorted(folder.rglob("*")):
-        if any(is_hidden(part) for part in p.relative_to(folder).parts) or not p.is_file():
+        if any(is_hidden(part) for part in p.relative_to(folder).parts):
             continue
-        if is_image_file(p):
+        if not p.is_file():
+            if p.is_symlink() and not p.exists() and skipped is not None:
+                skipped.append((str(p), f"broken symlink (its target {os.readlink(p)} does not exist)"))
+            continue
+        if is_image_file(p) or (other_formats and p.suffix.lower() in OTHER_IMAGE_EXTENSIONS):
             if not utf8_only or is_utf8(str(p)):
                 found.append(p)
             elif skipped is not None:
@@ -89,7 +96,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str | No
     entries: list[tuple[str, str | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = [str(f) for f in list_images(p, utf8_only=False)]
+            found = [str(f) for f in list_images(p, utf8_only=False, other_formats=True)]
             if not found:
                 entries.append((str(p), f"{p}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
             entries += [(f, None) for f in found]

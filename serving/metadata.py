@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.errors import CvkerasError, first_line
+from serving.errors import CvkerasError, first_line, quote
+from serving.formats import label_problem
 from serving.preprocess import contract
 
 METADATA_KEY = "cvkeras"
@@ -87,7 +88,7 @@ class ModelMetadata:
             size = known.get("input_size")
             if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
                 raise MetadataError(f"{source}: metadata field input_size must be [height, width], not "
-                                    f"{size!r:.40}; re-export the model")
+                                    f"{quote(size, 40)}; re-export the model")
             meta = cls(**known)
         except MetadataError:
             raise
@@ -101,6 +102,9 @@ class ModelMetadata:
             raise MetadataError(f"{source}: metadata labels are not a list of names; re-export the model")
         if not meta.labels:
             raise MetadataError(f"{source}: metadata has no labels; re-export it with `cvkeras export`")
+        problem = label_problem(meta.labels)
+        if problem:
+            raise MetadataError(f"{source}: metadata labels: {problem}; re-export the model")
         return meta
 
 
@@ -135,4 +139,4 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise MetadataError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
         return metadata_from_props(sess.get_modelmeta().custom_metadata_map, str(path))
-    raise MetadataError(f"{path}: unknown model type {path.suffix!r}; expected .onnx or .tflite")
+    raise MetadataError(f"{path}: unknown model type {quote(path.suffix)}; expected .onnx or .tflite")

@@ -37,7 +37,7 @@ from typing import overload
 import numpy as np
 from PIL import Image
 
-from serving.errors import OptionError, first_line
+from serving.errors import OptionError, first_line, quote
 from serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
 from serving.preprocess import JPEG_SCALING, ImageError, load_resized
 from serving.results import (  # noqa: F401 - Batch, ImageInput, Prediction are part of this module's interface
@@ -66,7 +66,7 @@ class Predictor:
                  decode_workers: int | None = None, mode: str = "auto",
                  make_runner: Callable[[str], _Runner] | None = None) -> None:
         if mode not in MODES:
-            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {quote(mode)}")
         self.metadata = metadata
         self.path = path
         self.mode = mode
@@ -97,7 +97,7 @@ class Predictor:
             ValueError: unknown ``mode``.
         """
         if mode not in MODES:
-            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {quote(mode)}")
         p = Path(path)
         if not p.is_file():
             raise ModelError(not_a_model_hint(p))
@@ -112,7 +112,7 @@ class Predictor:
             raise ModelError(f"{p}: a Keras model; devices run the exported one: `cvkeras export {run}` writes "
                              f"{run / 'export' / 'model.onnx'} (and .tflite), pass that")
         else:
-            raise ModelError(f"{p}: unknown model type {p.suffix!r}; pass an .onnx or .tflite file")
+            raise ModelError(f"{p}: unknown model type {quote(p.suffix)}; pass an .onnx or .tflite file")
         runner = make_runner("throughput" if mode == "throughput" else "latency")
         meta = runner.metadata()
         h, w = meta.input_size

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,18 @@ def load_resized(
     return _load(source, (int(size[0]), int(size[1])), jpeg_scaling)
 
 
+def _check_regular_file(source: Any, name: str) -> None:
+    """Refuse a path that is not a regular file before opening it: opening a named pipe blocks until a
+    writer appears (predict hung), and a device or folder is never an image."""
+    try:
+        mode = os.stat(source).st_mode
+    except (OSError, TypeError, ValueError):
+        return  # open() reports a missing or unreadable path with its reason
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise ImageError(f"{name}: cannot open ({kind}, not an image file); pass an image file, PIL image or array")
+
+
 def _load(source: Any, size: tuple[int, int] | None, jpeg_scaling: bool = False) -> np.ndarray:
     if isinstance(source, np.ndarray):
         arr = _from_array(source)
@@ -160,6 +173,8 @@ def _load(source: Any, size: tuple[int, int] | None, jpeg_scaling: bool = False)
     if isinstance(source, Image.Image):
         return _decode(source, "image", size, jpeg_scaling)
     name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
+    if name != "<bytes>":
+        _check_regular_file(source, name)
     try:
         fp = io.BytesIO(source) if name == "<bytes>" else open(source, "rb")  # noqa: SIM115
     except (OSError, TypeError, ValueError) as exc:

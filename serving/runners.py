@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.errors import CvkerasError, first_line
+from serving.errors import CvkerasError, first_line, quote
 from serving.metadata import ModelMetadata, metadata_from_props, read_metadata
 
 #: ONNX Runtime session config key: "1" selects exact (U8U8) int8 kernels on x86 CPUs without VNNI.
@@ -103,7 +103,7 @@ class _OnnxRunner:
         shape = list(inp.shape)
         channels_ok = len(shape) == 4 and (shape[3] == 3 or not isinstance(shape[3], int))
         if inp.type != "tensor(float)" or not channels_ok:
-            raise ModelError(f"{path}: input {inp.name!r} is {inp.type} {shape}, expected float32 "
+            raise ModelError(f"{path}: input {quote(inp.name)} is {inp.type} {shape}, expected float32 "
                              "[N, H, W, 3]; export with `cvkeras export`")
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name  # whatever the exporter called it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from serving.errors import quote
 from serving.schema_fields import INTRO, SCHEMAS, Field, Schema  # noqa: F401 - the table, re-exported
 
 
@@ -101,7 +102,7 @@ def problems(doc: Any, kind: str) -> list[str]:
     schema = SCHEMAS[kind]
     if not isinstance(doc, dict):
         return [f"not a JSON object: {type(doc).__name__}"]
-    out = [] if doc.get("schema") == schema.id else [f"schema is {doc.get('schema')!r}, not {schema.id!r}"]
+    out = [] if doc.get("schema") == schema.id else [f"schema is {quote(doc.get('schema'))}, not {quote(schema.id)}"]
     compiled = [(f, _pattern(f.path)) for f in schema.fields]
     flat = _flatten(doc)
     for path, value in flat:
@@ -112,7 +113,7 @@ def problems(doc: Any, kind: str) -> list[str]:
         if field is None:
             out.append(f"{path}: not documented")
         elif not _type_ok(value, field.type):
-            out.append(f"{path}: {type(value).__name__} {value!r:.40} is not {field.type}")
+            out.append(f"{path}: {type(value).__name__} {quote(value, 40)} is not {field.type}")
     for f in schema.fields:
         parent, _, key = f.path.rpartition(".")
         if not f.required or key == "*":

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from shapes_helpers import write_shapes
 from typer.testing import CliRunner
 
@@ -573,3 +574,325 @@ def test_a_csv_file_under_two_labels_is_warned_about(tmp_path):
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     split = read_csv(tmp_path / "data.csv")
     assert any("several labels" in w and "circle and square" in w for w in split.warnings), split.warnings
+
+
+# === issue 27: hostile round two =========================================================================
+
+def _alias_bomb(levels: int = 6, width: int = 9) -> str:
+    """A YAML alias bomb as one flow list (a few hundred bytes): each item ``width`` aliases of the one before."""
+    items = ['&a0 ["lol"]'] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return f"[{', '.join(items)}]"
+
+
+def _peak_bytes(fn) -> tuple[object, int]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("where", ["finetune-config", "run-config"])
+def test_a_yaml_alias_bomb_is_quoted_without_expanding_it(tmp_path, data, run_copy, where):
+    """9 ** 6 leaves: a full repr is megabytes (9 ** 8 took 1.44 GB); the quote stays under a megabyte."""
+    bomb = _alias_bomb()
+    if where == "finetune-config":
+        config = tmp_path / "bomb.yaml"
+        config.write_text(f"model: {{name: {bomb}}}\n")
+        args = ["finetune", data, "--config", config, "--output", tmp_path / "run"]
+        needle = "model.name"
+    else:
+        cfg = yaml.safe_load((run_copy / "config.yaml").read_text())
+        cfg["model"] = "BOMB"
+        (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg).replace("BOMB", bomb))
+        args, needle = ["evaluate", run_copy], "'model'"
+    result, peak = _peak_bytes(lambda: cli(*args))
+    assert_one_line_error(result, 2, needle)
+    assert len(result.output) < 1000 and peak < 1_000_000, (len(result.output), peak)
+
+
+def test_quote_is_bounded_and_escapes_control_characters():
+    from serving.errors import printable, quote
+
+    assert quote("daisy") == "'daisy'"
+    assert "\x1b" not in quote("a\x1b[2Jb") and "\\x1b" in quote("a\x1b[2Jb")
+    assert len(quote("x" * 10_000)) <= 80 and len(quote(list(range(10_000)))) <= 80
+    assert printable("rose\n\x1b]0;pwned\x07\u202e") == "rose\\n\\x1b]0;pwned\\x07\\u202e"
+
+
+MATH_NAMES = ["price_$5_$10", "a$\\frac{x$b", "c$^$d"]
+
+
+def test_class_names_matplotlib_would_read_as_math_are_plotted_as_text(run_copy):
+    """evaluate (like finetune's end) draws the class names; they are never parsed as mathtext."""
+    (run_copy / "labels.txt").write_text("".join(f"{n}\n" for n in MATH_NAMES))
+    doc = json.loads((run_copy / "split.json").read_text())
+    doc["classes"] = MATH_NAMES
+    (run_copy / "split.json").write_text(json.dumps(doc))
+    (run_copy / "confusion_matrix.png").unlink()
+    result = cli("evaluate", run_copy)
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_plot_titles_with_dollar_signs_are_not_math(tmp_path):
+    from cvkeras.plots import plot_confusion, plot_curves
+
+    plot_confusion([[1, 0], [0, 1]], MATH_NAMES[:2], tmp_path / "cm.png", title=MATH_NAMES[1])
+    (tmp_path / "history.csv").write_text("epoch,stage,loss,val_loss,accuracy,val_accuracy,learning_rate\n"
+                                          "1,1,1.0,1.0,0.5,0.5,0.001\n")
+    plot_curves(tmp_path / "history.csv", tmp_path / "curves.png", title=MATH_NAMES[0] + MATH_NAMES[1])
+    assert (tmp_path / "cm.png").is_file() and (tmp_path / "curves.png").is_file()
+
+
+# --- explain writes only into a folder it owns ------------------------------------------------------------
+
+def _photos(tmp: Path, data: Path, names: tuple[str, ...] = ("flower.png", "photo.png")) -> Path:
+    photos = tmp / "photos"
+    photos.mkdir()
+    for name, src in zip(names, sorted(data.rglob("*.png")), strict=False):
+        shutil.copy(src, photos / name)
+    return photos
+
+
+@pytest.mark.parametrize("case", ["output-is-the-input-folder", "output-holds-user-pngs", "output-is-a-file",
+                                  "output-is-the-run"])
+def test_explain_never_writes_among_files_it_did_not_write(tmp_path, data, run_copy, case):
+    photos = _photos(tmp_path, data)
+    out = {"output-is-the-input-folder": photos, "output-is-the-run": run_copy,
+           "output-holds-user-pngs": tmp_path / "mine", "output-is-a-file": tmp_path / "notes.txt"}[case]
+    if case == "output-holds-user-pngs":
+        out.mkdir()
+        (out / "photo.png").write_bytes(b"my photo")
+        (out / "contact_sheet.png").write_bytes(b"my sheet")
+    if case == "output-is-a-file":
+        out.write_text("mine\n")
+    before, run_before = snapshot(tmp_path), snapshot(run_copy)
+    result = cli("explain", run_copy, photos, "-o", out)
+    assert_one_line_error(result, 2, str(out))
+    assert snapshot(tmp_path) == before and snapshot(run_copy) == run_before
+
+
+def test_explain_names_never_collide_with_the_sheet_or_an_input(tmp_path, data, run_copy):
+    photos = _photos(tmp_path, data, ("contact_sheet.jpg", "flower.png"))
+    Image.open(photos / "contact_sheet.jpg").convert("RGB").save(photos / "contact_sheet.jpg", format="JPEG")
+    out = tmp_path / "cams"
+    result = cli("explain", run_copy, photos, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["contact_sheet-2.png", "contact_sheet.png", "flower.png"]
+    again = cli("explain", run_copy, photos, "-o", out)  # a folder explain wrote is its own to write again
+    assert again.exit_code == 0, again.output
+    default = cli("explain", run_copy, photos)
+    assert default.exit_code == 0 and (run_copy / "explain" / "flower.png").is_file(), default.output
+    assert rundir.foreign_entries(run_copy) == []  # RUN/explain stays recorded in the run's manifest
+
+
+# --- class names with control characters are refused when read; nothing raw reaches the terminal ----------
+
+ESC_LABEL = "rose\x1b]0;pwned\x07\x1b[2J"
+
+
+def test_a_csv_label_with_a_newline_is_refused_with_its_row(tmp_path, data):
+    rows = [f"{p},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    rows[2] = rows[2].split(",")[0] + ',"circle\nsquare"'
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    result = cli("finetune", csv_file, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, "data.csv:3", "control character", "'circle\\nsquare'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_class_folder_named_with_escape_sequences_is_refused_and_never_printed_raw(tmp_path):
+    data = write_shapes(tmp_path / "shapes", per_class=3, size=32)
+    (data / "square").rename(data / ESC_LABEL)
+    result = cli("finetune", data, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, str(data), "control character")
+    assert "\x1b" not in result.output and "\\x1b" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("labels, needle", [(["red", ESC_LABEL, "blue", "grey"], "control character"),
+                                            (["red", "red", "blue", "grey"], "listed twice")],
+                         ids=["escape-sequence", "duplicate"])
+def test_bad_labels_in_model_metadata_are_one_line(tmp_path, labels, needle):
+    from serving_helpers import write_class_folder
+
+    model = _serving_model(tmp_path, {"labels": labels})
+    images = tmp_path / "imgs"
+    write_class_folder(images, per_class=1)
+    result = cli("predict", model, images)
+    assert_one_line_error(result, 2, str(model), needle)
+    assert "\x1b" not in result.output
+
+
+def test_predict_table_escapes_control_characters_in_file_names(tmp_path):
+    model = _serving_model(tmp_path)
+    photo = tmp_path / f"{ESC_LABEL}.png"
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(photo)
+    result = cli("predict", model, photo)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "rose\\x1b]0;pwned" in result.output
+
+
+def test_class_names_differing_only_by_case_are_warned_about(tmp_path):
+    from cvkeras.data import scan_folder
+
+    data = write_shapes(tmp_path / "shapes", per_class=3, size=32)
+    (data / "square").rename(data / "Circle")
+    split = scan_folder(data)
+    assert any("differ only by case" in w and "'Circle' and 'circle'" in w for w in split.warnings), split.warnings
+
+
+# --- a full disk: one line naming the file, exit 2, earlier files intact -----------------------------------
+
+def _disk_full_at(monkeypatch, name: str) -> None:
+    """Writing any file called ``name`` fails like a full disk: the write raises ENOSPC, naming no file."""
+    replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(runfiles.os, "replace", full)
+
+
+@pytest.mark.parametrize("command, name", [
+    (["evaluate"], "metrics.json"), (["report"], "report.html"), (["explain", "IMAGES", "-o", "OUT"], "flower.png"),
+    (["export", "--format", "onnx"], "model.onnx"),
+], ids=["evaluate", "report", "explain", "export"])
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, data, run_copy, monkeypatch, command, name):
+    photos = _photos(tmp_path, data)
+    out = tmp_path / "cams"
+    args = [str(photos) if a == "IMAGES" else str(out) if a == "OUT" else a for a in command]
+    before = snapshot(run_copy)
+    _disk_full_at(monkeypatch, name)
+    result = cli(args[0], run_copy, *args[1:])
+    assert_one_line_error(result, 2, name, "no space left")
+    assert not out.exists()  # explain leaves no folder it made
+    after = snapshot(run_copy)
+    kept = {k: v for k, v in after.items() if k in before and k != rundir.MARKER}  # the manifest may grow
+    assert kept == {k: v for k, v in before.items() if k != rundir.MARKER}  # nothing written earlier is damaged
+    assert not [f for f in after if ".tmp" in f]
+
+
+def test_a_full_disk_in_finetune_names_the_checkpoint_and_resume_knows_the_finished_epoch(tmp_path, data,
+                                                                                         monkeypatch):
+    import keras
+
+    run = tmp_path / "run"
+    _disk_full_at(monkeypatch, "last.keras")
+    result = cli("finetune", data, *QUICK, "--output", run)
+    assert_one_line_error(result, 2, str(run / "checkpoints" / "last.keras"), "no space left")
+    keras.saving.load_model(run / "best.keras", safe_mode=True)  # the finished epoch's model is complete
+    monkeypatch.undo()
+    resume = cli("finetune", "--resume", "--output", run)
+    assert_one_line_error(resume, 2, "epoch(s) 1-1 finished", "best.keras")
+    assert "before its first epoch" not in resume.output
+
+
+# --- smaller items ----------------------------------------------------------------------------------------
+
+def test_a_failed_set_up_leaves_no_stub_run_directory(tmp_path, data):
+    weights = tmp_path / "weights.h5"
+    weights.write_bytes(b"not an h5 file")
+    run = tmp_path / "run"
+    result = cli("finetune", data, *QUICK, "--weights", weights, "--output", run)
+    assert_one_line_error(result, 2, str(weights))
+    assert not run.exists()  # the retry the error invites is not met by "run directory exists"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("finetune", data, *QUICK, "--weights", weights, "--output", empty)
+    assert_one_line_error(result, 2, str(weights))
+    assert empty.is_dir() and list(empty.iterdir()) == []  # a folder the user made stays, as it was
+
+
+@pytest.mark.parametrize("command, target", [("export", "export.exporter.export_run"),
+                                             ("evaluate", "cvkeras.evaluate.evaluate_run"),
+                                             ("report", "cvkeras.report.write_report")])
+def test_ctrl_c_is_one_line_and_exit_130(run_copy, monkeypatch, command, target):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    before = snapshot(run_copy)
+    result = cli(command, run_copy)
+    assert_one_line_error(result, 130, "interrupted", f"cvkeras {command}")
+    assert snapshot(run_copy) == before
+
+
+def test_exporting_an_unfinished_run_warns_that_it_is_unfinished(run_copy):
+    state_file = run_copy / "checkpoints" / "state.json"
+    state = json.loads(state_file.read_text())
+    finished = cli("export", run_copy, "--format", "onnx")
+    assert finished.exit_code == 0 and "did not finish" not in finished.output, finished.output
+    state.update(finished=False, stage=2)  # Ctrl-C in stage 2
+    state_file.write_text(json.dumps(state))
+    result = cli("export", run_copy, "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "did not finish" in result.stderr and "--resume" in result.stderr
+
+
+def test_predict_on_a_named_pipe_is_an_error_entry_not_a_hang(tmp_path):
+    import threading
+
+    model = _serving_model(tmp_path)
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(result=cli("predict", model, fifo, "--json")), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # unblock the open() so the thread ends, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("predict blocked opening a named pipe")
+    result = box["result"]
+    assert result.exit_code == 1 and "named pipe" in result.output and "Traceback" not in result.output
+
+
+def test_predict_on_a_folder_lists_webp_and_tiff_files_it_classifies_by_name(tmp_path):
+    model = _serving_model(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.webp", "c.tiff"):
+        Image.new("RGB", (20, 20), (200, 30, 30)).save(folder / name)
+    result = cli("predict", model, folder, "--json")
+    assert result.exit_code == 0, result.output
+    docs = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert sorted(Path(d["path"]).name for d in docs) == ["a.png", "b.webp", "c.tiff"]
+    assert all("error" not in d or d["error"] is None for d in docs), docs
+
+
+def test_a_csv_row_naming_a_folder_says_it_is_a_folder(tmp_path, data):
+    rows = [f"{p},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    rows[1] = f"{data / 'circle'},circle"
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    result = cli("finetune", csv_file, *QUICK, "--output", tmp_path / "run")
+    assert_one_line_error(result, 2, "data.csv:2", "is a folder")
+
+
+def test_a_dangling_symlink_is_listed_as_skipped(tmp_path):
+    from cvkeras.data import scan_folder
+
+    data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
+    (data / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    split = scan_folder(data)
+    reasons = {Path(p).name: why for p, why in split.skipped}
+    assert "broken symlink" in reasons["gone.png"]
+
+
+def test_the_confusion_matrix_figure_is_bounded_for_many_classes():
+    """200 classes drew a 20600 x 10200 px figure (4.2 GB of RAM); it is capped, with every k-th name shown."""
+    from cvkeras.plots import CONFUSION_MAX_TICKS, confusion_figure
+
+    classes = [f"class_{i:03d}" for i in range(200)]
+    fig = confusion_figure(np.eye(200, dtype=int).tolist(), classes)
+    width, height = fig.get_size_inches() * fig.dpi
+    assert width * height <= 6_000 * 3_000, (width, height)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[0] == "class_000" and len(labels) <= CONFUSION_MAX_TICKS

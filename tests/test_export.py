@@ -500,6 +500,13 @@ def test_int8_onnx_missing_the_gate_is_repaired_with_float_layers(hostile_export
     assert row["status"] == "passed" and row["agreement"] >= 0.99
     assert row["float_layers"] and rep["passed"] is True and rep["float_layers"] == row["float_layers"]
     assert [a["float_layers"] for a in rep["attempts"]][:2] == [1, 2]  # doubling, then bisection
+    # issue #22.2: every candidate was checked on the held-back training images, never on validation; the
+    # chosen one was then judged once on the validation images (the row's own figures)
+    assert rep["searched_on"] == "held_back_train"
+    assert {a["n_images"] for a in rep["attempts"]} == {row["n_held_back"]} and row["n_held_back"] > 0
+    assert all(a["accuracy_drop"] is None for a in rep["attempts"])
+    assert rep["judged_on"] == {"images": "validation", "n": row["n_reference"], "agreement": row["agreement"],
+                                "accuracy_drop": row["accuracy_drop"], "passed": True}
     assert any(a["float_layers"] == len(row["float_layers"]) and a["passed"] for a in rep["attempts"])
     assert not any(a["passed"] for a in rep["attempts"] if a["float_layers"] < len(row["float_layers"]))
     assert rep["size_cost"] > 1.0 and rep["latency_cost"] > 0
