@@ -17,6 +17,8 @@ The result is one ``cvkeras.check/1`` document (docs/json.md); :mod:`cvkeras.che
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,7 +199,8 @@ def outliers(features: np.ndarray, labels: np.ndarray) -> list[tuple[int, float]
         idx = np.flatnonzero(labels == c)
         if len(idx) < 5:
             continue
-        scores = OutOfDistribution(params={"k": min(10, len(idx) - 1)}).fit_score(features=features[idx])
+        with contextlib.redirect_stdout(io.StringIO()):  # cleanlab prints progress; stdout may hold --json
+            scores = OutOfDistribution(params={"k": min(10, len(idx) - 1)}).fit_score(features=features[idx])
         q1, q3 = np.percentile(scores, [25, 75])
         out += [(int(idx[j]), float(scores[j])) for j in np.flatnonzero(scores < q1 - OUTLIER_FENCE * (q3 - q1))]
     return sorted(out, key=lambda t: t[1])

@@ -1,0 +1,230 @@
+"""Benchmark ``cvkeras check`` on a real photo set with planted problems; prints one JSON document.
+
+A copy of DATA (never DATA itself) is laid out as finetune's own split (``train/`` + ``val/``, the seeded
+stratified split ``cvkeras.datasplit.stratified_split`` makes), then problems are planted in it:
+
+* ``--mislabel`` (5 %) of the photos moved to another class folder of their split;
+* ``--near`` (50) near copies of training photos written into ``val/`` of the same class: rescaled 50-90 %,
+  JPEG quality 60-90, up to 5 % cropped, brightness within +-15 %;
+* the set's own byte-duplicates are found by digest and counted as planted exact copies.
+
+Reported: precision and recall of duplicates (pairs) and label issues (recall in the top 2 x planted of
+each cleanlab ranking), near-copy detectors compared (pHash alone at several distances, feature cosine
+alone, the combined rule), the time per 1 000 images of the check and of finetune's cheap cross-split
+pass, and the same check on the unplanted set (what a clean set produces).
+
+Example:
+    python bench/bench_check.py --data ../shared/data/flowers --alpha 0.35 \\
+        --weights ../shared/data/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _plant(src: Path, dst: Path, seed: int, mislabel: float, near: int) -> dict:
+    """Copy ``src`` as finetune splits it, plant the problems; returns the ground truth."""
+    from PIL import Image
+
+    from cvkeras.data import scan_folder
+
+    split = scan_folder(src, 0.2, seed)
+    rng = np.random.default_rng(seed)
+    where: dict[str, Path] = {}
+    for name in ("train", "val"):
+        for p, y in getattr(split, name):
+            out = dst / name / split.classes[y] / Path(p).name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, out)
+            where[p] = out
+    items = split.train + split.val
+    moved = {}
+    for k in rng.choice(len(items), int(round(mislabel * len(items))), replace=False):
+        p, y = items[k]
+        wrong = int(rng.choice([c for c in range(len(split.classes)) if c != y]))
+        out = where[p].parent.parent / split.classes[wrong] / where[p].name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        where[p].rename(out)
+        where[p] = out
+        moved[str(out.resolve())] = (split.classes[y], split.classes[wrong])
+    train = [p for p, _ in split.train if str(where[p].resolve()) not in moved]
+    pairs = []
+    for k in rng.choice(len(train), near, replace=False):
+        p = train[k]
+        with Image.open(where[p]) as im:
+            img = im.convert("RGB")
+        w, h = img.size
+        crop = rng.uniform(0.0, 0.05)
+        left, top = rng.uniform(0, crop) * w, rng.uniform(0, crop) * h
+        img = img.crop((int(left), int(top), int(w - (crop * w - left)), int(h - (crop * h - top))))
+        scale = rng.uniform(0.5, 0.9)
+        img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) * rng.uniform(0.85, 1.15)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(rng.integers(60, 91)))
+        out = dst / "val" / where[p].parent.name / f"nearcopy_{k}_{where[p].stem}.jpg"
+        out.write_bytes(buf.getvalue())
+        pairs.append((str(where[p].resolve()), str(out.resolve())))
+    by_digest: dict[str, list[str]] = {}
+    for f in sorted((dst).rglob("*.jpg")):
+        by_digest.setdefault(hashlib.sha256(f.read_bytes()).hexdigest(), []).append(str(f.resolve()))
+    exact = [tuple(g) for g in by_digest.values() if len(g) > 1]
+    return {"moved": moved, "near": pairs, "exact": exact, "n": sum(1 for _ in dst.rglob("*.jpg"))}
+
+
+def _pairs_of_groups(groups, keys) -> set[frozenset]:
+    return {frozenset((keys[a], keys[b])) for g in groups for a, b in itertools.combinations(g.members, 2)}
+
+
+def _pr(found: set[frozenset], truth: set[frozenset], clean: set[frozenset] | None = None) -> dict:
+    hit = found & truth
+    out = {"found_pairs": len(found), "true_pairs": len(truth), "recall": len(hit) / max(len(truth), 1),
+           "precision": len(hit) / max(len(found), 1)}
+    if clean is not None:  # pairs the unplanted set has too are real copies in the data, not detector errors
+        out["precision_excluding_copies_already_in_the_data"] = len(hit) / max(len(found - clean), 1)
+    return out
+
+
+def _detectors(a, truth_near: set[frozenset], truth_all: set[frozenset], clean_pairs) -> dict:
+    """Near-copy detectors compared on the same images (pairs across train/val only, as planted)."""
+    from cvkeras import duplicates
+
+    hashes, feats = a.hashes, a.features
+    splits = np.asarray(a.splits)
+    train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+    dist = duplicates.hamming(hashes[train], hashes[val])
+    cos = feats[train] @ feats[val].T
+
+    def pairs(mask) -> set[frozenset]:
+        return {frozenset((a.keys[train[i]], a.keys[val[j]])) for i, j in zip(*np.nonzero(mask), strict=True)}
+
+    cross_truth = {p for p in truth_all if len({a.splits[a.keys.index(k)] for k in p}) > 1}
+    out = {}
+    for t in (4, 6, 8, 10, 12, 14, 16):
+        out[f"phash<={t}"] = _pr(pairs(dist <= t), cross_truth, clean_pairs)
+    for c in (0.85, 0.9, 0.93, 0.95, 0.97):
+        out[f"cosine>={c}"] = _pr(pairs(cos >= c), cross_truth, clean_pairs)
+    rule = (dist <= duplicates.PHASH_MAX_DISTANCE) | (cos >= duplicates.COSINE_MIN) | (
+        (dist <= duplicates.PHASH_SUPPORT_DISTANCE) & (cos >= duplicates.COSINE_WITH_HASH))
+    out["combined (check's rule)"] = _pr(pairs(rule), cross_truth, clean_pairs)
+    return out
+
+
+def _label_rankings(a, moved: dict) -> dict:
+    """Recall of planted label errors in the top 2 x planted of each cleanlab ranking."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    from cvkeras.check import out_of_fold_probabilities
+
+    probs = out_of_fold_probabilities(a.features, a.labels, len(a.classes))
+    planted = {i for i, k in enumerate(a.keys) if k in moved}
+    top = 2 * len(planted)
+    out = {"planted": len(planted), "oof_accuracy": float(np.mean(probs.argmax(1) == a.labels))}
+    for method in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
+        ranked = find_label_issues(a.labels, probs, return_indices_ranked_by=method)
+        scores = get_label_quality_scores(a.labels, probs, method=method)
+        order = np.argsort(scores, kind="stable")[:top]
+        out[method] = {"flagged": len(ranked), "flagged_precision": len(planted & set(ranked.tolist())) / max(
+            len(ranked), 1), "flagged_recall": len(planted & set(ranked.tolist())) / len(planted),
+            "recall_in_top_2x_of_flagged": len(planted & set(ranked[:top].tolist())) / len(planted),
+            "recall_in_top_2x_of_all_scores": len(planted & set(order.tolist())) / len(planted)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="../shared/data/flowers")
+    ap.add_argument("--model", default="mobilenet_v2")
+    ap.add_argument("--alpha", type=float, default=0.35)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--mislabel", type=float, default=0.05)
+    ap.add_argument("--near", type=int, default=50)
+    ap.add_argument("--keep", help="Write the planted copy here (kept) instead of a temp folder.")
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cvkeras.check import run_check
+    from cvkeras.data import load_source
+    from cvkeras.duplicates import cross_split_leaks
+    from cvkeras.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_check-"))
+    try:
+        truth = _plant(Path(args.data).resolve(), tmp / "planted", args.seed, args.mislabel, args.near)
+        clean_start = time.perf_counter()
+        clean_doc, clean = run_check(str(Path(args.data).resolve()), args.model, args.alpha, args.weights,
+                                     seed=args.seed)
+        clean_seconds = time.perf_counter() - clean_start
+        start = time.perf_counter()
+        doc, a = run_check(str(tmp / "planted"), args.model, args.alpha, args.weights, seed=args.seed)
+        seconds = time.perf_counter() - start
+        n = len(a.keys)
+        split = load_source(str(tmp / "planted"), 0.2, args.seed)
+        leak_start = time.perf_counter()
+        groups, drop = cross_split_leaks(split)
+        leak_seconds = time.perf_counter() - leak_start
+
+        from cvkeras.check import duplicate_groups
+
+        near_truth = {frozenset(p) for p in truth["near"]}
+        exact_truth = {frozenset(c) for g in truth["exact"] for c in itertools.combinations(g, 2)}
+        clean_pairs = _pairs_of_groups(duplicate_groups(clean), clean.keys)
+        found = _pairs_of_groups(duplicate_groups(a), a.keys)
+        leak_items = [p for name in ("train", "val", "test") for p, _ in getattr(split, name)]
+        leak_pairs = _pairs_of_groups(groups, leak_items)
+        issues = [d["path"] for d in doc["label_issues"]]
+        moved = truth["moved"]
+        top = issues[:2 * len(moved)]
+        result = {
+            "what": "cvkeras check on a planted copy of the data, and on the data itself",
+            "data": str(args.data), "model": args.model, "alpha": args.alpha, "weights": Path(args.weights).name,
+            "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
+            "images": n, "planted": {"mislabelled": len(moved), "near_copies": len(near_truth),
+                                     "exact_pairs_in_data": len(exact_truth)},
+            "check_seconds": round(seconds, 2), "check_seconds_per_1000": round(1000 * seconds / n, 2),
+            "finetune_leak_pass_seconds": round(leak_seconds, 2),
+            "finetune_leak_pass_seconds_per_1000": round(1000 * leak_seconds / n, 2),
+            "duplicates": {
+                "near": _pr(found, near_truth, clean_pairs),
+                "exact": _pr({p for p in found if p in exact_truth}, exact_truth),
+                "all": _pr(found, near_truth | exact_truth, clean_pairs),
+                "finetune_cross_split_pass": _pr(leak_pairs, near_truth, clean_pairs),
+                "detectors_train_x_val": _detectors(a, near_truth, near_truth | exact_truth, clean_pairs),
+            },
+            "label_issues": {"flagged": len(issues), "recall_in_top_2x_planted": len(set(top) & set(moved)) / len(
+                moved), "precision_of_flagged": len(set(issues) & set(moved)) / max(len(issues), 1),
+                "rankings": _label_rankings(a, moved)},
+            "outliers": len(doc["outliers"]), "small_images": len(doc["small_images"]),
+            "clean_set": {"images": len(clean.keys), "seconds": round(clean_seconds, 2),
+                          "duplicate_groups": len(clean_doc["duplicates"]),
+                          "label_issues": len(clean_doc["label_issues"]), "outliers": len(clean_doc["outliers"]),
+                          "small_images": len(clean_doc["small_images"]),
+                          "duplicate_groups_examples": [d["paths"] for d in clean_doc["duplicates"][:5]]},
+            "loadavg_after": list(os.getloadavg()),
+        }
+        print(json.dumps(result, indent=1))
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
