@@ -54,6 +54,7 @@ class Analysis:
     features: np.ndarray  # L2-normalised pooled backbone features
     input_size: list[int]
     skipped: list[tuple[str, str]]
+    pretrained: bool = True  # random-weight features measure no similarity: near copies by pHash alone
 
     @property
     def hashes(self) -> np.ndarray:
@@ -74,6 +75,12 @@ def feature_extractor(model: str, alpha: float | None, weights: str, image_size:
     return keras.Model(clf.inputs, clf.get_layer("pool").output), size
 
 
+def _pretrained(weights: str) -> bool:
+    from cvkeras.model import _resolve_weights
+
+    return str(weights).lower() not in ("none", "random", "") and _resolve_weights(weights) is not None
+
+
 def _normed(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -89,9 +96,12 @@ def analyse(data: str, model: str, alpha: float | None, weights: str, image_size
     defaults = FinetuneConfig()
     split = load_source(data, defaults.val_split if val_split is None else val_split,
                         defaults.seed if seed is None else seed, tfds_data_dir)
+    import keras
+
+    keras.utils.set_random_seed(defaults.seed if seed is None else seed)  # random-weight backbones repeat too
     extractor, size = feature_extractor(model, alpha, weights, image_size)
     if split.source == "tfds":
-        return _analyse_tfds(split, extractor, size)
+        return _analyse_tfds(split, extractor, size, weights)
     items = [(p, y, name) for name in SPLITS for p, y in getattr(split, name)]
     paths = [p for p, _, _ in items]
     labels = np.asarray([y for _, y, _ in items], dtype=np.int64)
@@ -104,7 +114,8 @@ def analyse(data: str, model: str, alpha: float | None, weights: str, image_size
         return _thumb(load_image(paths[i]))
 
     return Analysis(split.classes, paths, [n for _, _, n in items], labels, signatures,
-                    lambda i: duplicates.pixel_digest(paths[i]), thumbnail, features, size, list(split.skipped))
+                    lambda i: duplicates.pixel_digest(paths[i]), thumbnail, features, size, list(split.skipped),
+                    _pretrained(weights))
 
 
 def _file_features(extractor, paths: list[str], labels: np.ndarray, size: list[int]) -> np.ndarray:
@@ -123,7 +134,7 @@ def _thumb(image: np.ndarray, side: int = 128) -> np.ndarray:
     return np.asarray(img)
 
 
-def _analyse_tfds(split, extractor, size: list[int]) -> Analysis:
+def _analyse_tfds(split, extractor, size: list[int], weights: str) -> Analysis:
     """TFDS sources: the examples as TensorFlow decodes them (no files: exact means the same pixels)."""
     import hashlib
 
@@ -146,7 +157,8 @@ def _analyse_tfds(split, extractor, size: list[int]) -> Analysis:
             thumbs.append(_thumb(image))
             feats.append(extractor.predict(resize_image(image, size)[None], verbose=0)[0])
     return Analysis(list(split.classes), keys, names, np.asarray(labels, dtype=np.int64), sigs,
-                    lambda i: sigs[i].sha256, lambda i: thumbs[i], _normed(np.asarray(feats)), size, [])
+                    lambda i: sigs[i].sha256, lambda i: thumbs[i], _normed(np.asarray(feats)), size, [],
+                    _pretrained(weights))
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -206,11 +218,11 @@ def outliers(features: np.ndarray, labels: np.ndarray) -> list[tuple[int, float]
     return sorted(out, key=lambda t: t[1])
 
 
-def duplicate_groups(a: Analysis, use_features: bool = True) -> list[duplicates.Group]:
-    """Exact and near copies among all images (pHash, byte/pixel digests and, by default, features)."""
+def duplicate_groups(a: Analysis) -> list[duplicates.Group]:
+    """Exact and near copies among all images (pHash, byte/pixel digests and pretrained features)."""
     hashes = a.hashes
     exact = duplicates.exact_pairs([s.sha256 for s in a.signatures], hashes, a.pixels)
-    near = duplicates.near_pairs(hashes, a.features if use_features else None)
+    near = duplicates.near_pairs(hashes, a.features if a.pretrained else None)
     return duplicates.group_pairs(len(a.keys), exact, near, a.splits, a.labels)
 
 
@@ -269,7 +281,7 @@ def run_check(data: str, model: str | None = None, alpha: float | None = None, w
                 "input_size": list(a.input_size), "seed": seed,
                 "val_split": defaults.val_split if val_split is None else val_split,
                 "ranked_by": RANKED_BY, "phash_max_distance": duplicates.PHASH_MAX_DISTANCE,
-                "cosine_min": duplicates.COSINE_MIN}
+                "cosine_min": duplicates.COSINE_MIN if a.pretrained else None}
     doc = check_document(a, settings, 0.0, seed)
     doc["seconds"] = round(time.perf_counter() - start, 3)
     return doc, a

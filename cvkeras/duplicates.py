@@ -198,3 +198,58 @@ def cross_split_leaks(split: Any, workers: int = 4) -> tuple[list[Group], list[s
     groups = [g for g in group_pairs(len(items), exact, near, names, [y for *_, y in items]) if g.cross_split]
     drop = [f"{items[m][0]}:{items[m][1]}" for g in groups for m in g.members if names[m] != "train"]
     return groups, drop
+
+
+#: The run directory's list of validation/test images that copy a training image (finetune writes it).
+LEAKS = "duplicates.txt"
+
+
+@dataclass
+class Leaks:
+    """finetune's cross-split copies: (held-out path, training path, kind, dropped by ``--dedupe``) rows."""
+
+    rows: list[tuple[str, str, str, bool]]
+
+    def write(self, run: Any) -> None:
+        """``RUN/duplicates.txt``: one tab-separated line per held-out copy (read by report.html)."""
+        from cvkeras.runfiles import atomic_write, printable_path
+
+        lines = [f"{printable_path(held)}\t{printable_path(train)}\t{kind}\t{'dropped' if dropped else 'kept'}\n"
+                 for held, train, kind, dropped in self.rows]
+        atomic_write(run / LEAKS, "".join(lines))
+
+
+def finetune_leaks(split: Any, dedupe: bool) -> Leaks | None:
+    """finetune's cheap check: validation/test images that copy a training image (exact or near, by hash).
+
+    Adds one warning to ``split.warnings``; with ``dedupe`` the held-out copies leave the split and join
+    ``split.skipped`` (so skipped.txt lists them). TFDS sources have no files to hash: None.
+    """
+    from cvkeras.datasplit import DataError
+
+    if split.source == "tfds":
+        return None
+    groups, drop = cross_split_leaks(split)
+    if not groups:
+        return None
+    items = [(f"{name}:{i}", p, name) for name in ("train", "val", "test") for i, (p, _) in
+             enumerate(getattr(split, name))]
+    rows = []
+    for g in groups:
+        train = next(items[m][1] for m in g.members if items[m][2] == "train")
+        rows += [(items[m][1], train, g.kind, dedupe) for m in g.members if items[m][0] in set(drop)]
+    example = f"{rows[0][0]} copies {rows[0][1]}"
+    if dedupe:
+        gone = {held for held, *_ in rows}
+        for name in ("val", "test"):
+            setattr(split, name, [it for it in getattr(split, name) if it[0] not in gone])
+        split.skipped += [(held, f"{kind} copy of training image {train} (--dedupe)") for held, train, kind, _ in rows]
+        if not split.val:
+            raise DataError(f"{split.root}: every validation image copies a training image; --dedupe left none, "
+                            "so add distinct validation images")
+        split.warnings.append(f"dropped {len(rows)} validation/test copies of training images (--dedupe), e.g. "
+                              f"{example}; listed in skipped.txt and duplicates.txt")
+    else:
+        split.warnings.append(f"{len(rows)} validation/test image(s) copy a training image (e.g. {example}): they "
+                              "inflate validation accuracy; listed in duplicates.txt -- pass --dedupe to drop them")
+    return Leaks(rows)
