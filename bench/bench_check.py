@@ -92,37 +92,51 @@ def _pairs_of_groups(groups, keys) -> set[frozenset]:
     return {frozenset((keys[a], keys[b])) for g in groups for a, b in itertools.combinations(g.members, 2)}
 
 
+def _names(pairs: set[frozenset]) -> set[frozenset]:
+    """Pairs by file name: the planted copy and the data itself hold the same photos under other folders."""
+    return {frozenset(Path(p).name for p in pair) for pair in pairs}
+
+
 def _pr(found: set[frozenset], truth: set[frozenset], clean: set[frozenset] | None = None) -> dict:
     hit = found & truth
     out = {"found_pairs": len(found), "true_pairs": len(truth), "recall": len(hit) / max(len(truth), 1),
            "precision": len(hit) / max(len(found), 1)}
-    if clean is not None:  # pairs the unplanted set has too are real copies in the data, not detector errors
-        out["precision_excluding_copies_already_in_the_data"] = len(hit) / max(len(found - clean), 1)
+    if clean is not None:  # pairs found in the unplanted data too are copies the data already had
+        rest = {p for p in found if frozenset(Path(k).name for k in p) not in clean}
+        out["pairs_also_in_unplanted_data"] = len(found) - len(rest)
+        out["precision_excluding_pairs_in_unplanted_data"] = len(hit) / max(len(rest), 1)
     return out
 
 
-def _detectors(a, truth_near: set[frozenset], truth_all: set[frozenset], clean_pairs) -> dict:
-    """Near-copy detectors compared on the same images (pairs across train/val only, as planted)."""
+def _detectors(a, clean, truth: set[frozenset]) -> dict:
+    """Near-copy detectors compared on the same images (pairs across train/val only, as planted): each is
+    scored on the planted set, its pairs on the unplanted set are excluded from the precision denominator."""
     from cvkeras import duplicates
+    from cvkeras.check import _normed
 
-    hashes, feats = a.hashes, a.features
-    splits = np.asarray(a.splits)
-    train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
-    dist = duplicates.hamming(hashes[train], hashes[val])
-    cos = feats[train] @ feats[val].T
+    def parts(x):
+        splits = np.asarray(x.splits)
+        rows, cols = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+        feats = _normed(x.features - x.features.mean(axis=0))
+        lay = np.stack([s.layout for s in x.signatures])
+        return (rows, cols, duplicates.hamming(x.hashes[rows], x.hashes[cols]), lay[rows] @ lay[cols].T,
+                feats[rows] @ feats[cols].T)
 
-    def pairs(mask) -> set[frozenset]:
-        return {frozenset((a.keys[train[i]], a.keys[val[j]])) for i, j in zip(*np.nonzero(mask), strict=True)}
+    def pairs(x, mask, rows, cols) -> set[frozenset]:
+        return {frozenset((x.keys[rows[i]], x.keys[cols[j]])) for i, j in zip(*np.nonzero(mask), strict=True)}
 
-    cross_truth = {p for p in truth_all if len({a.splits[a.keys.index(k)] for k in p}) > 1}
+    p, c = parts(a), parts(clean)
+    rules = {f"phash<={t}": (lambda d, lay, cos, t=t: d <= t) for t in (6, 8, 10, 12, 14)}
+    rules |= {f"centred feature cosine>={v}": (lambda d, lay, cos, v=v: cos >= v) for v in (0.7, 0.8, 0.9)}
+    rules |= {f"phash<={t} & layout>={v}": (lambda d, lay, cos, t=t, v=v: (d <= t) & (lay >= v))
+              for t, v in ((12, 0.85), (12, 0.9), (14, 0.9))}
+    pd, ld, cd = duplicates.PHASH_MAX_DISTANCE, duplicates.LAYOUT_MIN, duplicates.COSINE_MIN
+    rules["finetune's rule (phash & layout)"] = lambda d, lay, cos: (d <= pd) & (lay >= ld)
+    rules["check's rule (phash & layout & cosine)"] = lambda d, lay, cos: (d <= pd) & (lay >= ld) & (cos >= cd)
     out = {}
-    for t in (4, 6, 8, 10, 12, 14, 16):
-        out[f"phash<={t}"] = _pr(pairs(dist <= t), cross_truth, clean_pairs)
-    for c in (0.85, 0.9, 0.93, 0.95, 0.97):
-        out[f"cosine>={c}"] = _pr(pairs(cos >= c), cross_truth, clean_pairs)
-    rule = (dist <= duplicates.PHASH_MAX_DISTANCE) | (cos >= duplicates.COSINE_MIN) | (
-        (dist <= duplicates.PHASH_SUPPORT_DISTANCE) & (cos >= duplicates.COSINE_WITH_HASH))
-    out["combined (check's rule)"] = _pr(pairs(rule), cross_truth, clean_pairs)
+    for name, rule in rules.items():
+        clean_pairs = _names(pairs(clean, rule(*c[2:]), *c[:2]))
+        out[name] = _pr(pairs(a, rule(*p[2:]), *p[:2]), truth, clean_pairs)
     return out
 
 
@@ -181,12 +195,13 @@ def main() -> None:
         leak_start = time.perf_counter()
         groups, drop = cross_split_leaks(split)
         leak_seconds = time.perf_counter() - leak_start
+        clean_leaks, _ = cross_split_leaks(load_source(str(Path(args.data).resolve()), 0.2, args.seed))
 
         from cvkeras.check import duplicate_groups
 
         near_truth = {frozenset(p) for p in truth["near"]}
         exact_truth = {frozenset(c) for g in truth["exact"] for c in itertools.combinations(g, 2)}
-        clean_pairs = _pairs_of_groups(duplicate_groups(clean), clean.keys)
+        clean_pairs = _names(_pairs_of_groups(duplicate_groups(clean), clean.keys))
         found = _pairs_of_groups(duplicate_groups(a), a.keys)
         leak_items = [p for name in ("train", "val", "test") for p, _ in getattr(split, name)]
         leak_pairs = _pairs_of_groups(groups, leak_items)
@@ -207,7 +222,7 @@ def main() -> None:
                 "exact": _pr({p for p in found if p in exact_truth}, exact_truth),
                 "all": _pr(found, near_truth | exact_truth, clean_pairs),
                 "finetune_cross_split_pass": _pr(leak_pairs, near_truth, clean_pairs),
-                "detectors_train_x_val": _detectors(a, near_truth, near_truth | exact_truth, clean_pairs),
+                "detectors_train_x_val": _detectors(a, clean, near_truth),
             },
             "label_issues": {"flagged": len(issues), "recall_in_top_2x_planted": len(set(top) & set(moved)) / len(
                 moved), "precision_of_flagged": len(set(issues) & set(moved)) / max(len(issues), 1),
@@ -215,6 +230,7 @@ def main() -> None:
             "outliers": len(doc["outliers"]), "small_images": len(doc["small_images"]),
             "clean_set": {"images": len(clean.keys), "seconds": round(clean_seconds, 2),
                           "duplicate_groups": len(clean_doc["duplicates"]),
+                          "duplicate_groups_across_finetunes_split": len(clean_leaks),
                           "label_issues": len(clean_doc["label_issues"]), "outliers": len(clean_doc["outliers"]),
                           "small_images": len(clean_doc["small_images"]),
                           "duplicate_groups_examples": [d["paths"] for d in clean_doc["duplicates"][:5]]},

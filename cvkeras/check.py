@@ -149,8 +149,9 @@ def _analyse_tfds(split, extractor, size: list[int], weights: str) -> Analysis:
         for i, (image, label) in enumerate(ds.as_numpy_iterator()):
             image = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
             digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
-            hashed = duplicates.phash_array(load_resized(image, (duplicates.HASH_SIZE,) * 2))
-            sigs.append(duplicates.Signature(digest, int(hashed[0]), image.shape[1], image.shape[0]))
+            thumb = load_resized(image, (duplicates.HASH_SIZE,) * 2)
+            sigs.append(duplicates.Signature(digest, int(duplicates.phash_array(thumb)[0]), image.shape[1],
+                                             image.shape[0], duplicates.colour_layout(thumb)[0]))
             keys.append(f"tfds:{name}:{i}")
             names.append(name)
             labels.append(int(label))
@@ -222,7 +223,9 @@ def duplicate_groups(a: Analysis) -> list[duplicates.Group]:
     """Exact and near copies among all images (pHash, byte/pixel digests and pretrained features)."""
     hashes = a.hashes
     exact = duplicates.exact_pairs([s.sha256 for s in a.signatures], hashes, a.pixels)
-    near = duplicates.near_pairs(hashes, a.features if a.pretrained else None)
+    layouts = np.stack([s.layout for s in a.signatures])
+    near = duplicates.near_pairs(hashes, layouts, _normed(a.features - a.features.mean(axis=0)) if a.pretrained
+                                 else None)
     return duplicates.group_pairs(len(a.keys), exact, near, a.splits, a.labels)
 
 
@@ -281,7 +284,7 @@ def run_check(data: str, model: str | None = None, alpha: float | None = None, w
                 "input_size": list(a.input_size), "seed": seed,
                 "val_split": defaults.val_split if val_split is None else val_split,
                 "ranked_by": RANKED_BY, "phash_max_distance": duplicates.PHASH_MAX_DISTANCE,
-                "cosine_min": duplicates.COSINE_MIN if a.pretrained else None}
+                "layout_min": duplicates.LAYOUT_MIN, "cosine_min": duplicates.COSINE_MIN if a.pretrained else None}
     doc = check_document(a, settings, 0.0, seed)
     doc["seconds"] = round(time.perf_counter() - start, 3)
     return doc, a

@@ -3,11 +3,12 @@ cropped or brightened), grouped, with the splits and labels each group spans.
 
 Near copies are found by a perceptual hash (DCT pHash, 64 bits, of a 32x32 grey thumbnail): global
 brightness scales every DCT coefficient alike and the bits compare each one to their median, so it
-survives brightness changes, re-encoding and re-scaling; a few bits flip under a light crop. Decoding for
-the hash uses the device decoder of ``serving.preprocess`` at 32x32 (JPEGs DCT-scaled, so a photo costs a
-fraction of a full decode). ``cvkeras check`` also accepts pairs by the cosine similarity of the frozen
-backbone's pooled features (see docs/check.md for what was measured); ``finetune`` uses the hash alone
-(:func:`cross_split_leaks`), which costs about a second per 1 000 photos.
+survives brightness changes, re-encoding and re-scaling; a few bits flip under a light crop. The pHash sees
+grey structure only, so a pair must also have correlated colour layouts (8x8 RGB block means). Decoding
+uses the device decoder of ``serving.preprocess`` at 32x32 (JPEGs DCT-scaled: a fraction of a full
+decode). ``cvkeras check`` with pretrained weights also vetoes pairs whose backbone features disagree;
+``finetune`` uses the hashes alone (:func:`cross_split_leaks`), about a second per 1 000 photos. What was
+compared and measured: docs/check.md.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from typing import Any
 
 import numpy as np
 
-#: Largest Hamming distance (of 64 bits) at which two pHashes mark a near copy (docs/check.md: measured).
-PHASH_MAX_DISTANCE = 10
-#: Smallest cosine similarity of pooled backbone features at which two photos are near copies (check only).
-COSINE_MIN = 0.95
-#: With features: pairs within this pHash distance need only a cosine of ``COSINE_WITH_HASH`` (both agree).
-PHASH_SUPPORT_DISTANCE = 18
-COSINE_WITH_HASH = 0.90
+# A near copy: pHash within PHASH_MAX_DISTANCE bits (of 64) AND colour layouts correlated at LAYOUT_MIN or
+# more; ``check`` with pretrained features also needs a centred feature cosine of COSINE_MIN (a veto: photos
+# of different things). Measured on flowers with 50 planted copies (docs/check.md).
+PHASH_MAX_DISTANCE = 12
+LAYOUT_MIN = 0.90
+COSINE_MIN = 0.5
 HASH_SIZE = 32  # grey thumbnail side the DCT is taken over
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -45,14 +45,29 @@ def phash_array(images: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
 
 
+def colour_layout(images: np.ndarray) -> np.ndarray:
+    """8x8 RGB block means of ``HASH_SIZE`` thumbnails, centred and L2-normed (float32, 192 per image): their
+    dot product is a correlation, blind to brightness and contrast, that tells a yellow photo from a red
+    one with the same grey structure (which the pHash alone confuses)."""
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    k = HASH_SIZE // 8
+    blocks = x.reshape(len(x), 8, k, 8, k, x.shape[-1]).mean(axis=(2, 4)).reshape(len(x), -1)
+    blocks -= blocks.mean(axis=1, keepdims=True)
+    return blocks / np.maximum(np.linalg.norm(blocks, axis=1, keepdims=True), 1e-6)
+
+
 @dataclass
 class Signature:
-    """What the duplicate search knows of one file: byte digest, pHash and size in px (width, height)."""
+    """What the duplicate search knows of one file: byte digest, pHash, size in px (width, height) and colour
+    layout (:func:`colour_layout`)."""
 
     sha256: str
     phash: int
     width: int
     height: int
+    layout: np.ndarray
 
 
 def file_signature(path: str) -> Signature:
@@ -66,7 +81,8 @@ def file_signature(path: str) -> Signature:
     with Image.open(path) as img:
         width, height = img.size
     thumb = load_resized(data, (HASH_SIZE, HASH_SIZE))
-    return Signature(hashlib.sha256(data).hexdigest(), int(phash_array(thumb)[0]), width, height)
+    return Signature(hashlib.sha256(data).hexdigest(), int(phash_array(thumb)[0]), width, height,
+                     colour_layout(thumb)[0])
 
 
 def file_signatures(paths: Sequence[str], workers: int = 4) -> list[Signature]:
@@ -80,23 +96,21 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.asarray(a, np.uint64)[:, None] ^ np.asarray(b, np.uint64)[None, :])
 
 
-def near_pairs(hashes: np.ndarray, features: np.ndarray | None = None, rows: np.ndarray | None = None,
-               cols: np.ndarray | None = None, chunk: int = 1024) -> list[tuple[int, int]]:
-    """Index pairs ``i < j`` that are near copies: pHash within :data:`PHASH_MAX_DISTANCE`, or (with L2-normed
-    ``features``) cosine of at least :data:`COSINE_MIN`, or both a pHash within
-    :data:`PHASH_SUPPORT_DISTANCE` and a cosine of :data:`COSINE_WITH_HASH`. ``rows``/``cols`` restrict the
-    search to pairs between two index sets (e.g. train x val)."""
+def near_pairs(hashes: np.ndarray, layouts: np.ndarray, features: np.ndarray | None = None,
+               rows: np.ndarray | None = None, cols: np.ndarray | None = None,
+               chunk: int = 1024) -> list[tuple[int, int]]:
+    """Index pairs ``i < j`` that are near copies: pHash within :data:`PHASH_MAX_DISTANCE` and colour layout
+    correlation of :data:`LAYOUT_MIN`, and (with centred, L2-normed ``features``) a cosine of
+    :data:`COSINE_MIN`. ``rows``/``cols`` restrict the search to pairs between two index sets (train x val)."""
     n = len(hashes)
     rows = np.arange(n) if rows is None else np.asarray(rows)
     cols = np.arange(n) if cols is None else np.asarray(cols)
     out: set[tuple[int, int]] = set()
     for start in range(0, len(rows), chunk):
         r = rows[start:start + chunk]
-        dist = hamming(hashes[r], hashes[cols])
-        hit = dist <= PHASH_MAX_DISTANCE
+        hit = (hamming(hashes[r], hashes[cols]) <= PHASH_MAX_DISTANCE) & (layouts[r] @ layouts[cols].T >= LAYOUT_MIN)
         if features is not None:
-            cos = features[r] @ features[cols].T
-            hit |= (cos >= COSINE_MIN) | ((dist <= PHASH_SUPPORT_DISTANCE) & (cos >= COSINE_WITH_HASH))
+            hit &= features[r] @ features[cols].T >= COSINE_MIN
         for i, j in zip(*np.nonzero(hit), strict=True):
             a, b = int(r[i]), int(cols[j])
             if a != b:
@@ -183,7 +197,7 @@ def group_pairs(n: int, exact: list[tuple[int, int]], near: list[tuple[int, int]
 def cross_split_leaks(split: Any, workers: int = 4) -> tuple[list[Group], list[str]]:
     """Exact and near copies between the training split and val/test of a file-based ``DataSplit``:
     the groups (each holding a training image) and the item keys ``split:index`` (``split`` ``val`` or
-    ``test``) of the held-out copies. pHash and byte digest only: no model, no full decode."""
+    ``test``) of the held-out copies. Hashes and byte digests only: no model, no full decode."""
     items = [(name, i, p, y) for name in ("train", "val", "test") for i, (p, y) in enumerate(getattr(split, name))]
     if not split.val and not split.test:
         return [], []
@@ -192,7 +206,7 @@ def cross_split_leaks(split: Any, workers: int = 4) -> tuple[list[Group], list[s
     names = [name for name, *_ in items]
     train = np.flatnonzero(np.asarray(names) == "train")
     held = np.flatnonzero(np.asarray(names) != "train")
-    near = near_pairs(hashes, rows=train, cols=held)
+    near = near_pairs(hashes, np.stack([s.layout for s in sigs]), rows=train, cols=held)
     exact = [p for p in exact_pairs([s.sha256 for s in sigs], hashes, lambda i: pixel_digest(items[i][2]))
              if (names[p[0]] == "train") != (names[p[1]] == "train")]
     groups = [g for g in group_pairs(len(items), exact, near, names, [y for *_, y in items]) if g.cross_split]
