@@ -104,7 +104,7 @@ def _pr(found: set[frozenset], truth: set[frozenset], clean: set[frozenset] | No
     if clean is not None:  # pairs found in the unplanted data too are copies the data already had
         rest = {p for p in found if frozenset(Path(k).name for k in p) not in clean}
         out["pairs_also_in_unplanted_data"] = len(found) - len(rest)
-        out["precision_excluding_pairs_in_unplanted_data"] = len(hit) / max(len(rest), 1)
+        out["precision_excluding_pairs_in_unplanted_data"] = len(hit & rest) / max(len(rest), 1)
     return out
 
 
@@ -141,24 +141,32 @@ def _detectors(a, clean, truth: set[frozenset]) -> dict:
 
 
 def _label_rankings(a, moved: dict) -> dict:
-    """Recall of planted label errors in the top 2 x planted of each cleanlab ranking."""
+    """Recall of planted label errors in the top 2 x planted of cleanlab's rankings and filters."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    from cvkeras.check import out_of_fold_probabilities
+    from cvkeras.check import FILTER_BY, RANKED_BY, out_of_fold_probabilities
 
-    probs = out_of_fold_probabilities(a.features, a.labels, len(a.classes))
+    probs = out_of_fold_probabilities(a.features, a.labels, len(a.classes), 42)
     planted = {i for i, k in enumerate(a.keys) if k in moved}
     top = 2 * len(planted)
-    out = {"planted": len(planted), "oof_accuracy": float(np.mean(probs.argmax(1) == a.labels))}
+    out: dict = {"planted": len(planted), "oof_accuracy": float(np.mean(probs.argmax(1) == a.labels))}
+
+    def score(ranked) -> dict:
+        found = set(ranked.tolist())
+        return {"flagged": len(ranked), "flagged_precision": len(planted & found) / max(len(ranked), 1),
+                "flagged_recall": len(planted & found) / len(planted),
+                "recall_in_top_2x_planted": len(planted & set(ranked[:top].tolist())) / len(planted)}
+
     for method in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
-        ranked = find_label_issues(a.labels, probs, return_indices_ranked_by=method)
-        scores = get_label_quality_scores(a.labels, probs, method=method)
-        order = np.argsort(scores, kind="stable")[:top]
-        out[method] = {"flagged": len(ranked), "flagged_precision": len(planted & set(ranked.tolist())) / max(
-            len(ranked), 1), "flagged_recall": len(planted & set(ranked.tolist())) / len(planted),
-            "recall_in_top_2x_of_flagged": len(planted & set(ranked[:top].tolist())) / len(planted),
-            "recall_in_top_2x_of_all_scores": len(planted & set(order.tolist())) / len(planted)}
+        order = np.argsort(get_label_quality_scores(a.labels, probs, method=method), kind="stable")
+        out[f"ranked_by={method}, no filter"] = score(order)
+        out[f"ranked_by={method}, filter_by={FILTER_BY}"] = score(find_label_issues(
+            a.labels, probs, return_indices_ranked_by=method, filter_by=FILTER_BY))
+    for filter_by in ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+                      "low_normalized_margin", "low_self_confidence"):
+        out[f"ranked_by={RANKED_BY}, filter_by={filter_by}"] = score(find_label_issues(
+            a.labels, probs, return_indices_ranked_by=RANKED_BY, filter_by=filter_by))
     return out
 
 

@@ -6,7 +6,7 @@ same ``--val-split``/``--seed`` defaults), then:
 * duplicates (:mod:`cvkeras.duplicates`): exact (same bytes or pixels) and near copies, within a split and
   across splits (leakage), and copies filed under different classes;
 * label issues: out-of-fold probabilities of a logistic regression on the frozen backbone's pooled features
-  (stratified k-fold, so no photo is scored by a model that saw it), ranked by cleanlab's
+  (stratified k-fold, so no photo is scored by a model that saw it), found and ranked by cleanlab's
   ``find_label_issues``; each with its given and suggested class;
 * outliers: cleanlab's ``OutOfDistribution`` kNN score within each class, far below the class's own
   (Tukey's far-out fence);
@@ -29,9 +29,10 @@ import numpy as np
 from cvkeras import duplicates
 from serving.errors import CvkerasError
 
-#: cleanlab's ranking of label issues (docs/check.md: self_confidence, normalized_margin and
-#: confidence_weighted_entropy compared on flowers with planted label errors).
+#: cleanlab's ranking and filter of label issues (docs/check.md: the three rankings and seven filters of
+#: ``find_label_issues`` compared on flowers with 5 % planted label errors).
 RANKED_BY = "self_confidence"
+FILTER_BY = "predicted_neq_given"
 FOLDS = 5  # cross-validation folds for the out-of-fold probabilities
 OUTLIER_FENCE = 3.0  # an outlier scores below Q1 - OUTLIER_FENCE * IQR of its class's scores
 IMBALANCE_RATIO = 3.0  # largest / smallest class above this is reported as imbalance
@@ -192,7 +193,7 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, ranked_by: str = RANKED_
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by=ranked_by)
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by=ranked_by, filter_by=FILTER_BY)
     scores = get_label_quality_scores(labels, probs, method=ranked_by)
     out = []
     for i in ranked:
@@ -283,7 +284,7 @@ def run_check(data: str, model: str | None = None, alpha: float | None = None, w
     settings = {"data": data, "model": model, "alpha": resolve_alpha(get(model), alpha), "weights": weights,
                 "input_size": list(a.input_size), "seed": seed,
                 "val_split": defaults.val_split if val_split is None else val_split,
-                "ranked_by": RANKED_BY, "phash_max_distance": duplicates.PHASH_MAX_DISTANCE,
+                "ranked_by": RANKED_BY, "filter_by": FILTER_BY, "phash_max_distance": duplicates.PHASH_MAX_DISTANCE,
                 "layout_min": duplicates.LAYOUT_MIN, "cosine_min": duplicates.COSINE_MIN if a.pretrained else None}
     doc = check_document(a, settings, 0.0, seed)
     doc["seconds"] = round(time.perf_counter() - start, 3)

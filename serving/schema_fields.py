@@ -303,6 +303,7 @@ _CHECK_FIELDS = (
     _f("seed", "int", "", "split (as finetune's) and cross-validation seed"),
     _f("val_split", "number", FRACTION, "validation fraction when the data has no val split (as finetune's)"),
     _f("ranked_by", "string", "", "cleanlab's ranking of label issues (`find_label_issues`)"),
+    _f("filter_by", "string", "", "cleanlab's filter of label issues (`find_label_issues`)"),
     _f("phash_max_distance", "int", "bits", "largest pHash distance (of 64) of a near copy"),
     _f("layout_min", "number", "correlation", "colour-layout correlation a near copy also needs"),
     _f("cosine_min", "number|null", "cosine", "centred feature cosine a near copy also needs (null: `--weights "

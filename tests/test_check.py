@@ -26,10 +26,11 @@ def _cli(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def _texture(rng: np.random.Generator, colour: tuple[int, int, int], size: int = 48) -> Image.Image:
-    """A photo-like image: a smooth random field (its own pHash) over a class colour."""
-    field = Image.fromarray((rng.random((5, 5, 3)) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-    arr = 0.2 * np.asarray(field, dtype=np.float32) + 0.8 * np.asarray(colour, dtype=np.float32)
+def _texture(rng: np.random.Generator, colour: tuple[int, int, int], size: int = 64) -> Image.Image:
+    """A photo-like image: a random smooth grey structure (its own pHash) tinted with the class colour."""
+    field = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    grey = np.asarray(field, dtype=np.float32).mean(axis=2, keepdims=True) / 255.0
+    arr = (0.25 + 0.75 * grey) * np.asarray(colour, dtype=np.float32)
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
 
@@ -73,7 +74,7 @@ def planted(tmp_path_factory) -> dict:
     (tr / "red" / "red_005.png").rename(tr / "green" / "red_005.png")
     (tr / "blue" / "blue_006.png").rename(tr / "red" / "blue_006.png")
     Image.new("RGB", (5, 5), (200, 30, 30)).save(tr / "red" / "tiny.png")
-    _texture(np.random.default_rng(9), COLOURS["red"], 48).resize((240, 24)).save(tr / "red" / "strip.png")
+    _texture(np.random.default_rng(9), COLOURS["red"]).resize((240, 24)).save(tr / "red" / "strip.png")
     (tr / "blue" / "broken.png").write_bytes(b"\x89PNG not really")
     return {"root": root, "exact": {str(tr / "red" / "red_001.png"), str(exact)},
             "leak": {str(tr / "green" / "green_002.png"), str(leak)},
