@@ -142,7 +142,7 @@ def _analyse_tfds(split, extractor, size: list[int], weights: str) -> Analysis:
     from cvkeras.pipeline import resize_image, tfds_dataset
     from serving.preprocess import load_resized
 
-    keys, names, labels, sigs, thumbs, feats = [], [], [], [], [], []
+    keys, names, labels, sigs, thumbs, resized = [], [], [], [], [], []
     for name in SPLITS:
         if not split.tfds["splits"].get(name):
             continue
@@ -157,9 +157,10 @@ def _analyse_tfds(split, extractor, size: list[int], weights: str) -> Analysis:
             names.append(name)
             labels.append(int(label))
             thumbs.append(_thumb(image))
-            feats.append(extractor.predict(resize_image(image, size)[None], verbose=0)[0])
+            resized.append(resize_image(image, size).numpy().astype(np.uint8))
+    features = extractor.predict(np.stack(resized).astype(np.float32), batch_size=32, verbose=0)
     return Analysis(list(split.classes), keys, names, np.asarray(labels, dtype=np.int64), sigs,
-                    lambda i: sigs[i].sha256, lambda i: thumbs[i], _normed(np.asarray(feats)), size, [],
+                    lambda i: sigs[i].sha256, lambda i: thumbs[i], _normed(features), size, [],
                     _pretrained(weights))
 
 

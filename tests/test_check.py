@@ -190,3 +190,21 @@ def test_check_error_is_a_cvkeras_error():
     from serving.errors import CvkerasError
 
     assert issubclass(CheckError, CvkerasError)
+
+
+@pytest.mark.slow
+def test_check_reads_a_tfds_source_as_finetune_splits_it():
+    import tensorflow_datasets as tfds
+
+    from cvkeras.data import load_source
+    from cvkeras.pipeline import tfds_dataset
+
+    with tfds.testing.mock_data(num_examples=40):
+        result = _cli("check", "tfds:tf_flowers", *TINY, "--json")
+        split = load_source("tfds:tf_flowers")  # what finetune reads: its split names, its datasets
+        sizes = {name: int(tfds_dataset(split.tfds, name).cardinality().numpy()) for name in ("train", "val")}
+    assert result.exit_code == 0, result.output[-2000:]
+    doc = json.loads(result.stdout)
+    assert problems(doc, "check") == []
+    assert doc["images"] == {**sizes, "test": 0}
+    assert all(d["path"].startswith("tfds:") for d in doc["label_issues"])
