@@ -208,3 +208,12 @@ def test_check_reads_a_tfds_source_as_finetune_splits_it():
     assert problems(doc, "check") == []
     assert doc["images"] == {**sizes, "test": 0}
     assert all(d["path"].startswith("tfds:") for d in doc["label_issues"])
+
+
+def test_check_help_fits_80_columns_and_names_finetunes_defaults():
+    result = CliRunner().invoke(app, ["check", "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"}, terminal_width=80)
+    assert result.exit_code == 0 and max(len(line) for line in result.output.splitlines()) <= 80
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert "check [OPTIONS] DATA" in flat and "cvkeras check data/flowers" in flat
+    assert "<str>" not in flat and "<int" not in flat
+    assert "(default: finetune's)" in flat and "(as finetune)" in flat
