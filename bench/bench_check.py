@@ -170,6 +170,41 @@ def _label_rankings(a, moved: dict) -> dict:
     return out
 
 
+def finetune_timing(data: str, weights: str, alpha: float, seed: int) -> dict:
+    """finetune's leak pass against a default run on ``data``: the pass alone, and runs of 1 and 2 default
+    stage-1 epochs (all else default). A default run has the recipe's E1 + E2 epochs; every epoch after the
+    first costs at least a cached stage-1 epoch (W2 - W1: stage 2 also back-propagates), so
+    W1 + (E1 + E2 - 1) x (W2 - W1) is a lower bound of its wall time and the share below an upper bound."""
+    import subprocess
+
+    from cvkeras.config import FinetuneConfig
+    from cvkeras.data import load_source
+    from cvkeras.duplicates import cross_split_leaks
+    from cvkeras.recipe import resolve
+
+    split = load_source(data, 0.2, seed)
+    start = time.perf_counter()
+    groups, _ = cross_split_leaks(split)
+    leak = time.perf_counter() - start
+    recipe = resolve(FinetuneConfig(data=data, alpha=alpha, weights=weights), len(split.train), len(split.classes))
+    walls = {}
+    with tempfile.TemporaryDirectory(prefix="bench_check_ft-") as tmp:
+        for epochs in (1, 2):
+            cmd = [sys.executable, "-m", "cvkeras.cli", "finetune", data, "--alpha", str(alpha), "--weights", weights,
+                   "--epochs", str(epochs), "--fine-tune-epochs", "0", "--quiet", "--output", f"{tmp}/run{epochs}"]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            walls[epochs] = time.perf_counter() - start
+    epochs = int(recipe.config.epochs) + int(recipe.config.fine_tune_epochs)
+    lower = walls[1] + (epochs - 1) * max(walls[2] - walls[1], 0.0)
+    return {"images": len(split.train) + len(split.val), "leak_pass_seconds": round(leak, 2),
+            "cross_split_groups": len(groups), "run_1_epoch_seconds": round(walls[1], 1),
+            "run_2_epochs_seconds": round(walls[2], 1), "default_epochs": epochs,
+            "default_run_seconds_lower_bound": round(lower, 1),
+            "leak_pass_share_of_default_run_at_most": round(leak / lower, 4),
+            "leak_pass_share_of_a_1_epoch_run": round(leak / walls[1], 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="../shared/data/flowers")
@@ -180,8 +215,16 @@ def main() -> None:
     ap.add_argument("--mislabel", type=float, default=0.05)
     ap.add_argument("--near", type=int, default=50)
     ap.add_argument("--keep", help="Write the planted copy here (kept) instead of a temp folder.")
+    ap.add_argument("--finetune-timing", action="store_true", help="Only time finetune's leak pass against "
+                                                                   "default runs (see finetune_timing).")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.finetune_timing:
+        load = list(os.getloadavg())
+        doc = finetune_timing(str(Path(args.data).resolve()), args.weights, args.alpha, args.seed)
+        print(json.dumps({"what": "finetune's cross-split leak pass against a default run", "cpus": os.cpu_count(),
+                          "loadavg": load, **doc, "loadavg_after": list(os.getloadavg())}, indent=1))
+        return
     from cvkeras.check import run_check
     from cvkeras.data import load_source
     from cvkeras.duplicates import cross_split_leaks
