@@ -9,7 +9,7 @@ same ``--val-split``/``--seed`` defaults), then:
   (stratified k-fold, so no photo is scored by a model that saw it), found and ranked by cleanlab's
   ``find_label_issues``; each with its given and suggested class;
 * outliers: cleanlab's ``OutOfDistribution`` kNN score within each class, far below the class's own
-  (Tukey's far-out fence);
+  (Tukey's fence);
 * class counts and imbalance, tiny and extreme-aspect images, and the files finetune would skip.
 
 The result is one ``cvkeras.check/1`` document (docs/json.md); :mod:`cvkeras.check_html` draws it.
@@ -34,7 +34,7 @@ from serving.errors import CvkerasError
 RANKED_BY = "self_confidence"
 FILTER_BY = "predicted_neq_given"
 FOLDS = 5  # cross-validation folds for the out-of-fold probabilities
-OUTLIER_FENCE = 3.0  # an outlier scores below Q1 - OUTLIER_FENCE * IQR of its class's scores
+OUTLIER_FENCE = 1.5  # an outlier scores below Q1 - OUTLIER_FENCE * IQR of its class's scores (Tukey's fence)
 IMBALANCE_RATIO = 3.0  # largest / smallest class above this is reported as imbalance
 TINY_FRACTION = 0.25  # shorter side below this fraction of the model input: upscaled more than 4x
 MAX_ASPECT = 4.0  # longer / shorter side above this: squashed out of shape by the square input

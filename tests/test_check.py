@@ -120,6 +120,16 @@ def test_check_ranks_swapped_labels_with_their_true_class(planted, checked):
     assert scores == sorted(scores)  # most likely error first
 
 
+def test_check_finds_the_photos_unlike_their_class(checked):
+    doc, _, stdout = checked
+    found = {Path(d["path"]).name: d["class"] for d in doc["outliers"]}
+    # the two blue photos filed under red are unlike the red class (kNN within the class)
+    assert found.get("blue_003_as_red.png") == "red" and found.get("blue_006.png") == "red"
+    assert len(found) <= 0.1 * sum(doc["images"].values()) and "outlier:" in stdout
+    scores = [d["score"] for d in doc["outliers"]]
+    assert scores == sorted(scores)
+
+
 def test_check_reports_tiny_extreme_skipped_and_finetunes_split(planted, checked):
     from cvkeras.data import load_source
 
