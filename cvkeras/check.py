@@ -231,8 +231,8 @@ def duplicate_groups(a: Analysis) -> list[duplicates.Group]:
     return duplicates.group_pairs(len(a.keys), exact, near, a.splits, a.labels)
 
 
-def check_document(a: Analysis, settings: dict[str, Any], seconds: float, seed: int = 0) -> dict[str, Any]:
-    """The ``cvkeras.check/1`` document of an analysis."""
+def check_document(a: Analysis, settings: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """The ``cvkeras.check/1`` document of an analysis (``run_check`` adds its wall time, ``seconds``)."""
     from serving.schema import schema_id
 
     names = a.classes
@@ -265,7 +265,6 @@ def check_document(a: Analysis, settings: dict[str, Any], seconds: float, seed: 
                      for i, score in outliers(a.features, a.labels)],
         "small_images": small,
         "skipped": [{"path": p, "reason": why} for p, why in a.skipped],
-        "seconds": round(seconds, 3),
     }
 
 
@@ -287,7 +286,7 @@ def run_check(data: str, model: str | None = None, alpha: float | None = None, w
                 "val_split": defaults.val_split if val_split is None else val_split,
                 "ranked_by": RANKED_BY, "filter_by": FILTER_BY, "phash_max_distance": duplicates.PHASH_MAX_DISTANCE,
                 "layout_min": duplicates.LAYOUT_MIN, "cosine_min": duplicates.COSINE_MIN if a.pretrained else None}
-    doc = check_document(a, settings, 0.0, seed)
+    doc = check_document(a, settings, seed)
     doc["seconds"] = round(time.perf_counter() - start, 3)
     return doc, a
 

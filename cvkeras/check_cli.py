@@ -45,12 +45,12 @@ def check(
 
     quiet_tensorflow()
     from cvkeras.check import run_check
-    from cvkeras.check_html import write_page
+    from cvkeras.check_html import check_output, write_page
     from cvkeras.rundir import os_error_line
 
-    if output is not None and output.exists() and not output.is_dir():
-        raise fail(f"{output}: not a folder; pass --output a folder for check.html")
     try:
+        if output is not None:
+            check_output(output)  # refused before the work, not after it
         doc, analysis = run_check(data, model, alpha, weights, image_size, val_split, seed, tfds_data_dir)
         page = write_page(doc, analysis, output) if output is not None else None
     except CvkerasError as exc:

@@ -86,17 +86,23 @@ def build_page(doc: dict[str, Any], analysis: Any) -> str:
     return "".join(parts)
 
 
+def check_output(output: str | os.PathLike) -> Path:
+    """``output`` as a Path, refused (before any work) when it exists and is not a folder."""
+    from cvkeras.check import CheckError
+
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise CheckError(f"{out}: not a folder; pass --output a folder for check.html")
+    return out
+
+
 def write_page(doc: dict[str, Any], analysis: Any, output: str | os.PathLike) -> Path:
     """Write ``OUTPUT/check.html`` and ``OUTPUT/check.json`` (each atomically); returns the page's path."""
     import json
 
     from cvkeras.runfiles import atomic_write
 
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        from cvkeras.check import CheckError
-
-        raise CheckError(f"{out}: not a folder; pass --output a folder for check.html")
+    out = check_output(output)
     page = build_page(doc, analysis)
     atomic_write(out / DOCUMENT, json.dumps(doc, indent=1) + "\n")
     return atomic_write(out / PAGE, page)
