@@ -48,7 +48,8 @@ def build_page(doc: dict[str, Any], analysis: Any) -> str:
 
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>cvkeras check: {_esc(doc['data'])}"
              f"</title><style>{_CSS}.group{{display:flex;gap:.5rem;flex-wrap:wrap;border:1px solid #ddd;"
-             f"padding:.5rem;margin:.5rem 0}}.leak{{border-color:#cf222e}}</style></head><body>",
+             f"padding:.5rem;margin:.5rem 0}}.leak{{border-color:#cf222e}}.card{{overflow-wrap:anywhere}}"
+             "</style></head><body>",
              f"<h1>check: {_esc(doc['data'])}</h1><p class=muted>backbone {_esc(doc['model'])} "
              f"({_esc(doc['weights'])}), {doc['seconds']:.1f} s</p>",
              f'<section id="summary"><h2>Summary</h2>{_table(["finding", "count"], summary_rows(doc))}</section>']
