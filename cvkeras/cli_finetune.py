@@ -127,7 +127,7 @@ def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool
             raise fail(f"TensorFlow failed: {first_line(exc)}") from None
         raise
     if result.skipped:
-        err.print(f"skipped {result.skipped} file(s) (unreadable, or copies dropped by --dedupe); see "
+        err.print(f"skipped {result.skipped} unreadable file(s) or copies dropped by --dedupe; see "
                   f"{result.run_dir / 'skipped.txt'}",
                   highlight=False, soft_wrap=True)
     if not quiet:

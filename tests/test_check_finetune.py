@@ -50,7 +50,7 @@ def test_dedupe_drops_the_validation_copies(leaky, tmp_path):
     result = _cli("finetune", root, *TINY, "--dedupe", "--output", tmp_path / "run")
     assert result.exit_code == 0, result.output[-3000:]
     assert "dropped 2 validation/test copies of training images (--dedupe)" in result.stderr
-    assert "skipped 2 file(s) (unreadable, or copies dropped by --dedupe)" in result.stderr
+    assert "skipped 2 unreadable file(s) or copies dropped by --dedupe" in result.stderr
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     val = {p for p, _ in split["val"]}
     assert not copies & val and len(val) == 3 * 2  # every 4th of 8 per class is val; the copies are gone
