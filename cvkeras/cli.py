@@ -127,6 +127,15 @@ def models_row(spec, row: dict) -> dict:
 app.command(name="finetune", cls=FinetuneHelpCommand)(finetune)
 
 
+def _register_check() -> None:
+    from cvkeras.check_cli import check
+
+    app.command(name="check", cls=HelpCommand)(check)
+
+
+_register_check()
+
+
 @app.command(cls=HelpCommand)
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory made by `cvkeras finetune`."),

@@ -24,7 +24,7 @@ from serving.errors import OptionError, quote
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("name", "alpha", "image_size", "weights", "dropout"),
     "data": ("source", "val_split", "test_split", "seed", "tfds_data_dir", "cache", "batch_size", "augment",
-             "randaugment", "mixup", "cutmix"),
+             "randaugment", "mixup", "cutmix", "dedupe"),
     "train": ("epochs", "fine_tune_epochs", "epoch_steps", "unfreeze", "optimizer", "learning_rate",
               "fine_tune_learning_rate",
               "warmup_epochs", "weight_decay", "label_smoothing", "class_weights", "patience", "precision",
@@ -74,6 +74,7 @@ class FinetuneConfig:
     randaugment: bool = False
     mixup: float = 0.0
     cutmix: float = 0.0
+    dedupe: bool = False  # drop validation/test copies of training images (cvkeras.duplicates.finetune_leaks)
     # "auto" settings are resolved from the data by cvkeras.recipe.resolve before training; config.yaml
     # records the resolved numbers (and run.recipe what was auto), so a replay or --resume reuses them
     epochs: int | str = "auto"

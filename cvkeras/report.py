@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cvkeras.duplicates import LEAKS
 from serving.errors import first_line
 
 REPORT = "report.html"
@@ -165,6 +166,13 @@ def build_html(run: str | os.PathLike, mistakes: list[dict[str, Any]] | None = N
                  + (_table(["file", "reason"], [line.split("\t", 1) + [""] * (1 - line.count("\t"))
                                                 for line in skipped]) if skipped else "<p>none</p>")
                  + "</section>")
+
+    leaks_file = run / LEAKS
+    if leaks_file.is_file():
+        rows = [(line.split("\t") + [""] * 4)[:4] for line in leaks_file.read_text(errors="replace").splitlines()]
+        parts.append('<section id="duplicates"><h2>Validation copies of training images</h2><p class=muted>Exact '
+                     "or near copies across splits inflate validation figures; <code>--dedupe</code> drops them."
+                     "</p>" + _table(["held-out image", "copy of training image", "kind", ""], rows) + "</section>")
 
     export_json = run / EXPORT_REPORT
     if export_json.is_file():

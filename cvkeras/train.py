@@ -128,6 +128,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     import keras
 
     from cvkeras.data import load_source
+    from cvkeras.duplicates import finetune_leaks
     from cvkeras.model import build_classifier, float32_copy
 
     if not cfg.data and not resume:
@@ -144,6 +145,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         if output:
             _check_output_vs_data(Path(output), cfg.data)
         split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir, cfg.test_split)
+        leaks = finetune_leaks(split, cfg.dedupe)  # copies across splits: warned, --dedupe drops them
         if hook:
             hook.check(split.classes)
     before = None if output is None or not Path(output).is_dir() else any(Path(output).iterdir())  # None: new
@@ -178,6 +180,8 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     if write and not resume:
         _write_run_files(rd, cfg, split, precision, strategy.num_replicas_in_sync, pretrained, hook,
                          recipe.record())
+        if leaks:
+            leaks.write(rd.path)
     data = _datasets(cfg, split, run, num_classes)
 
     state: dict[str, Any] = rd.state() if resume else {

@@ -332,6 +332,56 @@ _FINETUNE_FIELDS = (
     _f("metrics.*", "string|number|int|null|object|list", "", "see `cvkeras.metrics/1`"),
 )
 
+_CHECK_FIELDS = (
+    _f("schema", "string", "", "`cvkeras.check/1`"),
+    _f("data", "string", "", "the data argument, as given"),
+    _f("model", "string", "", "registry name of the backbone whose pooled features were used"),
+    _f("alpha", "number|null", "", "its width"),
+    _f("weights", "string", "", "`--weights`"),
+    _f("input_size", "list[int]", "px", "[height, width] the backbone saw"),
+    _f("seed", "int", "", "split (as finetune's) and cross-validation seed"),
+    _f("val_split", "number", FRACTION, "validation fraction when the data has no val split (as finetune's)"),
+    _f("ranked_by", "string", "", "cleanlab's ranking of label issues (`find_label_issues`)"),
+    _f("filter_by", "string", "", "cleanlab's filter of label issues (`find_label_issues`)"),
+    _f("phash_max_distance", "int", "bits", "largest pHash distance (of 64) of a near copy"),
+    _f("layout_min", "number", "correlation", "colour-layout correlation a near copy also needs"),
+    _f("cosine_min", "number|null", "cosine", "centred feature cosine a near copy also needs (null: `--weights "
+                                               "none`: random features are not used)"),
+    _f("images", "object", "", "images per split, as finetune splits them"),
+    _f("images.*", "int", "images", "`train`, `val`, `test`"),
+    _f("classes", "object", "", "per class name"),
+    _f("classes.*", "object", "", "one class"),
+    _f("classes.*.*", "int", "images", "its images per split (`train`, `val`, `test`) and `total`"),
+    _f("imbalance", "number", "ratio", "largest class / smallest class (all splits)"),
+    _f("duplicates", "list", "", "groups of copies, leaks across splits first"),
+    _f("duplicates[].paths", "list[string]", "", "the copies (files, or `tfds:SPLIT:INDEX`)"),
+    _f("duplicates[].kind", "string", "", "`exact` (same bytes or same pixels) or `near`"),
+    _f("duplicates[].cross_split", "bool", "", "the copies are in more than one split (leakage)"),
+    _f("duplicates[].splits", "list[string]", "", "each copy's split"),
+    _f("duplicates[].labels", "list[string]", "", "each copy's class"),
+    _f("duplicates[].conflicting_labels", "bool", "", "the copies are filed under different classes"),
+    _f("label_issues", "list", "", "likely label errors, most likely first (cleanlab on out-of-fold "
+                                   "probabilities)"),
+    _f("label_issues[].path", "string", "", "the image"),
+    _f("label_issues[].split", "string", "", "its split"),
+    _f("label_issues[].given", "string", "", "the class it is filed under"),
+    _f("label_issues[].suggested", "string", "", "the most probable other class"),
+    _f("label_issues[].score", "number", "probability", "label quality (low: likely wrong)"),
+    _f("outliers", "list", "", "photos unlike the rest of their class, most unlike first"),
+    _f("outliers[].path", "string", "", "the image"),
+    _f("outliers[].class", "string", "", "its class"),
+    _f("outliers[].score", "number", "", "cleanlab's kNN outlier score within the class (0..1, low: unlike)"),
+    _f("small_images", "list", "", "images a square model input serves badly"),
+    _f("small_images[].path", "string", "", "the image"),
+    _f("small_images[].width", "int", "px", "width"),
+    _f("small_images[].height", "int", "px", "height"),
+    _f("small_images[].why", "string", "", "`tiny` (upscaled more than 4x) or `extreme_aspect` (sides over 4:1)"),
+    _f("skipped", "list", "", "files finetune would skip"),
+    _f("skipped[].path", "string", "", "the file"),
+    _f("skipped[].reason", "string", "", "why"),
+    _f("seconds", "number", "s", "wall time of the check"),
+)
+
 SCHEMAS: dict[str, Schema] = {s.kind: s for s in (
     Schema("metrics", 1, "metrics.json, `evaluate --json`", "`RUN/metrics.json` (val), `metrics-test.json` "
            "(`--split test`), `metrics-data.json` (`--data`); `cvkeras evaluate --json` prints it", _METRICS_FIELDS),
@@ -342,4 +392,5 @@ SCHEMAS: dict[str, Schema] = {s.kind: s for s in (
     Schema("benchmark", 1, "`benchmark --json`", "stdout", _BENCHMARK_FIELDS),
     Schema("models", 1, "`models --json`", "stdout", _MODELS_FIELDS),
     Schema("finetune", 1, "`finetune --json`", "stdout (training progress is not printed)", _FINETUNE_FIELDS),
+    Schema("check", 1, "`check --json`", "stdout; `check --output DIR` also writes `DIR/check.json`", _CHECK_FIELDS),
 )}
