@@ -59,14 +59,11 @@ def finetune(
     mixup: float = typer.Option(None, help="MixUp Beta alpha (0: off)."),
     cutmix: float = typer.Option(None, help="CutMix Beta alpha (0: off)."),
     val_split: float = typer.Option(None, help="Validation fraction when the data has no val split."),
-<<<<<<< HEAD
     test_split: float = typer.Option(None, help="Test fraction when the data has no test split (0: none): "
                                                 "evaluated once at the end; the validation figures are the ones "
                                                 "the best epoch was chosen on."),
-=======
     dedupe: bool = typer.Option(None, "--dedupe/--no-dedupe", help="Drop validation/test images that copy a "
                                 "training image (exact or near copies are always reported)."),
->>>>>>> h25
     seed: int = typer.Option(None, help="Seed for the split, shuffling, augmentation and init."),
     cache: str = typer.Option(None, help="memory, none, or a file path prefix for a file cache."),
     tfds_data_dir: str = typer.Option(None, help="TFDS data_dir (a prepared or offline copy)."),
