@@ -76,9 +76,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = clean_env()
     try:
-        dist = work / "dist"
-        shutil.rmtree(dist, ignore_errors=True)
-        sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], work, env)
+        src, dist = work / "src", work / "dist"  # a clean copy: no stale build/ folder, nothing written to ROOT
+        for folder in (src, dist):
+            shutil.rmtree(folder, ignore_errors=True)
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, src / name)
+        for pkg in ("cvkeras", "export", "serving"):
+            shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(src)], work, env)
         (wheel,) = dist.glob("cvkeras-*.whl")
         check_wheel(wheel)
 
