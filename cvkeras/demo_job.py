@@ -24,7 +24,7 @@ from rich.console import Console
 #: frozen backbone, then the whole backbone (BatchNorm stays frozen) at a low rate; 6 + 6 epochs. 40 % of
 #: the 750 photos validate: export's and validate's 99 % agreement gates then allow 3 flips, not 1.
 FLOWER_FLAGS = ["--model", "mobilenet_v2", "--alpha", "0.35", "--image-size", "160", "--val-split", "0.4",
-                "--epochs", "6", "--fine-tune-epochs", "6", "--unfreeze", "all", "--fine-tune-lr", "0.0005"]
+                "--epochs", "6", "--fine-tune-epochs", "6", "--unfreeze", "all", "--fine-tune-lr", "0.0002"]
 
 #: Settings that make a from-scratch model learn the shapes within a couple of minutes on a CPU.
 SHAPES_FLAGS = ["--model", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "64",
