@@ -1,5 +1,11 @@
-"""``demo:shapes``: a small synthetic class-folder dataset, generated on demand, so the main command
-runs on a fresh machine with no data and no internet.
+"""The demo's data: real flower photos and ImageNet weights shipped in the package, and ``demo:shapes``.
+
+``FLOWERS`` is a class folder of CC BY 2.0 photos (5 classes, credited in ``ATTRIBUTION.txt`` beside them)
+and ``WEIGHTS`` the official Keras MobileNetV2 alpha 0.35 no-top ImageNet file, checked against
+``WEIGHTS_SHA256`` before use (``demo_weights``); both are package data, so ``cvkeras demo`` runs offline
+from an installed wheel. See ``cvkeras/demo_data/README.md``.
+
+``demo:shapes`` is a small synthetic class-folder dataset, generated on demand, for from-scratch runs.
 
 Four classes (circle, square, triangle, cross) drawn with random colour, size, position and rotation on a
 random noisy background. The set is deterministic and written once to the cache folder
@@ -11,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -20,6 +27,11 @@ from PIL import Image, ImageDraw
 
 from serving.errors import OptionError
 
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+FLOWERS = DEMO_DATA / "flowers"
+WEIGHTS = DEMO_DATA / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+WEIGHTS_SHA256 = "df1c3db1d0d9193719c4c70f707c56f7021f999f825bdc57454c275cf6def19f"
+
 CLASSES = ("circle", "square", "triangle", "cross")
 DATASETS = ("shapes",)  # ``demo:NAME``
 VERSION = "v4"
@@ -27,6 +39,20 @@ VERSION = "v4"
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CVKERAS_CACHE", Path.home() / ".cache" / "cvkeras"))
+
+
+def demo_weights() -> Path:
+    """The shipped weight file, after checking its checksum: a damaged install fails here with one line,
+    not as a Keras error halfway through training."""
+    path, sha256 = WEIGHTS, WEIGHTS_SHA256
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise OptionError(f"{path}: demo weights unreadable ({exc.strerror}); reinstall cvkeras[train]") from None
+    if digest != sha256:
+        raise OptionError(f"{path}: demo weights damaged (sha256 {digest[:12]}..., expected {sha256[:12]}...); "
+                          "reinstall cvkeras[train]")
+    return path
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
