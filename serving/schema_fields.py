@@ -329,7 +329,7 @@ _FINETUNE_FIELDS = (
     _f("replicas", "int", "", "devices trained on"),
     _f("skipped", "int", "files", "unreadable files skipped (listed in skipped.txt)"),
     _f("metrics", "object", "", "the run's metrics.json (`cvkeras.metrics/1`)"),
-    _f("metrics.*", "string|number|int|null|object|list", "", "see `cvkeras.metrics/1`"),
+    _f("metrics.*", "string|number|int|bool|null|object|list", "", "see `cvkeras.metrics/1`"),
 )
 
 _CHECK_FIELDS = (
