@@ -228,5 +228,9 @@ def print_leaderboard(records: list[Any], run: Path, quiet: bool) -> None:
         best = ok[0]
         console.print(f"Best: trial {best.trial} ({best.objective:.4f}) -> {run / BEST}; {run / CSV}, "
                       f"{run / PLOT}. Next: cvkeras export {run / BEST} --int8", highlight=False, soft_wrap=True)
+        console.print(f"The objective is a selection figure: every trial was scored, and the best one chosen, on "
+                      f"the validation split, so its {best.objective:.4f} is optimistic; a test split "
+                      "(--test-split, or a test/ folder) gives each trial's run an unbiased figure.",
+                      highlight=False, soft_wrap=True)
     else:
         console.print(f"No trial finished; see {run / CSV}", highlight=False, soft_wrap=True)

@@ -92,6 +92,7 @@ def test_tune_end_to_end_with_a_failed_trial_resume_and_export_of_best(tmp_path,
                                       "-o", str(run)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "trial 0: failed" in result.output and "Best: trial 1" in result.output
+    assert "selection figure" in result.output  # issue #22.7: the best trial's score was chosen on validation
     rows = list(csv.DictReader((run / "tune.csv").open()))
     assert [(r["trial"], r["status"]) for r in rows] == [("0", "failed"), ("1", "ok")]
     assert "NaN" in rows[0]["error"] and "augment" not in rows[0]  # a flag given is fixed, not searched
