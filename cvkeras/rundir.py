@@ -129,7 +129,7 @@ def check_labels(run: str | os.PathLike, labels: list[str], outputs: int) -> Non
                           "restore the run's labels.txt (nothing was written)")
     classes = read_split(run).get("classes")
     if classes is not None and classes != labels:
-        raise RunDirError(f"{p}: class names differ from split.json's {classes}; "
+        raise RunDirError(f"{p}: class names differ from split.json's {quote(classes)}; "
                           "restore the run's labels.txt (nothing was written)")
 
 
@@ -146,7 +146,7 @@ def check_run(run: str | os.PathLike, need_model: bool = True) -> Path:
     labels = read_labels(p)
     classes = read_split(p).get("classes")
     if classes is not None and classes != labels:
-        raise RunDirError(f"{p / LABELS}: class names differ from split.json's {classes}; "
+        raise RunDirError(f"{p / LABELS}: class names differ from split.json's {quote(classes)}; "
                           "restore the run's labels.txt")
     return p
 
