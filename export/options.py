@@ -19,6 +19,7 @@ from export.quantize import QuantSettings
 from export.to_onnx import DEFAULT_OPSET
 from export.to_tflite import IO_TYPES
 from export.verify import DEFAULT_FLOAT_TOLERANCE
+from serving.errors import quote
 from serving.validate import DEFAULT_MIN_AGREEMENT
 
 FORMATS = ("onnx", "tflite")
@@ -100,9 +101,10 @@ class ExportOptions:
                 and self.max_accuracy_drop >= 0):
             raise ExportError(f"--max-accuracy-drop must be a finite number >= 0, not {self.max_accuracy_drop}")
         if self.calibration not in calib.METHODS:
-            raise ExportError(f"unknown --calibration {self.calibration!r}; choose from {', '.join(calib.METHODS)}")
+            raise ExportError(f"unknown --calibration {quote(self.calibration)}; "
+                              f"choose from {', '.join(calib.METHODS)}")
         if self.io_type not in IO_TYPES:
-            raise ExportError(f"unknown --io-type {self.io_type!r}; choose from {', '.join(IO_TYPES)}")
+            raise ExportError(f"unknown --io-type {quote(self.io_type)}; choose from {', '.join(IO_TYPES)}")
         if self.calibration_samples < 1:
             raise ExportError(f"--calibration-samples must be at least 1, not {self.calibration_samples}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:

@@ -21,6 +21,7 @@ import numpy as np
 from export.calibration import METHODS, ort_data_reader
 from export.errors import ConversionError, ExportError, converting, first_line
 from export.to_onnx import check, compact_names, quiet
+from serving.errors import quote
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _method(name: str):
     table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}
     if name not in table:
-        raise ExportError(f"unknown calibration method {name!r}; choose from {', '.join(METHODS)}")
+        raise ExportError(f"unknown calibration method {quote(name)}; choose from {', '.join(METHODS)}")
     return table[name]
 
 
@@ -111,7 +112,7 @@ def quantize_int8(float_model: str | os.PathLike, images: np.ndarray,
     method = _method(settings.calibration)
     act_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}.get(settings.activation_type)
     if act_type is None:
-        raise ExportError(f"unknown activation type {settings.activation_type!r}; choose int8 or uint8")
+        raise ExportError(f"unknown activation type {quote(settings.activation_type)}; choose int8 or uint8")
     with tempfile.TemporaryDirectory(prefix="cvkeras-quant-") as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         if preprocessed:

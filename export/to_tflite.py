@@ -22,6 +22,7 @@ import numpy as np
 from export.calibration import tflite_representative_dataset
 from export.errors import ConversionError, ExportError
 from export.to_onnx import quiet
+from serving.errors import quote
 
 VARIANTS = ("float32", "fp16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8", "float32")
@@ -69,7 +70,7 @@ def convert(saved_model_dir: str, variant: str, images: np.ndarray | None = None
 
     artifact = artifact or f"model_{variant}.tflite"
     if variant not in VARIANTS:
-        raise ExportError(f"unknown TFLite variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        raise ExportError(f"unknown TFLite variant {quote(variant)}; choose from {', '.join(VARIANTS)}")
     conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: plain LiteRT must run it
     if variant != "float32":
@@ -78,7 +79,7 @@ def convert(saved_model_dir: str, variant: str, images: np.ndarray | None = None
         conv.target_spec.supported_types = [tf.float16]
     elif variant == "int8":
         if io_type not in IO_TYPES:
-            raise ExportError(f"unknown --io-type {io_type!r}; choose from {', '.join(IO_TYPES)}")
+            raise ExportError(f"unknown --io-type {quote(io_type)}; choose from {', '.join(IO_TYPES)}")
         if images is None or len(images) == 0:
             raise ExportError(f"{artifact}: full-integer int8 needs calibration images from the run")
         conv.representative_dataset = tflite_representative_dataset(images)
@@ -122,7 +123,7 @@ def int8_model(calibrated: bytes, io_type: str, denylisted_nodes: Sequence[str] 
     from tensorflow.lite.python import convert
 
     if io_type not in IO_TYPES:
-        raise ExportError(f"unknown --io-type {io_type!r}; choose from {', '.join(IO_TYPES)}")
+        raise ExportError(f"unknown --io-type {quote(io_type)}; choose from {', '.join(IO_TYPES)}")
     head = head_tensors(calibrated)
     dtype = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_type]
     try:

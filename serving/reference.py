@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.errors import CvkerasError
+from serving.errors import CvkerasError, quote
 from serving.formats import existing_file
 
 REFERENCE_FILE = "reference.npz"
@@ -92,7 +92,7 @@ class Reference:
 
     def __post_init__(self) -> None:
         if self.paths is not None and (dup := first_repeat(self.paths)) is not None:
-            raise ValidationError(f"{self.source}: reference path {dup!r} occurs twice, so its images cannot be "
+            raise ValidationError(f"{self.source}: reference path {quote(dup)} occurs twice, so its images cannot be "
                                   "told apart (written by an older cvkeras?); re-run `cvkeras export`")
 
     @classmethod

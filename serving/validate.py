@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import quote
 from serving.images import class_folders, list_images
 from serving.predictor import Predictor
 from serving.preprocess import IMAGE_EXTENSIONS, resize
@@ -279,7 +280,7 @@ def _match(ref: Reference | None, keys: list[str] | None, n: int) -> tuple[np.nd
             j = first.setdefault(int(rows[i]), int(i))
             if j != i:
                 raise ValidationError(f"{ref.source}: {keys[j]} and {keys[i]} both match the reference image "
-                                      f"{ref.paths[rows[i]]!r}; pass one copy of the data")
+                                      f"{quote(ref.paths[rows[i]])}; pass one copy of the data")
         trained = PathIndex([*ref.calibration, *ref.seen])
         for i in np.flatnonzero(rows < 0):
             if keys[i] in trained:
