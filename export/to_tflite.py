@@ -93,6 +93,23 @@ def convert(saved_model_dir: str, variant: str, images: np.ndarray | None = None
     return int8_model(blob, io_type, artifact=artifact) if variant == "int8" else blob
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The quantizer's C++ code prints its settings on file descriptor 2 ("fully_quantize: 0, ..."): a line
+    per candidate on the user's console. Errors still raise (with their own message)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def head_tensors(calibrated: bytes) -> list[str]:
     """Output tensor names of the classifier of a TFLite model: the SOFTMAX producing the model output and the
     FULLY_CONNECTED feeding it (empty when the graph does not end that way)."""
@@ -127,7 +144,7 @@ def int8_model(calibrated: bytes, io_type: str, denylisted_nodes: Sequence[str] 
     head = head_tensors(calibrated)
     dtype = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_type]
     try:
-        with quiet():
+        with quiet(), _native_stderr_silenced():
             blob = bytes(convert.mlir_quantize(calibrated, input_data_type=dtype, output_data_type=tf.float32,
                                                denylisted_nodes=[*head, *denylisted_nodes]))
     except Exception as exc:  # converter errors
