@@ -105,8 +105,8 @@ def export(
                                      "hold on held-back training images, then judged once on validation."),
     repair_min_agreement: float | None = typer.Option(
         ExportOptions.repair_min_agreement, "--repair-min-agreement", show_default=False,
-        help="Agreement the repair's search needs on the held-back training images (fraction; default: half "
-             "the disagreement --min-agreement allows, 0.995 for 0.99)."),
+        help="Agreement the repair's search needs on the held-back training images (fraction; default: a "
+             "quarter of the disagreement --min-agreement allows, 0.9975 for 0.99: training images flip less)."),
     calibration_flip: bool = typer.Option(ExportOptions.calibration_flip, "--calibration-flip/--no-calibration-flip",
                                           help="Calibrate on the calibration images and their mirror images."),
     float_stem: bool = typer.Option(ExportOptions.float_stem, "--float-stem/--int8-stem",
