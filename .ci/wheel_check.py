@@ -51,7 +51,7 @@ def venv(path: Path) -> Path:
 def check_wheel(wheel: Path) -> None:
     """Every demo data file is in the wheel, byte for byte; the weights match their recorded checksum."""
     sys.path.insert(0, str(ROOT))
-    from cvkeras.demo import WEIGHTS, WEIGHTS_SHA256
+    from cvkeras.data.demo import WEIGHTS, WEIGHTS_SHA256
 
     data = ROOT / "cvkeras" / "demo_data"
     wanted = {f"cvkeras/{p.relative_to(data.parent).as_posix()}": p for p in data.rglob("*") if p.is_file()}
@@ -101,7 +101,7 @@ def main() -> None:
             sys.exit(f"wheel_check: the train venv imports cvkeras from {where}, not from the wheel")
         start = time.monotonic()
         flowers, weights = subprocess.check_output(
-            [str(train / "python"), "-c", "from cvkeras.demo import FLOWERS, demo_weights; "
+            [str(train / "python"), "-c", "from cvkeras.data.demo import FLOWERS, demo_weights; "
              "print(FLOWERS); print(demo_weights())"], cwd=work, env=env, text=True).split()
         run = work / "run"
         sh([str(train / "cvkeras"), "finetune", flowers, "--weights", weights, "--model", "mobilenet_v2", "--alpha",

@@ -1,7 +1,7 @@
 """Benchmark ``cvkeras check`` on a real photo set with planted problems; prints one JSON document.
 
 A copy of DATA (never DATA itself) is laid out as finetune's own split (``train/`` + ``val/``, the seeded
-stratified split ``cvkeras.datasplit.stratified_split`` makes), then problems are planted in it:
+stratified split ``cvkeras.data.split.stratified_split`` makes), then problems are planted in it:
 
 * ``--mislabel`` (5 %) of the photos moved to another class folder of their split;
 * ``--near`` (50) near copies of training photos written into ``val/`` of the same class: rescaled 50-90 %,
@@ -41,7 +41,7 @@ def _plant(src: Path, dst: Path, seed: int, mislabel: float, near: int) -> dict:
     """Copy ``src`` as finetune splits it, plant the problems; returns the ground truth."""
     from PIL import Image
 
-    from cvkeras.data import scan_folder
+    from cvkeras.data.sources import scan_folder
 
     split = scan_folder(src, 0.2, seed)
     rng = np.random.default_rng(seed)
@@ -111,8 +111,8 @@ def _pr(found: set[frozenset], truth: set[frozenset], clean: set[frozenset] | No
 def _detectors(a, clean, truth: set[frozenset]) -> dict:
     """Near-copy detectors compared on the same images (pairs across train/val only, as planted): each is
     scored on the planted set, its pairs on the unplanted set are excluded from the precision denominator."""
-    from cvkeras import duplicates
-    from cvkeras.check import _normed
+    from cvkeras.data import duplicates
+    from cvkeras.data.check import _normed
 
     def parts(x):
         splits = np.asarray(x.splits)
@@ -145,7 +145,7 @@ def _label_rankings(a, moved: dict) -> dict:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    from cvkeras.check import FILTER_BY, RANKED_BY, out_of_fold_probabilities
+    from cvkeras.data.check import FILTER_BY, RANKED_BY, out_of_fold_probabilities
 
     probs = out_of_fold_probabilities(a.features, a.labels, len(a.classes), 42)
     planted = {i for i, k in enumerate(a.keys) if k in moved}
@@ -177,10 +177,10 @@ def finetune_timing(data: str, weights: str, alpha: float, seed: int) -> dict:
     W1 + (E1 + E2 - 1) x (W2 - W1) is a lower bound of its wall time and the share below an upper bound."""
     import subprocess
 
-    from cvkeras.config import FinetuneConfig
-    from cvkeras.data import load_source
-    from cvkeras.duplicates import cross_split_leaks
-    from cvkeras.recipe import resolve
+    from cvkeras.data.duplicates import cross_split_leaks
+    from cvkeras.data.sources import load_source
+    from cvkeras.run.config import FinetuneConfig
+    from cvkeras.train.recipe import resolve
 
     split = load_source(data, 0.2, seed)
     start = time.perf_counter()
@@ -225,10 +225,10 @@ def main() -> None:
         print(json.dumps({"what": "finetune's cross-split leak pass against a default run", "cpus": os.cpu_count(),
                           "loadavg": load, **doc, "loadavg_after": list(os.getloadavg())}, indent=1))
         return
-    from cvkeras.check import run_check
-    from cvkeras.data import load_source
-    from cvkeras.duplicates import cross_split_leaks
-    from cvkeras.quiet import quiet_tensorflow
+    from cvkeras.data.check import run_check
+    from cvkeras.data.duplicates import cross_split_leaks
+    from cvkeras.data.sources import load_source
+    from cvkeras.train.quiet import quiet_tensorflow
 
     quiet_tensorflow()
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_check-"))
@@ -248,7 +248,7 @@ def main() -> None:
         leak_seconds = time.perf_counter() - leak_start
         clean_leaks, _ = cross_split_leaks(load_source(str(Path(args.data).resolve()), 0.2, args.seed))
 
-        from cvkeras.check import duplicate_groups
+        from cvkeras.data.check import duplicate_groups
 
         near_truth = {frozenset(p) for p in truth["near"]}
         exact_truth = {frozenset(c) for g in truth["exact"] for c in itertools.combinations(g, 2)}

@@ -93,7 +93,7 @@ def time_artifacts(paths: list[Path], images: np.ndarray, threads: int, rounds: 
     The CPU is shared, so models take turns: every round runs each model once over all images, and a
     model's figures are the median over all its rounds plus the spread of its per-round medians.
     """
-    from serving.predictor import Predictor
+    from cvkeras.serving.predictor import Predictor
 
     x = images.astype(np.float32)
     predictors = {p.name: Predictor.load(p, threads=threads, decode_workers=0) for p in paths}
@@ -130,7 +130,7 @@ def _pooled(a) -> float | None:
 
 
 def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
-    from export import export_run
+    from cvkeras.export import export_run
 
     name = row_name(model, alpha, size)
     run = run_dir(model, alpha, size)
@@ -184,7 +184,7 @@ def bench_row(model: str, alpha: float, size: int, weights: str, args) -> dict:
 
 def timed(row: dict, run: Path, size: int, args) -> None:
     """Time a row's artifact files (interleaved rounds) and set its latency fields and goals (edits ``row``)."""
-    from serving.preprocess import load_resized
+    from cvkeras.serving.preprocess import load_resized
 
     split = json.loads((run / "split.json").read_text())
     images = np.stack([load_resized(p, (size, size)) for p, _ in split["val"][: args.timing_images]])

@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.images import list_images
-from serving.predictor import Predictor
-from serving.preprocess import load_resized
+from cvkeras.serving.images import list_images
+from cvkeras.serving.predictor import Predictor
+from cvkeras.serving.preprocess import load_resized
 
 REPO = Path(__file__).resolve().parents[1]
 

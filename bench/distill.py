@@ -125,7 +125,7 @@ def same_split(run: Path, teacher: Path) -> None:
 
 def recipe(run: Path) -> dict[str, object]:
     """What the run's recipe resolved to and how many epochs each stage really ran (early stopping)."""
-    from cvkeras.rundir import read_run_config
+    from cvkeras.run.rundir import read_run_config
 
     cfg = read_run_config(run)
     train, rec = cfg["train"], (cfg.get("run") or {}).get("recipe") or {}
@@ -145,8 +145,8 @@ def paired(alone: Path, distilled: Path, teacher: Path) -> dict[str, object]:
     on the same decoded images as a check of the split."""
     import numpy as np
 
-    from cvkeras.model import load_model
-    from cvkeras.pipeline import load_split_images
+    from cvkeras.data.pipeline import load_split_images
+    from cvkeras.models.build import load_model
 
     right = {}
     for name, run in (("alone", alone), ("distilled", distilled), ("teacher", teacher)):
@@ -204,8 +204,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT.relative_to(ROOT)})")
     ap.add_argument("--name", default="", help="subfolder of --out for this setting's distilled run")
     args = ap.parse_args()
-    from cvkeras.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
-    from cvkeras.rundir import read_run_config
+    from cvkeras.run.rundir import read_run_config
+    from cvkeras.search.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 
     needed = [STUDENT_WEIGHTS] + ([args.teacher_run / "best.keras"] if args.teacher_run else [FLOWERS, TEACHER_WEIGHTS])
     for p in needed:

@@ -4,7 +4,7 @@
     python bench/int8_lab.py VARIANT RUN [N]   # quantize, report top-1 agreement vs Keras
 
 VARIANT: base, weights-only, acts-only, float-logits, mse-ranges, bc-oneshot (3 rounds), bc N / gptq N /
-gptq-bc N (export.bias_correction / export.weight_rounding on N; ``bc`` is the layer-by-layer correction
+gptq-bc N (export/onnx/bias_correction.py / weight_rounding.py on N; ``bc`` is the layer-by-layer correction
 the README's "bc-seq" rows measured on N random calibration images, now the export's own code).
 
 Agreement is over the export's fidelity images (validation + held-back training), the same split, seed
@@ -31,9 +31,11 @@ def lab_dir(run: Path) -> Path:
 
 
 def prep(run: Path) -> None:
-    from cvkeras import rundir
-    from export import fidelity, quantize, to_onnx
-    from export.exporter import _predict, load_float32_model
+    from cvkeras.export import fidelity
+    from cvkeras.export.exporter import _predict, load_float32_model
+    from cvkeras.export.onnx import convert as to_onnx
+    from cvkeras.export.onnx import quantize
+    from cvkeras.run import rundir
 
     cfg = rundir.read_config(run)
     labels = rundir.read_labels(run)
@@ -96,11 +98,11 @@ def agreement(model, d, tag: str) -> float:
 # ---------------------------------------------------------------- quantization variants
 
 def qdq(run: Path, calib: np.ndarray, extra: dict | None = None, method: str = "minmax", exclude=()):
-    """export.quantize's static QDQ int8 (same settings), quantizer's names kept; ``extra`` merged in."""
+    """cvkeras.export.onnx.quantize's static QDQ int8 (same settings), quantizer's names kept; ``extra`` merged in."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from export.calibration import ort_data_reader
+    from cvkeras.export.calibration import ort_data_reader
 
     pre = lab_dir(run) / "pre.onnx"
     out = lab_dir(run) / "tmp_int8.onnx"
@@ -142,7 +144,7 @@ def bias_correct(run: Path, q, images: np.ndarray, passes: int = 3, damping: flo
     import onnx
     from onnx import numpy_helper
 
-    from export.bias_correction import channel_means
+    from cvkeras.export.onnx.bias_correction import channel_means
 
     f = onnx.load(str(lab_dir(run) / "pre.onnx"))
     fout = {n.name: n.output[0] for n in f.graph.node if n.op_type in ops}
@@ -238,7 +240,7 @@ def mse_ranges(run: Path, q, images: np.ndarray, per_tensor: int = 200000, seed:
     ``images``) whose uint8 fake quantization has the smallest MSE."""
     import onnx
 
-    from export.bias_correction import with_outputs
+    from cvkeras.export.onnx.bias_correction import with_outputs
 
     f = onnx.load(str(lab_dir(run) / "pre.onnx"))
     fnames = {o for n in f.graph.node for o in n.output}
@@ -278,9 +280,9 @@ def mse_ranges(run: Path, q, images: np.ndarray, per_tensor: int = 200000, seed:
 
 
 def main(argv: list[str]) -> None:
-    from export.bias_correction import correct_biases
-    from export.fidelity import with_flips
-    from export.weight_rounding import round_weights
+    from cvkeras.export.fidelity import with_flips
+    from cvkeras.export.onnx.bias_correction import correct_biases
+    from cvkeras.export.onnx.weight_rounding import round_weights
 
     cmd, run = argv[0], Path(argv[1])
     n = int(argv[2]) if len(argv) > 2 else 128

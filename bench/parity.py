@@ -3,7 +3,7 @@
 For each input size (96, 160, 224) it fine-tunes a head on MobileNetV2 alpha 0.35 with its real ImageNet
 weights on the real photos in ``../shared/data/flowers`` (a short run: parity needs a real classifier, not
 a good one), exports the float32 ONNX model, then classifies every validation photo *from its JPEG file*
-twice: the Keras model through the training evaluation pipeline (``cvkeras.evaluate.predict_paths``:
+twice: the Keras model through the training evaluation pipeline (``cvkeras.analysis.evaluate.predict_paths``:
 TensorFlow decode + resize) and the ONNX model through ``serving.Predictor.predict`` (Pillow decode +
 resize). Then the same for ``--large`` validation photos upscaled to camera sizes (4000x3000, 2000x1500,
 1000x750, in turn; written to a temp dir), so large JPEGs take the DCT-scaled decode (1/2, 1/4, 1/8)
@@ -40,14 +40,14 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from cvkeras import rundir
-    from cvkeras.config import FinetuneConfig
-    from cvkeras.evaluate import predict_paths
-    from cvkeras.model import load_model
-    from cvkeras.train import finetune
-    from export import export_run
-    from serving import Predictor
-    from serving.preprocess import jpeg_scale, load_resized
+    from cvkeras.analysis.evaluate import predict_paths
+    from cvkeras.export import export_run
+    from cvkeras.models.build import load_model
+    from cvkeras.run import rundir
+    from cvkeras.run.config import FinetuneConfig
+    from cvkeras.serving import Predictor
+    from cvkeras.serving.preprocess import jpeg_scale, load_resized
+    from cvkeras.train.trainer import finetune
 
     out: dict[str, object] = {"benchmark": "parity", "data": args.data, "model": "mobilenet_v2 alpha 0.35"}
     work = Path(tempfile.mkdtemp(prefix="cvkeras-parity-"))

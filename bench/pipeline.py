@@ -3,7 +3,7 @@
 On the real JPEG photos in ``../shared/data/flowers`` it measures training images/second of the same
 model (MobileNetV2 alpha 0.35, 160 px, batch 32, real ImageNet weights) in both stages, fed from:
 
-* ``cvkeras``: ``cvkeras.pipeline.make_dataset`` with the default settings (memory cache of decoded
+* ``cvkeras``: ``cvkeras.data.pipeline.make_dataset`` with the default settings (memory cache of decoded
   images, shuffle, ``light`` augmentation, prefetch), in steady state (cache filled by a first epoch);
 * ``in_memory``: one pre-decoded batch repeated from memory -- the compute limit;
 * ``plain``: ``keras.utils.image_dataset_from_directory`` + ``prefetch``, what a user would write.
@@ -57,12 +57,12 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from cvkeras.augment import Augmenter
-    from cvkeras.config import FinetuneConfig
-    from cvkeras.data import load_source
-    from cvkeras.model import build_classifier, set_trainable
-    from cvkeras.pipeline import make_dataset
-    from cvkeras.train import compile_model
+    from cvkeras.data.augment import Augmenter
+    from cvkeras.data.pipeline import make_dataset
+    from cvkeras.data.sources import load_source
+    from cvkeras.models.build import build_classifier, set_trainable
+    from cvkeras.run.config import FinetuneConfig
+    from cvkeras.train.optim import compile_model
 
     cfg = FinetuneConfig()
     keras.utils.set_random_seed(0)

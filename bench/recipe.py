@@ -8,7 +8,7 @@ validated on the same 735 photos: the seeded 80/20 split cvkeras makes of the wh
 Per row three methods, each in a fresh subprocess, taking turns (the order rotates from row to row, so
 machine load falls on all of them):
 
-* ``cvkeras``: ``cvkeras.train.finetune`` with every default (the recipe's ``auto`` settings), on a CSV
+* ``cvkeras``: ``cvkeras.train.trainer.finetune`` with every default (the recipe's ``auto`` settings), on a CSV
   manifest of the subset with its split; accuracy = metrics.json (the best epoch's model);
 * ``probe``: a linear probe: multinomial logistic regression (L2, C = 1, as scikit-learn's default, fitted
   to convergence by full-batch gradient descent) on the frozen backbone's global-average-pooled features
@@ -79,7 +79,7 @@ def manifest(per_class: int, seed: int) -> Path:
     path = OUT / "data" / f"flowers-{per_class or 'all'}-s{seed}.csv"
     if path.is_file():
         return path
-    from cvkeras.data import load_source
+    from cvkeras.data.sources import load_source
 
     split = load_source(str(DATA), 0.2, 42)
     rng = np.random.default_rng(1000 + seed)
@@ -112,7 +112,7 @@ def read_manifest(path: Path) -> tuple[list[str], dict[str, list[tuple[str, int]
 
 def decoded(path: Path) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """uint8 images (Pillow, the serving decode) and labels of a manifest's splits."""
-    from serving.preprocess import load_resized
+    from cvkeras.serving.preprocess import load_resized
 
     classes, splits = read_manifest(path)
     out = {}
@@ -126,9 +126,9 @@ def decoded(path: Path) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarr
 def job_cvkeras(model: str, alpha: float, weights: Path, data: Path, seed: int, run: Path) -> dict:
     import keras
 
-    from cvkeras.config import FinetuneConfig
-    from cvkeras.rundir import read_config
-    from cvkeras.train import finetune
+    from cvkeras.run.config import FinetuneConfig
+    from cvkeras.run.rundir import read_config
+    from cvkeras.train.trainer import finetune
 
     fit_s = [0.0]
 
@@ -243,7 +243,7 @@ def job_guide(model: str, alpha: float, weights: Path, data: Path, seed: int, ru
 
 
 def job_export(run: Path) -> dict:
-    from export import export_run
+    from cvkeras.export import export_run
 
     t0 = time.perf_counter()
     # no repair: the full int8 model's agreement is what tells how robust the trained model is to int8

@@ -1,5 +1,5 @@
 """Scratch lab for issue #9, TFLite side: full-integer ``model_int8.tflite`` with and without GPTQ and bias
-correction (export.tflite_weight_rounding, export.tflite_bias_correction), top-1 agreement with Keras.
+correction (cvkeras.export.tflite.weight_rounding, cvkeras.export.tflite.bias_correction), top-1 agreement with Keras.
 
     python bench/tflite_int8_lab.py RUN [OUT] [N]
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 def agreement(blob: bytes, images: np.ndarray, keras_top1: np.ndarray) -> float:
     from ai_edge_litert.interpreter import Interpreter
 
-    from export.tflite_bias_correction import feed
+    from cvkeras.export.tflite.bias_correction import feed
 
     it = Interpreter(model_content=blob, num_threads=1)
     it.allocate_tensors()
@@ -39,12 +39,12 @@ def agreement(blob: bytes, images: np.ndarray, keras_top1: np.ndarray) -> float:
 
 
 def main(run: Path, out: Path, n: int = 128) -> None:
-    from cvkeras.rundir import RunDir
-    from export import to_tflite
-    from export.exporter import load_float32_model
-    from export.fidelity import with_flips
-    from export.tflite_bias_correction import correct_biases
-    from export.tflite_weight_rounding import round_weights
+    from cvkeras.export.exporter import load_float32_model
+    from cvkeras.export.fidelity import with_flips
+    from cvkeras.export.tflite import convert as to_tflite
+    from cvkeras.export.tflite.bias_correction import correct_biases
+    from cvkeras.export.tflite.weight_rounding import round_weights
+    from cvkeras.run.rundir import RunDir
 
     out.mkdir(parents=True, exist_ok=True)
     d = np.load(run / "lab" / "data.npz")

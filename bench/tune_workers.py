@@ -32,7 +32,7 @@ OUT = ROOT / "bench" / "out" / "tune_workers"
 
 def write_shapes(root: Path, per_class: int = 16, size: int = 40) -> Path:
     sys.path.insert(0, str(ROOT))
-    from cvkeras.demo import draw_shape
+    from cvkeras.data.demo import draw_shape
 
     rng = np.random.default_rng(0)
     for kind in ("circle", "square", "triangle"):

@@ -14,23 +14,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from serving.lazy import lazy_exports
+from cvkeras.serving.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from export.errors import ConversionError, ExportError
-    from export.exporter import ExportReport, export_run
-    from export.options import ARTIFACTS, ExportOptions, plan_artifacts
-    from export.verify import ArtifactResult
+    from cvkeras.export.errors import ConversionError, ExportError
+    from cvkeras.export.exporter import ExportReport, export_run
+    from cvkeras.export.options import ARTIFACTS, ExportOptions, plan_artifacts
+    from cvkeras.export.verify import ArtifactResult
 
 _EXPORTS = {
-    "ARTIFACTS": "export.options",
-    "ArtifactResult": "export.verify",
-    "ConversionError": "export.errors",
-    "ExportError": "export.errors",
-    "ExportOptions": "export.options",
-    "ExportReport": "export.exporter",
-    "export_run": "export.exporter",
-    "plan_artifacts": "export.options",
+    "ARTIFACTS": "cvkeras.export.options",
+    "ArtifactResult": "cvkeras.export.verify",
+    "ConversionError": "cvkeras.export.errors",
+    "ExportError": "cvkeras.export.errors",
+    "ExportOptions": "cvkeras.export.options",
+    "ExportReport": "cvkeras.export.exporter",
+    "export_run": "cvkeras.export.exporter",
+    "plan_artifacts": "cvkeras.export.options",
 }
 
 __all__ = [
@@ -39,4 +39,4 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__ = lazy_exports('export', _EXPORTS, globals())
+__getattr__, __dir__ = lazy_exports('cvkeras.export', _EXPORTS, globals())

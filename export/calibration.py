@@ -1,36 +1,21 @@
-"""Representative data for int8 calibration: the run's own training images, never random tensors.
+"""Representative data for int8 calibration, fed to either quantizer: the run's own images, never random tensors.
 
-Images come from the run's training split through the same decode/resize as training (no augmentation),
-stratified across classes and deterministic in the run's seed (``cvkeras.pipeline.load_split_images``).
+The images are the fidelity set's calibration rows (:mod:`cvkeras.export.fidelity`); this module only feeds
+them to ONNX Runtime's calibrator and to the TFLite converter.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from export.errors import ExportError
-from serving.formats import INPUT_NAME
+from cvkeras.serving.formats import INPUT_NAME
 
-#: Default number of calibration images (all of the training split when it is smaller).
+#: Default number of calibration images (all of the training split's images when it has fewer).
 DEFAULT_SAMPLES = 300
 #: Calibration methods of ``--calibration`` (ONNX Runtime's; TFLite's converter always uses min/max).
 METHODS = ("minmax", "entropy", "percentile")
-
-
-def calibration_images(run: str | os.PathLike, samples: int = DEFAULT_SAMPLES,
-                       seed: int | None = None) -> np.ndarray:
-    """Up to ``samples`` decoded training images of ``run`` as uint8 NHWC, stratified by class."""
-    from cvkeras.pipeline import load_split_images
-
-    if samples < 1:
-        raise ExportError(f"--calibration-samples must be at least 1, not {samples}")
-    images, _, _ = load_split_images(run, "train", max_samples=samples, seed=seed)
-    if len(images) == 0:
-        raise ExportError(f"{run}/split.json: the training split is empty; int8 calibration needs its images")
-    return images
 
 
 def float_batches(images: np.ndarray, batch_size: int = 1) -> Iterator[np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from serving.errors import CvkerasError, first_line
+from cvkeras.serving.errors import CvkerasError, first_line
 
 __all__ = ["ConversionError", "ExportError", "converting", "first_line"]
 

@@ -22,7 +22,7 @@ The export folder holds one export: the previous export's model files (those the
 cvkeras wrote) are removed before the new ones are written; a model file cvkeras cannot prove it wrote is
 left and listed as ``unverified_files``. An artifact that fails its check is kept as
 ``<stem>.FAILED<suffix>`` with ``extra.verification`` in its metadata (``serving`` warns or refuses).
-The folder rule lives in :mod:`export.folder`.
+The folder rule lives in :mod:`cvkeras.export.folder`.
 """
 
 from __future__ import annotations
@@ -36,23 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from export import fidelity, folder, onnx_steps, tflite_steps
-from export import metadata as meta_io
-from export.errors import ExportError, first_line
-from export.folder import REPORT_FILE  # noqa: F401 - part of this module's interface
-from export.job import Job
-from export.options import (  # noqa: F401 - the table and options are part of this module's interface
-    ARTIFACTS,
-    FORMATS,
-    MAX_OPSET,
-    MIN_OPSET,
-    Artifact,
+from cvkeras.export import fidelity, folder
+from cvkeras.export import metadata as meta_io
+from cvkeras.export.errors import ExportError, first_line
+from cvkeras.export.folder import REPORT_FILE
+from cvkeras.export.job import Job
+from cvkeras.export.onnx import steps as onnx_steps
+from cvkeras.export.options import (
     ExportOptions,
-    parse_formats,
-    plan_artifacts,
 )
-from export.verify import ArtifactResult, Gates, verify_artifact
-from serving.reference import REFERENCE_FILE, Reference, relative_paths
+from cvkeras.export.tflite import steps as tflite_steps
+from cvkeras.export.verify import ArtifactResult, Gates, verify_artifact
+from cvkeras.serving.reference import REFERENCE_FILE, Reference, relative_paths
 
 EXPORT_DIR = "export"
 #: The converter of each format: makes, checks and repairs that format's planned rows of ARTIFACTS.
@@ -75,7 +70,7 @@ class ExportReport:
     seconds: float = 0.0
     images: dict[str, Any] = field(default_factory=dict)  # fidelity / val / held-back / calibration counts
     #: model files in the export folder that this export did not write and cvkeras cannot prove it wrote:
-    #: left in place, never checked (see :func:`export.folder.unverified_files`)
+    #: left in place, never checked (see :func:`cvkeras.export.folder.unverified_files`)
     unverified_files: list[str] = field(default_factory=list)
 
     @property
@@ -101,7 +96,7 @@ class ExportReport:
     def to_dict(self) -> dict[str, Any]:
         """``export_report.json`` (``cvkeras.export_report/2``, docs/json.md): proportions as fractions,
         files relative to the run directory (absolute when the export folder is outside it)."""
-        from serving.schema import points_to_fraction, schema_id
+        from cvkeras.serving.schema import points_to_fraction, schema_id
 
         def rel(path: str) -> str:
             try:
@@ -130,8 +125,8 @@ def _iter_layers(layer) -> list:
 
 def load_float32_model(run, num_classes: int):
     """Load a run's ``best.keras`` (safe mode); rebuild under float32 if any layer computes in mixed precision."""
-    import cvkeras.model as cvmodel
-    from cvkeras.rundir import RunDir
+    import cvkeras.models.build as cvmodel
+    from cvkeras.run.rundir import RunDir
 
     run = RunDir(run)
     path = run.best
@@ -165,12 +160,12 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     make; ``progress`` receives one line per step.
 
     Verification is the device's: the fidelity images (validation split plus the training images not
-    used for calibration) are decoded from their files by ``serving.preprocess``, the Keras reference
+    used for calibration) are decoded from their files by ``cvkeras.serving.preprocess``, the Keras reference
     (``reference.npz``, which records every image's role) is computed on those tensors, and every artifact
-    is run from its file through ``serving.Predictor`` and ``serving.validate`` -- the code and figures of
+    is run from its file through ``serving.Predictor`` and ``cvkeras.serving.validate`` -- the code and figures of
     ``cvkeras validate``. Reduced precision must keep top-1 agreement >= ``min_agreement`` and lose at most
     ``max_accuracy_drop`` points, both on the validation images; an int8 model that misses is repaired
-    (``repair``) by keeping its worst layers in float (``export.repair``), the fewest that hold on the
+    (``repair``) by keeping its worst layers in float (``cvkeras.export.repair``), the fewest that hold on the
     held-back training images, judged once on validation.
 
     Returns the report; check ``report.exit_code`` (conversion errors and failed gates do not raise, so
@@ -179,7 +174,7 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     Raises:
         ExportError: unknown run directory, missing ``best.keras``, bad options (``RunDirError`` included).
     """
-    from cvkeras import rundir
+    from cvkeras.run import rundir
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)

@@ -1,6 +1,6 @@
-"""The images an export is checked on, decoded exactly as the device decodes them (``serving.preprocess``).
+"""The images an export is checked on, decoded exactly as the device decodes them (``cvkeras.serving.preprocess``).
 
-Every image has one role, recorded in ``reference.npz`` (``serving.reference``):
+Every image has one role, recorded in ``reference.npz`` (``cvkeras.serving.reference``):
 
 * validation (the run's validation split, held out from training): the gates -- top-1 agreement and
   accuracy drop -- and every figure export reports as its verdict; nothing export does is chosen on it;
@@ -12,7 +12,7 @@ Every image has one role, recorded in ``reference.npz`` (``serving.reference``):
 
 Calibration takes a stratified sample of the training split, at most half of it so that the other half
 always remains for fidelity; calibration and fidelity sets are disjoint by construction. Files are
-decoded with Pillow through ``serving.preprocess.load_resized``, the function ``serving.Predictor`` uses,
+decoded with Pillow through ``cvkeras.serving.preprocess.load_resized``, the function ``serving.Predictor`` uses,
 so the Keras reference, calibration and every artifact see the same pixels as the device.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import ExportError
+from cvkeras.export.errors import ExportError
 
 #: Held-back training images beyond this many are not used (bounded memory: 224 px is 150 kB each).
 MAX_HELD_BACK = 10000
@@ -56,7 +56,7 @@ class FidelitySet:
         return self.splits == "train"
 
     def items(self) -> list[tuple[str, int]] | tuple[np.ndarray, np.ndarray]:
-        """What ``serving.validate.validate`` takes: the files (decoded again there), or the arrays."""
+        """What ``cvkeras.serving.validate.validate`` takes: the files (decoded again there), or the arrays."""
         if self.paths is None:
             return (self.images, self.labels)
         return list(zip(self.paths, self.labels.tolist(), strict=True))
@@ -73,7 +73,7 @@ def calibration_count(n_train: int, samples: int) -> int:
 
 
 def _decode(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
-    from serving.preprocess import ImageError, load_resized
+    from cvkeras.serving.preprocess import ImageError, load_resized
 
     out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
     kept: list[int] = []
@@ -93,8 +93,8 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
 
     ``calibration_samples`` None: no calibration (every training image is held back).
     """
-    from cvkeras import rundir
-    from cvkeras.pipeline import stratified_sample
+    from cvkeras.data.pipeline import stratified_sample
+    from cvkeras.run import rundir
 
     split = rundir.RunDir(run).split()
     if split.get("source") == "tfds":
@@ -134,7 +134,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
 
 def _tfds_set(run, split: dict, size, calibration_samples, seed, max_val) -> FidelitySet:
     """TFDS runs have no files: the arrays TensorFlow decodes are all there is."""
-    from cvkeras.pipeline import stratified_sample, tfds_split_arrays
+    from cvkeras.data.pipeline import stratified_sample, tfds_split_arrays
 
     vx, vy = tfds_split_arrays(split, "val", size)
     keep = stratified_sample(vy, max_val, seed)

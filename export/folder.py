@@ -13,10 +13,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cvkeras.runfiles import MARKER, atomic_write, changed_since_written, mark_run, read_manifest
-from export.verify import ArtifactResult
-from serving.errors import RunDirError
-from serving.metadata import failed_name, sidecar_path
+from cvkeras.export.verify import ArtifactResult
+from cvkeras.run.files import MARKER, atomic_write, changed_since_written, mark_run, read_manifest
+from cvkeras.serving.errors import RunDirError
+from cvkeras.serving.metadata import failed_name, sidecar_path
 
 REPORT_FILE = "export_report.json"
 
@@ -74,7 +74,7 @@ def refuse_overwrites(out_dir: Path, names: Sequence[str]) -> None:
     """Raise ExportError, before anything is written, when a file this export writes (``names``, TFLite
     sidecars included) already exists in ``out_dir`` and cvkeras cannot prove it wrote it: replacing it
     would lose the user's file (e.g. ``-o`` pointed at a folder of their own)."""
-    from export.errors import ExportError
+    from cvkeras.export.errors import ExportError
 
     for name in names:
         for path in (out_dir / name, *([sidecar_path(out_dir / name)] if name.endswith(".tflite") else [])):
@@ -93,8 +93,8 @@ def unverified_files(out_dir: Path, made: Sequence[str]) -> list[str]:
 def mark_failed(res: ArtifactResult) -> None:
     """Keep a failed artifact for inspection under a name no device loads by default
     (``model_int8.FAILED.onnx``), its metadata saying it failed and why (``serving`` warns or refuses)."""
-    from export import metadata as meta_io
-    from serving.metadata import ModelMetadata, read_metadata
+    from cvkeras.export import metadata as meta_io
+    from cvkeras.serving.metadata import ModelMetadata, read_metadata
 
     old = Path(res.path)
     new = failed_name(old)
@@ -105,8 +105,8 @@ def mark_failed(res: ArtifactResult) -> None:
         return
     mark = {"status": "failed", "reason": res.error or res.status}
     if old.suffix == ".onnx":
-        from export import to_onnx
-        from export.onnx_steps import _onnx_meta, to_onnx_load
+        from cvkeras.export.onnx import convert as to_onnx
+        from cvkeras.export.onnx.steps import _onnx_meta, to_onnx_load
 
         proto = to_onnx_load(str(old))
         meta = ModelMetadata.from_json(_onnx_meta(str(old)), str(old))

@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import ExportError
-from export.options import ExportOptions
-from export.verify import ArtifactResult
+from cvkeras.export.errors import ExportError
+from cvkeras.export.options import ExportOptions
+from cvkeras.export.verify import ArtifactResult
 
 
 @dataclass
 class Job:
-    """One export in progress (see ``export.exporter.export_run``)."""
+    """One export in progress (see ``cvkeras.export.exporter.export_run``)."""
 
     model: Any
     options: ExportOptions

@@ -1,7 +1,7 @@
 """Make artifacts self-describing: cvkeras metadata in ONNX ``metadata_props`` and TFLite JSON sidecars.
 
-The metadata format itself is :mod:`serving.metadata`'s; ``labels.txt`` is :mod:`serving.formats`' and
-``reference.npz`` :mod:`serving.reference`'s.
+The metadata format itself is :mod:`cvkeras.serving.metadata`'s; ``labels.txt`` is :mod:`cvkeras.serving.formats`' and
+``reference.npz`` :mod:`cvkeras.serving.reference`'s.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cvkeras import __version__
-from cvkeras.rundir import atomic_write
-from serving.metadata import METADATA_KEY, ModelMetadata, sidecar_path
+from cvkeras.run.rundir import atomic_write
+from cvkeras.serving.metadata import METADATA_KEY, ModelMetadata, sidecar_path
 
 
 def make_metadata(labels: Sequence[str], input_size: Sequence[int], model_name: str, precision: str,

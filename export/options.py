@@ -1,8 +1,8 @@
 """What an export makes and with which settings: the artifact table and the one options object.
 
 ``ARTIFACTS`` drives the work: :func:`plan_artifacts` picks its rows for the requested formats and
-precisions, and the exporter runs each picked row's converter (``export.onnx_steps`` /
-``export.tflite_steps``) in table order. :class:`ExportOptions` holds every setting and checks them all,
+precisions, and the exporter runs each picked row's converter (``cvkeras.export.onnx.steps`` /
+``cvkeras.export.tflite.steps``) in table order. :class:`ExportOptions` holds every setting and checks them all,
 once, before anything is read or written.
 """
 
@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
-from export import calibration as calib
-from export.errors import ExportError
-from export.quantize import QuantSettings
-from export.to_onnx import DEFAULT_OPSET
-from export.to_tflite import IO_TYPES
-from export.verify import DEFAULT_FLOAT_TOLERANCE
-from serving.errors import quote
-from serving.validate import DEFAULT_MIN_AGREEMENT
+from cvkeras.export import calibration as calib
+from cvkeras.export.errors import ExportError
+from cvkeras.export.onnx.convert import DEFAULT_OPSET
+from cvkeras.export.onnx.quantize import QuantSettings
+from cvkeras.export.tflite.convert import IO_TYPES
+from cvkeras.export.verify import DEFAULT_FLOAT_TOLERANCE
+from cvkeras.serving.errors import quote
+from cvkeras.serving.validate import DEFAULT_MIN_AGREEMENT
 
 FORMATS = ("onnx", "tflite")
 MIN_OPSET, MAX_OPSET = 13, 18

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import ConversionError, first_line
-from export.to_onnx import quiet
-from serving.formats import INPUT_NAME
+from cvkeras.export.errors import ConversionError, first_line
+from cvkeras.export.onnx.convert import quiet
+from cvkeras.serving.formats import INPUT_NAME
 
 #: ONNX node types whose weights are quantized: the candidates for staying float.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -256,7 +256,7 @@ class TFLiteDebugger:
                  artifact: str = "model_int8.tflite") -> None:
         import tensorflow as tf
 
-        from export.calibration import tflite_representative_dataset
+        from cvkeras.export.calibration import tflite_representative_dataset
 
         self.artifact = artifact
         conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
@@ -289,7 +289,7 @@ class TFLiteDebugger:
 
     def quantize(self, denylisted_nodes: Sequence[str], io_type: str) -> bytes:
         """The full-integer model (``io_type`` input) with the ops producing ``denylisted_nodes`` in float
-        (and its classifier, like every ``model_int8.tflite``: :func:`export.to_tflite.int8_model`)."""
-        from export.to_tflite import int8_model
+        (and its classifier, like every ``model_int8.tflite``: :func:`cvkeras.export.tflite.convert.int8_model`)."""
+        from cvkeras.export.tflite.convert import int8_model
 
         return int8_model(self._debugger.calibrated_model, io_type, denylisted_nodes, self.artifact)

@@ -1,7 +1,7 @@
-"""Check every artifact against the Keras model through the serving runner (``serving.validate``).
+"""Check every artifact against the Keras model through the serving runner (``cvkeras.serving.validate``).
 
 Each artifact is loaded the way a device loads it (``serving.Predictor``: metadata and all) and run on the
-fidelity images decoded from their files; the figures come from ``serving.validate.validate`` against
+fidelity images decoded from their files; the figures come from ``cvkeras.serving.validate.validate`` against
 ``reference.npz`` -- the same function, images and reference as ``cvkeras validate``, so both report the
 same figures. Gates: float32 artifacts must match Keras within ``float_tolerance`` (max absolute
 probability difference); reduced-precision ones (fp16, dynamic, int8) must keep top-1 agreement with
@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from export.errors import first_line
-from serving.validate import DEFAULT_MIN_AGREEMENT
+from cvkeras.export.errors import first_line
+from cvkeras.serving.validate import DEFAULT_MIN_AGREEMENT
 
 #: Largest max-abs probability difference a float32 artifact may have from Keras.
 DEFAULT_FLOAT_TOLERANCE = 1e-4
@@ -75,7 +75,7 @@ class ArtifactResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON row (``cvkeras.export_report/2``): the drop and its interval as fractions, like every
         other proportion there (the attributes keep points, the unit of the gate flag and the console)."""
-        from serving.schema import points_to_fraction
+        from cvkeras.serving.schema import points_to_fraction
 
         d = asdict(self)
         d["accuracy_drop"] = points_to_fraction(self.accuracy_drop)
@@ -93,11 +93,11 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
                     threads: int | None = None, batch_size: int = 1) -> ArtifactResult:
     """Run ``result.path`` on ``items`` against ``reference``; fill the figures and status (returned).
 
-    ``items`` and ``reference`` are what ``serving.validate.validate`` takes (files or arrays, a
+    ``items`` and ``reference`` are what ``cvkeras.serving.validate.validate`` takes (files or arrays, a
     ``Reference``). ``batch_size`` 1 makes ``latency_ms_per_image`` the per-image latency a device sees.
     """
-    from serving.predictor import Predictor
-    from serving.validate import validate
+    from cvkeras.serving.predictor import Predictor
+    from cvkeras.serving.validate import validate
 
     path = Path(result.path)
     result.size_bytes = path.stat().st_size

@@ -13,25 +13,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from serving.lazy import lazy_exports
+from cvkeras.serving.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from serving.metadata import MetadataError, ModelMetadata
-    from serving.predictor import ModelError, Prediction, Predictor
-    from serving.preprocess import ImageError, load_image
-    from serving.validate import Reference, ValidationReport, validate
+    from cvkeras.serving.metadata import MetadataError, ModelMetadata
+    from cvkeras.serving.predictor import ModelError, Prediction, Predictor
+    from cvkeras.serving.preprocess import ImageError, load_image
+    from cvkeras.serving.validate import Reference, ValidationReport, validate
 
 _EXPORTS = {
-    "Predictor": "serving.predictor",
-    "Prediction": "serving.predictor",
-    "ModelError": "serving.predictor",
-    "load_image": "serving.preprocess",
-    "ImageError": "serving.preprocess",
-    "ModelMetadata": "serving.metadata",
-    "MetadataError": "serving.metadata",
-    "validate": "serving.validate",
-    "Reference": "serving.validate",
-    "ValidationReport": "serving.validate",
+    "Predictor": "cvkeras.serving.predictor",
+    "Prediction": "cvkeras.serving.predictor",
+    "ModelError": "cvkeras.serving.predictor",
+    "load_image": "cvkeras.serving.preprocess",
+    "ImageError": "cvkeras.serving.preprocess",
+    "ModelMetadata": "cvkeras.serving.metadata",
+    "MetadataError": "cvkeras.serving.metadata",
+    "validate": "cvkeras.serving.validate",
+    "Reference": "cvkeras.serving.validate",
+    "ValidationReport": "cvkeras.serving.validate",
 }
 
 __all__ = [
@@ -40,4 +40,4 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__ = lazy_exports('serving', _EXPORTS, globals())
+__getattr__, __dir__ = lazy_exports('cvkeras.serving', _EXPORTS, globals())

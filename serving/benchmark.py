@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import OptionError
-from serving.metadata import FailedModelWarning
-from serving.predictor import Predictor
-from serving.results import failed_model_line
-from serving.schema import schema_id
+from cvkeras.serving.errors import OptionError
+from cvkeras.serving.metadata import FailedModelWarning
+from cvkeras.serving.predictor import Predictor
+from cvkeras.serving.results import failed_model_line
+from cvkeras.serving.schema import schema_id
 
 #: Benchmarked predictor modes (``auto`` is one of these per call).
 BENCH_MODES = ("latency", "throughput")

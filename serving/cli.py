@@ -1,7 +1,7 @@
 """``cvkeras predict | validate | benchmark``: thin Typer commands over the serving library.
 
 The functions here are plain Typer command functions; ``cvkeras.cli`` registers them with
-``app.command()(serving.cli.predict)`` and so on. They never import TensorFlow, print a rich table by
+``app.command()(cvkeras.serving.cli.predict)`` and so on. They never import TensorFlow, print a rich table by
 default or JSON with ``--json``, and turn every expected failure into one ``error: ...`` line on stderr
 with exit code 2 (never a traceback).
 """
@@ -17,10 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
-from serving.console import json_safe, print_rows, stdout_console
-from serving.errors import CvkerasError, OptionError, fail, printable, quote
-from serving.images import expand_paths
-from serving.schema import schema_id
+from cvkeras.serving.console import json_safe, print_rows, stdout_console
+from cvkeras.serving.errors import CvkerasError, OptionError, fail, printable, quote
+from cvkeras.serving.images import expand_paths
+from cvkeras.serving.schema import schema_id
 
 #: Failures a user can fix (bad file, wrong folder, missing package); anything else is a bug.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CvkerasError, OSError)
@@ -51,8 +51,8 @@ def load_checked(model: Path, allow_failed: bool, **kwargs: Any) -> Any:
     ``allow_failed``, named in one ``warning:`` line on stderr."""
     import warnings
 
-    from serving.metadata import FailedModelWarning
-    from serving.predictor import Predictor
+    from cvkeras.serving.metadata import FailedModelWarning
+    from cvkeras.serving.predictor import Predictor
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FailedModelWarning)
@@ -86,7 +86,7 @@ def predict(
     A file that cannot be read gets an error entry; the others still run.
     Exit code: 0 all classified, 1 some failed, 2 unusable model.
     """
-    from serving.predictor import MODES, Prediction
+    from cvkeras.serving.predictor import MODES, Prediction
 
     if mode not in MODES:
         raise fail(f"--mode {quote(mode)}: choose one of {', '.join(MODES)}")
@@ -164,8 +164,9 @@ def validate(
     reference records as training images are counted apart, with a warning.
     Exit code: 0 passed, 1 drop above --max-accuracy-drop, 2 unusable model or data.
     """
-    from serving.validate import REFERENCE_FILE, Reference, scan_class_folder
-    from serving.validate import validate as run_validation
+    from cvkeras.serving.reference import REFERENCE_FILE
+    from cvkeras.serving.validate import Reference, scan_class_folder
+    from cvkeras.serving.validate import validate as run_validation
 
     if data is not None and run is not None:
         raise fail("pass --data or --run, not both")
@@ -197,10 +198,10 @@ def validate(
 def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:
     """``(path, label index)`` for the validation files a run recorded in ``split.json`` (no rescan).
 
-    Read with serving.formats (standard library only), so the device side stays TensorFlow-free. Files
+    Read with cvkeras.serving.formats (standard library only), so the device side stays TensorFlow-free. Files
     gone since the run are named on stderr and left out; none left, or other classes, is an error.
     """
-    from serving import formats
+    from cvkeras.serving import formats
 
     doc = formats.read_split(run)
     if doc.get("source") == "tfds" or not doc.get("val"):
@@ -294,7 +295,7 @@ def benchmark(
     """
     from rich.markup import escape
 
-    from serving.benchmark import benchmark as run_benchmark
+    from cvkeras.serving.benchmark import benchmark as run_benchmark
 
     with _errors():
         doc = run_benchmark(models, batch_size=batch_size, threads=threads, warmup=warmup, iters=iters,

@@ -1,5 +1,5 @@
 """How every command prints: one stdout console (one width rule), tables that never cut a cell, JSON
-without bare NaN. Errors go through :func:`serving.errors.fail`. Device side: rich only.
+without bare NaN. Errors go through :func:`cvkeras.serving.errors.fail`. Device side: rich only.
 """
 
 from __future__ import annotations

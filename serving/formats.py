@@ -4,8 +4,8 @@
 * ``split.json`` -- the recorded split of a run, read by ``cvkeras validate --run`` on the device too;
 * the tensor names of every exported model (``image`` in, ``probs`` out).
 
-``reference.npz`` is owned by :mod:`serving.reference`. Device side: standard library only; a damaged
-file is a :class:`~serving.errors.RunDirError` naming the file and the field.
+``reference.npz`` is owned by :mod:`cvkeras.serving.reference`. Device side: standard library only; a damaged
+file is a :class:`~cvkeras.serving.errors.RunDirError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from serving.errors import RunDirError, first_line, has_control, quote
+from cvkeras.serving.errors import RunDirError, first_line, has_control, quote
 
 LABELS = "labels.txt"
 SPLIT = "split.json"

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from serving.preprocess import IMAGE_EXTENSIONS, is_image_file
+from cvkeras.serving.preprocess import IMAGE_EXTENSIONS, is_image_file
 
 #: Image files no decoder here reads: listed as skipped (with the reason) rather than silently ignored.
 OTHER_IMAGE_EXTENSIONS = (".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".jxl")

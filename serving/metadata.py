@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.errors import CvkerasError, first_line, quote
-from serving.formats import label_problem
-from serving.preprocess import contract
+from cvkeras.serving.errors import CvkerasError, first_line, quote
+from cvkeras.serving.formats import label_problem
+from cvkeras.serving.preprocess import contract
 
 METADATA_KEY = "cvkeras"
 SCHEMA_VERSION = 1

@@ -1,7 +1,7 @@
 """Run an exported cvkeras model on a device: ONNX Runtime (or LiteRT for ``.tflite``), no TensorFlow.
 
 The model file carries everything needed -- labels, input size, preprocessing contract (see
-``serving.metadata``) -- so a predictor is one call away from a file::
+``cvkeras.serving.metadata``) -- so a predictor is one call away from a file::
 
     >>> p = Predictor.load("export/model_int8.onnx", threads=2)
     >>> p.predict("daisy.jpg").label
@@ -20,7 +20,7 @@ Two ways to use the CPU, chosen per call by ``mode`` (see :data:`MODES`):
 * ``"auto"`` (default) -- latency settings for a single image, throughput settings for a sequence; each
   ONNX Runtime session is created on first use (LiteRT has one interpreter for both).
 
-Large JPEGs are decoded DCT-scaled at the size the model needs (``serving.preprocess.jpeg_scale``).
+Large JPEGs are decoded DCT-scaled at the size the model needs (``cvkeras.serving.preprocess.jpeg_scale``).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from typing import overload
 import numpy as np
 from PIL import Image
 
-from serving.errors import OptionError, first_line, quote
-from serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
-from serving.preprocess import JPEG_SCALING, ImageError, load_resized
-from serving.results import (  # noqa: F401 - Batch, ImageInput, Prediction are part of this module's interface
+from cvkeras.serving.errors import OptionError, first_line, quote
+from cvkeras.serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
+from cvkeras.serving.preprocess import JPEG_SCALING, ImageError, load_resized
+from cvkeras.serving.results import (
     Batch,
     ImageInput,
     Prediction,
@@ -51,7 +51,7 @@ from serving.results import (  # noqa: F401 - Batch, ImageInput, Prediction are 
     failed_model_line,
     not_a_model_hint,
 )
-from serving.runners import X64_QUANT_PRECISION, ModelError, _OnnxRunner, _Runner, _TFLiteRunner  # noqa: F401
+from cvkeras.serving.runners import ModelError, _OnnxRunner, _Runner, _TFLiteRunner
 
 __all__ = ["MODES", "Batch", "ImageInput", "ModelError", "Prediction", "Predictor"]
 
@@ -180,7 +180,7 @@ class Predictor:
         h, w = self.input_size
         if x.ndim != 4 or x.shape[1:] != (h, w, 3):
             raise OptionError(f"expected a float32 batch of shape (N, {h}, {w}, 3), got {x.shape}; "
-                             "preprocess with serving.preprocess.to_model_input")
+                             "preprocess with cvkeras.serving.preprocess.to_model_input")
         x = np.ascontiguousarray(x, dtype=np.float32)
         runner = self._runner_for(use or ("latency" if x.shape[0] == 1 else "throughput"))
         step = runner.batch or max(1, x.shape[0])

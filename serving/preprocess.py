@@ -2,7 +2,7 @@
 
 Every cvkeras model takes ``float32`` NHWC **RGB** images with values ``0..255`` at its input size and
 carries its own normalisation inside the graph. Getting from a file to that tensor is defined here,
-once, and honoured by training (TensorFlow, ``cvkeras.pipeline``), export calibration and serving (Pillow):
+once, and honoured by training (TensorFlow, ``cvkeras.data.pipeline``), export calibration and serving (Pillow):
 
 1. decode to 8-bit RGB: greyscale is replicated, alpha is dropped (not composited), palettes are
    expanded, 16-bit samples keep their high byte (``v >> 8``, as TensorFlow's PNG decoder does), GIFs
@@ -21,7 +21,7 @@ once, and honoured by training (TensorFlow, ``cvkeras.pipeline``), export calibr
 This module is part of the device side: numpy and Pillow only.
 
 Example:
-    >>> from serving.preprocess import load_image, to_model_input
+    >>> from cvkeras.serving.preprocess import load_image, to_model_input
     >>> batch = to_model_input([load_image("cat.jpg")], (224, 224))  # (1, 224, 224, 3) float32
     >>> x = load_resized("big.jpg", (224, 224))  # same, with the DCT-scaled decode of large JPEGs
 """
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
-from serving.errors import CvkerasError
+from cvkeras.serving.errors import CvkerasError
 
 # --- the contract, as data (also written into export metadata) ------------------------------------
 COLOR_ORDER = "RGB"
@@ -82,7 +82,7 @@ def jpeg_scale_fits(width: Any, height: Any, target: Sequence[int], m: int) -> A
     """Whether a ``width`` x ``height`` JPEG may be decoded at 1/``m``: still >= ``target`` (h, w).
 
     Plain operators only, so the same rule runs on Python ints (device) and on TensorFlow scalars
-    (training, ``cvkeras.pipeline``): the one definition both sides call.
+    (training, ``cvkeras.data.pipeline``): the one definition both sides call.
     """
     return (width >= m * int(target[1])) & (height >= m * int(target[0]))
 

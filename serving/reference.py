@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.errors import CvkerasError, quote
-from serving.formats import existing_file
+from cvkeras.serving.errors import CvkerasError, quote
+from cvkeras.serving.formats import existing_file
 
 REFERENCE_FILE = "reference.npz"
 #: ``split`` of a reference row: the validation split (gates), or a held-back training image (reported apart).

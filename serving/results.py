@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from serving.metadata import failed_name
+from cvkeras.serving.metadata import failed_name
 
 #: What ``predict`` accepts per image: a file path, encoded bytes, a PIL image or an HWC uint8 array.
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.errors import CvkerasError, first_line, quote
-from serving.metadata import ModelMetadata, metadata_from_props, read_metadata
+from cvkeras.serving.errors import CvkerasError, first_line, quote
+from cvkeras.serving.metadata import ModelMetadata, metadata_from_props, read_metadata
 
 #: ONNX Runtime session config key: "1" selects exact (U8U8) int8 kernels on x86 CPUs without VNNI.
 X64_QUANT_PRECISION = "session.x64quantprecision"

@@ -2,7 +2,7 @@
 
 Every document carries ``"schema": "cvkeras.<kind>/<version>"``. :data:`SCHEMAS` lists each field's path,
 type, unit and meaning; ``docs/json.md`` is generated from it (:func:`markdown`, ``python -m
-serving.schema > docs/json.md``) and the tests check each command's real output against it
+cvkeras.serving.schema > docs/json.md``) and the tests check each command's real output against it
 (:func:`problems`), so the code, the doc and the output cannot drift apart. Conventions: :data:`INTRO`.
 Types in :class:`Field` are joined with ``|`` (``number|null``). Standard library only (the device side
 uses it too).
@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from serving.errors import quote
-from serving.schema_fields import INTRO, SCHEMAS, Field, Schema  # noqa: F401 - the table, re-exported
+from cvkeras.serving.errors import quote
+from cvkeras.serving.schema_fields import INTRO, SCHEMAS
 
 
 def schema_id(kind: str) -> str:

@@ -1,4 +1,4 @@
-"""The table behind :mod:`serving.schema`: every field of every JSON document cvkeras writes or prints.
+"""The table behind :mod:`cvkeras.serving.schema`: every field of every JSON document cvkeras writes or prints.
 
 One :class:`Schema` per document kind, one :class:`Field` per path (type, unit, meaning, whether
 required). ``docs/json.md`` is generated from this table; standard library only (the device side uses it).
@@ -34,7 +34,7 @@ class Schema:
 
 
 INTRO = """\
-Generated from `serving/schema.py` (`python -m serving.schema > docs/json.md`); `tests/test_json_schema.py`
+Generated from `serving/schema.py` (`python -m cvkeras.serving.schema > docs/json.md`); `tests/test_json_schema.py`
 checks that this file is up to date and that every command's real JSON matches it.
 
 - Every document carries `"schema": "cvkeras.<kind>/<version>"`; the version goes up when a field changes
@@ -128,7 +128,7 @@ _EXPORT_FIELDS = (
     _f("settings.calibration_flip", "bool", "", "mirror images calibrated too"),
     _f("settings.quantization", "object", "", "int8 quantization settings (ONNX Runtime's; `gptq_images` and "
                                                "`bias_correction_images` also for model_int8.tflite)"),
-    _f("settings.quantization.*", "string|bool|int|number|null", "", "one setting (`export.quantize.QuantSettings`)"),
+    _f("settings.quantization.*", "string|bool|int|number|null", "", "one setting (`QuantSettings`)"),
     _f("settings.max_accuracy_drop", "number", FRACTION, "the drop gate (`--max-accuracy-drop` points / 100)"),
     _f("settings.min_agreement", "number", FRACTION, "the agreement gate"),
     _f("settings.repair", "bool", "", "`--repair`"),

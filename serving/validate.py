@@ -2,7 +2,7 @@
 
 A deployed artifact (ONNX/TFLite, maybe int8) is checked against the Keras model it came from, without
 TensorFlow: ``cvkeras export`` saves the Keras model's outputs as ``reference.npz`` next to the model
-(``serving.reference``: rows matched by their recorded relative path, each row a validation image or a
+(``cvkeras.serving.reference``: rows matched by their recorded relative path, each row a validation image or a
 held-back training image, plus the paths of every other training image), and the model metadata carries
 the Keras accuracy. The report gives accuracy, drop in points, top-1 agreement and the largest probability
 difference with the reference, per-class accuracy and latency.
@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import quote
-from serving.images import class_folders, list_images
-from serving.predictor import Predictor
-from serving.preprocess import IMAGE_EXTENSIONS, resize
-from serving.reference import HELD_BACK, REFERENCE_FILE, VAL, PathIndex, Reference, ValidationError  # noqa: F401
-from serving.stats import Z95, paired_drop_interval, wilson_interval  # noqa: F401
+from cvkeras.serving.errors import quote
+from cvkeras.serving.images import class_folders, list_images
+from cvkeras.serving.predictor import Predictor
+from cvkeras.serving.preprocess import IMAGE_EXTENSIONS, resize
+from cvkeras.serving.reference import VAL, PathIndex, Reference, ValidationError
+from cvkeras.serving.stats import paired_drop_interval, wilson_interval
 
 #: Default smallest top-1 agreement with the float model (``--min-agreement`` of export and validate).
 #: Agreement is measured on the labelled validation rows, so disagreement bounds the accuracy drop on those
@@ -96,7 +96,7 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``validate --json`` (``cvkeras.validation/2``, docs/json.md): the drop, its interval
         and its gate as fractions, like every other proportion there."""
-        from serving.schema import points_to_fraction, schema_id
+        from cvkeras.serving.schema import points_to_fraction, schema_id
 
         d = {"schema": schema_id("validation"), **asdict(self)}
         for key in ("accuracy_drop", "accuracy_drop_ci", "max_accuracy_drop"):
@@ -258,7 +258,7 @@ _HEADLINE = {frozenset({VAL_ROLE}): "validation", frozenset({NEW}): "given image
 def _match(ref: Reference | None, keys: list[str] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Reference row (-1: none) and role of each evaluated image.
 
-    Files match rows by their recorded relative path (:class:`serving.reference.PathIndex`), arrays by
+    Files match rows by their recorded relative path (:class:`cvkeras.serving.reference.PathIndex`), arrays by
     position. Two images matching one row is an error: the reference could not tell them apart.
     """
     rows = np.full(n, -1, np.int64)

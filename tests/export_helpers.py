@@ -90,11 +90,11 @@ def build_run(
     """A finished run directory at ``run`` (images under ``data_root``), head trained ``epochs`` epochs."""
     import keras
 
-    from cvkeras import rundir
-    from cvkeras.config import FinetuneConfig
-    from cvkeras.model import build_classifier
-    from cvkeras.pipeline import decoded_dataset
-    from serving.formats import split_doc
+    from cvkeras.data.pipeline import decoded_dataset
+    from cvkeras.models.build import build_classifier
+    from cvkeras.run import rundir
+    from cvkeras.run.config import FinetuneConfig
+    from cvkeras.serving.formats import split_doc
 
     items = write_images(data_root, per_class)
     train, val = _split(items, val_per_class)
@@ -193,7 +193,7 @@ def float_weight_nodes(proto, head: bool = False) -> list[str]:
     """Names of the Conv/Gemm/MatMul nodes of an ONNX model whose weight is a float32 initializer, not a
     DequantizeLinear output: the layers an int8 file (or a loaded session's graph) really runs in float --
     besides the classifier feeding the output Softmax, which every int8 file keeps float by design
-    (``export.quantize.head_nodes``), unless ``head``."""
+    (``cvkeras.export.onnx.quantize.head_nodes``), unless ``head``."""
     import onnx
 
     inits = {t.name: t.data_type for t in proto.graph.initializer}

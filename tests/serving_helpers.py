@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from serving.metadata import METADATA_KEY, ModelMetadata
+from cvkeras.serving.metadata import METADATA_KEY, ModelMetadata
 
 LABELS = ["red", "green", "blue", "grey"]
 SIZE = (12, 10)  # (height, width): not square, to catch H/W swaps

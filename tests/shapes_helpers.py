@@ -10,7 +10,7 @@ import numpy as np
 def write_shapes(root: Path, per_class: int = 12, size: int = 40, classes=("circle", "square", "triangle"),
                  seed: int = 0, layout: str = "flat") -> Path:
     """Write a small class-folder dataset of the demo's shapes (``flat`` or ``split`` train/val)."""
-    from cvkeras.demo import draw_shape
+    from cvkeras.data.demo import draw_shape
 
     rng = np.random.default_rng(seed)
     for kind in classes:

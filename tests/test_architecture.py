@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvkeras.config import FinetuneConfig
-from cvkeras.rundir import RunDir
-from serving.errors import CvkerasError, RunDirError
-from serving.formats import labels_text, read_labels, split_doc
-from serving.reference import Reference
+from cvkeras.run.config import FinetuneConfig
+from cvkeras.run.rundir import RunDir
+from cvkeras.serving.errors import CvkerasError, RunDirError
+from cvkeras.serving.formats import labels_text, read_labels, split_doc
+from cvkeras.serving.reference import Reference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,14 +69,14 @@ def test_rundir_round_trip(tmp_path):
 
 def test_rundir_seed_defaults_to_the_config_default(tmp_path):
     """A config.yaml without data.seed: every reader gets FinetuneConfig's seed (once 42 here, 0 there)."""
-    from cvkeras import rundir
+    from cvkeras.run import rundir
 
     rundir.write_config(tmp_path, {"model": {"name": "mobilenet_v2", "image_size": [32, 32]}})
     assert RunDir(tmp_path).seed() == FinetuneConfig().seed == 42
 
 
 def test_rundir_config_names_the_file_for_a_bad_field(tmp_path):
-    from cvkeras import rundir
+    from cvkeras.run import rundir
 
     rundir.write_config(tmp_path, {"model": {"name": "mobilenet_v2", "image_size": [32, 32]},
                                    "train": {"optimizer": {"adam": 1}}})
@@ -105,9 +105,9 @@ def test_reference_round_trip(tmp_path):
 # --- one image lister ----------------------------------------------------------------------------------------
 
 def test_training_validation_and_prediction_see_the_same_images(tmp_path):
-    from cvkeras.data import scan_folder
-    from serving.images import expand_paths
-    from serving.validate import scan_class_folder
+    from cvkeras.data.sources import scan_folder
+    from cvkeras.serving.images import expand_paths
+    from cvkeras.serving.validate import scan_class_folder
 
     root = tmp_path / "data"
     wanted = ["cat/a.png", "cat/nested/b.png", "dog/c.png", "dog/d.png"]
@@ -124,17 +124,18 @@ def test_training_validation_and_prediction_see_the_same_images(tmp_path):
 # --- one error type ------------------------------------------------------------------------------------------
 
 def test_every_expected_failure_is_a_cvkeras_error():
-    from cvkeras.data import DataError
-    from cvkeras.explain import ExplainError
-    from cvkeras.model import WeightsError
-    from cvkeras.registry import UnknownModelError
-    from cvkeras.rundir import RunLockedError
-    from cvkeras.train import RunExistsError, TrainingDivergedError
-    from export.errors import ConversionError, ExportError
-    from serving.metadata import MetadataError
-    from serving.predictor import ModelError
-    from serving.preprocess import ImageError
-    from serving.validate import ValidationError
+    from cvkeras.analysis.explain import ExplainError
+    from cvkeras.data.sources import DataError
+    from cvkeras.export.errors import ConversionError, ExportError
+    from cvkeras.models.build import WeightsError
+    from cvkeras.models.registry import UnknownModelError
+    from cvkeras.run.files import RunLockedError
+    from cvkeras.serving.metadata import MetadataError
+    from cvkeras.serving.predictor import ModelError
+    from cvkeras.serving.preprocess import ImageError
+    from cvkeras.serving.validate import ValidationError
+    from cvkeras.train.stages import TrainingDivergedError
+    from cvkeras.train.trainer import RunExistsError
 
     for cls in (DataError, ExplainError, WeightsError, UnknownModelError, RunLockedError, RunExistsError,
                 TrainingDivergedError, ConversionError, ExportError, MetadataError, ModelError, ImageError,
@@ -145,21 +146,36 @@ def test_every_expected_failure_is_a_cvkeras_error():
 
 # --- layers ------------------------------------------------------------------------------------------------
 
-#: serving <- training (cvkeras) <- export <- the command line (cvkeras.cli and what only it uses).
-CLI_MODULES = {"cvkeras.cli", "cvkeras.cli_finetune", "cvkeras.demo_job", "cvkeras.helpfmt", "export.cli"}
+#: The layer map (docs/architecture.md): each layer imports only from the layers below it.
+LAYERS = (
+    ("cvkeras.serving",),  # the device side: numpy, Pillow, onnxruntime / LiteRT
+    ("cvkeras", "cvkeras.run", "cvkeras.data", "cvkeras.models", "cvkeras.train", "cvkeras.analysis",
+     "cvkeras.search"),  # training, by concern
+    ("cvkeras.export",),  # Keras -> ONNX / TFLite, checked
+    ("cvkeras.cli",),  # the app: every command
+)
+#: The folders behind the one namespace (pyproject's package-dir).
+FOLDERS = {"cvkeras": "cvkeras", "export": "cvkeras.export", "serving": "cvkeras.serving"}
 
 
 def _layer(module: str) -> int:
-    if module in CLI_MODULES:
-        return 3
-    return {"serving": 0, "cvkeras": 1, "export": 2}[module.split(".")[0]]
+    best = max((p for layer in LAYERS for p in layer if module == p or module.startswith(p + ".")), key=len)
+    return next(i for i, layer in enumerate(LAYERS) if best in layer)
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for folder, pkg in FOLDERS.items():
+        for f in (REPO / folder).rglob("*.py"):
+            parts = [pkg, *f.relative_to(REPO / folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            mods[".".join(parts)] = f
+    return mods
 
 
 def _import_graph() -> dict[str, set[str]]:
-    mods = {}
-    for pkg in ("cvkeras", "export", "serving"):
-        for f in (REPO / pkg).glob("*.py"):
-            mods[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+    mods = _modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, f in mods.items():
         for node in ast.walk(ast.parse(f.read_text())):  # imports inside functions count too
@@ -172,6 +188,21 @@ def _import_graph() -> dict[str, set[str]]:
                 continue
             graph[m] |= {n for n in names if n in mods and n != m}
     return graph
+
+
+def test_every_module_has_one_layer_and_one_import_path():
+    """One namespace: nothing imports the folders ``export``/``serving`` as top-level packages."""
+    mods = _modules()
+    assert {"cvkeras.cli", "cvkeras.export.onnx.quantize", "cvkeras.serving.predictor"} <= set(mods)
+    for m in mods:
+        _layer(m)
+    stray = []
+    for f in [*mods.values(), *(REPO / "tests").rglob("*.py"), *(REPO / "bench").rglob("*.py")]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            stray += [f"{f.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("export", "serving")]
+    assert not stray, stray
 
 
 def test_no_import_cycle_and_no_arrow_back_up():

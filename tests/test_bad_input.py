@@ -23,15 +23,16 @@ from PIL import Image
 from shapes_helpers import write_shapes
 from typer.testing import CliRunner
 
-from cvkeras import rundir, runfiles
 from cvkeras.cli import app
+from cvkeras.run import files as runfiles
+from cvkeras.run import rundir
 
 # MobileNet alpha 0.25: traces in half the time of MobileNetV2 alpha 0.35; no test here is about the backbone
 TINY = ["--model", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32",
         "--batch-size", "8", "--augment", "none"]
 QUICK = [*TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--steps-per-epoch", "2"]
 ROOT = Path(__file__).resolve().parent.parent
-LOCK_FILE = ".cvkeras-lock"  # rundir.LOCK, spelled out so these tests also run against older code
+LOCK_FILE = ".cvkeras-lock"  # runfiles.LOCK, spelled out so these tests also run against older code
 
 
 def cli(*args: str):
@@ -148,25 +149,25 @@ def test_force_refuses_a_real_run_holding_a_foreign_file(run_copy, data):
 
 
 def test_clear_run_removes_only_the_manifest_files(run_copy):
-    written = set(rundir.read_manifest(run_copy))
+    written = set(runfiles.read_manifest(run_copy))
     assert {"config.yaml", "best.keras", "checkpoints/last.keras", "split.json"} <= written
     (run_copy / "link").symlink_to(run_copy / "best.keras")  # a symlink is never ours
-    assert rundir.foreign_entries(run_copy) == ["link"]
+    assert runfiles.foreign_entries(run_copy) == ["link"]
     with pytest.raises(rundir.RunDirError, match="did not write"):
-        rundir.clear_run(run_copy)
+        runfiles.clear_run(run_copy)
     assert (run_copy / "best.keras").is_file()
     (run_copy / "link").unlink()
-    assert rundir.clear_run(run_copy) == len(written)
-    assert sorted(p.name for p in run_copy.iterdir()) == [rundir.MARKER]
-    assert rundir.read_manifest(run_copy) == []
+    assert runfiles.clear_run(run_copy) == len(written)
+    assert sorted(p.name for p in run_copy.iterdir()) == [runfiles.MARKER]
+    assert runfiles.read_manifest(run_copy) == []
 
 
 # --- 2: one writer per run directory ----------------------------------------------------------------------
 
 def test_a_locked_run_is_refused_naming_the_holder(run_copy, data):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from cvkeras import rundir\n"
-         f"with rundir.run_lock({str(run_copy)!r}, 'finetune'):\n"
+        [sys.executable, "-c", "import sys; from cvkeras.run import files as runfiles\n"
+         f"with runfiles.run_lock({str(run_copy)!r}, 'finetune'):\n"
          "    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -183,8 +184,8 @@ def test_a_locked_run_is_refused_naming_the_holder(run_copy, data):
         assert not (run_copy / "export").exists()
     finally:
         holder.communicate("", timeout=30)
-    with rundir.run_lock(run_copy, "test"):  # released when the holder exits
-        with rundir.run_lock(run_copy, "nested"):  # re-entrant within one process
+    with runfiles.run_lock(run_copy, "test"):  # released when the holder exits
+        with runfiles.run_lock(run_copy, "nested"):  # re-entrant within one process
             pass
 
 
@@ -282,7 +283,7 @@ def test_a_read_only_run_is_one_line_pointing_to_output(run_copy, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("dir", args[0] if args else run_copy)))
 
     before = snapshot(run_copy)
-    monkeypatch.setattr(runfiles.tempfile, "mkstemp", read_only)  # atomic writes live in cvkeras.runfiles
+    monkeypatch.setattr(runfiles.tempfile, "mkstemp", read_only)  # atomic writes live in cvkeras.run.files
     monkeypatch.setattr(os, "mkdir", read_only)
     for args in (["evaluate", run_copy], ["export", run_copy, "--format", "onnx"]):
         result = cli(*args)
@@ -332,7 +333,7 @@ def test_a_csv_row_with_an_empty_label_is_refused_with_its_row_number(tmp_path, 
 
 
 def test_scan_skips_and_reports_what_it_cannot_use(tmp_path):
-    from cvkeras.data import scan_folder
+    from cvkeras.data.sources import scan_folder
 
     data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
     bad_name = os.fsdecode(b"circle/bad\xff.png")
@@ -350,13 +351,13 @@ def test_scan_skips_and_reports_what_it_cannot_use(tmp_path):
     assert "loop" in reasons["loop"]
     assert len(split.train) + len(split.val) == 12
     # skipped.txt can always be written (undecodable bytes escaped)
-    text = "".join(f"{rundir.printable_path(p)}\t{why}\n" for p, why in split.skipped)
+    text = "".join(f"{runfiles.printable_path(p)}\t{why}\n" for p, why in split.skipped)
     rundir.atomic_write(tmp_path / "skipped.txt", text)
     assert "bad\\xff.png" in (tmp_path / "skipped.txt").read_text(encoding="utf-8")
 
 
 def test_a_class_with_one_image_is_warned_about(tmp_path):
-    from cvkeras.data import scan_folder
+    from cvkeras.data.sources import scan_folder
 
     data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
     for p in sorted((data / "triangle").iterdir())[1:]:
@@ -398,8 +399,9 @@ def test_resume_uses_the_recorded_split_and_reports_new_files(tmp_path, run_copy
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):
     import keras
 
-    from cvkeras.config import FinetuneConfig
-    from cvkeras.train import TrainingDivergedError, finetune
+    from cvkeras.run.config import FinetuneConfig
+    from cvkeras.train.stages import TrainingDivergedError
+    from cvkeras.train.trainer import finetune
 
     class Poison(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -425,8 +427,8 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, d
 
 MULTI_WORKER = textwrap.dedent("""
     import json, numpy as np, keras, tensorflow as tf
-    from cvkeras.config import FinetuneConfig
-    from cvkeras.train import fit_multi_worker
+    from cvkeras.run.config import FinetuneConfig
+    from cvkeras.train.trainer import fit_multi_worker
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # single worker: no TF_CONFIG
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     y = np.eye(2, dtype="float32")[np.arange(8) % 2]
@@ -468,7 +470,7 @@ def _serving_model(tmp_path: Path, meta_doc: dict | None = None, nan: bool = Fal
     import onnx
     from serving_helpers import BIAS, make_onnx
 
-    from serving.metadata import METADATA_KEY
+    from cvkeras.serving.metadata import METADATA_KEY
 
     bias = np.full_like(BIAS, np.nan) if nan else BIAS
     path = make_onnx(tmp_path / "model.onnx", bias=bias)
@@ -566,7 +568,7 @@ def test_resume_refuses_other_data_and_a_run_without_checkpoint(tmp_path, run_co
 
 
 def test_a_csv_file_under_two_labels_is_warned_about(tmp_path):
-    from cvkeras.data import read_csv
+    from cvkeras.data.sources import read_csv
 
     data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
     rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
@@ -615,7 +617,7 @@ def test_a_yaml_alias_bomb_is_quoted_without_expanding_it(tmp_path, data, run_co
 
 
 def test_quote_is_bounded_and_escapes_control_characters():
-    from serving.errors import printable, quote
+    from cvkeras.serving.errors import printable, quote
 
     assert quote("daisy") == "'daisy'"
     assert "\x1b" not in quote("a\x1b[2Jb") and "\\x1b" in quote("a\x1b[2Jb")
@@ -639,7 +641,7 @@ def test_class_names_matplotlib_would_read_as_math_are_plotted_as_text(run_copy)
 
 
 def test_plot_titles_with_dollar_signs_are_not_math(tmp_path):
-    from cvkeras.plots import plot_confusion, plot_curves
+    from cvkeras.analysis.plots import plot_confusion, plot_curves
 
     plot_confusion([[1, 0], [0, 1]], MATH_NAMES[:2], tmp_path / "cm.png", title=MATH_NAMES[1])
     (tmp_path / "history.csv").write_text("epoch,stage,loss,val_loss,accuracy,val_accuracy,learning_rate\n"
@@ -687,7 +689,7 @@ def test_explain_names_never_collide_with_the_sheet_or_an_input(tmp_path, data, 
     assert again.exit_code == 0, again.output
     default = cli("explain", run_copy, photos)
     assert default.exit_code == 0 and (run_copy / "explain" / "flower.png").is_file(), default.output
-    assert rundir.foreign_entries(run_copy) == []  # RUN/explain stays recorded in the run's manifest
+    assert runfiles.foreign_entries(run_copy) == []  # RUN/explain stays recorded in the run's manifest
 
 
 # --- class names with control characters are refused when read; nothing raw reaches the terminal ----------
@@ -738,7 +740,7 @@ def test_predict_table_escapes_control_characters_in_file_names(tmp_path):
 
 
 def test_class_names_differing_only_by_case_are_warned_about(tmp_path):
-    from cvkeras.data import scan_folder
+    from cvkeras.data.sources import scan_folder
 
     data = write_shapes(tmp_path / "shapes", per_class=3, size=32)
     (data / "square").rename(data / "Circle")
@@ -774,8 +776,8 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, data, run_copy, monke
     assert_one_line_error(result, 2, name, "no space left")
     assert not out.exists()  # explain leaves no folder it made
     after = snapshot(run_copy)
-    kept = {k: v for k, v in after.items() if k in before and k != rundir.MARKER}  # the manifest may grow
-    assert kept == {k: v for k, v in before.items() if k != rundir.MARKER}  # nothing written earlier is damaged
+    kept = {k: v for k, v in after.items() if k in before and k != runfiles.MARKER}  # the manifest may grow
+    assert kept == {k: v for k, v in before.items() if k != runfiles.MARKER}  # nothing written earlier is damaged
     assert not [f for f in after if ".tmp" in f]
 
 
@@ -810,9 +812,9 @@ def test_a_failed_set_up_leaves_no_stub_run_directory(tmp_path, data):
     assert empty.is_dir() and list(empty.iterdir()) == []  # a folder the user made stays, as it was
 
 
-@pytest.mark.parametrize("command, target", [("export", "export.exporter.export_run"),
-                                             ("evaluate", "cvkeras.evaluate.evaluate_run"),
-                                             ("report", "cvkeras.report.write_report")])
+@pytest.mark.parametrize("command, target", [("export", "cvkeras.export.exporter.export_run"),
+                                             ("evaluate", "cvkeras.analysis.evaluate.evaluate_run"),
+                                             ("report", "cvkeras.analysis.report.write_report")])
 def test_ctrl_c_is_one_line_and_exit_130(run_copy, monkeypatch, command, target):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -877,7 +879,7 @@ def test_a_csv_row_naming_a_folder_says_it_is_a_folder(tmp_path, data):
 
 
 def test_a_dangling_symlink_is_listed_as_skipped(tmp_path):
-    from cvkeras.data import scan_folder
+    from cvkeras.data.sources import scan_folder
 
     data = write_shapes(tmp_path / "shapes", per_class=4, size=32)
     (data / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
@@ -888,7 +890,7 @@ def test_a_dangling_symlink_is_listed_as_skipped(tmp_path):
 
 def test_the_confusion_matrix_figure_is_bounded_for_many_classes():
     """200 classes drew a 20600 x 10200 px figure (4.2 GB of RAM); it is capped, with every k-th name shown."""
-    from cvkeras.plots import CONFUSION_MAX_TICKS, confusion_figure
+    from cvkeras.analysis.plots import CONFUSION_MAX_TICKS, confusion_figure
 
     classes = [f"class_{i:03d}" for i in range(200)]
     fig = confusion_figure(np.eye(200, dtype=int).tolist(), classes)

@@ -1,4 +1,4 @@
-"""Empirical bias correction of QDQ int8 ONNX models (export.bias_correction): fast, tiny hand-made nets."""
+"""Empirical bias correction of QDQ int8 ONNX models (export/onnx/bias_correction.py): fast, tiny hand-made nets."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _run(proto_or_path, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def biased(tmp_path_factory):
-    from export.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
 
     rng = np.random.default_rng(3)
     src = tmp_path_factory.mktemp("bc") / "dw.onnx"
@@ -94,7 +94,7 @@ def test_layers_kept_float_are_not_corrected(tmp_path):
     """A layer excluded from quantization (repair) keeps its float bias exactly."""
     from onnx import numpy_helper
 
-    from export.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
 
     rng = np.random.default_rng(4)
     src = tmp_path / "dw.onnx"

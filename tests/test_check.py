@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
-from serving.schema import problems
+from cvkeras.serving.schema import problems
 
 # MobileNetV2 alpha 0.35 at 32 px, random weights (MobileNet v1 pools to near-zero features at random init);
 # colour survives random convolutions, so out-of-fold label scoring still separates the colour classes
@@ -131,7 +131,7 @@ def test_check_finds_the_photos_unlike_their_class(checked):
 
 
 def test_check_reports_tiny_extreme_skipped_and_finetunes_split(planted, checked):
-    from cvkeras.data import load_source
+    from cvkeras.data.sources import load_source
 
     doc, _, stdout = checked
     small = {Path(d["path"]).name: d["why"] for d in doc["small_images"]}
@@ -196,8 +196,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
 
 
 def test_check_error_is_a_cvkeras_error():
-    from cvkeras.check import CheckError
-    from serving.errors import CvkerasError
+    from cvkeras.data.check import CheckError
+    from cvkeras.serving.errors import CvkerasError
 
     assert issubclass(CheckError, CvkerasError)
 
@@ -206,8 +206,8 @@ def test_check_error_is_a_cvkeras_error():
 def test_check_reads_a_tfds_source_as_finetune_splits_it():
     import tensorflow_datasets as tfds
 
-    from cvkeras.data import load_source
-    from cvkeras.pipeline import tfds_dataset
+    from cvkeras.data.pipeline import tfds_dataset
+    from cvkeras.data.sources import load_source
 
     with tfds.testing.mock_data(num_examples=40):
         result = _cli("check", "tfds:tf_flowers", *TINY, "--json")

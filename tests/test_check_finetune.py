@@ -60,8 +60,8 @@ def test_dedupe_drops_the_validation_copies(leaky, tmp_path):
 
 
 def test_cross_split_pass_finds_nothing_in_a_set_without_copies(tmp_path):
-    from cvkeras.data import load_source
-    from cvkeras.duplicates import cross_split_leaks, finetune_leaks
+    from cvkeras.data.duplicates import cross_split_leaks, finetune_leaks
+    from cvkeras.data.sources import load_source
 
     split = load_source(str(write_colours(tmp_path / "data", per_class=12)))
     assert cross_split_leaks(split) == ([], [])

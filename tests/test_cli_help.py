@@ -9,8 +9,7 @@ from typer.testing import CliRunner
 
 from cvkeras import __version__
 from cvkeras.cli import app
-from cvkeras.config import FinetuneConfig
-from cvkeras.train import OPTIMIZERS, PRECISIONS
+from cvkeras.run.config import OPTIMIZERS, PRECISIONS, FinetuneConfig
 
 LEAKS = ("<list[", "{run}", "{model}", "<bool>", "<str>", "<int", "<path>", "…")
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from shapes_helpers import write_shapes
 
-from cvkeras.data import DataError, load_source, read_csv, scan_folder, stratified_split
+from cvkeras.data.sources import DataError, load_source, read_csv, scan_folder
+from cvkeras.data.split import stratified_split
 
 
 def test_flat_folder_gets_a_seeded_stratified_split(shapes_dir):
@@ -96,8 +97,8 @@ def test_stratified_split_keeps_small_classes_in_both_splits():
 
 def test_tf_pipeline_matches_the_device_decoder(tmp_path):
     """The contract: TF decode+resize (training) == Pillow decode+resize (serving), to rounding."""
-    from cvkeras.pipeline import decoded_dataset
-    from serving.preprocess import load_image, resize
+    from cvkeras.data.pipeline import decoded_dataset
+    from cvkeras.serving.preprocess import load_image, resize
 
     rng = np.random.default_rng(0)
     paths = []
@@ -119,8 +120,8 @@ def test_tf_pipeline_matches_the_device_decoder(tmp_path):
 def test_pipeline_is_deterministic_with_a_seed_and_augments_in_range(shapes_dir):
     import tensorflow as tf
 
-    from cvkeras.augment import Augmenter
-    from cvkeras.pipeline import make_dataset
+    from cvkeras.data.augment import Augmenter
+    from cvkeras.data.pipeline import make_dataset
 
     s = scan_folder(shapes_dir)
     paths, labels = [p for p, _ in s.train], [y for _, y in s.train]
@@ -145,8 +146,8 @@ def test_pipeline_is_deterministic_with_a_seed_and_augments_in_range(shapes_dir)
 
 
 def test_load_split_images_is_stratified_and_deterministic(tmp_path, shapes_dir):
-    from cvkeras import rundir
-    from cvkeras.pipeline import load_split_images
+    from cvkeras.data.pipeline import load_split_images
+    from cvkeras.run import rundir
 
     s = scan_folder(shapes_dir)
     run = tmp_path / "run"
@@ -166,14 +167,14 @@ def test_tfds_source_with_mock_data(tmp_path):
         s = load_source("tfds:tf_flowers", val_split=0.25)
         assert s.source == "tfds" and len(s.classes) == 5
         assert s.tfds["splits"]["val"] == "train[:25%]"
-        from cvkeras.pipeline import tfds_split_arrays
+        from cvkeras.data.pipeline import tfds_split_arrays
 
         x, y = tfds_split_arrays(s.to_json(0), "val", (16, 16))
         assert x.shape[1:] == (16, 16, 3) and x.dtype == np.uint8 and len(x) == len(y) > 0
 
 
 def test_file_cache_holds_decoded_images_for_data_that_does_not_fit_in_memory(tmp_path, shapes_dir):
-    from cvkeras.pipeline import make_dataset
+    from cvkeras.data.pipeline import make_dataset
 
     s = scan_folder(shapes_dir)
     paths, labels = [p for p, _ in s.val], [y for _, y in s.val]

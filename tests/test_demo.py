@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cvkeras import demo
 from cvkeras.cli import app
-from cvkeras.demo_job import demo_steps
+from cvkeras.cli.demo import demo_steps
+from cvkeras.data import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
@@ -43,7 +43,7 @@ def test_demo_photos_are_credited_small_and_balanced() -> None:
 
 
 def test_demo_weights_match_the_recorded_checksum() -> None:
-    """The shipped file is the official one (the sha256 in demo_data/README.md and cvkeras.demo)."""
+    """The shipped file is the official one (the sha256 in demo_data/README.md and cvkeras.data.demo)."""
     digest = hashlib.sha256(demo.demo_weights().read_bytes()).hexdigest()
     assert digest == demo.WEIGHTS_SHA256
     assert demo.WEIGHTS_SHA256 in (demo.DEMO_DATA / "README.md").read_text(encoding="utf-8")

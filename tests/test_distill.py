@@ -22,7 +22,7 @@ def _probs(logits):
 
 
 def test_kd_loss_is_zero_for_equal_predictions_and_grows_with_disagreement():
-    from cvkeras.distill import kd_loss, soften
+    from cvkeras.search.distill import kd_loss, soften
 
     rng = np.random.default_rng(0)
     p = _probs(rng.normal(size=(4, 5)))
@@ -57,7 +57,7 @@ def test_train_step_with_alpha_one_is_keras_own_step_and_alpha_zero_moves_the_st
     import keras
     import tensorflow as tf
 
-    from cvkeras.distill import kd_loss, make_train_step, teacher_view
+    from cvkeras.search.distill import kd_loss, make_train_step, teacher_view
 
     rng = np.random.default_rng(1)
     x = tf.constant(rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32"))
@@ -106,7 +106,7 @@ def test_resume_with_another_teacher_is_refused(tmp_path):
     """--resume continues with the recorded teacher; naming another one is an error, nothing is touched."""
     import yaml
 
-    from cvkeras.config import FinetuneConfig
+    from cvkeras.run.config import FinetuneConfig
 
     run = tmp_path / "student"
     run.mkdir()
@@ -124,7 +124,7 @@ def test_resume_with_another_teacher_is_refused(tmp_path):
 def test_distill_end_to_end_through_the_cli(tmp_path):
     import keras
 
-    from cvkeras.model import load_model
+    from cvkeras.models.build import load_model
 
     data = write_shapes(tmp_path / "shapes", per_class=8, size=40)
     quick = ["--weights", "none", "--batch-size", "8", "--epochs", "1", "--fine-tune-epochs", "1",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from cvkeras.explain import default_layer, gradcam
+from cvkeras.analysis.explain import default_layer, gradcam
 
 # the CLI test's run: MobileNet alpha 0.25 trains in half MobileNetV2's time (every family is explained below)
 TINY = ["--model", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32",
@@ -46,7 +46,7 @@ def _cam_by_hand(model, x: np.ndarray) -> np.ndarray:
     ("vgg16", None, 64, "block5_conv3"),  # the registry row's layer, not the backbone's last (pooled) one
 ])
 def test_every_family_explains_with_its_registry_layer(name, alpha, size, layer):
-    from cvkeras.model import build_classifier
+    from cvkeras.models.build import build_classifier
 
     model = build_classifier(name, 3, (size, size), alpha, "none", 0.0)
     chosen = default_layer(model, name)
@@ -134,8 +134,8 @@ def test_heatmap_peak_falls_on_the_object(tmp_path):
     """
     import keras
 
-    from cvkeras.model import build_classifier
-    from serving.preprocess import load_resized
+    from cvkeras.models.build import build_classifier
+    from cvkeras.serving.preprocess import load_resized
 
     size = 128
     boxes = _object_set(tmp_path / "objects", 80, size, seed=1)

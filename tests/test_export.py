@@ -15,8 +15,8 @@ import typer
 from export_helpers import LABELS, SIZE, float_weight_nodes
 from typer.testing import CliRunner
 
-from export import ExportError, export_run, plan_artifacts
-from export.cli import export as export_command
+from cvkeras.cli.export import export as export_command
+from cvkeras.export import ExportError, export_run, plan_artifacts
 
 ALL = ["model.onnx", "model_int8.onnx", "model_fp16.onnx", "model.tflite", "model_int8.tflite",
        "model_fp16.tflite", "model_dynamic.tflite"]
@@ -141,7 +141,7 @@ def test_unknown_run_directory_exits_2(tmp_path):
 
 
 def test_missing_best_keras_exits_2(tmp_path):
-    from cvkeras import rundir
+    from cvkeras.run import rundir
 
     run = tmp_path / "run"
     run.mkdir()
@@ -178,21 +178,6 @@ def test_export_run_raises_export_error_for_bad_format(tmp_path):
 
 
 # --- calibration and reference data --------------------------------------------------------------------
-@pytest.mark.slow
-def test_calibration_images_are_stratified_and_deterministic(tiny_run):
-    from cvkeras.rundir import read_split
-    from export.calibration import calibration_images
-
-    a = calibration_images(tiny_run, 9)
-    b = calibration_images(tiny_run, 9)
-    assert a.shape == (9, *SIZE, 3) and a.dtype == np.uint8
-    np.testing.assert_array_equal(a, b)
-    # stratified: three per class; the tinted background channel gives each image's class away
-    assert sorted(np.bincount(a.reshape(9, -1, 3).mean(1).argmax(1), minlength=3)) == [3, 3, 3]
-    n_train = len(read_split(tiny_run)["train"])
-    assert len(calibration_images(tiny_run, 10_000)) == n_train  # fewer when the split is small
-
-
 # --- the full export through the CLI ------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_exports_every_format_and_exits_0(exported):
@@ -241,7 +226,7 @@ def test_tflite_int8_is_integer_but_its_classifier_with_uint8_input(exported):
 
     _, out = exported
     it = Interpreter(model_path=str(out / "model_int8.tflite"))
-    from export.to_tflite import float_ops
+    from cvkeras.export.tflite.convert import float_ops
 
     assert it.get_input_details()[0]["dtype"] == np.uint8
     # float32 probabilities out: the classifier (FULLY_CONNECTED, SOFTMAX) computes in float (issue #22.5)
@@ -255,7 +240,7 @@ def test_tflite_int8_is_integer_but_its_classifier_with_uint8_input(exported):
 @pytest.mark.slow
 def test_metadata_in_every_artifact(exported, keras_val):
     from cvkeras import __version__
-    from serving.metadata import read_metadata
+    from cvkeras.serving.metadata import read_metadata
 
     _, out = exported
     _, labels, _, probs = keras_val
@@ -286,8 +271,8 @@ def test_metadata_in_every_artifact(exported, keras_val):
 
 @pytest.mark.slow
 def test_reference_npz_covers_val_and_held_back_training_images(exported, keras_val, fidelity_rows, tiny_run):
-    from cvkeras.pipeline import stratified_sample
-    from export.fidelity import calibration_count
+    from cvkeras.data.pipeline import stratified_sample
+    from cvkeras.export.fidelity import calibration_count
 
     _, out = exported
     _, labels, paths, probs = keras_val
@@ -393,7 +378,7 @@ def test_export_and_validate_report_identical_figures(exported, tiny_run):
     DATA_ROOT` give the export's figures, to the bit, for every artifact: agreement and drop on the validation
     rows; with --data, the headline accuracy is over the validation images too, and the training images the folder
     also holds (held-back, calibration) are counted apart, with a warning."""
-    from serving.cli import validate as validate_command
+    from cvkeras.serving.cli import validate as validate_command
 
     _, out = exported
     report = {a["name"]: a for a in json.loads((out / "export_report.json").read_text())["artifacts"]}
@@ -459,7 +444,7 @@ def test_int8_onnx_keeps_its_stem_float_unless_int8_stem(exported, tiny_run, tmp
 def test_dynamic_tflite_missing_the_gate_gets_float_weights_for_its_worst_ops(hostile_run, tmp_path):
     """The int8-hostile net's Conv_1 rounds a rescaled input channel's weights to zero in the dynamic-range
     model too; repair gives the worst-ranked ops (Conv_1 first) their float weights back and passes."""
-    from serving.metadata import read_metadata
+    from cvkeras.serving.metadata import read_metadata
 
     out = tmp_path / "export"
     result = _invoke(hostile_run, "--format", "tflite", "--int8", "--output", out, "--threads", "1")
@@ -478,7 +463,7 @@ def test_dynamic_tflite_missing_the_gate_gets_float_weights_for_its_worst_ops(ho
 
 
 def test_repair_line_names_few_layers_briefly():
-    from export.cli import layer_list
+    from cvkeras.cli.export import layer_list
 
     names = [f"m/relu_{i}/Relu6;m/bn_{i}/add;m/conv_{i}/convolution" for i in range(6)]
     assert layer_list(names[:2]) == "m/conv_0/convolution, m/conv_1/convolution"
@@ -515,7 +500,7 @@ def test_int8_onnx_missing_the_gate_is_repaired_with_float_layers(hostile_export
     floats = float_weight_nodes(q)
     meta = json.loads({p.key: p.value for p in q.metadata_props}["cvkeras"])
     assert meta["extra"]["float_layers"] == row["float_layers"]
-    # besides them only the stem, which every int8 ONNX file keeps float (export.quantize.stem_nodes)
+    # besides them only the stem, which every int8 ONNX file keeps float (cvkeras.export.onnx.quantize.stem_nodes)
     assert meta["extra"]["float_stem"] and meta["extra"]["quantization"]["float_stem"] > 0
     assert len(floats) == len(row["float_layers"]) + len(meta["extra"]["float_stem"])
     # GPTQ's figures are the repaired model's own: it re-rounded only layers this file keeps in int8
@@ -546,10 +531,10 @@ def test_failed_int8_check_exits_1_names_both_gates_and_keeps_files(hostile_run,
 @pytest.mark.slow
 def test_when_no_mix_passes_export_exits_1_and_keeps_the_full_int8_file(hostile_run, tmp_path, monkeypatch):
     """Only the single best-measured layer may stay float (patched ranking): not enough, so exit 1."""
-    import export.repair
+    import cvkeras.export.repair
 
-    real = export.repair.rank_onnx_layers
-    monkeypatch.setattr(export.repair, "rank_onnx_layers", lambda *a, **k: real(*a, **k)[-1:])
+    real = cvkeras.export.repair.rank_onnx_layers
+    monkeypatch.setattr(cvkeras.export.repair, "rank_onnx_layers", lambda *a, **k: real(*a, **k)[-1:])
     out = tmp_path / "out"
     result = _invoke(hostile_run, "--format", "onnx", "--int8", "--output", out, "--threads", "1")
     assert result.exit_code == 1, result.output + result.stderr
@@ -602,7 +587,7 @@ def test_mixed_precision_model_exports_float32(tiny_run, tmp_path):
     import keras
     import onnx
 
-    from cvkeras.model import build_classifier
+    from cvkeras.models.build import build_classifier
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("best.keras", "export"))
@@ -654,8 +639,8 @@ def test_int8_onnx_excluded_layer_stays_float_when_onnxruntime_loads_it(tmp_path
     import onnx
     import onnxruntime as ort
 
-    from export.quantize import QuantSettings, quantize_int8
-    from export.to_onnx import save
+    from cvkeras.export.onnx.convert import save
+    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
 
     rng = np.random.default_rng(0)
     src = tmp_path / "dw.onnx"
@@ -683,9 +668,9 @@ def test_onnx_layer_ranking_does_not_count_relu_as_quantization_noise(tmp_path, 
     """The quantizer folds Relu/Clip into the QuantizeLinear after a conv; the ranking must not charge the
     conv with everything the Relu cuts off (half its pre-activation power here) as int8 noise. Nor a
     near-zero bias (folded BatchNorm) that rounds to 0 in int32: 100 % of itself, nothing of the output."""
-    from export.quantize import QuantSettings, preprocess, quantize_int8
-    from export.repair import rank_onnx_layers
-    from export.to_onnx import save
+    from cvkeras.export.onnx.convert import save
+    from cvkeras.export.onnx.quantize import QuantSettings, preprocess, quantize_int8
+    from cvkeras.export.repair import rank_onnx_layers
 
     rng = np.random.default_rng(1)
     src, pre, raw = tmp_path / "dw.onnx", tmp_path / "pre.onnx", tmp_path / "raw.onnx"

@@ -1,4 +1,4 @@
-"""``export.errors.converting``: every failure inside a conversion step becomes one line naming the artifact."""
+"""``cvkeras.export.errors.converting``: every failure inside a conversion step becomes one line naming the artifact."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 
 def test_converting_turns_any_error_into_one_line_and_lets_export_errors_through():
-    from export.errors import ConversionError, ExportError, converting
+    from cvkeras.export.errors import ConversionError, ExportError, converting
 
     with pytest.raises(ConversionError) as info:
         with converting("model_int8.onnx", "int8 bias correction", "export without --int8"):
@@ -29,9 +29,9 @@ def test_a_failing_gptq_step_names_the_artifact_and_the_step(tmp_path, monkeypat
     pytest.importorskip("onnxruntime")
     from export_helpers import stem_onnx_net
 
-    from export import weight_rounding
-    from export.errors import ConversionError
-    from export.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.errors import ConversionError
+    from cvkeras.export.onnx import weight_rounding
+    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
 
     stem_onnx_net(tmp_path / "net.onnx")
 

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
-from serving.schema import problems
+from cvkeras.run import files as runfiles
+from cvkeras.serving.schema import problems
 
 MODEL_SUFFIXES = (".onnx", ".tflite")
 
@@ -36,10 +37,10 @@ def _report(folder: Path) -> dict:
 def marked_hostile_run(int8_hostile_run, tmp_path_factory) -> Path:
     """A copy of the session's int8-hostile tiny run (tests/conftest.py), marked as `cvkeras finetune` marks its
     run folders; copied, since the test exports into it."""
-    from cvkeras import rundir
+    from cvkeras.run import rundir
 
     run = tmp_path_factory.mktemp("export_folder") / "hostile"
-    shutil.copytree(int8_hostile_run, run, ignore=shutil.ignore_patterns("export", rundir.LOCK))
+    shutil.copytree(int8_hostile_run, run, ignore=shutil.ignore_patterns("export", runfiles.LOCK))
     rundir.mark_run(run)
     return run
 
@@ -60,7 +61,7 @@ def test_reexport_removes_the_previous_exports_models_and_marks_failed_ones(mark
     for a in failed:
         stem, suffix = a["name"].rsplit(".", 1)
         assert Path(a["path"]).name == f"{stem}.FAILED.{suffix}" and not (out / a["name"]).exists()
-        from serving.metadata import read_metadata
+        from cvkeras.serving.metadata import read_metadata
 
         meta = read_metadata(out / Path(a["path"]).name)
         assert meta.failed_check and "kept as" not in meta.failed_check
@@ -101,8 +102,8 @@ def test_reexport_removes_the_previous_exports_models_and_marks_failed_ones(mark
 
 def test_remove_previous_export_needs_the_manifest(tmp_path):
     """Without a manifest entry a model file is not cvkeras's to remove; with one it goes."""
-    from cvkeras import rundir
-    from export.folder import remove_previous_export, unverified_files
+    from cvkeras.export.folder import remove_previous_export, unverified_files
+    from cvkeras.run import rundir
 
     run = tmp_path / "run"
     out = run / "export"
@@ -123,8 +124,8 @@ def test_a_file_the_user_replaced_at_a_recorded_name_is_never_removed(tmp_path):
     A user's copy over ``model_int8.onnx`` survives a re-export and makes ``--force`` refuse the run."""
     import os
 
-    from cvkeras import rundir
-    from export.folder import remove_previous_export, unverified_files
+    from cvkeras.export.folder import remove_previous_export, unverified_files
+    from cvkeras.run import rundir
 
     run = tmp_path / "run"
     out = run / "export"
@@ -137,15 +138,15 @@ def test_a_file_the_user_replaced_at_a_recorded_name_is_never_removed(tmp_path):
     assert remove_previous_export(out) == ["model.onnx"]
     assert user.read_bytes().startswith(b"a hand-tuned")
     assert unverified_files(out, ["model.onnx"]) == ["model_int8.onnx"]
-    assert rundir.foreign_entries(run) == ["export/model_int8.onnx"]
+    assert runfiles.foreign_entries(run) == ["export/model_int8.onnx"]
     # same size, new content: the mtime tells (copied back with the old mtime and size, it would pass)
     rundir.atomic_write(out / "model.onnx", b"0123456789")
     st = os.stat(out / "model.onnx")
     (out / "model.onnx").write_bytes(b"9876543210")
     os.utime(out / "model.onnx", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    assert "export/model.onnx" in rundir.foreign_entries(run)
+    assert "export/model.onnx" in runfiles.foreign_entries(run)
     try:
-        rundir.clear_run(run)
+        runfiles.clear_run(run)
     except rundir.RunDirError as exc:
         assert "export/model" in str(exc)
     else:
@@ -155,7 +156,7 @@ def test_a_file_the_user_replaced_at_a_recorded_name_is_never_removed(tmp_path):
 
 def test_failed_mark_is_read_from_the_metadata(tmp_path):
     """serving reads the failed mark from the model metadata (TF-free) and warns on load."""
-    from serving.metadata import ModelMetadata, failed_name
+    from cvkeras.serving.metadata import ModelMetadata, failed_name
 
     meta = ModelMetadata(labels=["a", "b"], input_size=(8, 8))
     assert meta.failed_check is None
@@ -168,10 +169,10 @@ def test_mark_failed_renames_marks_and_never_overwrites_a_foreign_file(tmp_path)
     """``mark_failed`` on a real (tiny) ONNX model: renamed, marked in its metadata, warned about on load."""
     from serving_helpers import make_onnx, metadata
 
-    from export.folder import mark_failed
-    from export.verify import ArtifactResult
-    from serving.metadata import FailedModelWarning
-    from serving.predictor import Predictor
+    from cvkeras.export.folder import mark_failed
+    from cvkeras.export.verify import ArtifactResult
+    from cvkeras.serving.metadata import FailedModelWarning
+    from cvkeras.serving.predictor import Predictor
 
     path = make_onnx(tmp_path / "model_int8.onnx", metadata())
     res = ArtifactResult("model_int8.onnx", "onnx", "int8", str(path), status="failed",

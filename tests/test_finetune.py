@@ -186,8 +186,8 @@ def test_two_local_workers_train_in_sync(tmp_path, shapes_dir):
     """MultiWorkerMirroredStrategy from TF_CONFIG: two processes on 127.0.0.1 end with equal weights."""
     import keras
 
-    from cvkeras.model import build_backbone
-    from cvkeras.registry import get
+    from cvkeras.models.build import build_backbone
+    from cvkeras.models.registry import get
 
     # a "pretrained" backbone file, as users pass with --weights PATH: BatchNorm is then frozen, so every
     # weight, trainable or not, must end identical on both workers

@@ -41,14 +41,14 @@ def near_tie(tmp_path_factory):
 
 
 def _meta():
-    from serving.metadata import ModelMetadata
+    from cvkeras.serving.metadata import ModelMetadata
 
     return ModelMetadata(labels=["a", "b", "c"], input_size=[16, 16], model_name="t", precision="int8")
 
 
 def _agreement(path, images) -> float:
-    from serving import Predictor
-    from serving.metadata import sidecar_path
+    from cvkeras.serving import Predictor
+    from cvkeras.serving.metadata import sidecar_path
 
     if str(path).endswith(".tflite"):
         sidecar_path(path).write_text(_meta().to_json())
@@ -61,7 +61,7 @@ def _agreement(path, images) -> float:
 def test_full_integer_tflite_keeps_top1_on_a_near_tie(near_tie, io_type):
     from ai_edge_litert.interpreter import Interpreter
 
-    from export import to_tflite
+    from cvkeras.export.tflite import convert as to_tflite
 
     model, images, tmp = near_tie
     with to_tflite.saved_model(model) as saved:
@@ -80,8 +80,9 @@ def test_int8_onnx_keeps_the_classifier_float_and_top1_on_a_near_tie(near_tie):
     import onnx
     from export_helpers import float_weight_nodes
 
-    from export import metadata as meta_io
-    from export import quantize, to_onnx
+    from cvkeras.export import metadata as meta_io
+    from cvkeras.export.onnx import convert as to_onnx
+    from cvkeras.export.onnx import quantize
 
     model, images, tmp = near_tie
     to_onnx.save(to_onnx.keras_to_onnx(model, 17, "model.onnx"), tmp / "model.onnx")

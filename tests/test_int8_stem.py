@@ -1,4 +1,4 @@
-"""The int8 ONNX stem: the input normalisation and the first convs stay float32 (``export.quantize.stem_nodes``)."""
+"""The int8 ONNX stem: the input normalisation and the first convs stay float32 (``quantize.stem_nodes``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 def test_stem_ends_at_the_narrowest_of_its_first_convs(tmp_path):
     """Three convs: the cut falls after the 8-channel projection; two: after the later of two equal outputs."""
-    from export.quantize import preprocess, stem_nodes
+    from cvkeras.export.onnx.quantize import preprocess, stem_nodes
 
     stem_onnx_net(tmp_path / "net.onnx")
     preprocess(tmp_path / "net.onnx", tmp_path / "pre.onnx")
@@ -31,7 +31,7 @@ def test_int8_model_keeps_the_stem_float_and_quantizes_the_rest(tmp_path):
     node reads int8 weights; ``float_stem=0`` quantizes them all. Both models stay close to float32."""
     import onnxruntime as ort
 
-    from export.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
 
     stem_onnx_net(tmp_path / "net.onnx")
     rng = np.random.default_rng(1)
@@ -88,7 +88,7 @@ def test_a_stem_conv_reading_a_shared_quantized_tensor_stays_float_when_onnxrunt
     quantize its float weights per tensor at load unless its input is rewired (keep_float_inputs)."""
     import onnxruntime as ort
 
-    from export.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
 
     _branching_net(tmp_path / "net.onnx")
     rng = np.random.default_rng(1)
@@ -107,7 +107,7 @@ def test_a_stem_conv_reading_a_shared_quantized_tensor_stays_float_when_onnxrunt
 def test_stem_leaves_out_unnamed_nodes_and_squeeze_excite_convs(tmp_path):
     """quantize_static excludes by name, so an unnamed node must never be listed (it would exclude every
     unnamed node); a conv with a 1x1 output map is never the cut."""
-    from export.quantize import preprocess, stem_nodes
+    from cvkeras.export.onnx.quantize import preprocess, stem_nodes
 
     stem_onnx_net(tmp_path / "net.onnx")
     model = onnx.load(tmp_path / "net.onnx")

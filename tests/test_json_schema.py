@@ -15,7 +15,7 @@ from serving_helpers import make_onnx, metadata, write_class_folder
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
-from serving.schema import SCHEMAS, markdown, problems
+from cvkeras.serving.schema import SCHEMAS, markdown, problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def _ok(doc: dict, kind: str) -> dict:
 
 def test_docs_json_md_is_generated_from_the_schema():
     doc = (ROOT / "docs" / "json.md").read_text()
-    assert doc == markdown(), "docs/json.md is stale: run `python -m serving.schema > docs/json.md`"
+    assert doc == markdown(), "docs/json.md is stale: run `python -m cvkeras.serving.schema > docs/json.md`"
     for schema in SCHEMAS.values():
         assert f"## `{schema.id}`" in doc
     assert "docs/json.md" in (ROOT / "README.md").read_text()
@@ -121,8 +121,8 @@ def test_finetune_evaluate_export_json_match_the_schema(tmp_path):
 
 def test_an_export_report_from_before_the_schema_reads_in_current_names_and_units():
     """report.html of a run exported by cvkeras 0.1 (drop in points, old names) shows the same figures."""
-    from cvkeras.report import _fmt
-    from serving.schema import schema_id, upgrade_export_report
+    from cvkeras.analysis.report import _fmt
+    from cvkeras.serving.schema import schema_id, upgrade_export_report
 
     old = {"passed": True, "artifacts": [{"name": "model_int8.onnx", "status": "passed", "accuracy": 0.9,
                                           "accuracy_drop": 1.25, "accuracy_drop_ci": [-0.5, 3.0], "n": 80,

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cvkeras.cli import app, final_line, summary_lines
-from cvkeras.config import FinetuneConfig
-from cvkeras.train import FinetuneResult, header_lines, stage_label
+from cvkeras.cli import app
+from cvkeras.cli.finetune import final_line, summary_lines
+from cvkeras.run.config import FinetuneConfig
+from cvkeras.train.stages import stage_label
+from cvkeras.train.trainer import FinetuneResult, header_lines
 
 # MobileNet alpha 0.25: traces in half the time of MobileNetV2 alpha 0.35; no test here is about the backbone
 TINY = ["--model", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32",
@@ -156,7 +158,7 @@ def _tiny_images(root: Path) -> list[Path]:
 @pytest.mark.parametrize("header,order", [("filename,class", "pl"), ("label,path", "lp"),
                                           ("Category,Image,Split", "pls"), ("path,label", "pl"), (None, "pl")])
 def test_csv_manifest_columns_by_header_name(tmp_path: Path, header: str | None, order: str) -> None:
-    from cvkeras.data import read_csv
+    from cvkeras.data.sources import read_csv
 
     rows = []
     for i, path in enumerate(_tiny_images(tmp_path)):
@@ -172,7 +174,7 @@ def test_csv_manifest_columns_by_header_name(tmp_path: Path, header: str | None,
 
 
 def test_csv_header_without_a_label_column_is_one_clear_line(tmp_path: Path) -> None:
-    from cvkeras.data import DataError, read_csv
+    from cvkeras.data.sources import DataError, read_csv
 
     _tiny_images(tmp_path)
     manifest = tmp_path / "data.csv"

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from shapes_helpers import write_shapes
 
-from cvkeras.config import FinetuneConfig
+from cvkeras.run.config import FinetuneConfig
+from cvkeras.train import optim
 
 # MobileNet alpha 0.25 trains in half MobileNetV2's time; the training tests are not about the backbone
 TINY = dict(model="mobilenet", alpha=0.25, weights="none", image_size=[32, 32], batch_size=8, augment="light",
@@ -35,9 +36,9 @@ def _smoothed_ce(probs: np.ndarray, labels: np.ndarray, smoothing: float) -> flo
 # --- 1. the file cache ------------------------------------------------------------------------------
 def test_file_cache_keeps_splits_and_runs_apart(tmp_path):
     """History's val figures are the validation images' own, also with --cache PATH shared by two runs."""
-    from cvkeras.model import load_model
-    from cvkeras.pipeline import load_split_images
-    from cvkeras.train import finetune
+    from cvkeras.data.pipeline import load_split_images
+    from cvkeras.models.build import load_model
+    from cvkeras.train.trainer import finetune
 
     prefix = tmp_path / "cache" / "c"
     prefix.parent.mkdir()
@@ -65,7 +66,7 @@ QUICK = {"efficientnet_b0", "mobilenet_v2"}
 
 
 def test_families_cover_the_registry():
-    from cvkeras.registry import REGISTRY
+    from cvkeras.models.registry import REGISTRY
 
     assert {REGISTRY[name].family for name, _, _ in FAMILIES} == {spec.family for spec in REGISTRY.values()}
 
@@ -76,8 +77,8 @@ def test_float32_copy_is_the_trained_network(name, alpha, size, tmp_path, monkey
     """``weights="imagenet"`` (served from a file the test writes) vs the copy saved as best.keras."""
     import keras
 
-    from cvkeras.model import build_backbone, build_classifier, to_float32
-    from cvkeras.registry import get
+    from cvkeras.models.build import build_backbone, build_classifier, to_float32
+    from cvkeras.models.registry import get
 
     spec = get(name)
     donor = tmp_path / "donor.weights.h5"
@@ -95,7 +96,7 @@ def test_float32_copy_is_the_trained_network(name, alpha, size, tmp_path, monkey
 def test_float32_copy_of_a_mixed_precision_model_computes_in_float32():
     import keras
 
-    from cvkeras.model import build_classifier, to_float32
+    from cvkeras.models.build import build_classifier, to_float32
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -113,8 +114,8 @@ def test_float32_copy_of_a_mixed_precision_model_computes_in_float32():
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_weight_decay_shrinks_weights_but_not_biases_or_norms(optimizer):
     """A zero-gradient step leaves only the decay: kernels x (1 - lr wd); biases, BN gamma/beta untouched."""
-    from cvkeras.model import build_classifier, set_trainable
-    from cvkeras.train import compile_model
+    from cvkeras.models.build import build_classifier, set_trainable
+    from cvkeras.train.optim import compile_model
 
     model = build_classifier("mobilenet_v2", 3, (32, 32), alpha=0.35, weights="none")
     set_trainable(model, 2, "all", freeze_bn=False)
@@ -137,7 +138,7 @@ def test_weight_decay_shrinks_weights_but_not_biases_or_norms(optimizer):
 
 def test_default_weight_decay_is_not_negligible():
     """The per-step decay at the stage-1 peak rate: 1e-4 x 1e-3 = 1e-7 was effectively off."""
-    from cvkeras.recipe import resolve
+    from cvkeras.train.recipe import resolve
 
     cfg = resolve(FinetuneConfig(), n_train=1000, num_classes=5).config  # the default rate is auto
     assert cfg.weight_decay * cfg.learning_rate >= 1e-5
@@ -147,7 +148,7 @@ def test_default_weight_decay_is_not_negligible():
 def test_a_mixed_image_is_weighted_by_its_mix():
     import tensorflow as tf
 
-    from cvkeras.train import class_weights, with_sample_weights
+    from cvkeras.train.trainer import class_weights, with_sample_weights
 
     weights = class_weights([90, 10], "auto")  # 0.556 and 5.0
     labels = tf.constant([[0.51, 0.49], [0.49, 0.51], [1.0, 0.0]])
@@ -162,7 +163,7 @@ def test_a_mixed_image_is_weighted_by_its_mix():
 def test_class_weights_with_a_tfds_source_and_mixup(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    import cvkeras.train as train
+    import cvkeras.train.trainer as train
 
     calls = []
     real = train.class_weights
@@ -178,7 +179,7 @@ def test_frozen_backbone_features_do_not_change_between_training_calls():
     import keras
     import tensorflow as tf
 
-    from cvkeras.model import build_classifier, set_trainable
+    from cvkeras.models.build import build_classifier, set_trainable
 
     model = build_classifier("efficientnet_b0", 3, (32, 32), weights="none")
     features = keras.Model(model.input, model.get_layer("pool").output)
@@ -199,7 +200,7 @@ def test_frozen_backbone_features_do_not_change_between_training_calls():
 def test_stage_two_from_best_weights_history_lr_and_from_scratch(tmp_path, shapes_dir, monkeypatch):
     import keras
 
-    import cvkeras.train as train
+    import cvkeras.train.trainer as train
 
     fake = iter([0.9, 0.1])  # stage 1: epoch 1 best, epoch 2 worse -> stops early (patience 1)
     real_make = train._make_checkpointer
@@ -266,11 +267,11 @@ def test_stage_two_from_best_weights_history_lr_and_from_scratch(tmp_path, shape
     # 10: each epoch logs the rate its first step used (warm-up starts at a tenth of the peak)
     rows = _history(run)
     steps = int(np.ceil(sum(1 for _ in json.loads((run / "split.json").read_text())["train"]) / 8))
-    stage1 = train._schedule(0.01, steps, steps * 3)
+    stage1 = optim._schedule(0.01, steps, steps * 3)
     assert [float(r["learning_rate_first_step"]) for r in rows[:2]] == pytest.approx(
         [float(stage1(0)), float(stage1(steps))])
     assert float(rows[0]["learning_rate_first_step"]) == pytest.approx(0.001)
-    stage2 = train._schedule(doc["train"]["fine_tune_learning_rate"], steps, steps)  # resolved from auto
+    stage2 = optim._schedule(doc["train"]["fine_tune_learning_rate"], steps, steps)  # resolved from auto
     assert float(rows[2]["learning_rate_first_step"]) == pytest.approx(float(stage2(0)))
 
     # 10: metrics.json has the plain cross-entropy, and no top-k for 3 classes (always 1.0)
@@ -280,7 +281,7 @@ def test_stage_two_from_best_weights_history_lr_and_from_scratch(tmp_path, shape
 
 
 def test_top_k_is_reported_only_below_the_number_of_classes():
-    from cvkeras.evaluate import classification_report
+    from cvkeras.analysis.evaluate import classification_report
 
     rng = np.random.default_rng(0)
     for c, has_top5 in ((5, False), (6, True)):

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
-from cvkeras.model_stats import _macs, load_table, measure
-from cvkeras.registry import REGISTRY
+from cvkeras.models.registry import REGISTRY
+from cvkeras.models.stats import _macs, load_table, measure
 
 
 def test_macs_of_each_layer_kind_by_hand():
@@ -25,7 +25,7 @@ def test_macs_of_each_layer_kind_by_hand():
 
 def test_shipped_table_covers_every_registry_row():
     table = load_table()
-    assert set(table) == set(REGISTRY), "run `python -m cvkeras.model_stats` after changing the registry"
+    assert set(table) == set(REGISTRY), "run `python -m cvkeras.models.stats` after changing the registry"
     for name, row in table.items():
         assert row["params"] > 0 and row["gmacs"] > 0, name
         assert list(row["input_size"]) == list(REGISTRY[name].input_size), name

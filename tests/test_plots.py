@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from cvkeras.plots import best_epoch, confusion_figure, curves_figure, plot_confusion, plot_curves  # noqa: E402
+from cvkeras.analysis.plots import best_epoch, confusion_figure, curves_figure, plot_confusion, plot_curves  # noqa: E402
 
 ROWS = [
     {"epoch": "1", "stage": "1", "loss": "1.2", "accuracy": "0.5", "val_loss": "1.1", "val_accuracy": "0.55",

@@ -22,7 +22,7 @@ def _cli(*args) -> object:
 
 def _repeated_names(root: Path, per_class: int = 10) -> Path:
     """root/train/<class>/000.png ... and root/val/<class>/000.png ...: different photos, the same names."""
-    from cvkeras.demo import draw_shape
+    from cvkeras.data.demo import draw_shape
 
     rng = np.random.default_rng(7)
     for split, n in (("train", per_class), ("val", per_class // 2)):

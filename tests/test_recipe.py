@@ -9,10 +9,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cvkeras import recipe
 from cvkeras.cli import app
-from cvkeras.config import FinetuneConfig
-from cvkeras.recipe import MIN_EPOCH_STEPS, STEP_FLOOR, placeholder, resolve
+from cvkeras.run.config import FinetuneConfig, placeholder
+from cvkeras.train import recipe
+from cvkeras.train.recipe import MIN_EPOCH_STEPS, STEP_FLOOR, resolve
 
 
 @pytest.mark.parametrize("n_train", [10, 50, 200, 245, 640, 2935, 20000])
@@ -84,7 +84,7 @@ def test_auto_survives_config_yaml_and_placeholders_are_valid() -> None:
     doc = yaml.safe_load(yaml.safe_dump(FinetuneConfig().to_dict()))
     cfg = FinetuneConfig.from_dict(doc)
     assert cfg.learning_rate == "auto" and cfg.epochs == "auto"
-    from cvkeras.train import validate_config
+    from cvkeras.train.trainer import validate_config
 
     validate_config(cfg)  # auto passes the range checks before the data is known
     assert not any(recipe.is_auto(getattr(placeholder(cfg), n)) for n in recipe.AUTO_FIELDS)

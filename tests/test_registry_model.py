@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
-from cvkeras.registry import REGISTRY, UnknownModelError, get, resolve_alpha
+from cvkeras.models.registry import REGISTRY, UnknownModelError, get, resolve_alpha
 
 
 def test_registry_covers_every_keras_application():
@@ -43,7 +43,7 @@ def test_models_command_prints_the_table():
 def test_in_model_normalisation_matches_keras_preprocess_input(name, module):
     import keras
 
-    from cvkeras.model import build_classifier
+    from cvkeras.models.build import build_classifier
 
     model = build_classifier(name, 3, (32, 32), weights="none")
     pre = keras.Model(model.input, model.get_layer("normalize").output)
@@ -55,7 +55,7 @@ def test_in_model_normalisation_matches_keras_preprocess_input(name, module):
 def test_model_saves_and_loads_in_safe_mode(tmp_path):
     import keras
 
-    from cvkeras.model import build_classifier
+    from cvkeras.models.build import build_classifier
 
     model = build_classifier("resnet50", 3, (32, 32), weights="none")
     model.save(tmp_path / "m.keras")
@@ -66,7 +66,7 @@ def test_model_saves_and_loads_in_safe_mode(tmp_path):
 
 
 def test_weights_from_a_file_are_loaded(tmp_path):
-    from cvkeras.model import build_backbone, build_classifier
+    from cvkeras.models.build import build_backbone, build_classifier
 
     spec = get("mobilenet_v2")
     donor = build_backbone(spec, (32, 32), 0.35, None)
@@ -80,7 +80,7 @@ def test_weights_from_a_file_are_loaded(tmp_path):
 def test_missing_weights_file_and_offline_download_are_one_line_errors(tmp_path, monkeypatch):
     import keras
 
-    from cvkeras.model import WeightsError, build_classifier
+    from cvkeras.models.build import WeightsError, build_classifier
 
     with pytest.raises(WeightsError, match="not found"):
         build_classifier("mobilenet_v2", 3, (32, 32), alpha=0.35, weights=str(tmp_path / "nope.h5"))
@@ -99,7 +99,7 @@ def test_missing_weights_file_and_offline_download_are_one_line_errors(tmp_path,
 def test_set_trainable_keeps_batchnorm_frozen():
     import keras
 
-    from cvkeras.model import build_classifier, set_trainable
+    from cvkeras.models.build import build_classifier, set_trainable
 
     model = build_classifier("mobilenet_v2", 3, (32, 32), alpha=0.35, weights="none")
     assert set_trainable(model, 1) == 0

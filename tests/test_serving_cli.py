@@ -12,8 +12,8 @@ from PIL import Image
 from serving_helpers import LABELS, SIZE, make_onnx, metadata, photo, reference_probs, write_class_folder
 from typer.testing import CliRunner
 
-from serving import cli
-from serving.preprocess import load_resized
+from cvkeras.serving import cli
+from cvkeras.serving.preprocess import load_resized
 
 app = typer.Typer()
 app.command()(cli.predict)
@@ -189,7 +189,7 @@ def test_benchmark_json_fields(model, tmp_path):
 def test_benchmark_flags_an_int8_inversion_and_an_unresolved_ratio():
     from types import SimpleNamespace
 
-    from serving.benchmark import _compare
+    from cvkeras.serving.benchmark import _compare
 
     def run(name, precision, single):
         meta = SimpleNamespace(precision=precision)

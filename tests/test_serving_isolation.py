@@ -32,15 +32,15 @@ def test_serving_imports_no_tensorflow(model_and_image, tmp_path):
     model, img = model_and_image
     code = textwrap.dedent(f"""
         import json, sys
-        import serving
+        from cvkeras import serving
         assert "onnxruntime" not in sys.modules, "import serving must stay cheap"
-        import serving.benchmark, serving.cli, serving.predictor, serving.validate
+        import cvkeras.serving.benchmark, cvkeras.serving.cli, cvkeras.serving.predictor, cvkeras.serving.validate
         import typer
         from typer.testing import CliRunner
         r = serving.Predictor.load({str(model)!r}).predict({str(img)!r})
         app = typer.Typer()
-        app.command()(serving.cli.predict)
-        app.command()(serving.cli.validate)
+        app.command()(cvkeras.serving.cli.predict)
+        app.command()(cvkeras.serving.cli.validate)
         out = CliRunner().invoke(app, ["predict", {str(model)!r}, {str(img)!r}, "--json"])
         heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
         print(json.dumps({{"label": r.label, "cli": out.stdout, "code": out.exit_code, "heavy": heavy}}))
@@ -59,8 +59,8 @@ def test_serving_imports_no_tensorflow(model_and_image, tmp_path):
 def test_core_install_without_train_extra_runs_predict(model_and_image, tmp_path):
     """pip install the core distribution (no extras) into a fresh venv and run `cvkeras predict` there."""
     model, img = model_and_image
-    if not (REPO / "cvkeras" / "cli.py").is_file():
-        pytest.fail("cvkeras/cli.py (the console script cvkeras.cli:main) does not exist yet")
+    if not (REPO / "cvkeras" / "cli" / "__init__.py").is_file():
+        pytest.fail("cvkeras/cli/__init__.py (the console script cvkeras.cli:main) does not exist yet")
     src = tmp_path / "src"  # a copy, so building never writes into the working tree
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):

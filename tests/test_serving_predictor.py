@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from serving_helpers import LABELS, SIZE, make_onnx, metadata, photo, reference_probs
 
-from serving import Prediction, Predictor
-from serving.metadata import MetadataError, sidecar_path
-from serving.predictor import ModelError
-from serving.preprocess import ImageError, load_image, to_model_input
+from cvkeras.serving import Prediction, Predictor
+from cvkeras.serving.metadata import MetadataError, sidecar_path
+from cvkeras.serving.predictor import ModelError
+from cvkeras.serving.preprocess import ImageError, load_image, to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +233,7 @@ def test_reference_photos_decode_identically_through_the_predictor(predictor, ph
 def test_onnx_sessions_use_exact_int8_kernels_where_the_cpu_needs_them(model_path, decode_workers, threads):
     """Every session asks for exact int8 kernels on x86 CPUs without VNNI (whose default kernels saturate
     u8*s8 pair sums in int16, so predictions would depend on the CPU), and for the fast default elsewhere."""
-    from serving.predictor import X64_QUANT_PRECISION
-    from serving.runners import needs_exact_int8_kernels
+    from cvkeras.serving.runners import X64_QUANT_PRECISION, needs_exact_int8_kernels
 
     p = Predictor.load(model_path, threads=threads, decode_workers=decode_workers)
     opts = p._runner.session.get_session_options()
@@ -251,6 +250,6 @@ def test_onnx_sessions_use_exact_int8_kernels_where_the_cpu_needs_them(model_pat
     ("arm64", frozenset({"asimddp"}), False),
 ])
 def test_exact_int8_kernels_only_on_x86_without_vnni(machine, flags, exact):
-    from serving.runners import exact_int8_kernels_for
+    from cvkeras.serving.runners import exact_int8_kernels_for
 
     assert exact_int8_kernels_for(machine, flags) is exact

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from serving import preprocess
-from serving.preprocess import ImageError, jpeg_scale, load_image, load_resized, resize, to_model_input
+from cvkeras.serving import preprocess
+from cvkeras.serving.preprocess import ImageError, jpeg_scale, load_image, load_resized, resize, to_model_input
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

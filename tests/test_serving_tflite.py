@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from serving_helpers import BIAS, LABELS, SIZE, WEIGHTS, metadata, photo, reference_probs
 
-from serving import Predictor
-from serving.metadata import sidecar_path
-from serving.preprocess import to_model_input
+from cvkeras.serving import Predictor
+from cvkeras.serving.metadata import sidecar_path
+from cvkeras.serving.preprocess import to_model_input
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Statistics for quantized inputs")]
 tf = pytest.importorskip("tensorflow")

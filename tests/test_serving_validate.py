@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from serving_helpers import LABELS, SIZE, make_onnx, metadata, reference_probs, write_class_folder
 
-from serving import Predictor
-from serving.preprocess import load_image, to_model_input
-from serving.validate import Reference, ValidationError, scan_class_folder, validate
+from cvkeras.serving import Predictor
+from cvkeras.serving.preprocess import load_image, to_model_input
+from cvkeras.serving.validate import Reference, ValidationError, scan_class_folder, validate
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_gates_on_validation_rows_held_back_training_rows_reported_apart(predict
 
 
 def test_intervals_against_hand_computed_values():
-    from serving.validate import paired_drop_interval, wilson_interval
+    from cvkeras.serving.validate import paired_drop_interval, wilson_interval
 
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(1.959963984540054 ** 2 / (10 + 1.959963984540054 ** 2))
@@ -224,7 +224,7 @@ def test_train_val_layout_with_repeated_file_names_matches_each_row_exactly(pred
     """Issue #22.3: ``train/red/00.png`` and ``val/red/00.png`` are different photos; rows are matched by the
     relative path the run recorded, so the float model matches its reference exactly (it failed with a max
     probability difference near 1 when both were keyed ``red/00.png``)."""
-    from serving.reference import relative_paths
+    from cvkeras.serving.reference import relative_paths
 
     root = tmp_path / "data"
     train = write_class_folder(root / "train", per_class=4, seed=1, wrong=0)
@@ -259,7 +259,7 @@ def test_train_val_layout_with_repeated_file_names_matches_each_row_exactly(pred
 def test_nested_folders_with_the_same_names_in_two_classes_are_distinct_rows(predictor, tmp_path):
     """``red/a/00.png`` and ``green/a/00.png`` were both keyed ``a/00.png``; now each has its own row, and
     two copies of the data given at once are refused rather than paired arbitrarily."""
-    from serving.reference import relative_paths
+    from cvkeras.serving.reference import relative_paths
 
     root = tmp_path / "data"
     items = []

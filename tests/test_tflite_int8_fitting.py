@@ -1,5 +1,5 @@
-"""GPTQ and empirical bias correction of full-integer TFLite models (export.tflite_weight_rounding,
-export.tflite_bias_correction): tiny hand-made Keras nets, converted by the export's own converter."""
+"""GPTQ and empirical bias correction of full-integer TFLite models (cvkeras.export.tflite.weight_rounding,
+cvkeras.export.tflite.bias_correction): tiny hand-made Keras nets, converted by the export's own converter."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 def _convert(model, calib: np.ndarray, io_type: str) -> tuple[bytes, bytes]:
     """(float model.tflite, full-integer model_int8.tflite) of a Keras ``model``, as the export makes them."""
-    from export import to_tflite
+    from cvkeras.export.tflite import convert as to_tflite
 
     with to_tflite.saved_model(model) as saved:
         return to_tflite.convert(saved, "float32"), to_tflite.convert(saved, "int8", calib, io_type)
@@ -17,7 +17,7 @@ def _convert(model, calib: np.ndarray, io_type: str) -> tuple[bytes, bytes]:
 
 def _run(blob: bytes, x: np.ndarray) -> np.ndarray:
     """Real-valued outputs of ``blob`` for every image of ``x`` (dequantized when integer)."""
-    from export.tflite_bias_correction import feed, interpreter
+    from cvkeras.export.tflite.bias_correction import feed, interpreter
 
     it = interpreter(blob)
     d = it.get_output_details()[0]
@@ -60,7 +60,7 @@ def _biased_model(rng: np.random.Generator):
 
 @pytest.fixture(scope="module")
 def biased():
-    from export.tflite_bias_correction import correct_biases
+    from cvkeras.export.tflite.bias_correction import correct_biases
 
     rng = np.random.default_rng(3)
     calib = rng.integers(0, 256, (32, 8, 8, 3)).astype(np.uint8)
@@ -82,7 +82,7 @@ def test_tflite_bias_correction_removes_the_mean_shift_of_int8_rounding(biased):
 
 
 def test_tflite_bias_correction_edits_only_int32_biases_and_reports_each_op(biased):
-    from export.tflite_graph import Flatbuffer
+    from cvkeras.export.tflite.graph import Flatbuffer
 
     _, plain, corrected, result, _ = biased
     assert [layer.op for layer in result.layers] == ["CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D"]
@@ -123,8 +123,8 @@ def _inputs(rng: np.random.Generator, n: int, c_in: int = 32) -> np.ndarray:
 def test_tflite_gptq_reduces_the_output_error_of_int8_weights():
     """GPTQ-rounded weights give a smaller output error than nearest rounding on images GPTQ did not see;
     scales stay, and so does each channel's largest weight at +-127."""
-    from export.tflite_graph import Flatbuffer
-    from export.tflite_weight_rounding import round_weights
+    from cvkeras.export.tflite.graph import Flatbuffer
+    from cvkeras.export.tflite.weight_rounding import round_weights
 
     rng = np.random.default_rng(5)
     calib, test = _inputs(rng, 64), _inputs(rng, 64)
@@ -146,10 +146,10 @@ def test_tflite_gptq_reduces_the_output_error_of_int8_weights():
 def test_tflite_gptq_fits_the_int8_weights_of_a_dynamic_range_model():
     """model_dynamic.tflite (float activations, int8 per-channel weights) gets the same GPTQ: a smaller
     output error on unseen images; the full-integer path leaves its float-input ops alone."""
-    from export import to_tflite
-    from export.quantize import QuantSettings
-    from export.tflite_steps import fit_rounding
-    from export.tflite_weight_rounding import round_weights
+    from cvkeras.export.onnx.quantize import QuantSettings
+    from cvkeras.export.tflite import convert as to_tflite
+    from cvkeras.export.tflite.steps import fit_rounding
+    from cvkeras.export.tflite.weight_rounding import round_weights
 
     rng = np.random.default_rng(5)
     calib, test = _inputs(rng, 64), _inputs(rng, 64)
@@ -173,8 +173,8 @@ def test_written_tflite_files_carry_no_tensor_names_and_run_the_same():
     from ai_edge_litert.interpreter import Interpreter
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from export import to_tflite
-    from export.errors import ConversionError
+    from cvkeras.export.errors import ConversionError
+    from cvkeras.export.tflite import convert as to_tflite
 
     def quantization(model) -> list:
         q = [t.quantization for t in model.subgraphs[0].tensors]
@@ -202,8 +202,8 @@ def test_written_tflite_files_carry_no_tensor_names_and_run_the_same():
 
 
 def test_fit_rounding_records_both_steps_and_honours_zero(biased):
-    from export.quantize import QuantSettings
-    from export.tflite_steps import fit_rounding
+    from cvkeras.export.onnx.quantize import QuantSettings
+    from cvkeras.export.tflite.steps import fit_rounding
 
     reference, plain, _, _, _ = biased
     calib = np.random.default_rng(9).integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
@@ -221,10 +221,10 @@ def test_fit_rounding_records_both_steps_and_honours_zero(biased):
 def test_ops_kept_float_by_a_repair_are_not_corrected():
     """A repair candidate (QuantizationDebugger, one op denylisted): the float op keeps its float bias, the
     int8 ops around it are matched to the float model and corrected."""
-    from export import to_tflite
-    from export.repair import TFLiteDebugger
-    from export.tflite_bias_correction import correct_biases
-    from export.tflite_graph import Flatbuffer
+    from cvkeras.export.repair import TFLiteDebugger
+    from cvkeras.export.tflite import convert as to_tflite
+    from cvkeras.export.tflite.bias_correction import correct_biases
+    from cvkeras.export.tflite.graph import Flatbuffer
 
     rng = np.random.default_rng(4)
     calib = rng.integers(0, 256, (16, 8, 8, 3)).astype(np.uint8)
@@ -247,9 +247,9 @@ def test_bias_correction_and_gptq_never_write_through_a_buffer_other_tensors_sha
     correction must land in that layer's bias alone (on main, every sharing layer ended with one vector)."""
     import keras
 
-    from export.tflite_bias_correction import correct_biases
-    from export.tflite_graph import Flatbuffer
-    from export.tflite_weight_rounding import round_weights
+    from cvkeras.export.tflite.bias_correction import correct_biases
+    from cvkeras.export.tflite.graph import Flatbuffer
+    from cvkeras.export.tflite.weight_rounding import round_weights
 
     rng = np.random.default_rng(5)
     inp = keras.Input((8, 8, 3))

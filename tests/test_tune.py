@@ -11,13 +11,13 @@ from shapes_helpers import write_shapes
 from typer.testing import CliRunner
 
 from cvkeras.cli import app
-from cvkeras.config import FinetuneConfig
+from cvkeras.run.config import FinetuneConfig
 
 
 def test_flags_given_are_fixed_and_the_rest_is_searched():
     import keras_tuner as kt
 
-    from cvkeras.tune import KNOBS, search_space, trial_config
+    from cvkeras.search.tune import KNOBS, search_space, trial_config
 
     hp = kt.HyperParameters()
     values = search_space(hp, fixed=set(), pretrained=True)
@@ -30,7 +30,8 @@ def test_flags_given_are_fixed_and_the_rest_is_searched():
 
 
 def test_summary_writes_csv_plot_and_a_best_link_that_follows_the_objective(tmp_path):
-    from cvkeras.tune import BEST, CSV, PLOT, TRIALS, TrialRecord, _record, write_summary
+    from cvkeras.search.tune import TRIALS, TrialRecord, _record, write_summary
+    from cvkeras.search.tune_summary import BEST, CSV, PLOT
 
     (tmp_path / TRIALS).mkdir()
     for t, status, score in (("0", "ok", 0.5), ("1", "failed", None), ("2", "ok", 0.75), ("3", "ok", 0.6)):
@@ -70,12 +71,12 @@ def test_bad_tune_input_is_a_one_line_error(tmp_path):
 
 @pytest.mark.slow
 def test_tune_end_to_end_with_a_failed_trial_resume_and_export_of_best(tmp_path, monkeypatch):
-    import cvkeras.train
-    from cvkeras import rundir
-    from cvkeras.train import TrainingDivergedError
+    import cvkeras.train.trainer
+    from cvkeras.run import rundir
+    from cvkeras.train.stages import TrainingDivergedError
 
     data = write_shapes(tmp_path / "shapes", per_class=8, size=40)
-    real = cvkeras.train.finetune
+    real = cvkeras.train.trainer.finetune
     calls = []
 
     def first_diverges(cfg, **kw):  # trial 0 fails as a NaN loss would; the search must go on
@@ -84,7 +85,7 @@ def test_tune_end_to_end_with_a_failed_trial_resume_and_export_of_best(tmp_path,
             raise TrainingDivergedError("the loss became NaN or infinite at batch 1 of epoch 1")
         return real(cfg, **kw)
 
-    monkeypatch.setattr(cvkeras.train, "finetune", first_diverges)
+    monkeypatch.setattr(cvkeras.train.trainer, "finetune", first_diverges)
     run = tmp_path / "tune"
     quick = ["-m", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none", "--batch-size", "8",
              "--epochs", "1", "--fine-tune-epochs", "0", "--steps-per-epoch", "1", "--augment", "light"]
@@ -119,7 +120,7 @@ def test_time_budget_stops_new_trials_and_resume_goes_on_to_the_best(tmp_path):
     """The search loop with a stand-in trainer (objective = the trial's learning rate): no TensorFlow training."""
     from types import SimpleNamespace
 
-    from cvkeras.tune import tune
+    from cvkeras.search.tune import tune
 
     def train(cfg, output, **kw):
         os.makedirs(output, exist_ok=True)

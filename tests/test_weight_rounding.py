@@ -1,4 +1,4 @@
-"""GPTQ rounding of QDQ int8 weights (export.weight_rounding): fast, tiny hand-made nets."""
+"""GPTQ rounding of QDQ int8 weights (cvkeras.export.onnx.weight_rounding): fast, tiny hand-made nets."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_gptq_reduces_the_output_error_of_int8_weights(conv):
     rounding (bias correction off in both, to isolate the rounding); the same scales, so same file size."""
     from onnx import numpy_helper
 
-    from export.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
 
     src, calib, test = conv
     report: dict = {}
@@ -79,7 +79,7 @@ def test_gptq_keeps_weights_in_the_quantizers_reduced_range(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from export.quantize import QuantSettings, quantize_int8, weight_range
+    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8, weight_range
 
     rng = np.random.default_rng(11)
     src = tmp_path / "conv.onnx"

@@ -1,0 +1,1 @@
+"""What a trained run shows: evaluation, plots, Grad-CAM and report.html."""

@@ -1,0 +1,1 @@
+"""Backbones: the registry of Keras Applications, the classifier built on them, their costs."""

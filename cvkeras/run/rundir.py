@@ -1,0 +1,294 @@
+"""The run directory: the contract between ``cvkeras finetune``, ``evaluate`` and ``export``.
+
+A run directory holds (all written atomically)::
+
+    config.yaml          the whole resolved configuration (``--config`` reads it back)
+    labels.txt           one class name per line, index = line number
+    split.json           {"source": ..., "root": ..., "seed": ..., "train": [[path, label], ...],
+                          "val": [...], "test": [...]}  (paths absolute; tfds runs keep "tfds" instead)
+    history.csv          one row per epoch, both stages
+    best.keras           the best float32 model (input: RGB float32 0..255 NHWC, output: probabilities)
+    checkpoints/         last.keras + state.json, for ``--resume``
+    metrics.json         accuracy, top-k, loss, per-class P/R/F1/support, confusion matrix
+    curves.png, confusion_matrix.png, skipped.txt (when files were skipped)
+    .cvkeras-run         marker + manifest: every file cvkeras wrote here (``--force`` removes only those)
+    .cvkeras-lock        the OS lock one writer holds (pid and host of the holder inside)
+
+From ``config.yaml``, ``split.json`` and ``labels.txt`` alone a reader finds the model, its input size
+and the images to calibrate on. :class:`RunDir` is the one reader and writer of this contract: finetune,
+evaluate, explain, report, the exporter and the tests all go through it. This module only reads and
+writes files: no TensorFlow. Atomic writes, the manifest and the lock are :mod:`cvkeras.run.files`'.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cvkeras.run.config import MAX_IMAGE_SIDE, FinetuneConfig
+from cvkeras.run.files import (
+    CHECKPOINTS,
+    EXPORT,
+    atomic_write,
+    mark_run,
+    write_json,
+)
+from cvkeras.serving.errors import CvkerasError, RunDirError, first_line, quote
+from cvkeras.serving.formats import LABELS, SPLIT, existing_file, labels_text, read_labels, read_split
+
+CONFIG = "config.yaml"
+HISTORY = "history.csv"
+BEST = "best.keras"
+METRICS = "metrics.json"
+CURVES = "curves.png"
+CONFUSION = "confusion_matrix.png"
+SKIPPED = "skipped.txt"
+STATE = "state.json"  # in checkpoints/: the trainer's progress, for --resume
+LAST = "last.keras"  # in checkpoints/: the last epoch's model with its optimizer state
+
+
+def write_labels(run: str | os.PathLike, labels: list[str]) -> Path:
+    """Write ``labels.txt`` (format: :mod:`cvkeras.serving.formats`) into a run or export folder."""
+    return atomic_write(Path(run) / LABELS, labels_text(labels))
+
+
+def write_config(run: str | os.PathLike, config: dict[str, Any]) -> Path:
+    import yaml
+
+    return atomic_write(Path(run) / CONFIG, yaml.safe_dump(config, sort_keys=False))
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``config.yaml`` (a file, or a run directory that holds one)."""
+    import yaml
+
+    p = existing_file(path, CONFIG, RunDirError, "config not found; pass a run directory made by `cvkeras finetune`")
+    try:
+        cfg = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise RunDirError(f"{p}: not valid YAML ({first_line(exc)}); fix or regenerate it") from None
+    if not isinstance(cfg, dict):
+        raise RunDirError(f"{p}: expected a mapping of settings; fix or regenerate it")
+    return cfg
+
+
+def _field(cfg: dict[str, Any], p: Path, section: str, name: str) -> Any:
+    """``cfg[section][name]`` checked (model.name, model.image_size, data.seed), RunDirError naming it."""
+    fix = "fix it or restore config.yaml from the run"
+    values = cfg.get(section, {} if section != "model" else None)
+    if not isinstance(values, dict):
+        what = " (name, image_size, ...)" if section == "model" else ""
+        raise RunDirError(f"{p}: field {quote(section)} must be a mapping{what}, not {quote(values, 60)}; {fix}")
+    if (section, name) == ("model", "name"):
+        if not isinstance(values.get("name"), str):
+            raise RunDirError(f"{p}: field model.name must be a model name; {fix}")
+        return values["name"]
+    if (section, name) == ("model", "image_size"):
+        size = values.get("image_size")
+        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_IMAGE_SIDE
+                                                                for v in size)):
+            raise RunDirError(f"{p}: field model.image_size must be [height, width] in 1..{MAX_IMAGE_SIDE}, "
+                              f"not {quote(size, 60)}; {fix}")
+        return size
+    if (section, name) == ("data", "seed"):
+        seed = values.get("seed", FinetuneConfig.seed)
+        if type(seed) is not int:
+            raise RunDirError(f"{p}: field data.seed must be an integer, not {quote(seed, 40)}; {fix}")
+        return seed
+    return values.get(name)
+
+
+def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``config.yaml`` with the fields readers rely on checked (model.name, model.image_size, data)."""
+    p = Path(run) / CONFIG
+    cfg = read_config(p)
+    _field(cfg, p, "model", "name")
+    _field(cfg, p, "model", "image_size")
+    for section in ("data", "train"):
+        if not isinstance(cfg.get(section, {}), dict):
+            raise RunDirError(f"{p}: field '{section}' must be a mapping; fix it or restore config.yaml from the run")
+    _field(cfg, p, "data", "seed")
+    return cfg
+
+
+def check_labels(run: str | os.PathLike, labels: list[str], outputs: int) -> None:
+    """Raise RunDirError unless ``labels.txt`` matches the model's outputs and the recorded split's classes."""
+    p = Path(run) / LABELS
+    if outputs != len(labels):
+        raise RunDirError(f"{p}: lists {len(labels)} classes but the model outputs {outputs}; "
+                          "restore the run's labels.txt (nothing was written)")
+    classes = read_split(run).get("classes")
+    if classes is not None and classes != labels:
+        raise RunDirError(f"{p}: class names differ from split.json's {quote(classes)}; "
+                          "restore the run's labels.txt (nothing was written)")
+
+
+def check_run(run: str | os.PathLike, need_model: bool = True) -> Path:
+    """Return the run directory as a Path, or raise RunDirError naming what is missing."""
+    p = Path(run)
+    if not p.is_dir():
+        raise RunDirError(f"{p}: run directory not found; pass the --output of `cvkeras finetune`")
+    for name in (CONFIG, LABELS, SPLIT) + ((BEST,) if need_model else ()):
+        if not (p / name).is_file():
+            raise RunDirError(f"{p / name}: missing; the run did not finish -- "
+                              "resume it with `cvkeras finetune --resume`")
+    read_run_config(p)  # every file a reader relies on is checked before any work starts
+    labels = read_labels(p)
+    classes = read_split(p).get("classes")
+    if classes is not None and classes != labels:
+        raise RunDirError(f"{p / LABELS}: class names differ from split.json's {quote(classes)}; "
+                          "restore the run's labels.txt")
+    return p
+
+
+
+
+class RunDir:
+    """A run directory: where each file lives, and the one way to read and write them.
+
+    Example:
+        >>> run = RunDir.open("runs/flowers")        # checked: config, labels, split (and best.keras)
+        >>> run.config().model, run.image_size(), run.seed(), run.labels()
+        ('mobilenet_v2', (224, 224), 42, ['daisy', 'roses'])
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> RunDir:
+        """A new (or empty) run directory, marked as cvkeras' so that every file written into it is recorded.
+
+        ``cvkeras finetune`` claims its output with :func:`cvkeras.run.claim._prepare_run` (lock, --force,
+        --resume), which ends here too.
+        """
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        mark_run(run.path)
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, need_model: bool = True) -> RunDir:
+        """A finished run, checked before any work starts (RunDirError naming the file otherwise)."""
+        return cls(check_run(path, need_model))
+
+    # --- where things are ---------------------------------------------------------------------------------
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / CHECKPOINTS / STATE
+
+    @property
+    def last(self) -> Path:
+        return self.path / CHECKPOINTS / LAST
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / EXPORT
+
+    # --- reading ------------------------------------------------------------------------------------------
+    def config_doc(self) -> dict[str, Any]:
+        """``config.yaml`` as written (sections, plus the ``run`` facts), with the fields readers need checked."""
+        return read_run_config(self.path)
+
+    def config(self) -> FinetuneConfig:
+        """The run's settings as a :class:`FinetuneConfig` (a field it cannot hold is a RunDirError)."""
+        try:
+            return FinetuneConfig.from_dict(self.config_doc())
+        except RunDirError:
+            raise
+        except CvkerasError as exc:
+            raise RunDirError(f"{self.path / CONFIG}: {exc}; fix it or restore config.yaml from the run") from None
+
+    def run_info(self) -> dict[str, Any]:
+        """The ``run`` section of ``config.yaml``: precision, replicas, classes, cvkeras version."""
+        info = self.config_doc().get("run") or {}
+        return info if isinstance(info, dict) else {}
+
+    def _get(self, section: str, name: str) -> Any:
+        p = self.path / CONFIG
+        return _field(read_config(p), p, section, name)
+
+    def image_size(self) -> tuple[int, int]:
+        """The model's input ``(height, width)``, as recorded in ``config.yaml``."""
+        h, w = self._get("model", "image_size")
+        return int(h), int(w)
+
+    def seed(self) -> int:
+        """The run's seed (split, shuffling, calibration sample); :class:`FinetuneConfig`'s default if absent."""
+        return int(self._get("data", "seed"))
+
+    def model_name(self) -> str:
+        return str(self._get("model", "name"))
+
+    def labels(self) -> list[str]:
+        return read_labels(self.path)
+
+    def split(self) -> dict[str, Any]:
+        return read_split(self.path)
+
+    def state(self) -> dict[str, Any] | None:
+        """The trainer's progress (``checkpoints/state.json``), None before the first epoch ended."""
+        import json
+
+        p = self.state_path
+        if not p.is_file():
+            return None
+        try:
+            doc = json.loads(p.read_text())
+        except ValueError as exc:
+            raise RunDirError(f"{p}: not valid JSON ({first_line(exc)}); start the run again with --force") from None
+        if not isinstance(doc, dict):
+            raise RunDirError(f"{p}: expected a JSON object; start the run again with --force")
+        return doc
+
+    def unfinished(self) -> str | None:
+        """A warning line when training stopped before its last epoch (Ctrl-C, a full disk), else None:
+        ``best.keras`` is then the best of the finished epochs only, and the user should know before shipping it."""
+        try:
+            state = self.state()
+        except RunDirError:
+            return None  # a damaged state.json is --resume's error to report
+        if state is None or state.get("finished", True):
+            return None
+        return (f"{self.path}: training stopped after epoch {state.get('global_epoch', '?')} (stage "
+                f"{state.get('stage', '?')}) and did not finish; best.keras is the best of the finished epochs -- "
+                f"`cvkeras finetune --resume --output {self.path}` completes it")
+
+    def check_labels(self, labels: list[str], outputs: int) -> None:
+        check_labels(self.path, labels, outputs)
+
+    # --- writing ------------------------------------------------------------------------------------------
+    def write_config(self, cfg: FinetuneConfig | dict[str, Any], run_info: dict[str, Any] | None = None) -> Path:
+        """Write ``config.yaml``: the config's sections, plus ``run`` facts when given."""
+        doc = cfg.to_dict() if isinstance(cfg, FinetuneConfig) else dict(cfg)
+        if run_info is not None:
+            doc["run"] = run_info
+        return write_config(self.path, doc)
+
+    def write_labels(self, labels: list[str]) -> Path:
+        return write_labels(self.path, labels)
+
+    def write_split(self, doc: dict[str, Any]) -> Path:
+        """Write ``split.json`` (build ``doc`` with :func:`cvkeras.serving.formats.split_doc`)."""
+        return write_json(self.path / SPLIT, doc)
+
+    def write_state(self, state: dict[str, Any]) -> Path:
+        return write_json(self.state_path, state)

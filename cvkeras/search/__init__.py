@@ -1,0 +1,1 @@
+"""Searches over runs: hyperparameter tuning and knowledge distillation."""

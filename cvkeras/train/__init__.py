@@ -1,0 +1,1 @@
+"""The trainer: stages, optimizer, recipe, where training runs and its bookkeeping."""
