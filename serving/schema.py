@@ -1,7 +1,8 @@
 """The JSON cvkeras writes and prints, as data: one schema per document kind, versioned.
 
 Every document carries ``"schema": "cvkeras.<kind>/<version>"``. :data:`SCHEMAS` lists each field's path,
-type, unit and meaning; ``docs/json.md`` is generated from it (:func:`markdown`, ``python -m
+type, unit and meaning (the field tables, one module per document family: ``schema_training``,
+``schema_export``, ``schema_serving``); ``docs/json.md`` is generated from it (:func:`markdown`, ``python -m
 cvkeras.serving.schema > docs/json.md``) and the tests check each command's real output against it
 (:func:`problems`), so the code, the doc and the output cannot drift apart. Conventions: :data:`INTRO`.
 Types in :class:`Field` are joined with ``|`` (``number|null``). Standard library only (the device side
@@ -14,7 +15,44 @@ import re
 from typing import Any
 
 from cvkeras.serving.errors import quote
-from cvkeras.serving.schema_fields import INTRO, SCHEMAS
+from cvkeras.serving.schema_export import EXPORT_FIELDS
+from cvkeras.serving.schema_fields import Schema
+from cvkeras.serving.schema_serving import BENCHMARK_FIELDS, PREDICTION_FIELDS, VALIDATION_FIELDS
+from cvkeras.serving.schema_training import CHECK_FIELDS, FINETUNE_FIELDS, METRICS_FIELDS, MODELS_FIELDS
+
+INTRO = """\
+Generated from `serving/schema.py` (`python -m cvkeras.serving.schema > docs/json.md`); `tests/test_json_schema.py`
+checks that this file is up to date and that every command's real JSON matches it.
+
+- Every document carries `"schema": "cvkeras.<kind>/<version>"`; the version goes up when a field changes
+  meaning or is removed (added fields do not change it).
+- **One unit per kind.** Accuracies, agreements, accuracy drops and their intervals, and the gates are
+  **fractions 0..1**. Only the `--max-accuracy-drop` flag and the console tables speak in percentage points;
+  the JSON carries `points / 100` (`0.01` = one point). Sizes are `size_bytes` (bytes); latencies are
+  `latency_ms_per_image` (mean model time per image, ms) and its `_p50`/`_p95`/`_rounds` variants in
+  `benchmark`; durations in `seconds` or `_ms`; probabilities 0..1. A figure has one name in every
+  document: an `export_report.json` artifact row and `validate --json` share `paired_accuracy`,
+  `n_paired`, `n_reference`, `accuracy_drop`, `agreement`, `max_abs_diff`, `latency_ms_per_image`.
+- **Paths**: files inside a run directory are relative to it (`export/model_int8.onnx`); a path the user
+  passed (an image, a model, `--data`) is printed as given.
+- Field paths: `a.b` is key `b` of object `a`, `a[]` an item of list `a`, `*` any key (a class name).
+  Types: `int`, `number`, `string`, `bool`, `object`, `list`, `list[...]`; "or null" may be null. Fields
+  marked optional appear only in the case their meaning names.\
+"""
+
+#: Every document kind cvkeras writes or prints, by kind (the order of docs/json.md).
+SCHEMAS: dict[str, Schema] = {s.kind: s for s in (
+    Schema("metrics", 1, "metrics.json, `evaluate --json`", "`RUN/metrics.json` (val), `metrics-test.json` "
+           "(`--split test`), `metrics-data.json` (`--data`); `cvkeras evaluate --json` prints it", METRICS_FIELDS),
+    Schema("export_report", 2, "export_report.json, `export --json`", "`RUN/export/export_report.json`; "
+           "`cvkeras export --json` prints it", EXPORT_FIELDS),
+    Schema("prediction", 1, "`predict --json`", "one line per image on stdout", PREDICTION_FIELDS),
+    Schema("validation", 2, "`validate --json`", "stdout", VALIDATION_FIELDS),
+    Schema("benchmark", 1, "`benchmark --json`", "stdout", BENCHMARK_FIELDS),
+    Schema("models", 1, "`models --json`", "stdout", MODELS_FIELDS),
+    Schema("finetune", 1, "`finetune --json`", "stdout (training progress is not printed)", FINETUNE_FIELDS),
+    Schema("check", 1, "`check --json`", "stdout; `check --output DIR` also writes `DIR/check.json`", CHECK_FIELDS),
+)}
 
 
 def schema_id(kind: str) -> str:
