@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from cvkeras.serving.errors import OptionError
+from cvkeras.serving.hints import failed_model_line
 from cvkeras.serving.metadata import FailedModelWarning
 from cvkeras.serving.predictor import Predictor
-from cvkeras.serving.results import failed_model_line
 from cvkeras.serving.schema import schema_id
 
 #: Benchmarked predictor modes (``auto`` is one of these per call).

@@ -2,13 +2,12 @@
 
 The functions here are plain Typer command functions; ``cvkeras.cli`` registers them with
 ``app.command()(cvkeras.serving.cli.predict)`` and so on. They never import TensorFlow, print a rich table by
-default or JSON with ``--json``, and turn every expected failure into one ``error: ...`` line on stderr
-with exit code 2 (never a traceback).
+default (:mod:`cvkeras.serving.tables`) or JSON with ``--json``, and turn every expected failure into
+one ``error: ...`` line on stderr with exit code 2 (never a traceback).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +16,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cvkeras.serving.console import json_safe, print_rows, stdout_console
-from cvkeras.serving.errors import CvkerasError, OptionError, fail, printable, quote
+from cvkeras.serving.console import print_json
+from cvkeras.serving.errors import CvkerasError, OptionError, fail, quote
 from cvkeras.serving.images import expand_paths
 from cvkeras.serving.schema import schema_id
+from cvkeras.serving.tables import benchmark_table, prediction_table, validation_tables
+from cvkeras.serving.validate import DEFAULT_MIN_AGREEMENT
 
 #: Failures a user can fix (bad file, wrong folder, missing package); anything else is a bug.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CvkerasError, OSError)
@@ -86,7 +87,8 @@ def predict(
     A file that cannot be read gets an error entry; the others still run.
     Exit code: 0 all classified, 1 some failed, 2 unusable model.
     """
-    from cvkeras.serving.predictor import MODES, Prediction
+    from cvkeras.serving.predictor import MODES
+    from cvkeras.serving.results import Prediction
 
     if mode not in MODES:
         raise fail(f"--mode {quote(mode)}: choose one of {', '.join(MODES)}")
@@ -102,37 +104,13 @@ def predict(
             r = Prediction(None, -1, math.nan, path=path, error=error) if error else next(stream)
             results.append(r)
             if json_out:
-                typer.echo(json.dumps(json_safe({"schema": schema_id("prediction"), **r.to_dict()}),
-                                      allow_nan=False))
+                print_json({"schema": schema_id("prediction"), **r.to_dict()})
     if not json_out:
-        _prediction_table(results, top_k)
+        prediction_table(results, top_k)
     failed = sum(not r.ok for r in results)
     if failed and not json_out:
         typer.echo(f"{failed} of {len(results)} file(s) could not be classified", err=True)
     raise typer.Exit(1 if failed else 0)
-
-
-def _prediction_table(results: list[Any], top_k: int) -> None:
-    from rich.markup import escape as escape_markup
-
-    def escape(text: str) -> str:  # file names and labels are user text: no markup, no control characters
-        return escape_markup(printable(text))
-
-    columns = [("file", "left"), ("label", "left"), ("score", "right")]
-    if top_k > 1:
-        columns.append((f"top {top_k}", "left"))
-    rows = []
-    for r in results:
-        if r.ok:
-            row = [escape(r.path or ""), escape(str(r.label)), f"{r.score:.3f}"]
-            if top_k > 1:
-                row.append(escape(", ".join(f"{name} {score:.3f}" for name, score in r.top_k)))
-        else:
-            row = [escape(r.path or ""), "[red]error[/red]", "", *([escape(r.error or "")] if top_k > 1 else [])]
-            if top_k == 1:
-                row[2] = escape(r.error or "")
-        rows.append(row)
-    print_rows(None, columns, rows, optional=(f"top {top_k}",))
 
 
 def validate(
@@ -153,7 +131,7 @@ def validate(
     threads: ThreadsOpt = None,
     min_agreement: Annotated[float, typer.Option(
         "--min-agreement", min=0.0, max=1.0, help="Smallest top-1 agreement with the reference (fraction).",
-    )] = 0.99,
+    )] = DEFAULT_MIN_AGREEMENT,
 ) -> None:
     """Check an exported model's accuracy against the Keras model it came from; no TensorFlow needed.
 
@@ -164,8 +142,8 @@ def validate(
     reference records as training images are counted apart, with a warning.
     Exit code: 0 passed, 1 drop above --max-accuracy-drop, 2 unusable model or data.
     """
-    from cvkeras.serving.reference import REFERENCE_FILE
-    from cvkeras.serving.validate import Reference, scan_class_folder
+    from cvkeras.serving.reference import REFERENCE_FILE, Reference
+    from cvkeras.serving.validate import scan_class_folder
     from cvkeras.serving.validate import validate as run_validation
 
     if data is not None and run is not None:
@@ -184,9 +162,9 @@ def validate(
             ref = Reference.load(ref_dir)
         report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size, min_agreement)
     if json_out:
-        typer.echo(json.dumps(json_safe(report.to_dict()), allow_nan=False))
+        print_json(report.to_dict())
     else:
-        _validation_tables(report)
+        validation_tables(report)
     if report.n_seen:
         typer.echo(f"warning: {report.n_seen} of the images were seen in training (trained on, calibrated on or "
                    "chosen on by export); they are counted apart, not in the accuracy or the gates", err=True)
@@ -222,60 +200,6 @@ def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:
     return [(p, y) for p, y in items if p.is_file()]
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100.0 * v:.2f} %"
-
-
-def _validation_tables(report: Any) -> None:
-    from rich.table import Table
-
-    console = stdout_console()
-    summary = Table(title=f"validation of {report.model}", show_header=False)
-    summary.add_column("metric")
-    summary.add_column("value", justify="right")
-    drop = "-" if report.accuracy_drop is None else f"{report.accuracy_drop:+.2f} points"
-    if report.accuracy_drop_ci:
-        drop += f" [95 % CI {report.accuracy_drop_ci[0]:+.2f}..{report.accuracy_drop_ci[1]:+.2f}]"
-    agree = _pct(report.agreement)
-    if report.agreement_ci:
-        agree += f" [95 % CI {100 * report.agreement_ci[0]:.2f}..{100 * report.agreement_ci[1]:.2f}]"
-    on = report.measured_on.get("accuracy", {}).get("images", "given images")
-    rows = [
-        ("images", f"{report.n} ({on})"),
-        ("accuracy", _pct(report.accuracy)),
-        ("reference accuracy", _pct(report.reference_accuracy)),
-        ("accuracy on the same images", _pct(report.paired_accuracy)),
-        ("validation images compared", str(report.n_paired)),
-        ("accuracy drop", f"{drop} (max {report.max_accuracy_drop:g})"),
-        ("top-1 agreement", f"{agree} (min {100 * report.min_agreement:g} %)"),
-        ("max |p - p_ref|", "-" if report.max_abs_diff is None else f"{report.max_abs_diff:.4f}"),
-        ("matched reference outputs", str(report.n_reference)),
-    ]
-    if report.n_held_back:
-        rows.append(("held-back training agreement", f"{_pct(report.held_back_agreement)} on {report.n_held_back} "
-                                                     "images (seen in training; not gated)"))
-    if report.n_seen:
-        rows.append(("training images (apart)", f"{report.n_seen}, accuracy {_pct(report.seen_accuracy)}"))
-    rows += [
-        ("latency per image", f"{report.latency_ms_per_image:.2f} ms"),
-        ("unreadable files", str(len(report.failures))),
-        ("result", "[green]passed[/green]" if report.passed else "[red]FAILED[/red]"),
-    ]
-    for name, value in rows:
-        summary.add_row(name, value)
-    console.print(summary)
-    per_class = Table(title="per-class accuracy")
-    per_class.add_column("class")
-    per_class.add_column("accuracy", justify="right")
-    per_class.add_column("images", justify="right")
-    for name, acc in report.per_class.items():
-        per_class.add_row(name, _pct(acc), str(report.support[name]))
-    console.print(per_class)
-    for f in report.failures[:10]:
-        typer.echo(f"skipped: {f['error']}", err=True)
-
-
-
 def benchmark(
     models: Annotated[list[Path], typer.Argument(help="One or more .onnx / .tflite files to compare.",
                                                  show_default=False)],
@@ -293,7 +217,6 @@ def benchmark(
     Warnings (stderr, and "warnings" in --json) flag noisy figures, ratios the spread leaves unresolved,
     and an int8 model slower than its float32 twin.
     """
-    from rich.markup import escape
 
     from cvkeras.serving.benchmark import benchmark as run_benchmark
 
@@ -301,28 +224,6 @@ def benchmark(
         doc = run_benchmark(models, batch_size=batch_size, threads=threads, warmup=warmup, iters=iters,
                             rounds=rounds)
     if json_out:
-        typer.echo(json.dumps(json_safe(doc), allow_nan=False))
+        print_json(doc)
         return
-    title = (f"benchmark: batch {batch_size}, threads {threads or 'auto'}, {rounds} rounds, "
-             f"load average {doc['loadavg'][0]}-{doc['loadavg'][1]} on {doc['cpus']} CPUs")
-    columns = [
-        ("model", "model", "{}"),
-        ("mode", "mode", "{}"),
-        ("precision", "precision", "{}"),
-        ("size MB", "size_bytes", "{:.2f}"),
-        ("load ms", "load_time_ms", "{:.0f}"),
-        ("image p50 ms", "latency_ms_per_image_p50", "{:.2f}"),
-        ("image rounds ms", "image_rounds", "{}"),
-        ("batch p50 ms", "latency_ms_per_batch_p50", "{:.2f}"),
-        ("images/s", "throughput_ips", "{:.1f}"),
-        ("images/s rounds", "tput_rounds", "{}"),
-    ]
-    rows = []
-    for row in doc["models"]:
-        im, tp = row["latency_ms_per_image_rounds"], row["throughput_ips_rounds"]
-        values = {**row, "size_bytes": row["size_bytes"] / 1e6,
-                  "image_rounds": f"{im['min']:.2f}-{im['max']:.2f}", "tput_rounds": f"{tp['min']:.0f}-{tp['max']:.0f}"}
-        rows.append([escape(fmt.format(values[key])) for _, key, fmt in columns])
-    print_rows(title, [(name, "left" if name in ("model", "mode") else "right") for name, *_ in columns], rows)
-    for warning in doc["warnings"]:
-        typer.echo("warning: " + warning, err=True)
+    benchmark_table(doc, batch_size, threads, rounds)

@@ -25,7 +25,7 @@ def print_json(doc: Any) -> None:
     """One JSON document on stdout (NaN and infinities as null: bare NaN is not JSON)."""
     import json
 
-    print(json.dumps(json_safe(doc), allow_nan=False))
+    print(json.dumps(json_safe(doc), allow_nan=False), flush=True)  # flushed: `predict --json` streams lines
 
 
 def stdout_console() -> Any:

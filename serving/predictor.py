@@ -28,35 +28,42 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import overload
 
 import numpy as np
 from PIL import Image
 
+from cvkeras.serving.batches import Batch, decode_batches, default_workers
 from cvkeras.serving.errors import OptionError, first_line, quote
+from cvkeras.serving.hints import failed_model_line, not_a_model_hint
 from cvkeras.serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
-from cvkeras.serving.preprocess import JPEG_SCALING, ImageError, load_resized
-from cvkeras.serving.results import (
-    Batch,
-    ImageInput,
-    Prediction,
-    _batch,
-    _default_workers,
-    _is_single,
-    _source_name,
-    failed_model_line,
-    not_a_model_hint,
-)
+from cvkeras.serving.preprocess import JPEG_SCALING, load_resized
+from cvkeras.serving.results import ImageInput, Prediction, is_single, source_name
 from cvkeras.serving.runners import ModelError, _OnnxRunner, _Runner, _TFLiteRunner
-
-__all__ = ["MODES", "Batch", "ImageInput", "ModelError", "Prediction", "Predictor"]
 
 #: ``Predictor`` modes: settings for one image at a time, for batches and folders, or chosen per call.
 MODES = ("latency", "throughput", "auto")
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`MODES`; else an :class:`OptionError` naming them."""
+    if mode not in MODES:
+        raise OptionError(f"mode must be one of {', '.join(MODES)}, not {quote(mode)}")
+    return mode
+
+
+@contextmanager
+def _inference_errors(path: Path) -> Iterator[None]:
+    """A runtime failure is about this model, not the caller's code: one :class:`ModelError` naming it."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path}: inference failed ({first_line(exc)})") from None
 
 
 class Predictor:
@@ -65,12 +72,10 @@ class Predictor:
     def __init__(self, runner: _Runner, metadata: ModelMetadata, path: Path,
                  decode_workers: int | None = None, mode: str = "auto",
                  make_runner: Callable[[str], _Runner] | None = None) -> None:
-        if mode not in MODES:
-            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {quote(mode)}")
         self.metadata = metadata
         self.path = path
-        self.mode = mode
-        self.decode_workers = decode_workers if decode_workers is not None else _default_workers()
+        self.mode = check_mode(mode)
+        self.decode_workers = decode_workers if decode_workers is not None else default_workers()
         #: Decode large JPEGs DCT-scaled: the contract of models exported with that rule (not older ones).
         self.jpeg_scaling = metadata.preprocess.get("jpeg_scaling") == JPEG_SCALING
         first = "throughput" if mode == "throughput" else "latency"
@@ -96,8 +101,7 @@ class Predictor:
             MetadataError: the model carries no (or broken) cvkeras metadata.
             ValueError: unknown ``mode``.
         """
-        if mode not in MODES:
-            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {quote(mode)}")
+        check_mode(mode)
         p = Path(path)
         if not p.is_file():
             raise ModelError(not_a_model_hint(p))
@@ -184,12 +188,8 @@ class Predictor:
         x = np.ascontiguousarray(x, dtype=np.float32)
         runner = self._runner_for(use or ("latency" if x.shape[0] == 1 else "throughput"))
         step = runner.batch or max(1, x.shape[0])
-        try:
+        with _inference_errors(self.path):
             parts = [runner.run(x[i : i + step]) for i in range(0, x.shape[0], step)]
-        except ModelError:
-            raise
-        except Exception as exc:  # a runtime failure is about this model, not the caller's code
-            raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
         if not parts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.concatenate(parts, axis=0).astype(np.float32, copy=False).reshape(x.shape[0], -1)
@@ -204,44 +204,9 @@ class Predictor:
         the model only waits; without, decoding is inline. Unreadable sources are reported in
         ``Batch.errors`` instead of raising, so one bad file never stops the rest.
         """
-        if batch_size < 1:
-            raise OptionError(f"batch_size must be at least 1, not {batch_size}")
-        n = len(sources)
-        h, w = self.input_size
-
-        scaled = self.jpeg_scaling
         if overlap is None:
             overlap = self.mode != "latency"
-
-        def decode_into(out: np.ndarray, row: int, src: ImageInput) -> str | None:
-            try:
-                out[row] = load_resized(src, (h, w), scaled)
-            except ImageError as exc:
-                return str(exc)
-            return None
-
-        def buffer(start: int) -> np.ndarray:
-            return np.empty((min(batch_size, n - start), h, w, 3), dtype=np.float32)
-
-        starts = range(0, n, batch_size)
-        if not overlap or self.decode_workers <= 0 or n <= 1:
-            for start in starts:
-                out = buffer(start)
-                yield _batch(start, out, [decode_into(out, j, sources[start + j]) for j in range(len(out))])
-            return
-        with ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="decode") as pool:
-
-            def submit(start: int) -> tuple[int, np.ndarray, list[Future]]:
-                out = buffer(start)
-                jobs = [pool.submit(decode_into, out, j, sources[start + j]) for j in range(len(out))]
-                return start, out, jobs
-
-            pending = deque([submit(starts[0])])
-            for k in range(len(starts)):
-                if k + 1 < len(starts):  # the next batch decodes while the caller runs this one
-                    pending.append(submit(starts[k + 1]))
-                start, out, futures = pending.popleft()
-                yield _batch(start, out, [f.result() for f in futures])
+        return decode_batches(sources, self.input_size, batch_size, self.jpeg_scaling, self.decode_workers, overlap)
 
     # --- prediction ------------------------------------------------------------------------------------
     def _result(self, probs: np.ndarray, top_k: int, path: str | None) -> Prediction:
@@ -268,7 +233,7 @@ class Predictor:
             probs = self.predict_batch(batch.x, use) if batch.indices else np.zeros((0, len(self.labels)))
             rows = dict(zip(batch.indices, probs, strict=True))
             for i in sorted([*batch.indices, *batch.errors]):
-                name = _source_name(images[i])
+                name = source_name(images[i])
                 if i in batch.errors:
                     yield Prediction(None, -1, float("nan"), path=name, error=batch.errors[i])
                 else:
@@ -289,7 +254,7 @@ class Predictor:
         :class:`ImageError` when it cannot be read. A list (or an NHWC uint8 array) returns a list in
         the same order, where unreadable items carry ``error`` instead of raising.
         """
-        if _is_single(images):
+        if is_single(images):
             return self._predict_one(images, top_k)  # type: ignore[arg-type]
         seq = list(images) if not isinstance(images, np.ndarray) else [img for img in images]
         return list(self.iter_predict(seq, top_k, batch_size))
@@ -298,7 +263,7 @@ class Predictor:
         """The single-image path: latency settings, inline decode into a preallocated per-thread input."""
         runner = self._runner_for("latency")
         arr = load_resized(image, self.input_size, self.jpeg_scaling)  # raises ImageError
-        try:
+        with _inference_errors(self.path):
             if isinstance(runner, _TFLiteRunner) and runner.takes_uint8_image:
                 probs = runner.run_uint8(arr)
             else:
@@ -307,8 +272,4 @@ class Predictor:
                     x = self._local.x = np.empty((1, *self.input_size, 3), dtype=np.float32)
                 x[0] = arr
                 probs = runner.run(x)
-        except ModelError:
-            raise
-        except Exception as exc:  # a runtime failure is about this model, not the caller's code
-            raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
-        return self._result(probs.reshape(-1), top_k, _source_name(image))
+        return self._result(probs.reshape(-1), top_k, source_name(image))
