@@ -140,7 +140,7 @@ def benchmark(
             "throughput_ips": round(tput_rounds["median"], 2),
             "throughput_ips_rounds": {k: round(v, 3 if k == "spread" else 2) for k, v in tput_rounds.items()},
         })
-    comparisons, notes = _compare(runs, rows)
+    comparisons, notes = compare_rounds(runs, rows)
     return {
         "schema": schema_id("benchmark"),
         "what": "model alone on a fixed pre-decoded input; rounds interleave models and modes",
@@ -152,7 +152,12 @@ def benchmark(
     }
 
 
-def _compare(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+def _round_ratios(run: dict[str, Any], base: dict[str, Any]) -> list[float]:
+    """Per round, ``run``'s median single-image latency over ``base``'s."""
+    return [statistics.median(a) / statistics.median(b) for a, b in zip(run["single"], base["single"], strict=True)]
+
+
+def compare_rounds(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
     """Per-round latency ratios to the first model (same mode) and the warnings they call for."""
     warnings = []
     for row in rows:
@@ -167,9 +172,7 @@ def _compare(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[li
         same = [r for r in runs if r["mode"] == mode]
         base = same[0]
         for run in same[1:]:
-            ratios = [statistics.median(a) / statistics.median(b)
-                      for a, b in zip(run["single"], base["single"], strict=True)]
-            s = _spread(ratios)
+            s = _spread(_round_ratios(run, base))
             resolved = s["max"] < 1.0 or s["min"] > 1.0
             comparisons.append({"model": run["path"].name, "baseline": base["path"].name, "mode": mode,
                                 "latency_ratio": round(s["median"], 3),
@@ -185,8 +188,7 @@ def _compare(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[li
             for f in same:
                 if f["predictor"].metadata.precision != "float32" or f["predictor"].kind != q["predictor"].kind:
                     continue
-                ratios = [statistics.median(a) / statistics.median(b)
-                          for a, b in zip(q["single"], f["single"], strict=True)]
+                ratios = _round_ratios(q, f)
                 med = statistics.median(ratios)
                 if med > 1.0:
                     warnings.append(f"inversion: int8 {q['path'].name} is slower than float32 {f['path'].name} "

@@ -31,6 +31,7 @@ ModelArg = Annotated[Path, typer.Argument(help="Model file: an .onnx or .tflite 
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Runtime intra-op threads "
                                                 "(default: the runtime's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table (docs/json.md).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="latency: one image at a time, spinning runtime "
                                       "threads; throughput: decoding overlapped with inference; auto: "
                                       "latency for a single file, throughput otherwise.")]
@@ -74,7 +75,7 @@ def predict(
                                                 show_default=False)],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes listed per image.")] = 5,
     json_out: JsonOpt = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 16,
+    batch_size: BatchOpt = 16,
     threads: ThreadsOpt = None,
     mode: ModeOpt = "auto",
     allow_failed: Annotated[bool, typer.Option(
@@ -127,7 +128,7 @@ def validate(
         "--max-accuracy-drop", min=0.0, help="Largest allowed accuracy drop vs the reference, in points."
     )] = 1.0,
     json_out: JsonOpt = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 32,
+    batch_size: BatchOpt = 32,
     threads: ThreadsOpt = None,
     min_agreement: Annotated[float, typer.Option(
         "--min-agreement", min=0.0, max=1.0, help="Smallest top-1 agreement with the reference (fraction).",
@@ -203,7 +204,7 @@ def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:
 def benchmark(
     models: Annotated[list[Path], typer.Argument(help="One or more .onnx / .tflite files to compare.",
                                                  show_default=False)],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 8,
+    batch_size: BatchOpt = 8,
     threads: ThreadsOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Timed runs per measurement and round.")] = 20,

@@ -20,8 +20,8 @@ from cvkeras.serving.preprocess import IMAGE_EXTENSIONS, is_image_file
 OTHER_IMAGE_EXTENSIONS = (".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".jxl")
 IGNORED_DIRS = ("__MACOSX",)  # archive tool litter, never a class nor an image folder
 
-__all__ = ["IGNORED_DIRS", "IMAGE_EXTENSIONS", "OTHER_IMAGE_EXTENSIONS", "class_folders", "expand_paths",
-           "is_hidden", "is_utf8", "list_images"]
+__all__ = ["IGNORED_DIRS", "OTHER_IMAGE_EXTENSIONS", "class_folders", "expand_paths", "is_hidden", "is_utf8",
+           "list_images"]
 
 
 def is_utf8(name: str) -> bool:

@@ -4,8 +4,10 @@ A deployed artifact (ONNX/TFLite, maybe int8) is checked against the Keras model
 TensorFlow: ``cvkeras export`` saves the Keras model's outputs as ``reference.npz`` next to the model
 (``cvkeras.serving.reference``: rows matched by their recorded relative path, each row a validation image or a
 held-back training image, plus the paths of every other training image), and the model metadata carries
-the Keras accuracy. The report gives accuracy, drop in points, top-1 agreement and the largest probability
-difference with the reference, per-class accuracy and latency.
+the Keras accuracy. The report (:class:`cvkeras.serving.validation_report.ValidationReport`) gives accuracy,
+drop in points, top-1 agreement and the largest probability difference with the reference
+(:mod:`cvkeras.serving.parity`), per-class accuracy and latency. Here: reading the labelled images and
+running the model over them.
 
 One protocol, whoever calls it (``validate FILE``, ``validate --data ROOT``, ``export``): every figure is
 measured on images nothing was fitted or chosen on by export -- the reference's validation rows for
@@ -26,18 +28,16 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from cvkeras.serving.errors import quote
 from cvkeras.serving.images import class_folders, list_images
+from cvkeras.serving.parity import HEADLINE, NEW, VAL_ROLE, compare_with_reference, match_reference
 from cvkeras.serving.predictor import Predictor
 from cvkeras.serving.preprocess import IMAGE_EXTENSIONS, resize
-from cvkeras.serving.reference import VAL, PathIndex, Reference, ValidationError
-from cvkeras.serving.stats import paired_drop_interval, wilson_interval
+from cvkeras.serving.reference import Reference, ValidationError
+from cvkeras.serving.validation_report import ValidationReport
 
 #: Default smallest top-1 agreement with the float model (``--min-agreement`` of export and validate).
 #: Agreement is measured on the labelled validation rows, so disagreement bounds the accuracy drop on those
@@ -48,60 +48,6 @@ DEFAULT_MIN_AGREEMENT = 0.99
 SPLIT_FOLDERS = ("val", "validation")
 
 Items = list[tuple[str | os.PathLike, int]] | tuple[np.ndarray, np.ndarray]
-
-
-@dataclass
-class ValidationReport:
-    """Accuracy of an artifact and its parity with the reference. Accuracies and agreement are fractions
-    0..1; ``accuracy_drop`` and its interval are in percentage points (reference minus artifact), and
-    fractions in :meth:`to_dict` (the JSON).
-
-    With a reference, agreement, differences and drop are computed on the ``n_reference`` images matched
-    with its validation rows (the drop paired image by image, ``n_paired`` = ``n_reference``); images matched
-    with held-back training rows give ``held_back_agreement`` apart. ``accuracy`` and ``per_class`` are over
-    the ``n`` images no training saw (validation rows and images the reference does not know); the ``n_seen``
-    images training saw are counted apart (``seen_accuracy``). ``measured_on``: figure -> images and count.
-    """
-
-    model: str
-    n: int
-    accuracy: float
-    reference_accuracy: float | None
-    accuracy_drop: float | None
-    max_accuracy_drop: float
-    passed: bool
-    agreement: float | None = None  # top-1 agreement with the reference outputs
-    max_abs_diff: float | None = None  # largest |p - p_ref| over all classes and images
-    mean_abs_diff: float | None = None
-    n_reference: int = 0  # images matched with a reference output (agreement is over these)
-    reference_source: str | None = None  # where reference_accuracy came from
-    min_agreement: float = 0.0
-    agreement_ci: list[float] | None = None  # Wilson 95 % interval, fractions
-    n_paired: int = 0  # matched labelled images the drop is computed on
-    paired_accuracy: float | None = None  # the model's accuracy on those images
-    accuracy_drop_ci: list[float] | None = None  # paired 95 % interval, points
-    discordant: list[int] | None = None  # [reference right & model wrong, reference wrong & model right]
-    gate_failures: list[str] = field(default_factory=list)  # which gate failed and by how much
-    per_class: dict[str, float] = field(default_factory=dict)  # accuracy per class present in the data
-    support: dict[str, int] = field(default_factory=dict)
-    latency_ms_per_image: float = 0.0  # mean model time per image (decoding excluded)
-    failures: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"} per unreadable file
-    held_back_agreement: float | None = None  # agreement on held-back training rows (reported, never gated)
-    held_back_agreement_ci: list[float] | None = None
-    n_held_back: int = 0
-    n_seen: int = 0  # images training saw (held-back rows, calibration, other training images): apart
-    seen_accuracy: float | None = None
-    measured_on: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure -> {"images", "n"}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON of ``validate --json`` (``cvkeras.validation/2``, docs/json.md): the drop, its interval
-        and its gate as fractions, like every other proportion there."""
-        from cvkeras.serving.schema import points_to_fraction, schema_id
-
-        d = {"schema": schema_id("validation"), **asdict(self)}
-        for key in ("accuracy_drop", "accuracy_drop_ci", "max_accuracy_drop"):
-            d[key] = points_to_fraction(d[key])
-        return d
 
 
 def scan_class_folder(root: str | os.PathLike, labels: list[str]) -> list[tuple[Path, int]]:
@@ -209,7 +155,7 @@ def validate(
         raise ValidationError(f"label indices must be in 0..{num_classes - 1} for this model's labels")
     if len(labels) == 0:
         raise ValidationError("no readable images to validate; check --data")
-    rows, roles = _match(reference, keys, len(probs))
+    rows, roles = match_reference(reference, keys, len(probs))
     unseen = (roles == VAL_ROLE) | (roles == NEW)
     if not unseen.any():
         raise ValidationError(f"all {len(labels)} images were seen in training (held-back, calibration or other "
@@ -230,121 +176,21 @@ def validate(
         min_agreement=float(min_agreement),
     )
     kinds = {str(r) for r in roles[unseen]}
-    report.measured_on["accuracy"] = {"images": _HEADLINE[frozenset(kinds)], "n": n}
+    report.measured_on["accuracy"] = {"images": HEADLINE[frozenset(kinds)], "n": n}
     seen = ~unseen
     if seen.any():
         report.n_seen = int(seen.sum())
         report.seen_accuracy = float(correct[seen].mean())
         report.measured_on["seen_accuracy"] = {"images": "training images (seen in training)", "n": report.n_seen}
     if reference is not None:
-        _compare(report, reference, probs, labels, rows, roles, num_classes)
+        compare_with_reference(report, reference, probs, labels, rows, roles, num_classes)
     elif predictor.metadata.reference_accuracy is not None:
         report.reference_accuracy = float(predictor.metadata.reference_accuracy)
         report.reference_source = "model metadata"
         report.accuracy_drop = 100.0 * (report.reference_accuracy - report.accuracy)
         report.measured_on["accuracy_drop"] = {"images": "given images vs the metadata's accuracy on other images",
                                                "n": n}
-    _gate(report)
+    report.apply_gates()
     return report
 
 
-#: Roles of an evaluated image: a validation row of the reference, a held-back training row, another image
-#: training saw (calibration or not held back), or an image the reference does not know.
-VAL_ROLE, HELD_BACK_ROLE, SEEN, NEW = "validation", "held_back_train", "seen", "new"
-_HEADLINE = {frozenset({VAL_ROLE}): "validation", frozenset({NEW}): "given images (not in the reference)",
-             frozenset({VAL_ROLE, NEW}): "validation + given images not in the reference"}
-
-
-def _match(ref: Reference | None, keys: list[str] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference row (-1: none) and role of each evaluated image.
-
-    Files match rows by their recorded relative path (:class:`cvkeras.serving.reference.PathIndex`), arrays by
-    position. Two images matching one row is an error: the reference could not tell them apart.
-    """
-    rows = np.full(n, -1, np.int64)
-    roles = np.full(n, NEW, dtype=object)
-    if ref is None:
-        return rows, roles
-    if keys is None or ref.paths is None:  # match by position
-        if len(ref.probs) != n:
-            raise ValidationError(f"{ref.source}: {len(ref.probs)} reference outputs for {n} "
-                                  "images; pass the images the reference was computed on")
-        rows = np.arange(n)
-    else:
-        index = PathIndex(ref.paths)
-        found = [index.find(k) for k in keys]
-        rows = np.asarray([-1 if r is None else r for r in found], np.int64)
-        hit = np.flatnonzero(rows >= 0)
-        first: dict[int, int] = {}
-        for i in hit:
-            j = first.setdefault(int(rows[i]), int(i))
-            if j != i:
-                raise ValidationError(f"{ref.source}: {keys[j]} and {keys[i]} both match the reference image "
-                                      f"{quote(ref.paths[rows[i]])}; pass one copy of the data")
-        trained = PathIndex([*ref.calibration, *ref.seen])
-        for i in np.flatnonzero(rows < 0):
-            if keys[i] in trained:
-                roles[i] = SEEN
-    matched = rows >= 0
-    splits = ref.row_splits()
-    roles[matched] = np.where(splits[rows[matched]] == VAL, VAL_ROLE, HELD_BACK_ROLE)
-    return rows, roles
-
-
-def _gate(report: ValidationReport) -> None:
-    """``passed`` and, per failed gate, one phrase saying by how much it failed."""
-    fails = []
-    if report.accuracy_drop is not None and report.accuracy_drop > report.max_accuracy_drop + 1e-9:
-        ci = report.accuracy_drop_ci
-        fails.append(f"accuracy drop {report.accuracy_drop:.2f} points"
-                     + (f" (95 % CI {ci[0]:+.2f}..{ci[1]:+.2f})" if ci else "")
-                     + f" > {report.max_accuracy_drop:g} allowed, "
-                     f"by {report.accuracy_drop - report.max_accuracy_drop:.2f}")
-    if report.agreement is not None and report.agreement < report.min_agreement - 1e-12:
-        ci = report.agreement_ci
-        fails.append(f"top-1 agreement {100 * report.agreement:.2f} %"
-                     + (f" (95 % CI {100 * ci[0]:.2f}..{100 * ci[1]:.2f})" if ci else "")
-                     + f" on {report.n_reference} images < {100 * report.min_agreement:g} % required, "
-                     f"by {100 * (report.min_agreement - report.agreement):.2f} points")
-    report.gate_failures = fails
-    report.passed = not fails
-
-
-def _compare(report: ValidationReport, ref: Reference, probs: np.ndarray, labels: np.ndarray, rows: np.ndarray,
-             roles: np.ndarray, num_classes: int) -> None:
-    """Agreement, differences, drop and their intervals on the validation rows; held-back rows apart."""
-    if ref.probs.ndim != 2 or ref.probs.shape[1] != num_classes:
-        raise ValidationError(f"{ref.source}: reference has {ref.probs.shape[-1]} classes, the model "
-                              f"{num_classes}; pass the reference exported with this model")
-    val, held = roles == VAL_ROLE, roles == HELD_BACK_ROLE
-    if not (val.any() or held.any()):
-        raise ValidationError(f"{ref.source}: none of the {len(probs)} images is in the reference; pass the "
-                              "data the model was exported from, or another --reference")
-    if held.any():
-        same = probs[held].argmax(1) == ref.probs[rows[held]].argmax(1)
-        report.n_held_back = int(held.sum())
-        report.held_back_agreement = float(same.mean())
-        report.held_back_agreement_ci = list(wilson_interval(int(same.sum()), len(same)))
-        report.measured_on["held_back_agreement"] = {"images": "held-back training (seen in training; not gated)",
-                                                     "n": report.n_held_back}
-    if not val.any():
-        raise ValidationError(f"{ref.source}: none of the {len(probs)} images is a validation image of the "
-                              f"reference ({int(held.sum())} are held-back training images, which training saw); "
-                              "pass the validation data (--run RUN, or --data with the validation folder)")
-    p, q, y = probs[val], ref.probs[rows[val]], labels[val]
-    diff = np.abs(p - q)
-    same = p.argmax(1) == q.argmax(1)
-    report.n_reference = report.n_paired = int(val.sum())
-    report.agreement = float(same.mean())
-    report.agreement_ci = list(wilson_interval(int(same.sum()), len(same)))
-    report.max_abs_diff = float(diff.max())
-    report.mean_abs_diff = float(diff.mean())
-    ref_ok, model_ok = q.argmax(1) == y, p.argmax(1) == y
-    report.reference_accuracy = float(ref_ok.mean())
-    report.paired_accuracy = float(model_ok.mean())
-    report.accuracy_drop = 100.0 * (report.reference_accuracy - report.paired_accuracy)
-    report.accuracy_drop_ci = [100.0 * v for v in paired_drop_interval(ref_ok, model_ok)]
-    report.discordant = [int((ref_ok & ~model_ok).sum()), int((~ref_ok & model_ok).sum())]
-    report.reference_source = f"reference outputs on the same {report.n_paired} validation images"
-    for figure in ("agreement", "accuracy_drop", "max_abs_diff", "paired_accuracy"):
-        report.measured_on[figure] = {"images": "validation", "n": report.n_reference}

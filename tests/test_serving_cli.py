@@ -189,7 +189,7 @@ def test_benchmark_json_fields(model, tmp_path):
 def test_benchmark_flags_an_int8_inversion_and_an_unresolved_ratio():
     from types import SimpleNamespace
 
-    from cvkeras.serving.benchmark import _compare
+    from cvkeras.serving.benchmark import compare_rounds
 
     def run(name, precision, single):
         meta = SimpleNamespace(precision=precision)
@@ -201,12 +201,12 @@ def test_benchmark_flags_an_int8_inversion_and_an_unresolved_ratio():
     noisy = run("other.onnx", "float32", [[0.5, 0.5], [1.5, 1.5], [1.0, 1.0]])  # ratio 0.5 .. 1.5
     rows = [{"model": r["path"].name, "mode": "latency",
              "latency_ms_per_image_rounds": {"min": 1, "max": 1, "spread": 0.0}} for r in (fp32, int8, noisy)]
-    comparisons, warnings = _compare([fp32, int8, noisy], rows)
+    comparisons, warnings = compare_rounds([fp32, int8, noisy], rows)
     assert [c["resolved"] for c in comparisons] == [True, False]
     assert comparisons[0]["latency_ratio"] == 2.0
     assert any(w.startswith("inversion: int8 model_int8.onnx is slower than float32 model.onnx") for w in warnings)
     assert any(w.startswith("unresolved: other.onnx / model.onnx") for w in warnings)
-    assert not any("inversion" in w for w in _compare([fp32, run("q.onnx", "int8", [[0.5]] * 3)], rows[:2])[1])
+    assert not any("inversion" in w for w in compare_rounds([fp32, run("q.onnx", "int8", [[0.5]] * 3)], rows[:2])[1])
 
 
 def test_predict_mode_flag(model, images):

@@ -13,8 +13,8 @@ from serving_helpers import LABELS, SIZE, make_onnx, metadata, photo, reference_
 
 from cvkeras.serving import Prediction, Predictor
 from cvkeras.serving.metadata import MetadataError, sidecar_path
-from cvkeras.serving.predictor import ModelError
 from cvkeras.serving.preprocess import ImageError, load_image, to_model_input
+from cvkeras.serving.runners import ModelError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from serving_helpers import LABELS, SIZE, make_onnx, metadata, reference_probs, 
 
 from cvkeras.serving import Predictor
 from cvkeras.serving.preprocess import load_image, to_model_input
-from cvkeras.serving.validate import Reference, ValidationError, scan_class_folder, validate
+from cvkeras.serving.reference import Reference, ValidationError
+from cvkeras.serving.validate import scan_class_folder, validate
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_gates_on_validation_rows_held_back_training_rows_reported_apart(predict
 
 
 def test_intervals_against_hand_computed_values():
-    from cvkeras.serving.validate import paired_drop_interval, wilson_interval
+    from cvkeras.serving.stats import paired_drop_interval, wilson_interval
 
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(1.959963984540054 ** 2 / (10 + 1.959963984540054 ** 2))
