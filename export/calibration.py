@@ -1,7 +1,8 @@
 """Representative data for int8 calibration, fed to either quantizer: the run's own images, never random tensors.
 
 The images are the fidelity set's calibration rows (:mod:`cvkeras.export.fidelity`); this module only feeds
-them to ONNX Runtime's calibrator and to the TFLite converter.
+them to ONNX Runtime's calibrator and to the TFLite converter. How many, and by which method:
+:mod:`cvkeras.export.settings`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,6 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from cvkeras.serving.formats import INPUT_NAME
-
-#: Default number of calibration images (all of the training split's images when it has fewer).
-DEFAULT_SAMPLES = 300
-#: Calibration methods of ``--calibration`` (ONNX Runtime's; TFLite's converter always uses min/max).
-METHODS = ("minmax", "entropy", "percentile")
 
 
 def float_batches(images: np.ndarray, batch_size: int = 1) -> Iterator[np.ndarray]:

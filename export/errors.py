@@ -1,13 +1,17 @@
-"""Errors of the export package: each carries a one-line message naming the file and the fix."""
+"""Errors of the export package: each carries a one-line message naming the file and the fix; and
+:func:`quiet`, which keeps the converters' own chatter off the console (both formats' converters use it).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 from collections.abc import Iterator
 
 from cvkeras.serving.errors import CvkerasError, first_line
 
-__all__ = ["ConversionError", "ExportError", "converting", "first_line"]
+__all__ = ["ConversionError", "ExportError", "converting", "quiet"]
 
 
 class ExportError(CvkerasError, RuntimeError):
@@ -36,3 +40,18 @@ def converting(artifact: str, what: str, fix: str = "") -> Iterator[None]:
         raise
     except Exception as exc:  # the point: every other type becomes one line
         raise ConversionError(artifact, f"{what} failed ({first_line(exc)})" + (f"; {fix}" if fix else "")) from None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence converter chatter (Python logging and stdout prints); errors still raise."""
+    loggers = [logging.getLogger(n) for n in ("tf2onnx", "tensorflow", "absl", "onnxruntime")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

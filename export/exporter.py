@@ -38,7 +38,7 @@ import numpy as np
 
 from cvkeras.export import fidelity, folder
 from cvkeras.export import metadata as meta_io
-from cvkeras.export.errors import ExportError, first_line
+from cvkeras.export.errors import ExportError
 from cvkeras.export.folder import REPORT_FILE
 from cvkeras.export.job import Job
 from cvkeras.export.onnx import steps as onnx_steps
@@ -47,6 +47,7 @@ from cvkeras.export.options import (
 )
 from cvkeras.export.tflite import steps as tflite_steps
 from cvkeras.export.verify import ArtifactResult, Gates, verify_artifact
+from cvkeras.serving.errors import first_line
 from cvkeras.serving.reference import REFERENCE_FILE, Reference, relative_paths
 
 EXPORT_DIR = "export"

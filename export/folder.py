@@ -94,7 +94,7 @@ def mark_failed(res: ArtifactResult) -> None:
     """Keep a failed artifact for inspection under a name no device loads by default
     (``model_int8.FAILED.onnx``), its metadata saying it failed and why (``serving`` warns or refuses)."""
     from cvkeras.export import metadata as meta_io
-    from cvkeras.serving.metadata import ModelMetadata, read_metadata
+    from cvkeras.serving.metadata import read_metadata
 
     old = Path(res.path)
     new = failed_name(old)
@@ -106,10 +106,9 @@ def mark_failed(res: ArtifactResult) -> None:
     mark = {"status": "failed", "reason": res.error or res.status}
     if old.suffix == ".onnx":
         from cvkeras.export.onnx import convert as to_onnx
-        from cvkeras.export.onnx.steps import _onnx_meta, to_onnx_load
 
-        proto = to_onnx_load(str(old))
-        meta = ModelMetadata.from_json(_onnx_meta(str(old)), str(old))
+        proto = to_onnx.load(old)
+        meta = meta_io.onnx_metadata(proto, old)
         meta.extra["verification"] = mark
         meta_io.embed_onnx(proto, meta)
         atomic_write(new, lambda tmp: to_onnx.save(proto, tmp))

@@ -13,7 +13,7 @@ from typing import Any
 
 from cvkeras import __version__
 from cvkeras.run.rundir import atomic_write
-from cvkeras.serving.metadata import METADATA_KEY, ModelMetadata, sidecar_path
+from cvkeras.serving.metadata import METADATA_KEY, ModelMetadata, metadata_from_props, sidecar_path
 
 
 def make_metadata(labels: Sequence[str], input_size: Sequence[int], model_name: str, precision: str,
@@ -35,6 +35,11 @@ def embed_onnx(proto, meta: ModelMetadata) -> None:
     entry = proto.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = meta.to_json()
+
+
+def onnx_metadata(proto, source: str | os.PathLike) -> ModelMetadata:
+    """The metadata embedded in ONNX model ``proto`` (read from ``source``), parsed by serving's reader."""
+    return metadata_from_props({p.key: p.value for p in proto.metadata_props}, str(source))
 
 
 def write_sidecar(tflite_path: str | os.PathLike, meta: ModelMetadata) -> Path:

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
-from cvkeras.export import calibration as calib
 from cvkeras.export.errors import ExportError
 from cvkeras.export.onnx.convert import DEFAULT_OPSET
-from cvkeras.export.onnx.quantize import QuantSettings
+from cvkeras.export.settings import DEFAULT_CALIBRATION, DEFAULT_SAMPLES, METHODS, QuantSettings
 from cvkeras.export.tflite.convert import IO_TYPES
 from cvkeras.export.verify import DEFAULT_FLOAT_TOLERANCE
 from cvkeras.serving.errors import quote
@@ -75,8 +74,8 @@ class ExportOptions:
     formats: str | Sequence[str] = FORMATS
     int8: bool = False
     fp16: bool = False
-    calibration: str = "minmax"
-    calibration_samples: int = calib.DEFAULT_SAMPLES
+    calibration: str = DEFAULT_CALIBRATION
+    calibration_samples: int = DEFAULT_SAMPLES
     io_type: str = "uint8"
     opset: int = DEFAULT_OPSET
     max_accuracy_drop: float = 1.0
@@ -102,9 +101,9 @@ class ExportOptions:
         if not (isinstance(self.max_accuracy_drop, int | float) and math.isfinite(self.max_accuracy_drop)
                 and self.max_accuracy_drop >= 0):
             raise ExportError(f"--max-accuracy-drop must be a finite number >= 0, not {self.max_accuracy_drop}")
-        if self.calibration not in calib.METHODS:
+        if self.calibration not in METHODS:
             raise ExportError(f"unknown --calibration {quote(self.calibration)}; "
-                              f"choose from {', '.join(calib.METHODS)}")
+                              f"choose from {', '.join(METHODS)}")
         if self.io_type not in IO_TYPES:
             raise ExportError(f"unknown --io-type {quote(self.io_type)}; choose from {', '.join(IO_TYPES)}")
         if self.calibration_samples < 1:

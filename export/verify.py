@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cvkeras.export.errors import first_line
+from cvkeras.serving.errors import first_line
 from cvkeras.serving.validate import DEFAULT_MIN_AGREEMENT
 
 #: Largest max-abs probability difference a float32 artifact may have from Keras.

@@ -125,6 +125,18 @@ def _round_half_away(v: np.ndarray) -> np.ndarray:
     return np.sign(v) * np.floor(np.abs(v) + 0.5)
 
 
+def quantize_input(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Float32 input ``x`` as a LiteRT input tensor of ``dtype``: cast when it is float, else quantized with
+    the tensor's (``scale``, ``zero_point``), TFLite's rounding, clipped to the integer type's range. The
+    one input quantization of cvkeras: the runner below and the export's int8 fitting both use it."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return x.astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    q = _round_half_away(x / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
 class _TFLiteRunner:
     """A LiteRT interpreter (fixed batch of 1); (de)quantizes integer I/O with the tensors' own params."""
 
@@ -168,13 +180,9 @@ class _TFLiteRunner:
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         dtype = np.dtype(self.inp["dtype"])
-        if dtype.kind == "f":
-            return x.astype(dtype, copy=False)
-        if not self.in_scale:
+        if dtype.kind != "f" and not self.in_scale:
             raise ModelError(f"{self.path}: integer input without quantization parameters; re-export it")
-        info = np.iinfo(dtype)
-        q = _round_half_away(x / np.float32(self.in_scale)) + self.in_zero
-        return np.clip(q, info.min, info.max).astype(dtype)
+        return quantize_input(x, dtype, self.in_scale, self.in_zero)
 
     def _dequantize(self, y: np.ndarray) -> np.ndarray:
         if np.dtype(self.out["dtype"]).kind == "f":

@@ -193,20 +193,13 @@ def float_weight_nodes(proto, head: bool = False) -> list[str]:
     """Names of the Conv/Gemm/MatMul nodes of an ONNX model whose weight is a float32 initializer, not a
     DequantizeLinear output: the layers an int8 file (or a loaded session's graph) really runs in float --
     besides the classifier feeding the output Softmax, which every int8 file keeps float by design
-    (``cvkeras.export.onnx.quantize.head_nodes``), unless ``head``."""
+    (:func:`cvkeras.export.onnx.quantize.head_nodes`), unless ``head``."""
     import onnx
 
+    from cvkeras.export.onnx.quantize import head_nodes
+
     inits = {t.name: t.data_type for t in proto.graph.initializer}
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    classifier = set()
-    for out in proto.graph.output:
-        node = producer.get(out.name)
-        if node is not None and node.op_type == "Softmax":
-            node = producer.get(node.input[0])
-            if node is not None and node.op_type == "Add":
-                node = next((producer[i] for i in node.input if i in producer), None)
-            if node is not None:
-                classifier.add(node.name)
+    classifier = set(head_nodes(proto.graph))
     return [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
             and inits.get(n.input[1]) == onnx.TensorProto.FLOAT and (head or n.name not in classifier)]
 

@@ -52,7 +52,8 @@ def _run(proto_or_path, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def biased(tmp_path_factory):
-    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import quantize_int8
+    from cvkeras.export.settings import QuantSettings
 
     rng = np.random.default_rng(3)
     src = tmp_path_factory.mktemp("bc") / "dw.onnx"
@@ -94,7 +95,8 @@ def test_layers_kept_float_are_not_corrected(tmp_path):
     """A layer excluded from quantization (repair) keeps its float bias exactly."""
     from onnx import numpy_helper
 
-    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import quantize_int8
+    from cvkeras.export.settings import QuantSettings
 
     rng = np.random.default_rng(4)
     src = tmp_path / "dw.onnx"

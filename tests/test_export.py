@@ -531,10 +531,10 @@ def test_failed_int8_check_exits_1_names_both_gates_and_keeps_files(hostile_run,
 @pytest.mark.slow
 def test_when_no_mix_passes_export_exits_1_and_keeps_the_full_int8_file(hostile_run, tmp_path, monkeypatch):
     """Only the single best-measured layer may stay float (patched ranking): not enough, so exit 1."""
-    import cvkeras.export.repair
+    import cvkeras.export.onnx.ranking
 
-    real = cvkeras.export.repair.rank_onnx_layers
-    monkeypatch.setattr(cvkeras.export.repair, "rank_onnx_layers", lambda *a, **k: real(*a, **k)[-1:])
+    real = cvkeras.export.onnx.ranking.rank_onnx_layers
+    monkeypatch.setattr(cvkeras.export.onnx.ranking, "rank_onnx_layers", lambda *a, **k: real(*a, **k)[-1:])
     out = tmp_path / "out"
     result = _invoke(hostile_run, "--format", "onnx", "--int8", "--output", out, "--threads", "1")
     assert result.exit_code == 1, result.output + result.stderr
@@ -640,7 +640,8 @@ def test_int8_onnx_excluded_layer_stays_float_when_onnxruntime_loads_it(tmp_path
     import onnxruntime as ort
 
     from cvkeras.export.onnx.convert import save
-    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import quantize_int8
+    from cvkeras.export.settings import QuantSettings
 
     rng = np.random.default_rng(0)
     src = tmp_path / "dw.onnx"
@@ -669,8 +670,9 @@ def test_onnx_layer_ranking_does_not_count_relu_as_quantization_noise(tmp_path, 
     conv with everything the Relu cuts off (half its pre-activation power here) as int8 noise. Nor a
     near-zero bias (folded BatchNorm) that rounds to 0 in int32: 100 % of itself, nothing of the output."""
     from cvkeras.export.onnx.convert import save
-    from cvkeras.export.onnx.quantize import QuantSettings, preprocess, quantize_int8
-    from cvkeras.export.repair import rank_onnx_layers
+    from cvkeras.export.onnx.quantize import preprocess, quantize_int8
+    from cvkeras.export.onnx.ranking import rank_onnx_layers
+    from cvkeras.export.settings import QuantSettings
 
     rng = np.random.default_rng(1)
     src, pre, raw = tmp_path / "dw.onnx", tmp_path / "pre.onnx", tmp_path / "raw.onnx"

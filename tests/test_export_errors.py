@@ -31,7 +31,8 @@ def test_a_failing_gptq_step_names_the_artifact_and_the_step(tmp_path, monkeypat
 
     from cvkeras.export.errors import ConversionError
     from cvkeras.export.onnx import weight_rounding
-    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import quantize_int8
+    from cvkeras.export.settings import QuantSettings
 
     stem_onnx_net(tmp_path / "net.onnx")
 

@@ -83,12 +83,13 @@ def test_int8_onnx_keeps_the_classifier_float_and_top1_on_a_near_tie(near_tie):
     from cvkeras.export import metadata as meta_io
     from cvkeras.export.onnx import convert as to_onnx
     from cvkeras.export.onnx import quantize
+    from cvkeras.export.settings import QuantSettings
 
     model, images, tmp = near_tie
     to_onnx.save(to_onnx.keras_to_onnx(model, 17, "model.onnx"), tmp / "model.onnx")
     report: dict = {}
     proto = quantize.quantize_int8(tmp / "model.onnx", images.astype(np.float32),
-                                   quantize.QuantSettings(float_stem=0), report=report)
+                                   QuantSettings(float_stem=0), report=report)
     meta_io.embed_onnx(proto, _meta())
     to_onnx.save(proto, tmp / "model_int8.onnx")
     assert report["float_head"] and len(float_weight_nodes(onnx.load(tmp / "model_int8.onnx"), head=True)) == 1

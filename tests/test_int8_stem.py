@@ -31,7 +31,8 @@ def test_int8_model_keeps_the_stem_float_and_quantizes_the_rest(tmp_path):
     node reads int8 weights; ``float_stem=0`` quantizes them all. Both models stay close to float32."""
     import onnxruntime as ort
 
-    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import quantize_int8
+    from cvkeras.export.settings import QuantSettings
 
     stem_onnx_net(tmp_path / "net.onnx")
     rng = np.random.default_rng(1)
@@ -88,7 +89,8 @@ def test_a_stem_conv_reading_a_shared_quantized_tensor_stays_float_when_onnxrunt
     quantize its float weights per tensor at load unless its input is rewired (keep_float_inputs)."""
     import onnxruntime as ort
 
-    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import quantize_int8
+    from cvkeras.export.settings import QuantSettings
 
     _branching_net(tmp_path / "net.onnx")
     rng = np.random.default_rng(1)

@@ -146,7 +146,7 @@ def test_tflite_gptq_reduces_the_output_error_of_int8_weights():
 def test_tflite_gptq_fits_the_int8_weights_of_a_dynamic_range_model():
     """model_dynamic.tflite (float activations, int8 per-channel weights) gets the same GPTQ: a smaller
     output error on unseen images; the full-integer path leaves its float-input ops alone."""
-    from cvkeras.export.onnx.quantize import QuantSettings
+    from cvkeras.export.settings import QuantSettings
     from cvkeras.export.tflite import convert as to_tflite
     from cvkeras.export.tflite.steps import fit_rounding
     from cvkeras.export.tflite.weight_rounding import round_weights
@@ -202,7 +202,7 @@ def test_written_tflite_files_carry_no_tensor_names_and_run_the_same():
 
 
 def test_fit_rounding_records_both_steps_and_honours_zero(biased):
-    from cvkeras.export.onnx.quantize import QuantSettings
+    from cvkeras.export.settings import QuantSettings
     from cvkeras.export.tflite.steps import fit_rounding
 
     reference, plain, _, _, _ = biased
@@ -221,9 +221,9 @@ def test_fit_rounding_records_both_steps_and_honours_zero(biased):
 def test_ops_kept_float_by_a_repair_are_not_corrected():
     """A repair candidate (QuantizationDebugger, one op denylisted): the float op keeps its float bias, the
     int8 ops around it are matched to the float model and corrected."""
-    from cvkeras.export.repair import TFLiteDebugger
     from cvkeras.export.tflite import convert as to_tflite
     from cvkeras.export.tflite.bias_correction import correct_biases
+    from cvkeras.export.tflite.debugger import TFLiteDebugger
     from cvkeras.export.tflite.graph import Flatbuffer
 
     rng = np.random.default_rng(4)

@@ -54,7 +54,8 @@ def test_gptq_reduces_the_output_error_of_int8_weights(conv):
     rounding (bias correction off in both, to isolate the rounding); the same scales, so same file size."""
     from onnx import numpy_helper
 
-    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8
+    from cvkeras.export.onnx.quantize import quantize_int8
+    from cvkeras.export.settings import QuantSettings
 
     src, calib, test = conv
     report: dict = {}
@@ -79,7 +80,8 @@ def test_gptq_keeps_weights_in_the_quantizers_reduced_range(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from cvkeras.export.onnx.quantize import QuantSettings, quantize_int8, weight_range
+    from cvkeras.export.onnx.quantize import quantize_int8, weight_range
+    from cvkeras.export.settings import QuantSettings
 
     rng = np.random.default_rng(11)
     src = tmp_path / "conv.onnx"

@@ -39,7 +39,7 @@ def _choices() -> dict[str, Callable[[], Sequence[str]]]:
 
     return {**{name: (lambda values=values: values) for name, values in CONFIG_CHOICES.items()},
             "mode": source("cvkeras.serving.predictor", "MODES"),
-            "calibration": source("cvkeras.export.calibration", "METHODS"),
+            "calibration": source("cvkeras.export.settings", "METHODS"),
             "io_type": source("cvkeras.export.tflite.convert", "IO_TYPES")}
 
 

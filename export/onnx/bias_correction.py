@@ -23,51 +23,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from cvkeras.export.fitting import BiasCorrectionResult, correct_bias, spread
+from cvkeras.export.settings import DEFAULT_FIT_IMAGES
+
 #: Node types whose biases are corrected (their output channel axis is 1 in ONNX).
 OPS = ("Conv", "Gemm")
-#: Calibration images the means are measured on (an even spread over the calibration set).
-DEFAULT_IMAGES = 128
 
 
-@dataclass
-class LayerShift:
-    """One corrected layer: its output's mean shift before correction, relative to the output's mean size."""
-
-    name: str
-    op: str
-    shift: float
-
-
-@dataclass
-class BiasCorrectionResult:
-    images: int
-    seconds: float
-    layers: list[LayerShift] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> dict[str, Any]:
-        """Small enough for metadata: counts, time, and the mean and worst relative shift corrected."""
-        shifts = [layer.shift for layer in self.layers]
-        return {"layers": len(self.layers), "images": self.images, "seconds": self.seconds,
-                "mean_shift": round(float(np.mean(shifts)), 6) if shifts else 0.0,
-                "max_shift": round(float(np.max(shifts)), 6) if shifts else 0.0}
-
-
-def spread(images: np.ndarray, count: int) -> np.ndarray:
-    """``count`` images evenly spread over ``images`` (all of them when there are fewer), in order."""
-    if count >= len(images):
-        return images
-    return images[np.linspace(0, len(images) - 1, count).round().astype(np.int64)]
-
-
-def _session(proto, optimize: bool):
+def session(proto, optimize: bool):
+    """A one-thread CPU session on ``proto``; ``optimize`` False runs the QDQ graph as written."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -97,7 +65,7 @@ def with_outputs(proto, tensors: list[str]):
 def channel_means(proto, tensors: list[str], images: np.ndarray, optimize: bool,
                   batch: int = 32) -> list[np.ndarray]:
     """Per-channel (axis 1) means of the float ``tensors`` of ``proto`` over ``images`` (float32 NHWC)."""
-    sess = _session(with_outputs(proto, tensors), optimize)
+    sess = session(with_outputs(proto, tensors), optimize)
     name = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     if isinstance(fixed, int) and fixed > 0:  # a static batch size: feed exactly that many
@@ -136,7 +104,7 @@ def prefix(proto, tensor: str):
 
 
 def correct_biases(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
-                   max_images: int = DEFAULT_IMAGES) -> BiasCorrectionResult:
+                   max_images: int = DEFAULT_FIT_IMAGES) -> BiasCorrectionResult:
     """Correct the int32 biases of QDQ model ``qdq`` (a ModelProto, edited in place) layer by layer.
 
     ``float_model``: the float graph ``qdq`` was quantized from (path or ModelProto), whose Conv/Gemm nodes
@@ -170,12 +138,8 @@ def correct_biases(float_model: str | os.PathLike | Any, qdq, images: np.ndarray
     float_means = channel_means(f, [t[1] for t in targets], x, optimize=True)
     for (node, _, bias, scale), want in zip(targets, float_means, strict=True):
         got = channel_means(prefix(qdq, node.output[0]), [node.output[0]], x, optimize=False)[0]
-        shift = got - want
-        old = numpy_helper.to_array(bias).astype(np.int64)
-        new = np.clip(old - np.round(shift / scale).astype(np.int64), -(2**31), 2**31 - 1)
-        bias.CopyFrom(numpy_helper.from_array(new.astype(np.int32), bias.name))
-        size = float(np.abs(want).mean())
-        result.layers.append(LayerShift(node.name, node.op_type,
-                                        round(float(np.abs(shift).mean()) / size, 6) if size > 0 else 0.0))
+        fixed, shift = correct_bias(numpy_helper.to_array(bias), scale, got, want, node.name, node.op_type)
+        bias.CopyFrom(numpy_helper.from_array(fixed, bias.name))
+        result.layers.append(shift)
     result.seconds = round(time.perf_counter() - t0, 2)
     return result

@@ -5,32 +5,14 @@ Named ``to_onnx`` so that nothing in this package can ever be mistaken for the `
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-from collections.abc import Iterator
 
-from cvkeras.export.errors import ConversionError, first_line
+from cvkeras.export.errors import ConversionError, quiet
+from cvkeras.serving.errors import first_line
 from cvkeras.serving.formats import INPUT_NAME, OUTPUT_NAME
 
 #: ONNX Runtime's graph optimiser knows every fusion MobileNet/EfficientNet graphs need at this opset.
 DEFAULT_OPSET = 17
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence converter chatter (Python logging and stdout prints); errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("tf2onnx", "tensorflow", "absl", "onnxruntime")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 def _rename_output(model, new: str) -> None:
@@ -114,6 +96,13 @@ def check(proto, artifact: str) -> None:
     except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
         raise ConversionError(artifact, f"the converted graph is not valid ONNX ({first_line(exc)}); "
                                         "try another --opset") from None
+
+
+def load(path: str | os.PathLike):
+    """The ``onnx.ModelProto`` in ``path``."""
+    import onnx
+
+    return onnx.load(str(path))
 
 
 def save(proto, path: str | os.PathLike) -> None:

@@ -4,6 +4,7 @@ repaired by keeping its worst layers in float when it misses a gate) and ``model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ import numpy as np
 
 from cvkeras.export import metadata as meta_io
 from cvkeras.export.errors import ConversionError, ExportError
-from cvkeras.export.job import Job, fail_result, record_repair
-from cvkeras.export.onnx.quantize import QuantSettings
+from cvkeras.export.job import Job, fail_result
+from cvkeras.export.repair import CandidateFiles, LayerError
+from cvkeras.export.settings import QuantSettings
 from cvkeras.export.verify import ArtifactResult
 
 
@@ -21,12 +23,12 @@ def convert(job: Job) -> None:
     import tempfile
 
     from cvkeras.export.onnx import convert as to_onnx
-    from cvkeras.export.onnx import quantize
+    from cvkeras.export.onnx import fp16, quantize
     from cvkeras.run.rundir import atomic_write
 
     model, say, check, metadata = job.model, job.say, job.check, job.metadata
     opset, quant, repair = job.options.opset, job.options.quant_settings(), job.options.repair
-    calib_images, debug_images, fast_check = job.calib_images, job.debug_images, job.fast_check
+    calib_images = job.calib_images
     rows = {r.precision: r for r in job.wanted("onnx")}  # the table's ONNX rows: float32, int8, fp16
     base = rows.get("float32")
     if base is None:
@@ -66,73 +68,46 @@ def convert(job: Job) -> None:
             if res.status == "converted":
                 check(res)
                 if repair and res.status == "failed" and not res.error.endswith("cannot be run"):
-                    repair_onnx(res, pre, calib_images, debug_images, quant, int8_extra, save, check,
-                                 fast_check, say)
+                    repair_onnx(res, pre, job, quant, int8_extra, lambda p, extra: save(res, p, extra))
     if "fp16" in rows:
         res = rows["fp16"]
         say(f"converting {res.name}")
         try:
-            save(res, quantize.convert_fp16(proto, res.name), float_extra)
+            save(res, fp16.convert_fp16(proto, res.name), float_extra)
             check(res)
         except ExportError as exc:
             fail_result(res, exc)
 
 
-def repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, quant: QuantSettings, extra, save, check,
-                 fast_check, say) -> None:
-    """Keep the fewest worst-measured layers of ``res`` in float until its gate holds (``cvkeras.export.repair``)."""
+def repair_onnx(res: ArtifactResult, pre: Path, job: Job, quant: QuantSettings, extra: dict[str, Any],
+                save: Callable[[Any, dict[str, Any]], None]) -> None:
+    """Keep the fewest worst-measured layers of ``res`` in float until its gate holds
+    (:func:`cvkeras.export.repair.repair_artifact`, layers ranked by :mod:`cvkeras.export.onnx.ranking`);
+    ``pre``: the pre-processed float graph, ``save(proto, extra)`` writes the artifact with its metadata."""
     from cvkeras.export import repair
     from cvkeras.export.onnx import convert as to_onnx
-    from cvkeras.export.onnx import quantize
+    from cvkeras.export.onnx import quantize, ranking
     from cvkeras.run.rundir import atomic_write
 
-    full = res.to_dict()
-    say(f"{res.error}; measuring per-layer int8 error (onnxruntime qdq_loss_debug)")
-    try:
+    calib_images = job.calib_images
+
+    def rank() -> list[LayerError]:
         raw = quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True, compact=False)
         raw_path = pre.with_name("raw_int8.onnx")
         to_onnx.save(raw, raw_path)
-        ranking = repair.rank_onnx_layers(pre, raw_path, debug_images[: repair.DEBUG_IMAGES].astype(np.float32),
-                                          already_float={*extra.get("float_stem", ()), *extra.get("float_head", ())})
-        candidate = res.path[: -len(".onnx")] + ".candidate.onnx"
+        return ranking.rank_onnx_layers(pre, raw_path, job.debug_images[: repair.DEBUG_IMAGES].astype(np.float32),
+                                        already_float={*extra.get("float_stem", ()), *extra.get("float_head", ())})
 
-        groups = {r.name: r.nodes or [r.name] for r in ranking}
-        built: dict[str, Any] = {}  # what GPTQ and bias correction did to the candidate in the file now
+    def write(layers: list[LayerError], path: str) -> dict[str, Any]:
+        rounding: dict[str, Any] = {}
+        nodes = [n for r in layers for n in (r.nodes or [r.name])]
+        p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True,
+                                   report=rounding)
+        meta_io.embed_onnx(p, meta_io.onnx_metadata(to_onnx.load(res.path), res.path))
+        atomic_write(path, lambda tmp: to_onnx.save(p, tmp))
+        return rounding
 
-        def build(names: list[str]) -> None:
-            nodes = [n for name in names for n in groups[name]]
-            rounding: dict[str, Any] = {}
-            p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True,
-                                       report=rounding)
-            meta_io.embed_onnx(p, meta_io.ModelMetadata.from_json(_onnx_meta(res.path)))
-            atomic_write(candidate, lambda tmp: to_onnx.save(p, tmp))
-            built.clear()
-            built.update(rounding)
-
-        def cand_check() -> tuple[bool, dict[str, Any]]:
-            return fast_check(candidate)
-
-        outcome = repair.search(ranking, build, cand_check, say)
-        if outcome.passed:
-            p = to_onnx_load(candidate)
-            kept = {k: v for k, v in extra.items() if k not in ("gptq", "bias_correction")}  # the full model's
-            save(res, p, {**kept, **built, "float_layers": outcome.float_layers})
-            check(res)
-    except ExportError as exc:
-        res.repair = {"error": str(exc)}
-        return
-    finally:
-        Path(res.path[: -len(".onnx")] + ".candidate.onnx").unlink(missing_ok=True)
-    record_repair(res, full, outcome)
-
-
-def to_onnx_load(path: str):
-    import onnx
-
-    return onnx.load(path)
-
-
-def _onnx_meta(path: str) -> str:
-    from cvkeras.serving.metadata import METADATA_KEY
-
-    return next(p.value for p in to_onnx_load(path).metadata_props if p.key == METADATA_KEY)
+    files = CandidateFiles(".onnx", write, lambda path, meta: save(to_onnx.load(path), meta),
+                           lambda path: Path(path).unlink(missing_ok=True))
+    repair.repair_artifact(res, "per-layer int8 error (onnxruntime qdq_loss_debug)", rank, files, extra,
+                           job.fast_check, job.check, job.say)

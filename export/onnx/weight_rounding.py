@@ -1,11 +1,7 @@
-"""Data-aware rounding of a QDQ int8 ONNX model's weights (GPTQ, Frantar et al. 2023; OBQ for convs).
+"""GPTQ rounding of a QDQ int8 ONNX model's weights (the core: :func:`cvkeras.export.fitting.gptq`).
 
-Rounding each weight to its nearest int8 step is optimal per weight but not for the layer's output: the
-errors of the weights that meet the same input pixels add up. GPTQ rounds a layer's weights one input
-column at a time and moves the error of each rounded column onto the columns not yet rounded, weighted by
-the inverse of the input's second-moment matrix ``H = E[x x^T]`` (over the layer's im2col patches), which
-minimises ``E[(dW x)^2]`` greedily. Scales (per output channel) and every activation range stay as the
-quantizer set them; only the int8 weight values change.
+``H = E[x x^T]`` of each layer is measured over its im2col patches in the float model. Scales (per output
+channel) and every activation range stay as the quantizer set them; only the int8 weight values change.
 
 Supported: Conv with group 1 (any kernel, stride, padding, dilation) and depthwise Conv (group = input
 channels = output channels), and Gemm (transB either way). Other nodes keep nearest rounding.
@@ -20,12 +16,8 @@ from typing import Any
 
 import numpy as np
 
-#: Relative dampening added to H's diagonal (GPTQ's default).
-DAMP = 0.01
-DEFAULT_IMAGES = 128
-#: Layers with more inputs per output (in channels x kernel) keep nearest rounding (H is columns^2).
-MAX_COLUMNS = 2304
-ACT_ORDER = False  # measured on MobileNet a0.25: no better (40 vs 36 flips of 3370 after bias correction)
+from cvkeras.export.fitting import MAX_COLUMNS, gptq, spread
+from cvkeras.export.settings import DEFAULT_FIT_IMAGES
 
 
 @dataclass
@@ -83,41 +75,8 @@ def _accumulate(layer: _Layer, x: np.ndarray) -> None:
     layer.h = h if layer.h is None else layer.h + h
 
 
-def _gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmin: int, qmax: int,
-          act_order: bool | None = None) -> np.ndarray:
-    """GPTQ of rows ``w`` (out, in) with shared ``h`` (in, in) or one per row (out, in, in); int values.
-
-    ``act_order``: round the columns with the largest input power first (shared ``h`` only).
-    """
-    if act_order is None:
-        act_order = ACT_ORDER
-    if act_order and h.ndim == 2:
-        perm = np.argsort(-np.diag(h), kind="stable")
-        q = _gptq(w[:, perm], h[np.ix_(perm, perm)], scale, qmin, qmax, act_order=False)
-        out = np.empty_like(q)
-        out[:, perm] = q
-        return out
-    w = w.astype(np.float64).copy()
-    cols = w.shape[1]
-    eye = np.eye(cols)
-    hh = h if h.ndim == 3 else h[None]
-    damp = DAMP * np.mean(np.diagonal(hh, axis1=1, axis2=2), axis=1)[:, None, None] + 1e-12
-    hh = hh + damp * eye
-    hinv = np.linalg.inv(hh)
-    u = np.linalg.cholesky(hinv).transpose(0, 2, 1)  # upper: hinv = u^T u
-    q = np.zeros_like(w)
-    for i in range(cols):
-        qi = np.clip(np.round(w[:, i] / scale), qmin, qmax)
-        q[:, i] = qi
-        d = u[:, i, i] if h.ndim == 3 else u[0, i, i]
-        err = (w[:, i] - qi * scale) / d
-        row = u[:, i, i + 1 :] if h.ndim == 3 else u[0, i, i + 1 :][None]
-        w[:, i + 1 :] -= err[:, None] * row
-    return q.astype(np.int8)
-
-
 def round_weights(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
-                  max_images: int = DEFAULT_IMAGES, batch: int = 16,
+                  max_images: int = DEFAULT_FIT_IMAGES, batch: int = 16,
                   qrange: tuple[int, int] = (-127, 127)) -> dict[str, Any]:
     """Re-round the int8 weights of ``qdq`` (edited in place) with GPTQ; returns a summary.
 
@@ -130,7 +89,7 @@ def round_weights(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
     import onnx
     from onnx import numpy_helper
 
-    from cvkeras.export.onnx.bias_correction import _session, spread, with_outputs
+    from cvkeras.export.onnx.bias_correction import session, with_outputs
 
     t0 = time.perf_counter()
     f = float_model if isinstance(float_model, onnx.ModelProto) else onnx.load(str(float_model))
@@ -179,7 +138,7 @@ def round_weights(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
         return {"layers": 0}
     x = spread(images, max_images).astype(np.float32)
     names = list(dict.fromkeys(layer.x_name for layer in layers))
-    sess = _session(with_outputs(f, names), optimize=True)
+    sess = session(with_outputs(f, names), optimize=True)
     inp = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     if isinstance(fixed, int) and fixed > 0:
@@ -193,7 +152,7 @@ def round_weights(float_model: str | os.PathLike | Any, qdq, images: np.ndarray,
             _accumulate(layer, outs[layer.x_name])
     for layer in layers:
         w = layer.w_float if layer.kind == "gemm" else layer.w_float.reshape(layer.w_float.shape[0], -1)
-        q = _gptq(w, layer.h, layer.scale, *qrange)
+        q = gptq(w, layer.h, layer.scale, *qrange)
         old = numpy_helper.to_array(layer.weight)
         if layer.kind == "gemm":
             q = q if _attrs(layer.node).get("transB", 0) else q.T

@@ -1,5 +1,5 @@
-"""Empirical bias correction of a full-integer TFLite model: :mod:`cvkeras.export.onnx.bias_correction` for
-``model_int8.tflite``.
+"""Empirical bias correction of a full-integer TFLite model (``model_int8.tflite``), the method of
+:mod:`cvkeras.export.onnx.bias_correction` with the shared update :func:`cvkeras.export.fitting.correct_bias`.
 
 For every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op with an int32 bias, in graph order, the
 per-channel mean of its output before the activation is measured in the float model (``model.tflite``,
@@ -21,13 +21,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cvkeras.export.onnx.bias_correction import DEFAULT_IMAGES, BiasCorrectionResult, LayerShift, spread
+from cvkeras.export.fitting import BiasCorrectionResult, correct_bias, spread
+from cvkeras.export.settings import DEFAULT_FIT_IMAGES
 from cvkeras.export.tflite.graph import Flatbuffer, Layer, input_means, match, output_means, real_weights
 
 #: TFLite op names of :data:`cvkeras.export.tflite.graph.KINDS`, for the report.
 OP_NAMES = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}
 
-__all__ = ["DEFAULT_IMAGES", "correct_biases", "interpreter", "feed", "layer_input_means"]
+__all__ = ["correct_biases", "feed", "interpreter", "layer_input_means"]
 
 
 def interpreter(blob: bytes):
@@ -41,18 +42,13 @@ def interpreter(blob: bytes):
 
 
 def feed(it, image: np.ndarray) -> None:
-    """Set one HWC image (0..255, the model's input contract) as ``it``'s input, quantized if it is integer."""
+    """Set one HWC image (0..255, the model's input contract) as ``it``'s input, quantized if it is integer
+    (as the device's runner quantizes it: :func:`cvkeras.serving.runners.quantize_input`)."""
+    from cvkeras.serving.runners import quantize_input
+
     d = it.get_input_details()[0]
-    dtype = np.dtype(d["dtype"])
-    x = np.asarray(image, np.float32)[None]
-    if dtype.kind == "f":
-        it.set_tensor(d["index"], x.astype(dtype))
-        return
     scale, zero = d["quantization"]
-    v = x / np.float32(scale)
-    q = np.sign(v) * np.floor(np.abs(v) + 0.5) + zero  # round half away from zero, as the runner does
-    info = np.iinfo(dtype)
-    it.set_tensor(d["index"], np.clip(q, info.min, info.max).astype(dtype))
+    it.set_tensor(d["index"], quantize_input(np.asarray(image, np.float32)[None], np.dtype(d["dtype"]), scale, zero))
 
 
 def input_sums(blob: bytes, layers: list[Layer], images: np.ndarray,
@@ -75,7 +71,7 @@ def layer_input_means(blob: bytes, layers: list[Layer], images: np.ndarray) -> l
 
 
 def correct_biases(int8_blob: bytes, float_blob: bytes, images: np.ndarray,
-                   max_images: int = DEFAULT_IMAGES) -> tuple[bytes, BiasCorrectionResult]:
+                   max_images: int = DEFAULT_FIT_IMAGES) -> tuple[bytes, BiasCorrectionResult]:
     """The int8 model ``int8_blob`` with its int32 biases corrected layer by layer, and what was done.
 
     ``float_blob``: the float TFLite model converted from the same SavedModel. ``images``: calibration
@@ -105,11 +101,7 @@ def correct_biases(int8_blob: bytes, float_blob: bytes, images: np.ndarray,
         want = output_means(w_f, b_f, f_in, twin)
         got_in = layer_input_means(fb.to_bytes(), [layer], x)[0]
         got = output_means(w_q, q_bias.astype(np.float64) * scale, got_in, layer)
-        shift = got - want
-        new = q_bias.astype(np.int64) - np.round(shift / scale).astype(np.int64)
-        q_bias[...] = np.clip(new, -(2**31), 2**31 - 1).astype(np.int32)  # in place, in fb's buffer
-        size = float(np.abs(want).mean())
-        result.layers.append(LayerShift(layer.name, OP_NAMES[layer.kind],
-                                        round(float(np.abs(shift).mean()) / size, 6) if size > 0 else 0.0))
+        q_bias[...], shift = correct_bias(q_bias, scale, got, want, layer.name, OP_NAMES[layer.kind])  # in fb's buffer
+        result.layers.append(shift)
     result.seconds = round(time.perf_counter() - t0, 2)
     return fb.to_bytes(), result

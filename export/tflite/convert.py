@@ -16,12 +16,13 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from cvkeras.export.calibration import tflite_representative_dataset
-from cvkeras.export.errors import ConversionError, ExportError
-from cvkeras.export.onnx.convert import quiet
+from cvkeras.export.errors import ConversionError, ExportError, quiet
 from cvkeras.serving.errors import quote
 
 VARIANTS = ("float32", "fp16", "dynamic", "int8")
@@ -110,22 +111,43 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+class _Graph(NamedTuple):
+    """What LiteRT's interpreter tells of a model's ops: tensor details by index, op details in graph order,
+    the index of the first output and the input's dtype."""
+
+    tensors: dict[int, dict]
+    ops: list[dict]
+    output: int
+    input_dtype: np.dtype
+
+
+def _graph(blob: bytes) -> _Graph:
+    """The one reader of a model's ops for this module (an interpreter, tensors not allocated)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=blob)
+    return _Graph({t["index"]: t for t in interp.get_tensor_details()}, interp._get_ops_details(),  # noqa: SLF001
+                  interp.get_output_details()[0]["index"], np.dtype(interp.get_input_details()[0]["dtype"]))
+
+
 def head_tensors(calibrated: bytes) -> list[str]:
     """Output tensor names of the classifier of a TFLite model: the SOFTMAX producing the model output and the
     FULLY_CONNECTED feeding it (empty when the graph does not end that way)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=calibrated)
-    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
-    producer = {o: op for op in interp._get_ops_details() for o in op["outputs"]}  # noqa: SLF001
+    g = _graph(calibrated)
+    producer = {o: op for op in g.ops for o in op["outputs"]}
     out: list[str] = []
-    op = producer.get(interp.get_output_details()[0]["index"])
+    op = producer.get(g.output)
     if op is not None and op["op_name"] == "SOFTMAX":
-        out.append(names[op["outputs"][0]])
+        out.append(g.tensors[op["outputs"][0]]["name"])
         op = producer.get(op["inputs"][0])
         if op is not None and op["op_name"] == "FULLY_CONNECTED":
-            out.append(names[op["outputs"][0]])
+            out.append(g.tensors[op["outputs"][0]]["name"])
     return out
+
+
+def input_type(path: str | os.PathLike) -> str:
+    """The input dtype of the TFLite model in ``path`` (``uint8``, ``int8``, ``float32``)."""
+    return _graph(Path(path).read_bytes()).input_dtype.name
 
 
 def int8_model(calibrated: bytes, io_type: str, denylisted_nodes: Sequence[str] = (),
@@ -160,13 +182,10 @@ def int8_model(calibrated: bytes, io_type: str, denylisted_nodes: Sequence[str] 
 
 def float_ops(blob: bytes) -> list[str]:
     """Output tensor names of the compute ops of ``blob`` that produce float32 (QUANTIZE/DEQUANTIZE aside)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=blob)
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    return [tensors[op["outputs"][0]]["name"] for op in interp._get_ops_details()  # noqa: SLF001
+    g = _graph(blob)
+    return [g.tensors[op["outputs"][0]]["name"] for op in g.ops
             if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "DELEGATE") and op["outputs"]
-            and np.dtype(tensors[op["outputs"][0]]["dtype"]) == np.float32]
+            and np.dtype(g.tensors[op["outputs"][0]]["dtype"]) == np.float32]
 
 
 def compact(blob: bytes, artifact: str = "model.tflite") -> bytes:

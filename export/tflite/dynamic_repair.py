@@ -18,16 +18,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cvkeras.export.onnx.bias_correction import spread
+from cvkeras.export.fitting import spread
 from cvkeras.export.repair import LayerError
+from cvkeras.export.settings import DEFAULT_FIT_IMAGES
 from cvkeras.export.tflite.graph import Flatbuffer, real_weights
-from cvkeras.export.tflite.weight_rounding import DEFAULT_IMAGES, _rows, fitted_layers, input_moments
+from cvkeras.export.tflite.weight_rounding import fitted_layers, input_moments, rows
 
 __all__ = ["float_weights", "rank_layers"]
 
 
 def rank_layers(dynamic_blob: bytes, float_blob: bytes, images: np.ndarray,
-                max_images: int = DEFAULT_IMAGES) -> list[LayerError]:
+                max_images: int = DEFAULT_FIT_IMAGES) -> list[LayerError]:
     """The int8-weight ops of ``dynamic_blob`` by relative output error of their weights, worst first;
     ``LayerError.name`` is the op's output tensor name (in both models)."""
     fb = Flatbuffer(dynamic_blob)
@@ -37,7 +38,7 @@ def rank_layers(dynamic_blob: bytes, float_blob: bytes, images: np.ndarray,
     h = input_moments(float_blob, [twin for _, twin, _ in todo], spread(images, max_images))
     ranked = []
     for (layer, _, w_f), hk in zip(todo, h, strict=True):
-        w, dw = _rows(w_f, layer.kind), _rows(real_weights(fb, layer) - w_f, layer.kind)
+        w, dw = rows(w_f, layer.kind), rows(real_weights(fb, layer) - w_f, layer.kind)
         if layer.kind == "depthwise":  # one H per channel: (C, k, k)
             signal, noise = np.einsum("ck,ckm,cm->", w, hk, w), np.einsum("ck,ckm,cm->", dw, hk, dw)
         else:

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from cvkeras.export import fitting
 from cvkeras.export import metadata as meta_io
 from cvkeras.export.errors import ConversionError, ExportError, converting
-from cvkeras.export.job import Job, fail_result, record_repair
-from cvkeras.export.onnx.quantize import QuantSettings
+from cvkeras.export.job import Job, fail_result
+from cvkeras.export.repair import CandidateFiles, LayerError
+from cvkeras.export.settings import TFLITE_CALIBRATION, QuantSettings
 from cvkeras.export.verify import ArtifactResult
 
 
@@ -25,9 +27,9 @@ def convert(job: Job) -> None:
     from cvkeras.export.tflite import convert as to_tflite
     from cvkeras.run.rundir import atomic_write
 
-    model, say, check, metadata, fast_check = job.model, job.say, job.check, job.metadata, job.fast_check
+    model, say, check, metadata = job.model, job.say, job.check, job.metadata
     io_type, repair, quant = job.options.io_type, job.options.repair, job.options.quant_settings()
-    calib_images, debug_images = job.calib_images, job.debug_images
+    calib_images = job.calib_images
     blobs: dict[str, bytes] = {}  # by precision: the float model is the reference of the int8 fitting
 
     wanted = job.wanted("tflite")
@@ -44,7 +46,7 @@ def convert(job: Job) -> None:
                                                                     res.name)
                     if res.precision == "int8":
                         extra.update(io_type=io_type,
-                                     calibration={"method": "minmax", "samples": len(calib_images)})
+                                     calibration={"method": TFLITE_CALIBRATION, "samples": len(calib_images)})
                     if res.precision in ("int8", "dynamic"):
                         reference = float_blob(blobs, saved, res.name)
                         blob = fit_rounding(blob, reference, calib_images, quant, res.name, extra, say,
@@ -59,11 +61,9 @@ def convert(job: Job) -> None:
                 check(res)
                 if repair and res.status == "failed" and not res.error.endswith("cannot be run"):
                     if res.precision == "int8":
-                        repair_tflite(res, saved, calib_images, debug_images, io_type, extra, metadata,
-                                      fast_check, check, say, quant, float_blob(blobs, saved, res.name))
+                        repair_tflite(res, saved, job, extra, float_blob(blobs, saved, res.name))
                     elif res.precision == "dynamic":
-                        repair_dynamic(res, named, float_blob(blobs, saved, res.name), calib_images, extra,
-                                       metadata, fast_check, check, say)
+                        repair_dynamic(res, named, float_blob(blobs, saved, res.name), job, extra)
     except ConversionError as exc:  # the SavedModel trace failed: no TFLite variant can be made
         for res in wanted:
             fail_result(res, ConversionError(res.name, str(exc).split(": ", 1)[-1]))
@@ -81,12 +81,11 @@ def float_blob(blobs: dict[str, bytes], saved: str, artifact: str = "model_int8.
 
 def fit_rounding(blob: bytes, reference: bytes, images: np.ndarray, quant: QuantSettings, artifact: str,
                  report: dict[str, Any] | None, say: Callable[[str], None], hybrid: bool = False) -> bytes:
-    """GPTQ weight rounding, then bias correction, of full-integer model ``blob`` against its float twin.
-
-    The TFLite twin of :func:`cvkeras.export.onnx.quantize._fit_rounding`, with the same settings (``gptq_images``,
-    ``bias_correction_images``; 0 turns a step off); ``report`` gets ``"gptq"`` and ``"bias_correction"``.
-    ``hybrid``: ``blob`` is the dynamic-range model: GPTQ only (its activations are quantized at run time,
-    per batch, so there is no fixed rounding shift for a bias to absorb).
+    """GPTQ weight rounding, then bias correction, of full-integer model ``blob`` against its float twin:
+    :func:`cvkeras.export.fitting.fit_rounding` with the TFLite steps, with the same settings as ONNX
+    (``gptq_images``, ``bias_correction_images``; 0 turns a step off); ``report`` gets ``"gptq"`` and
+    ``"bias_correction"``. ``hybrid``: ``blob`` is the dynamic-range model: GPTQ only (its activations are
+    quantized at run time, per batch, so there is no fixed rounding shift for a bias to absorb).
 
     Raises:
         ConversionError: a step failed.
@@ -98,100 +97,75 @@ def fit_rounding(blob: bytes, reference: bytes, images: np.ndarray, quant: Quant
         out, done = correct_biases(b, reference, images, n)
         return out, done.summary()
 
-    steps = (("gptq", quant.gptq_images, "GPTQ weight rounding",
-              lambda b, n: round_weights(b, reference, images, n, hybrid=hybrid)),
-             ("bias_correction", 0 if hybrid else quant.bias_correction_images, "int8 bias correction",
-              bias_step))
-    for key, n, what, step in steps:
-        if n <= 0:
-            continue
-        with converting(artifact, what, "export without --int8"):
-            blob, done = step(blob, n)
-        say(f"  {artifact}: {what} of {done.get('layers', 0)} op(s), {done.get('images', 0)} images, "
-            f"{done.get('seconds', 0)} s")
-        if report is not None:
-            report[key] = done
-    return blob
+    return fitting.fit_rounding(blob, quant, lambda b, n: round_weights(b, reference, images, n, hybrid=hybrid),
+                                None if hybrid else bias_step, artifact, report, say)
 
 
-def repair_tflite(res: ArtifactResult, saved: str, calib_images, debug_images, io_type: str, extra, metadata,
-                   fast_check, check, say, quant: QuantSettings | None = None, reference: bytes | None = None) -> None:
-    """TFLite twin of :func:`..onnx.steps.repair_onnx`, with the QuantizationDebugger's ``denylisted_nodes``;
-    each candidate gets :func:`fit_rounding` too (with ``quant`` and the float model ``reference``)."""
+def repair_tflite(res: ArtifactResult, saved: str, job: Job, extra: dict[str, Any], reference: bytes) -> None:
+    """:func:`cvkeras.export.repair.repair_artifact` for ``model_int8.tflite``, ranked and made by the
+    QuantizationDebugger (:mod:`cvkeras.export.tflite.debugger`, ``denylisted_nodes``); each candidate gets
+    :func:`fit_rounding` too (with the export's settings and the float model ``reference``)."""
     from cvkeras.export import repair
+    from cvkeras.export.tflite.debugger import TFLiteDebugger
 
-    full = res.to_dict()
-    say(f"{res.error}; measuring per-layer int8 error (TFLite QuantizationDebugger)")
-    try:
-        debugger = repair.TFLiteDebugger(saved, calib_images, debug_images[: repair.DEBUG_IMAGES], res.name)
+    quant, io_type, calib_images = job.options.quant_settings(), job.options.io_type, job.calib_images
+    debugger: list[TFLiteDebugger] = []
 
-        def make(names: list[str]) -> tuple[bytes, dict[str, Any]]:
-            blob, rounding = debugger.quantize(names, io_type), {}
-            if quant is not None and reference is not None:
-                blob = fit_rounding(blob, reference, calib_images, quant, res.name, rounding, lambda m: None)
-            return blob, rounding
+    def rank() -> list[LayerError]:
+        debugger.append(TFLiteDebugger(saved, calib_images, job.debug_images[: repair.DEBUG_IMAGES], res.name))
+        return debugger[0].ranking()
 
-        _search(res, full, debugger.ranking(), make, extra, metadata, fast_check, check, say)
-    except ExportError as exc:
-        res.repair = {"error": str(exc)}
+    def make(layers: list[LayerError]) -> tuple[bytes, dict[str, Any]]:
+        blob, rounding = debugger[0].quantize([r.name for r in layers], io_type), {}
+        blob = fit_rounding(blob, reference, calib_images, quant, res.name, rounding, lambda m: None)
+        return blob, rounding
+
+    repair.repair_artifact(res, "per-layer int8 error (TFLite QuantizationDebugger)", rank,
+                           candidate_files(res, make, job.metadata), extra, job.fast_check, job.check, job.say)
 
 
-def repair_dynamic(res: ArtifactResult, blob: bytes, reference: bytes, calib_images, extra, metadata, fast_check,
-                   check, say) -> None:
+def repair_dynamic(res: ArtifactResult, blob: bytes, reference: bytes, job: Job, extra: dict[str, Any]) -> None:
     """When ``model_dynamic.tflite`` misses a gate: give its worst int8-weight ops (ranked by
     :func:`cvkeras.export.tflite.dynamic_repair.rank_layers` on the calibration images) their float weights back, the
     fewest that pass. ``blob``: the model as fitted, before its names were stripped."""
+    from cvkeras.export import repair
     from cvkeras.export.tflite.dynamic_repair import float_weights, rank_layers
 
-    full = res.to_dict()
-    say(f"{res.error}; measuring per-layer int8 weight error on calibration images")
-    try:
+    def rank() -> list[LayerError]:
         with converting(res.name, "ranking its layers"):
-            ranking = rank_layers(blob, reference, calib_images)
-        _search(res, full, ranking, lambda names: (float_weights(blob, reference, names), {}), extra, metadata,
-                fast_check, check, say)
-    except ExportError as exc:
-        res.repair = {"error": str(exc)}
+            return rank_layers(blob, reference, job.calib_images)
+
+    def make(layers: list[LayerError]) -> tuple[bytes, dict[str, Any]]:
+        return float_weights(blob, reference, [r.name for r in layers]), {}
+
+    repair.repair_artifact(res, "per-layer int8 weight error on calibration images", rank,
+                           candidate_files(res, make, job.metadata), extra, job.fast_check, job.check, job.say)
 
 
-def _search(res: ArtifactResult, full: dict[str, Any], ranking, make, extra, metadata, fast_check, check,
-            say) -> None:
-    """The repair search of :func:`cvkeras.export.repair.search` over ``make(names) -> (blob, fitting record)``
-    candidates, written next to the artifact; the passing one replaces it and is checked like any artifact."""
+def candidate_files(res: ArtifactResult, make: Callable[[list[LayerError]], tuple[bytes, dict[str, Any]]],
+                    metadata: Callable[[str, dict[str, Any]], Any]) -> CandidateFiles:
+    """The TFLite repair candidates of ``res``: ``make(layers) -> (blob, fitting record)`` written compacted
+    next to the artifact with a copy of its sidecar; the passing one replaces it with its own metadata."""
     import shutil
 
-    from cvkeras.export import repair
     from cvkeras.export.tflite import convert as to_tflite
     from cvkeras.run.rundir import atomic_write
     from cvkeras.serving.metadata import sidecar_path
 
-    candidate = res.path[: -len(".tflite")] + ".candidate.tflite"
-    built: dict[str, Any] = {}  # what GPTQ and bias correction did to the candidate in the file now
-    try:
-        def build(names: list[str]) -> None:
-            blob, rounding = make(names)
-            atomic_write(candidate, to_tflite.compact(blob, res.name))
-            shutil.copyfile(sidecar_path(res.path), sidecar_path(candidate))
-            built.clear()
-            built.update(rounding)
+    def write(layers: list[LayerError], path: str) -> dict[str, Any]:
+        blob, rounding = make(layers)
+        atomic_write(path, to_tflite.compact(blob, res.name))
+        shutil.copyfile(sidecar_path(res.path), sidecar_path(path))
+        return rounding
 
-        outcome = repair.search(ranking, build, lambda: fast_check(candidate), say)
-        if outcome.passed:
-            atomic_write(res.path, Path(candidate).read_bytes())  # recorded as cvkeras's, like every artifact
-            kept = {k: v for k, v in extra.items() if k not in ("gptq", "bias_correction")}  # the full model's
-            if res.precision == "int8":
-                kept["io_type"] = _tflite_io_type(candidate)
-            meta_io.write_sidecar(res.path, metadata(res.precision, {**kept, **built,
-                                                                     "float_layers": outcome.float_layers}))
-            check(res)
-    finally:
-        cand = Path(candidate)
-        cand.unlink(missing_ok=True)
-        sidecar_path(cand).unlink(missing_ok=True)
-    record_repair(res, full, outcome)
+    def adopt(path: str, extra: dict[str, Any]) -> None:
+        atomic_write(res.path, Path(path).read_bytes())  # recorded as cvkeras's, like every artifact
+        if res.precision == "int8":
+            extra["io_type"] = to_tflite.input_type(path)
+        meta_io.write_sidecar(res.path, metadata(res.precision, extra))
 
+    def remove(path: str) -> None:
+        Path(path).unlink(missing_ok=True)
+        sidecar_path(path).unlink(missing_ok=True)
 
-def _tflite_io_type(path: str) -> str:
-    from ai_edge_litert.interpreter import Interpreter
-
-    return np.dtype(Interpreter(model_path=path).get_input_details()[0]["dtype"]).name
+    return CandidateFiles(".tflite", write, adopt, remove)

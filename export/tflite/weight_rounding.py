@@ -1,5 +1,5 @@
-"""GPTQ weight rounding of a full-integer TFLite model: the ONNX GPTQ core for ``model_int8.tflite``,
-with the same numpy core (:func:`cvkeras.export.onnx.weight_rounding._gptq`).
+"""GPTQ weight rounding of a full-integer TFLite model (``model_int8.tflite``), with the numpy core both formats
+share (:func:`cvkeras.export.fitting.gptq`).
 
 The second moments ``H`` of each op's input patches are measured in the float model (``model.tflite``,
 ops matched by tensor name), in the column order of the TFLite weight layout: (kh, kw, in) for CONV_2D,
@@ -17,22 +17,23 @@ from typing import Any
 
 import numpy as np
 
-from cvkeras.export.onnx.bias_correction import spread
-from cvkeras.export.onnx.weight_rounding import DEFAULT_IMAGES, MAX_COLUMNS, _gptq
+from cvkeras.export.fitting import MAX_COLUMNS, gptq, spread
+from cvkeras.export.settings import DEFAULT_FIT_IMAGES
 from cvkeras.export.tflite.bias_correction import input_sums
 from cvkeras.export.tflite.graph import Flatbuffer, Layer, match, real_weights, taps
 
-__all__ = ["DEFAULT_IMAGES", "fitted_layers", "input_moments", "round_weights"]
+__all__ = ["fitted_layers", "from_rows", "input_moments", "round_weights", "rows"]
 
 
-def _rows(w: np.ndarray, kind: str) -> np.ndarray:
+def rows(w: np.ndarray, kind: str) -> np.ndarray:
     """Weights in the op's layout -> (out channels, columns)."""
     if kind == "depthwise":  # (1, kh, kw, C) -> (C, kh*kw)
         return w[0].reshape(-1, w.shape[-1]).T
     return w.reshape(w.shape[0], -1)
 
 
-def _from_rows(q: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
+def from_rows(q: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """(out channels, columns) -> the op's weight layout ``shape`` (the inverse of :func:`rows`)."""
     if kind == "depthwise":
         return q.T.reshape(shape)
     return q.reshape(shape)
@@ -82,7 +83,7 @@ def input_moments(float_blob: bytes, twins: list[Layer], images: np.ndarray) -> 
 
 
 def round_weights(int8_blob: bytes, float_blob: bytes, images: np.ndarray,
-                  max_images: int = DEFAULT_IMAGES, hybrid: bool = False) -> tuple[bytes, dict[str, Any]]:
+                  max_images: int = DEFAULT_FIT_IMAGES, hybrid: bool = False) -> tuple[bytes, dict[str, Any]]:
     """The int8 model ``int8_blob`` with its int8 weights re-rounded by GPTQ, and a summary of what was done.
 
     ``float_blob``: the float TFLite model converted from the same SavedModel. ``images``: calibration
@@ -98,15 +99,15 @@ def round_weights(int8_blob: bytes, float_blob: bytes, images: np.ndarray,
     h = input_moments(float_blob, [twin for _, twin, _ in todo], x)
     pinned = 0
     for (layer, _, w_f), hk in zip(todo, h, strict=True):
-        w = _rows(w_f, layer.kind)
+        w = rows(w_f, layer.kind)
         scale = layer.weight.scale
-        q = _gptq(w, hk, scale, -127, 127).astype(np.int64)
+        q = gptq(w, hk, scale, -127, 127).astype(np.int64)
         # the weight that set each channel's scale keeps its nearest value (+-127)
         top = np.abs(w).argmax(axis=1)
-        rows = np.arange(len(w))
-        nearest = np.clip(np.round(w[rows, top] / scale), -127, 127).astype(np.int64)
-        pinned += int(np.sum(q[rows, top] != nearest))
-        q[rows, top] = nearest
-        fb.array(layer.weight)[...] = _from_rows(q.astype(np.int8), layer.weight.shape, layer.kind)
+        idx = np.arange(len(w))
+        nearest = np.clip(np.round(w[idx, top] / scale), -127, 127).astype(np.int64)
+        pinned += int(np.sum(q[idx, top] != nearest))
+        q[idx, top] = nearest
+        fb.array(layer.weight)[...] = from_rows(q.astype(np.int8), layer.weight.shape, layer.kind)
     return fb.to_bytes(), {"layers": len(todo), "images": len(x), "pinned": pinned,
                            "seconds": round(time.perf_counter() - t0, 2)}
