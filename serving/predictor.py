@@ -42,7 +42,7 @@ from cvkeras.serving.hints import failed_model_line, not_a_model_hint
 from cvkeras.serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
 from cvkeras.serving.preprocess import JPEG_SCALING, load_resized
 from cvkeras.serving.results import ImageInput, Prediction, is_single, source_name
-from cvkeras.serving.runners import ModelError, _OnnxRunner, _Runner, _TFLiteRunner
+from cvkeras.serving.runners import ModelError, OnnxRunner, Runner, TFLiteRunner
 
 #: ``Predictor`` modes: settings for one image at a time, for batches and folders, or chosen per call.
 MODES = ("latency", "throughput", "auto")
@@ -69,9 +69,9 @@ def _inference_errors(path: Path) -> Iterator[None]:
 class Predictor:
     """A loaded model plus its metadata. Create with :meth:`Predictor.load`."""
 
-    def __init__(self, runner: _Runner, metadata: ModelMetadata, path: Path,
+    def __init__(self, runner: Runner, metadata: ModelMetadata, path: Path,
                  decode_workers: int | None = None, mode: str = "auto",
-                 make_runner: Callable[[str], _Runner] | None = None) -> None:
+                 make_runner: Callable[[str], Runner] | None = None) -> None:
         self.metadata = metadata
         self.path = path
         self.mode = check_mode(mode)
@@ -79,7 +79,7 @@ class Predictor:
         #: Decode large JPEGs DCT-scaled: the contract of models exported with that rule (not older ones).
         self.jpeg_scaling = metadata.preprocess.get("jpeg_scaling") == JPEG_SCALING
         first = "throughput" if mode == "throughput" else "latency"
-        self._runners: dict[str, _Runner] = {first: runner}
+        self._runners: dict[str, Runner] = {first: runner}
         self._make_runner = make_runner
         self._lock = threading.Lock()
         self._local = threading.local()  # per-thread input buffer of the single-image path
@@ -106,11 +106,11 @@ class Predictor:
         if not p.is_file():
             raise ModelError(not_a_model_hint(p))
         if p.suffix == ".onnx":
-            def make_runner(use: str) -> _Runner:
-                return _OnnxRunner(p, providers, threads, spinning=use == "latency")
+            def make_runner(use: str) -> Runner:
+                return OnnxRunner(p, providers, threads, spinning=use == "latency")
         elif p.suffix == ".tflite":
-            def make_runner(use: str) -> _Runner:
-                return _TFLiteRunner(p, threads)
+            def make_runner(use: str) -> Runner:
+                return TFLiteRunner(p, threads)
         elif p.suffix in (".keras", ".h5"):
             run = p.parent
             raise ModelError(f"{p}: a Keras model; devices run the exported one: `cvkeras export {run}` writes "
@@ -131,7 +131,7 @@ class Predictor:
         return cls(runner, meta, p, decode_workers, mode,
                    make_runner if p.suffix == ".onnx" else None)  # LiteRT: one interpreter serves both
 
-    def _runner_for(self, use: str) -> _Runner:
+    def _runner_for(self, use: str) -> Runner:
         """The runner for ``use`` ("latency" or "throughput"); in auto mode made on first use."""
         if self.mode != "auto":
             use = self.mode
@@ -146,7 +146,7 @@ class Predictor:
         return runner
 
     @property
-    def _runner(self) -> _Runner:
+    def _runner(self) -> Runner:
         """The runner of this predictor's mode (auto: the latency one, made at load)."""
         return self._runner_for("throughput" if self.mode == "throughput" else "latency")
 
@@ -264,7 +264,7 @@ class Predictor:
         runner = self._runner_for("latency")
         arr = load_resized(image, self.input_size, self.jpeg_scaling)  # raises ImageError
         with _inference_errors(self.path):
-            if isinstance(runner, _TFLiteRunner) and runner.takes_uint8_image:
+            if isinstance(runner, TFLiteRunner) and runner.takes_uint8_image:
                 probs = runner.run_uint8(arr)
             else:
                 x = getattr(self._local, "x", None)

@@ -60,7 +60,7 @@ class ModelError(CvkerasError, ValueError):
     """A model file that cannot be loaded or run; the message names the file and the fix."""
 
 
-class _OnnxRunner:
+class OnnxRunner:
     """One ONNX Runtime session; the single float32 NHWC input and the first output (probabilities)."""
 
     kind = "onnx"
@@ -137,7 +137,7 @@ def quantize_input(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-class _TFLiteRunner:
+class TFLiteRunner:
     """A LiteRT interpreter (fixed batch of 1); (de)quantizes integer I/O with the tensors' own params."""
 
     kind = "tflite"
@@ -206,4 +206,4 @@ class _TFLiteRunner:
         return np.concatenate(out, axis=0) if out else np.zeros((0, self.num_classes), np.float32)
 
 
-_Runner = _OnnxRunner | _TFLiteRunner
+Runner = OnnxRunner | TFLiteRunner
