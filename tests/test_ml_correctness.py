@@ -148,7 +148,7 @@ def test_default_weight_decay_is_not_negligible():
 def test_a_mixed_image_is_weighted_by_its_mix():
     import tensorflow as tf
 
-    from cvkeras.train.trainer import class_weights, with_sample_weights
+    from cvkeras.train.optim import class_weights, with_sample_weights
 
     weights = class_weights([90, 10], "auto")  # 0.556 and 5.0
     labels = tf.constant([[0.51, 0.49], [0.49, 0.51], [1.0, 0.0]])

@@ -101,7 +101,7 @@ def write_table(path: str | os.PathLike = STATS_FILE, latency_runs: int = 10) ->
     """Measure every registry row at its defaults and write the table (with the machine it ran on)."""
     import platform
 
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
 
     rows = [measure(spec, latency_runs=latency_runs) for spec in REGISTRY.values()]
     doc = {"schema": 1, "machine": f"{platform.machine()}, {os.cpu_count()} cores",

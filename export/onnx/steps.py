@@ -22,7 +22,7 @@ def convert(job: Job) -> None:
 
     from cvkeras.export.onnx import convert as to_onnx
     from cvkeras.export.onnx import quantize
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
 
     model, say, check, metadata = job.model, job.say, job.check, job.metadata
     opset, quant, repair = job.options.opset, job.options.quant_settings(), job.options.repair
@@ -84,7 +84,7 @@ def repair_onnx(res: ArtifactResult, pre: Path, calib_images, debug_images, quan
     from cvkeras.export import repair
     from cvkeras.export.onnx import convert as to_onnx
     from cvkeras.export.onnx import quantize
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
 
     full = res.to_dict()
     say(f"{res.error}; measuring per-layer int8 error (onnxruntime qdq_loss_debug)")

@@ -23,7 +23,7 @@ from cvkeras.export.verify import ArtifactResult
 def convert(job: Job) -> None:
     """Make, check (and repair) every planned TFLite artifact."""
     from cvkeras.export.tflite import convert as to_tflite
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
 
     model, say, check, metadata, fast_check = job.model, job.say, job.check, job.metadata, job.fast_check
     io_type, repair, quant = job.options.io_type, job.options.repair, job.options.quant_settings()
@@ -162,7 +162,7 @@ def _search(res: ArtifactResult, full: dict[str, Any], ranking, make, extra, met
 
     from cvkeras.export import repair
     from cvkeras.export.tflite import convert as to_tflite
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
     from cvkeras.serving.metadata import sidecar_path
 
     candidate = res.path[: -len(".tflite")] + ".candidate.tflite"
