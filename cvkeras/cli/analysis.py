@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cvkeras.cli.errors import command_errors
 from cvkeras.serving.console import print_json, stdout_console
-from cvkeras.serving.errors import CvkerasError, fail, printable, quote
+from cvkeras.serving.errors import fail, printable, quote
 from cvkeras.train.quiet import quiet_tensorflow
 
 console = stdout_console()
@@ -28,17 +29,13 @@ def evaluate(
     """Recompute a run's metrics report (metrics.json, confusion_matrix.png) from best.keras."""
     quiet_tensorflow()
     from cvkeras.analysis.evaluate import evaluate_run, summary_rows
-    from cvkeras.run.files import os_error_line, run_lock
+    from cvkeras.run.files import run_lock
 
     if split not in ("val", "test"):
         raise fail(f"unknown --split {quote(split)}; use val or test")
-    try:
+    with command_errors():
         with run_lock(run, "evaluate") if run.is_dir() else contextlib.nullcontext():
             report = evaluate_run(run, data=data, split=split)
-    except CvkerasError as exc:
-        raise fail(exc) from None
-    except OSError as exc:
-        raise fail(os_error_line(exc)) from None
     if json_out:
         print_json(report)
         return
@@ -63,17 +60,12 @@ def explain(
     from rich.progress import Progress
 
     from cvkeras.analysis.explain_run import explain_run
-    from cvkeras.run.files import os_error_line
 
-    try:
+    with command_errors():
         with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
             task = bar.add_task("explaining", total=None)
             result = explain_run(run, images, layer, class_label, method, output,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except CvkerasError as exc:
-        raise fail(exc) from None
-    except OSError as exc:
-        raise fail(os_error_line(exc)) from None
     for src, why in result.skipped:
         err.print(printable(f"skipped {src}: {why}"), highlight=False, soft_wrap=True, markup=False)
     if not result.items:
@@ -99,12 +91,7 @@ def report(
     skipped files and the export table; one self-contained file that opens offline."""
     quiet_tensorflow()
     from cvkeras.analysis.report import write_report
-    from cvkeras.run.files import os_error_line
 
-    try:
+    with command_errors():
         path = write_report(run, mistakes)
-    except CvkerasError as exc:
-        raise fail(exc) from None
-    except OSError as exc:
-        raise fail(os_error_line(exc)) from None
     console.print(f"Report saved to {path}", highlight=False)
