@@ -112,7 +112,7 @@ def _detectors(a, clean, truth: set[frozenset]) -> dict:
     """Near-copy detectors compared on the same images (pairs across train/val only, as planted): each is
     scored on the planted set, its pairs on the unplanted set are excluded from the precision denominator."""
     from cvkeras.data import duplicates
-    from cvkeras.data.check import _normed
+    from cvkeras.data.check_analysis import normed as _normed
 
     def parts(x):
         splits = np.asarray(x.splits)

@@ -125,9 +125,9 @@ def same_split(run: Path, teacher: Path) -> None:
 
 def recipe(run: Path) -> dict[str, object]:
     """What the run's recipe resolved to and how many epochs each stage really ran (early stopping)."""
-    from cvkeras.run.rundir import read_run_config
+    from cvkeras.run.rundir import RunDir
 
-    cfg = read_run_config(run)
+    cfg = RunDir(run).config_doc()
     train, rec = cfg["train"], (cfg.get("run") or {}).get("recipe") or {}
     ran = [0, 0]
     for line in (run / "history.csv").read_text().splitlines()[1:]:
@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT.relative_to(ROOT)})")
     ap.add_argument("--name", default="", help="subfolder of --out for this setting's distilled run")
     args = ap.parse_args()
-    from cvkeras.run.rundir import read_run_config
+    from cvkeras.run.rundir import RunDir
     from cvkeras.search.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 
     needed = [STUDENT_WEIGHTS] + ([args.teacher_run / "best.keras"] if args.teacher_run else [FLOWERS, TEACHER_WEIGHTS])
@@ -225,7 +225,7 @@ def main() -> None:
         seconds: dict[str, float | None] = {}
         if args.teacher_run:
             teacher = args.teacher_run.resolve()
-            tcfg = read_run_config(teacher)
+            tcfg = RunDir(teacher).config_doc()
             data, val_split, seed = tcfg["data"]["source"], tcfg["data"]["val_split"], tcfg["data"]["seed"]
             size = args.size or int(tcfg["model"]["image_size"][0])
             teacher_hash = sha256(teacher / "best.keras")
@@ -285,7 +285,7 @@ def main() -> None:
         if sha256(teacher / "best.keras") != teacher_hash:
             sys.exit(f"error: {teacher}/best.keras changed while the benchmark ran")
     acc_t, acc_a, acc_d = accuracy(teacher), accuracy(alone), accuracy(distilled)
-    dcfg = (read_run_config(distilled).get("run") or {}).get("distill") or {}
+    dcfg = (RunDir(distilled).config_doc().get("run") or {}).get("distill") or {}
     result = {
         "data": f"{data}, val_split {val_split}, seed {seed}, {size}x{size} px",
         "teacher": {"run": str(teacher), "model": "mobilenet_v2 a0.5", "recipe": recipe(teacher),

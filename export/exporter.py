@@ -175,16 +175,19 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     Raises:
         ExportError: unknown run directory, missing ``best.keras``, bad options (``RunDirError`` included).
     """
-    from cvkeras.run import rundir
+    from cvkeras.run.files import atomic_write, write_json
+    from cvkeras.run.rundir import RunDir
+    from cvkeras.serving.errors import RunDirError
+    from cvkeras.serving.formats import LABELS, labels_text
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     opts = replace(options or ExportOptions(), **settings).checked()
     try:
-        rd = rundir.RunDir.open(run)
+        rd = RunDir.open(run)
         labels, split, model_name = rd.labels(), rd.split(), rd.model_name()
         seed, size = rd.seed(), list(rd.image_size())
-    except rundir.RunDirError as exc:
+    except RunDirError as exc:
         raise ExportError(str(exc)) from None
     out_dir = Path(output) if output is not None else rd.export_dir
     if out_dir.exists() and not out_dir.is_dir():
@@ -197,7 +200,7 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     try:
         data = fidelity.fidelity_set(rd.path, (size[0], size[1]), opts.calibration_samples if opts.int8 else None,
                                      seed, opts.verify_samples)
-    except rundir.RunDirError as exc:
+    except RunDirError as exc:
         raise ExportError(f"{exc}; verification needs validation images") from None
     say(f"running the Keras model on {len(data.labels)} fidelity images")
     keras_probs = _predict(model, data.images)
@@ -205,14 +208,14 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     keras_acc = float((keras_probs[val].argmax(1) == data.labels[val]).mean())
     folder.prepare_output(out_dir)
     removed = folder.remove_previous_export(out_dir)
-    folder.refuse_overwrites(out_dir, [rundir.LABELS, REFERENCE_FILE, REPORT_FILE, *(a.name for a in opts.planned())])
+    folder.refuse_overwrites(out_dir, [LABELS, REFERENCE_FILE, REPORT_FILE, *(a.name for a in opts.planned())])
     if removed:
         say(f"removed {len(removed)} file(s) of the previous export in {out_dir} (an export replaces it): "
             f"{', '.join(removed)}")
-    rundir.write_labels(out_dir, labels)
+    atomic_write(out_dir / LABELS, labels_text(labels))
     root = split.get("root")
     ref_paths = None if data.paths is None else relative_paths(data.paths, root)
-    rundir.atomic_write(out_dir / REFERENCE_FILE, Reference(
+    atomic_write(out_dir / REFERENCE_FILE, Reference(
         keras_probs, data.labels, ref_paths, keras_acc, splits=data.splits,
         calibration=relative_paths(data.calibration_paths, root), seen=relative_paths(data.seen_paths, root),
     ).to_bytes())
@@ -261,7 +264,7 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     report.artifacts = list(results.values())
     report.unverified_files = folder.unverified_files(out_dir, [Path(r.path).name for r in report.artifacts])
     report.seconds = time.perf_counter() - t0
-    rundir.write_json(out_dir / REPORT_FILE, report.to_dict())
+    write_json(out_dir / REPORT_FILE, report.to_dict())
     return report
 
 

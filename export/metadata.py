@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cvkeras import __version__
-from cvkeras.run.rundir import atomic_write
+from cvkeras.run.files import atomic_write
 from cvkeras.serving.metadata import METADATA_KEY, ModelMetadata, metadata_from_props, sidecar_path
 
 

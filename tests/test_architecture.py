@@ -69,16 +69,12 @@ def test_rundir_round_trip(tmp_path):
 
 def test_rundir_seed_defaults_to_the_config_default(tmp_path):
     """A config.yaml without data.seed: every reader gets FinetuneConfig's seed (once 42 here, 0 there)."""
-    from cvkeras.run import rundir
-
-    rundir.write_config(tmp_path, {"model": {"name": "mobilenet_v2", "image_size": [32, 32]}})
+    RunDir(tmp_path).write_config({"model": {"name": "mobilenet_v2", "image_size": [32, 32]}})
     assert RunDir(tmp_path).seed() == FinetuneConfig().seed == 42
 
 
 def test_rundir_config_names_the_file_for_a_bad_field(tmp_path):
-    from cvkeras.run import rundir
-
-    rundir.write_config(tmp_path, {"model": {"name": "mobilenet_v2", "image_size": [32, 32]},
+    RunDir(tmp_path).write_config({"model": {"name": "mobilenet_v2", "image_size": [32, 32]},
                                    "train": {"optimizer": {"adam": 1}}})
     with pytest.raises(RunDirError, match=r"config.yaml: config key train.optimizer must be text"):
         RunDir(tmp_path).config()

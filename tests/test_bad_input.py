@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from cvkeras.cli import app
 from cvkeras.run import files as runfiles
-from cvkeras.run import rundir
+from cvkeras.serving.errors import RunDirError
 
 # MobileNet alpha 0.25: traces in half the time of MobileNetV2 alpha 0.35; no test here is about the backbone
 TINY = ["--model", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32",
@@ -103,7 +103,7 @@ def _project(tmp: Path, data: Path) -> Path:
 def _marked_with_user_file(tmp: Path, data: Path) -> Path:
     run = tmp / "marked"
     run.mkdir()
-    rundir.mark_run(run)
+    runfiles.mark_run(run)
     (run / "config.yaml").write_text("model: {name: mobilenet_v2}\n")  # not in the manifest: not ours
     return run
 
@@ -153,7 +153,7 @@ def test_clear_run_removes_only_the_manifest_files(run_copy):
     assert {"config.yaml", "best.keras", "checkpoints/last.keras", "split.json"} <= written
     (run_copy / "link").symlink_to(run_copy / "best.keras")  # a symlink is never ours
     assert runfiles.foreign_entries(run_copy) == ["link"]
-    with pytest.raises(rundir.RunDirError, match="did not write"):
+    with pytest.raises(RunDirError, match="did not write"):
         runfiles.clear_run(run_copy)
     assert (run_copy / "best.keras").is_file()
     (run_copy / "link").unlink()
@@ -352,7 +352,7 @@ def test_scan_skips_and_reports_what_it_cannot_use(tmp_path):
     assert len(split.train) + len(split.val) == 12
     # skipped.txt can always be written (undecodable bytes escaped)
     text = "".join(f"{runfiles.printable_path(p)}\t{why}\n" for p, why in split.skipped)
-    rundir.atomic_write(tmp_path / "skipped.txt", text)
+    runfiles.atomic_write(tmp_path / "skipped.txt", text)
     assert "bad\\xff.png" in (tmp_path / "skipped.txt").read_text(encoding="utf-8")
 
 
@@ -428,7 +428,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, d
 MULTI_WORKER = textwrap.dedent("""
     import json, numpy as np, keras, tensorflow as tf
     from cvkeras.run.config import FinetuneConfig
-    from cvkeras.train.trainer import fit_multi_worker
+    from cvkeras.train.distribute import fit_multi_worker
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # single worker: no TF_CONFIG
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     y = np.eye(2, dtype="float32")[np.arange(8) % 2]

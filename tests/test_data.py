@@ -147,17 +147,18 @@ def test_pipeline_is_deterministic_with_a_seed_and_augments_in_range(shapes_dir)
 
 def test_load_split_images_is_stratified_and_deterministic(tmp_path, shapes_dir):
     from cvkeras.data.pipeline import load_split_images
-    from cvkeras.run import rundir
+    from cvkeras.run.rundir import RunDir
+    from cvkeras.serving.formats import SPLIT
 
     s = scan_folder(shapes_dir)
     run = tmp_path / "run"
-    rundir.write_json(run / rundir.SPLIT, s.to_json(seed=7))
-    rundir.write_config(run, {"model": {"image_size": [24, 24]}, "data": {"seed": 7}})
+    RunDir(run).write_split(s.to_json(seed=7))
+    RunDir(run).write_config({"model": {"image_size": [24, 24]}, "data": {"seed": 7}})
     x1, y1, p1 = load_split_images(run, "train", max_samples=6)
     x2, y2, p2 = load_split_images(run, "train", max_samples=6)
     assert x1.shape == (6, 24, 24, 3) and x1.dtype == np.uint8
     assert p1 == p2 and sorted(np.bincount(y1).tolist()) == [2, 2, 2]
-    assert json.loads((run / rundir.SPLIT).read_text())["seed"] == 7
+    assert json.loads((run / SPLIT).read_text())["seed"] == 7
 
 
 def test_tfds_source_with_mock_data(tmp_path):

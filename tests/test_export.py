@@ -141,15 +141,14 @@ def test_unknown_run_directory_exits_2(tmp_path):
 
 
 def test_missing_best_keras_exits_2(tmp_path):
-    from cvkeras.run import rundir
+    from cvkeras.run.rundir import RunDir
 
     run = tmp_path / "run"
     run.mkdir()
-    rundir.write_labels(run, LABELS)
-    rundir.write_config(run, {"model": {"name": "mobilenet_v2", "image_size": list(SIZE)},
-                              "data": {"seed": 1}})
-    rundir.write_json(run / rundir.SPLIT, {"source": "folder", "root": None, "seed": 1, "train": [],
-                                           "val": []})
+    rd = RunDir(run)
+    rd.write_labels(LABELS)
+    rd.write_config({"model": {"name": "mobilenet_v2", "image_size": list(SIZE)}, "data": {"seed": 1}})
+    rd.write_split({"source": "folder", "root": None, "seed": 1, "train": [], "val": []})
     result = _invoke(run)
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {run / 'best.keras'}: missing")

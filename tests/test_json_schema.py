@@ -121,7 +121,7 @@ def test_finetune_evaluate_export_json_match_the_schema(tmp_path):
 
 def test_an_export_report_from_before_the_schema_reads_in_current_names_and_units():
     """report.html of a run exported by cvkeras 0.1 (drop in points, old names) shows the same figures."""
-    from cvkeras.analysis.report import _fmt
+    from cvkeras.analysis.report import fmt_value
     from cvkeras.serving.schema import schema_id, upgrade_export_report
 
     old = {"passed": True, "artifacts": [{"name": "model_int8.onnx", "status": "passed", "accuracy": 0.9,
@@ -133,5 +133,5 @@ def test_an_export_report_from_before_the_schema_reads_in_current_names_and_unit
     assert art["accuracy_drop"] == 0.0125 and art["accuracy_drop_ci"] == [-0.005, 0.03]
     assert (art["paired_accuracy"], art["n_paired"], art["size_bytes"], art["latency_ms_per_image"]) == (
         0.9, 80, 1000, 2.5)
-    assert _fmt(art["accuracy_drop"], "accuracy_drop") == "+1.25 points"
+    assert fmt_value(art["accuracy_drop"], "accuracy_drop") == "+1.25 points"
     assert upgrade_export_report(new) is new  # a current document is left as it is

@@ -148,7 +148,7 @@ def test_default_weight_decay_is_not_negligible():
 def test_a_mixed_image_is_weighted_by_its_mix():
     import tensorflow as tf
 
-    from cvkeras.train.trainer import class_weights, with_sample_weights
+    from cvkeras.train.optim import class_weights, with_sample_weights
 
     weights = class_weights([90, 10], "auto")  # 0.556 and 5.0
     labels = tf.constant([[0.51, 0.49], [0.49, 0.51], [1.0, 0.0]])
@@ -163,11 +163,12 @@ def test_a_mixed_image_is_weighted_by_its_mix():
 def test_class_weights_with_a_tfds_source_and_mixup(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
+    import cvkeras.train.datasets as datasets
     import cvkeras.train.trainer as train
 
     calls = []
-    real = train.class_weights
-    monkeypatch.setattr(train, "class_weights", lambda counts, mode: calls.append(counts) or real(counts, mode))
+    real = datasets.class_weights
+    monkeypatch.setattr(datasets, "class_weights", lambda counts, mode: calls.append(counts) or real(counts, mode))
     with tfds.testing.mock_data(num_examples=16):
         train.finetune(FinetuneConfig(data="tfds:tf_flowers", epochs=1, fine_tune_epochs=0, mixup=0.4,
                                       class_weights="auto", **TINY), output=str(tmp_path / "run"), verbose=0)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from cvkeras.cli import app
 from cvkeras.models.registry import REGISTRY
-from cvkeras.models.stats import _macs, load_table, measure
+from cvkeras.models.stats import count_macs, load_table, measure
 
 
 def test_macs_of_each_layer_kind_by_hand():
@@ -20,7 +20,7 @@ def test_macs_of_each_layer_kind_by_hand():
     x = keras.layers.Conv2D(6, 1, groups=2)(x)  # 4*4 * 1*1*3*6 = 288
     x = keras.layers.Dense(5)(x)  # 4*4 * 6*5 = 480
     model = keras.Model(x_in, x)
-    assert _macs(model) == 6912 + 576 + 448 + 288 + 480
+    assert count_macs(model) == 6912 + 576 + 448 + 288 + 480
 
 
 def test_shipped_table_covers_every_registry_row():

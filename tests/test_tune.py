@@ -30,13 +30,12 @@ def test_flags_given_are_fixed_and_the_rest_is_searched():
 
 
 def test_summary_writes_csv_plot_and_a_best_link_that_follows_the_objective(tmp_path):
-    from cvkeras.search.tune import TRIALS, TrialRecord, _record, write_summary
-    from cvkeras.search.tune_summary import BEST, CSV, PLOT
+    from cvkeras.search.tune_summary import BEST, CSV, PLOT, TRIALS, TrialRecord, record_trial, write_summary
 
     (tmp_path / TRIALS).mkdir()
     for t, status, score in (("0", "ok", 0.5), ("1", "failed", None), ("2", "ok", 0.75), ("3", "ok", 0.6)):
         (tmp_path / TRIALS / f"trial_00{t}").mkdir()
-        _record(tmp_path, TrialRecord(t, status, score, 1.0, f"trial_00{t}", {"dropout": 0.1},
+        record_trial(tmp_path, TrialRecord(t, status, score, 1.0, f"trial_00{t}", {"dropout": 0.1},
                                       "boom" if status == "failed" else ""))
     best = write_summary(tmp_path, "val_accuracy")
     assert best.trial == "2" and os.readlink(tmp_path / BEST) == os.path.join(TRIALS, "trial_002")

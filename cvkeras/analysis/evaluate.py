@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from cvkeras.run import rundir
+from cvkeras.run.rundir import CONFUSION, RunDir
+from cvkeras.serving.errors import RunDirError
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[str], k: int = 5) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
     from cvkeras.data.sources import load_source
     from cvkeras.models.build import load_model
 
-    rd = rundir.RunDir.open(run)
+    rd = RunDir.open(run)
     run = rd.path
     classes = rd.labels()
     size = list(rd.image_size())
@@ -89,7 +90,7 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
     else:
         ds_split = load_source(data, seed=rd.seed())
         if ds_split.classes != classes:
-            raise rundir.RunDirError(f"{data}: classes {ds_split.classes} differ from the run's {classes}")
+            raise RunDirError(f"{data}: classes {ds_split.classes} differ from the run's {classes}")
         # another dataset is a held-out set as a whole: every image in it counts
         items = ds_split.train + ds_split.val + ds_split.test
         labels = np.asarray([y for _, y in items])
@@ -104,11 +105,11 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
         # the run's own validation report is metrics.json; other evaluations get their own files
         default = data is None and split == "val"
         name = "" if default else ("-data" if data is not None else f"-{split}")
-        rundir.write_json(run / rundir.METRICS.replace(".json", f"{name}.json"), report)
+        rd.write_metrics(report, name)
         from cvkeras.analysis.plots import plot_confusion, report_title
 
         what = f"{data}" if data is not None else f"{split} split"
-        plot_confusion(report["confusion_matrix"], classes, run / rundir.CONFUSION.replace(".png", f"{name}.png"),
+        plot_confusion(report["confusion_matrix"], classes, run / CONFUSION.replace(".png", f"{name}.png"),
                        title=report_title(report, what))
     return report
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cvkeras.run.rundir import atomic_write
+from cvkeras.run.files import atomic_write
 
 #: history.csv's learning-rate column (older runs logged ``learning_rate``).
 LR_COLUMNS = ("learning_rate_first_step", "learning_rate")
@@ -28,7 +28,8 @@ CONFUSION_MAX_SIDE = 24.0
 CONFUSION_MAX_TICKS = 50
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, with text never read as mathtext."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +59,7 @@ def curves_figure(rows: list[dict[str, str]], title: str | None = None):
     """Loss, accuracy and learning rate per epoch (train and val), stage boundary and best epoch marked."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
+    plt = pyplot()
     epochs = [int(r["epoch"]) for r in rows]
     best = best_epoch(rows)
     stage2 = [e for e, r in zip(epochs, rows, strict=True) if str(r.get("stage")) == "2"]
@@ -98,7 +99,7 @@ def plot_curves(history_csv: str | os.PathLike, out: str | os.PathLike, title: s
         return None
     fig = curves_figure(rows, title)
     written = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    _plt().close(fig)
+    pyplot().close(fig)
     return written
 
 
@@ -106,7 +107,7 @@ def confusion_figure(cm: list[list[int]], classes: list[str], title: str | None 
     """Counts (left) and row-normalised recall per true class (right), each with a colour bar."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     counts = np.asarray(cm, dtype=np.int64)
     totals = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0)
@@ -141,7 +142,7 @@ def plot_confusion(cm: list[list[int]], classes: list[str], out: str | os.PathLi
     """Write ``confusion_figure`` as a PNG."""
     fig = confusion_figure(cm, classes, title)
     written = atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    _plt().close(fig)
+    pyplot().close(fig)
     return written
 
 

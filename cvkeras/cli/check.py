@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cvkeras.cli.errors import command_errors
 from cvkeras.serving.console import print_json, stdout_console
-from cvkeras.serving.errors import CvkerasError, fail
 
 console = stdout_console()
 err = Console(stderr=True)
@@ -46,17 +46,12 @@ def check(
     quiet_tensorflow()
     from cvkeras.data.check import run_check
     from cvkeras.data.check_html import check_output, write_page
-    from cvkeras.run.files import os_error_line
 
-    try:
+    with command_errors():
         if output is not None:
             check_output(output)  # refused before the work, not after it
         doc, analysis = run_check(data, model, alpha, weights, image_size, val_split, seed, tfds_data_dir)
         page = write_page(doc, analysis, output) if output is not None else None
-    except CvkerasError as exc:
-        raise fail(exc) from None
-    except OSError as exc:
-        raise fail(os_error_line(exc)) from None
     if json_out:
         print_json(doc)
         return

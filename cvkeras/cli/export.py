@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from cvkeras.export.options import ExportOptions
-from cvkeras.serving.errors import CvkerasError, fail, printable
+from cvkeras.serving.errors import printable
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -132,10 +132,11 @@ def export(
     from cvkeras.export.exporter import REPORT_FILE, export_run
 
     err = Console(stderr=True)
-    from cvkeras.run.files import os_error_line, run_lock
+    from cvkeras.cli.errors import command_errors
+    from cvkeras.run.files import run_lock
     from cvkeras.run.rundir import RunDir
 
-    try:
+    with command_errors():  # also an OSError such as a read-only run directory
         options = ExportOptions(
             formats=format, int8=int8, fp16=fp16, calibration=calibration, calibration_samples=calibration_samples,
             io_type=io_type, opset=opset, max_accuracy_drop=max_accuracy_drop, threads=threads,
@@ -147,10 +148,6 @@ def export(
             if unfinished:
                 print(f"warning: {printable(unfinished)}", file=sys.stderr)
             report = export_run(run, output, options, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
-    except CvkerasError as exc:
-        raise fail(exc) from None
-    except OSError as exc:  # e.g. a read-only run directory
-        raise fail(os_error_line(exc)) from None
     if json_out:
         from cvkeras.serving.console import print_json
 

@@ -4,7 +4,10 @@ end-of-run summary it prints.
 
 from __future__ import annotations
 
+import inspect
+import typing
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -12,15 +15,13 @@ from rich.console import Console
 from cvkeras.serving.console import print_json, stdout_console
 from cvkeras.serving.errors import CvkerasError, fail, first_line
 from cvkeras.serving.schema import schema_id  # standard library only: cheap for --help
+from cvkeras.train.quiet import quiet_tensorflow
+
+if TYPE_CHECKING:
+    from cvkeras.run.config import FinetuneConfig
 
 console = stdout_console()
 err = Console(stderr=True)
-
-
-def _quiet_tf() -> None:
-    from cvkeras.train.quiet import quiet_tensorflow
-
-    quiet_tensorflow()
 
 
 def finetune(
@@ -90,22 +91,46 @@ def finetune(
       cvkeras finetune demo:shapes --alpha 0.35 --weights none -o runs/try
     """
     flags = dict(locals())  # first statement: exactly the command's parameters
-    _quiet_tf()
-    from cvkeras.run import rundir
-    from cvkeras.run.config import FinetuneConfig
-
-    source = config or (Path(output) / rundir.CONFIG if resume and output else None)
+    quiet_tensorflow()
     try:
-        base = FinetuneConfig.from_dict(rundir.read_config(source)) if source else FinetuneConfig()
+        cfg, _ = load_config(flags, resume)
     except CvkerasError as exc:
-        raise fail(f"{source}: {exc}") from None
-    cfg = base.merged(FinetuneConfig.overrides(flags))
+        raise fail(exc) from None
     result = run_finetune(cfg, output, force, resume, quiet or json_out, json_out)
     if json_out:
         print_json({"schema": schema_id("finetune"), "run": str(result.run_dir), "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                     "precision": result.precision, "replicas": result.replicas, "skipped": result.skipped,
                     "metrics": result.metrics})
+
+
+def load_config(flags: dict[str, Any], resume: bool = False) -> tuple[FinetuneConfig, dict[str, Any]]:
+    """The one merge of a command's settings (finetune, distill, tune): ``--config`` -- or on ``--resume`` the
+    run's own config.yaml -- under the flags given (:meth:`FinetuneConfig.merged`), and the file's raw document.
+
+    Raises RunDirError naming the file when it cannot be read."""
+    from cvkeras.run.config import FinetuneConfig
+    from cvkeras.run.rundir import CONFIG, read_config
+    from cvkeras.serving.errors import RunDirError
+
+    config, output = flags.get("config"), flags.get("output")
+    source = config or (Path(output) / CONFIG if resume and output else None)
+    base, doc = FinetuneConfig(), {}
+    if source:
+        try:
+            doc = read_config(source)
+            base = FinetuneConfig.from_dict(doc)
+        except CvkerasError as exc:
+            raise RunDirError(f"{source}: {exc}") from None
+    return base.merged(FinetuneConfig.overrides(flags)), doc
+
+
+def finetune_parameters(drop: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """finetune's Typer parameters with their annotations resolved (this module uses postponed annotations):
+    distill and tune build their signatures from them, so the three commands never drift apart."""
+    hints = typing.get_type_hints(finetune)
+    return [p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(finetune).parameters.values() if p.name not in drop]
 
 
 def run_finetune(cfg, output: str | None, force: bool, resume: bool, quiet: bool = False, no_final: bool = False,

@@ -20,13 +20,12 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cvkeras.data import duplicates
+from cvkeras.data.check_analysis import SPLITS, Analysis, analyse, normed
 from cvkeras.serving.errors import CvkerasError
 
 #: cleanlab's ranking and filter of label issues (docs/check.md: the three rankings and seven filters of
@@ -38,131 +37,6 @@ OUTLIER_FENCE = 1.5  # an outlier scores below Q1 - OUTLIER_FENCE * IQR of its c
 IMBALANCE_RATIO = 3.0  # largest / smallest class above this is reported as imbalance
 TINY_FRACTION = 0.25  # shorter side below this fraction of the model input: upscaled more than 4x
 MAX_ASPECT = 4.0  # longer / shorter side above this: squashed out of shape by the square input
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Analysis:
-    """Everything measured per image, in one order (train, val, test): the check's raw material."""
-
-    classes: list[str]
-    keys: list[str]  # file path, or tfds:SPLIT:INDEX
-    splits: list[str]
-    labels: np.ndarray
-    signatures: list[duplicates.Signature]
-    pixels: Callable[[int], str | None]  # digest of the full decode of image i
-    thumbnail: Callable[[int], np.ndarray]  # small RGB uint8 image for the page
-    features: np.ndarray  # L2-normalised pooled backbone features
-    input_size: list[int]
-    skipped: list[tuple[str, str]]
-    pretrained: bool = True  # random-weight features measure no similarity: near copies by pHash alone
-
-    @property
-    def hashes(self) -> np.ndarray:
-        return np.asarray([s.phash for s in self.signatures], dtype=np.uint64)
-
-
-def feature_extractor(model: str, alpha: float | None, weights: str, image_size: int | None):
-    """The frozen backbone with finetune's input normalisation and global pooling (the classifier minus its
-    head, built by :func:`cvkeras.models.build.build_classifier`); returns the Keras model and its input size."""
-    import keras
-
-    from cvkeras.models.build import build_classifier
-    from cvkeras.models.registry import get, resolve_alpha
-
-    spec = get(model)
-    size = [image_size, image_size] if image_size else list(spec.input_size)
-    clf = build_classifier(spec, 2, size, resolve_alpha(spec, alpha), weights, dropout=0.0)
-    return keras.Model(clf.inputs, clf.get_layer("pool").output), size
-
-
-def _pretrained(weights: str) -> bool:
-    from cvkeras.models.build import _resolve_weights
-
-    return str(weights).lower() not in ("none", "random", "") and _resolve_weights(weights) is not None
-
-
-def _normed(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def analyse(data: str, model: str, alpha: float | None, weights: str, image_size: int | None = None,
-            val_split: float | None = None, seed: int | None = None, tfds_data_dir: str | None = None,
-            workers: int = 4) -> Analysis:
-    """List and split ``data`` as finetune does, then hash, measure and embed every image."""
-    from cvkeras.data.sources import load_source
-    from cvkeras.run.config import FinetuneConfig
-
-    defaults = FinetuneConfig()
-    split = load_source(data, defaults.val_split if val_split is None else val_split,
-                        defaults.seed if seed is None else seed, tfds_data_dir)
-    import keras
-
-    keras.utils.set_random_seed(defaults.seed if seed is None else seed)  # random-weight backbones repeat too
-    extractor, size = feature_extractor(model, alpha, weights, image_size)
-    if split.source == "tfds":
-        return _analyse_tfds(split, extractor, size, weights)
-    items = [(p, y, name) for name in SPLITS for p, y in getattr(split, name)]
-    paths = [p for p, _, _ in items]
-    labels = np.asarray([y for _, y, _ in items], dtype=np.int64)
-    signatures = duplicates.file_signatures(paths, workers)
-    features = _file_features(extractor, paths, labels, size)
-
-    def thumbnail(i: int) -> np.ndarray:
-        from cvkeras.serving.preprocess import load_image
-
-        return _thumb(load_image(paths[i]))
-
-    return Analysis(split.classes, paths, [n for _, _, n in items], labels, signatures,
-                    lambda i: duplicates.pixel_digest(paths[i]), thumbnail, features, size, list(split.skipped),
-                    _pretrained(weights))
-
-
-def _file_features(extractor, paths: list[str], labels: np.ndarray, size: list[int]) -> np.ndarray:
-    """Pooled features of every file, decoded by finetune's own pipeline (no augmentation)."""
-    from cvkeras.data.pipeline import decoded_dataset
-
-    ds = decoded_dataset(paths, labels, size).map(lambda x, y: x).batch(32).prefetch(2)
-    return _normed(extractor.predict(ds, verbose=0))
-
-
-def _thumb(image: np.ndarray, side: int = 128) -> np.ndarray:
-    from PIL import Image
-
-    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    img.thumbnail((side, side), Image.BILINEAR)
-    return np.asarray(img)
-
-
-def _analyse_tfds(split, extractor, size: list[int], weights: str) -> Analysis:
-    """TFDS sources: the examples as TensorFlow decodes them (no files: exact means the same pixels)."""
-    import hashlib
-
-    from cvkeras.data.pipeline import resize_image, tfds_dataset
-    from cvkeras.serving.preprocess import load_resized
-
-    keys, names, labels, sigs, thumbs, resized = [], [], [], [], [], []
-    for name in SPLITS:
-        if not split.tfds["splits"].get(name):
-            continue
-        ds = tfds_dataset(split.tfds, name)
-        for i, (image, label) in enumerate(ds.as_numpy_iterator()):
-            image = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
-            digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
-            thumb = load_resized(image, (duplicates.HASH_SIZE,) * 2)
-            sigs.append(duplicates.Signature(digest, int(duplicates.phash_array(thumb)[0]), image.shape[1],
-                                             image.shape[0], duplicates.colour_layout(thumb)[0]))
-            keys.append(f"tfds:{name}:{i}")
-            names.append(name)
-            labels.append(int(label))
-            thumbs.append(_thumb(image))
-            resized.append(resize_image(image, size).numpy().astype(np.uint8))
-    features = extractor.predict(np.stack(resized).astype(np.float32), batch_size=32, verbose=0)
-    return Analysis(list(split.classes), keys, names, np.asarray(labels, dtype=np.int64), sigs,
-                    lambda i: sigs[i].sha256, lambda i: thumbs[i], _normed(features), size, [],
-                    _pretrained(weights))
-
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int,
                               seed: int = 0) -> np.ndarray:
@@ -226,7 +100,7 @@ def duplicate_groups(a: Analysis) -> list[duplicates.Group]:
     hashes = a.hashes
     exact = duplicates.exact_pairs([s.sha256 for s in a.signatures], hashes, a.pixels)
     layouts = np.stack([s.layout for s in a.signatures])
-    near = duplicates.near_pairs(hashes, layouts, _normed(a.features - a.features.mean(axis=0)) if a.pretrained
+    near = duplicates.near_pairs(hashes, layouts, normed(a.features - a.features.mean(axis=0)) if a.pretrained
                                  else None)
     return duplicates.group_pairs(len(a.keys), exact, near, a.splits, a.labels)
 
@@ -272,16 +146,16 @@ def run_check(data: str, model: str | None = None, alpha: float | None = None, w
               image_size: int | None = None, val_split: float | None = None, seed: int | None = None,
               tfds_data_dir: str | None = None) -> tuple[dict[str, Any], Analysis]:
     """Check ``data`` end to end: the document and the analysis it was computed from (for the page)."""
-    from cvkeras.models.registry import get, resolve_alpha
+    from cvkeras.models.registry import resolve_model
     from cvkeras.run.config import FinetuneConfig
 
     defaults = FinetuneConfig()
-    model = get(model or defaults.model).name
+    choice = resolve_model(model or defaults.model, alpha, image_size or None)
     weights = weights or defaults.weights
     seed = defaults.seed if seed is None else seed
     start = time.perf_counter()
-    a = analyse(data, model, alpha, weights, image_size, val_split, seed, tfds_data_dir)
-    settings = {"data": data, "model": model, "alpha": resolve_alpha(get(model), alpha), "weights": weights,
+    a = analyse(data, choice, weights, val_split, seed, tfds_data_dir)
+    settings = {"data": data, "model": choice.spec.name, "alpha": choice.alpha, "weights": weights,
                 "input_size": list(a.input_size), "seed": seed,
                 "val_split": defaults.val_split if val_split is None else val_split,
                 "ranked_by": RANKED_BY, "filter_by": FILTER_BY, "phash_max_distance": duplicates.PHASH_MAX_DISTANCE,

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cvkeras.analysis.report import _CSS, _array_png, _img, _table
+from cvkeras.analysis.report import CSS, array_png, html_table, img_tag
 
 PAGE = "check.html"
 DOCUMENT = "check.json"
@@ -32,7 +32,7 @@ def build_page(doc: dict[str, Any], analysis: Any) -> str:
 
     def thumb(key: str) -> str:
         if key not in thumbs:
-            thumbs[key] = _img(_array_png(analysis.thumbnail(index[key])), Path(key).name)
+            thumbs[key] = img_tag(array_png(analysis.thumbnail(index[key])), Path(key).name)
         return thumbs[key]
 
     def card(key: str, lines: list[str]) -> str:
@@ -47,12 +47,12 @@ def build_page(doc: dict[str, Any], analysis: Any) -> str:
         return f'<section id="{sid}"><h2>{_esc(title)}</h2><p class=muted>{_esc(note)}</p>{body}</section>'
 
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>cvkeras check: {_esc(doc['data'])}"
-             f"</title><style>{_CSS}.group{{display:flex;gap:.5rem;flex-wrap:wrap;border:1px solid #ddd;"
+             f"</title><style>{CSS}.group{{display:flex;gap:.5rem;flex-wrap:wrap;border:1px solid #ddd;"
              f"padding:.5rem;margin:.5rem 0}}.leak{{border-color:#cf222e}}.card{{overflow-wrap:anywhere}}"
              "</style></head><body>",
              f"<h1>check: {_esc(doc['data'])}</h1><p class=muted>backbone {_esc(doc['model'])} "
              f"({_esc(doc['weights'])}), {doc['seconds']:.1f} s</p>",
-             f'<section id="summary"><h2>Summary</h2>{_table(["finding", "count"], summary_rows(doc))}</section>']
+             f'<section id="summary"><h2>Summary</h2>{html_table(["finding", "count"], summary_rows(doc))}</section>']
 
     groups = []
     for g in doc["duplicates"][:MAX_CARDS]:
@@ -78,11 +78,11 @@ def build_page(doc: dict[str, Any], analysis: Any) -> str:
                          [card(d["path"], [f"{d['width']}x{d['height']} px, {_esc(d['why'])}"])
                           for d in doc["small_images"]]))
     rows = [[c, v["train"], v["val"], v["test"], v["total"]] for c, v in doc["classes"].items()]
-    parts.append(f'<section id="classes"><h2>Classes</h2>{_table(["class", "train", "val", "test", "total"], rows)}'
+    parts.append(f'<section id="classes"><h2>Classes</h2>{html_table(["class", "train", "val", "test", "total"], rows)}'
                  "</section>")
     skipped = [[d["path"], d["reason"]] for d in doc["skipped"]]
     parts.append('<section id="skipped"><h2>Skipped files</h2>'
-                 + (_table(["file", "reason"], skipped) if skipped else "<p>none</p>") + "</section>")
+                 + (html_table(["file", "reason"], skipped) if skipped else "<p>none</p>") + "</section>")
     parts.append("</body></html>\n")
     return "".join(parts)
 

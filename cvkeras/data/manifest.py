@@ -8,7 +8,7 @@ import csv
 import os
 from pathlib import Path
 
-from cvkeras.data.split import DataError, DataSplit, _finish
+from cvkeras.data.split import DataError, DataSplit, finish_split
 from cvkeras.serving.errors import has_control, quote
 
 #: Column names a manifest header may use (case-insensitive); the first match of each kind is used.
@@ -85,7 +85,8 @@ def read_csv(path: str | os.PathLike, val_split: float = 0.2, seed: int = 42, te
         if split not in aliases:
             raise DataError(f"{path}:{lineno}: unknown split {quote(split)}; use train, val or test")
         splits.setdefault(aliases[split], []).append((str(file), index[label]))
-    result = _finish(classes, splits, str(path), val_split, seed, "csv", str(base.resolve()), test_split=test_split)
+    result = finish_split(classes, splits, str(path), val_split, seed, "csv", str(base.resolve()),
+                          test_split=test_split)
     labels_of: dict[str, set[str]] = {}
     for _, rel, label, _ in rows:
         labels_of.setdefault(str((base / rel).resolve()), set()).add(label)

@@ -106,9 +106,10 @@ def load_split_images(
     Used for calibration (stratified, ``max_samples``) and for reference outputs. Deterministic: the
     seed defaults to the run's own.
     """
-    from cvkeras.run import rundir
+    from cvkeras.run.rundir import RunDir
+    from cvkeras.serving.errors import RunDirError
 
-    rd = rundir.RunDir(run)
+    rd = RunDir(run)
     split_doc = rd.split()
     size = image_size or list(rd.image_size())
     seed = rd.seed() if seed is None else int(seed)
@@ -118,14 +119,14 @@ def load_split_images(
         return images[idx], labels[idx], [f"tfds:{split}:{i}" for i in idx]
     items = split_doc.get(split) or []
     if not items:
-        raise rundir.RunDirError(f"{run}/split.json: split {quote(split)} is empty")
+        raise RunDirError(f"{run}/split.json: split {quote(split)} is empty")
     gone = [p for p, _ in items if not os.path.isfile(p)]  # e.g. a run copied without (all of) its data
     if gone:
         print(f"warning: {len(gone)} of {len(items)} {split} file(s) in split.json are missing (e.g. {gone[0]}); "
               "skipped", file=sys.stderr)
         items = [it for it in items if it[0] not in set(gone)]
         if not items:
-            raise rundir.RunDirError(f"{run}/split.json: none of the {split} files exist any more; restore the data")
+            raise RunDirError(f"{run}/split.json: none of the {split} files exist any more; restore the data")
     paths = [p for p, _ in items]
     labels = np.asarray([y for _, y in items], dtype=np.int64)
     idx = stratified_sample(labels, max_samples, seed)

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from cvkeras.data.manifest import read_csv
-from cvkeras.data.split import DataError, DataSplit, _finish
+from cvkeras.data.split import DataError, DataSplit, finish_split
 from cvkeras.serving.errors import first_line
 from cvkeras.serving.formats import label_problem, quote
 from cvkeras.serving.images import class_folders, list_images
@@ -58,7 +58,7 @@ def scan_folder(root: str | os.PathLike, val_split: float = 0.2, seed: int = 42,
         index = {c: i for i, c in enumerate(classes)}
         splits = {"train": [(str(p.resolve()), index[d.name]) for d in class_folders(root)
                             for p in list_images(d, skipped)]}
-    return _finish(classes, splits, str(root), val_split, seed, source, str(root.resolve()), skipped, test_split)
+    return finish_split(classes, splits, str(root), val_split, seed, source, str(root.resolve()), skipped, test_split)
 
 
 def recorded_split(run: str | os.PathLike) -> DataSplit:
@@ -67,13 +67,14 @@ def recorded_split(run: str | os.PathLike) -> DataSplit:
     Recorded files that are gone are dropped and reported; files added to the data folder since are
     reported and not used (they would leak into a split chosen before they existed).
     """
-    from cvkeras.run import rundir
+    from cvkeras.run.rundir import RunDir
+    from cvkeras.serving.formats import LABELS, SPLIT
 
-    rd = rundir.RunDir(run)
+    rd = RunDir(run)
     doc = rd.split()
     classes = rd.labels()
     if doc.get("classes") not in (None, classes):
-        raise DataError(f"{Path(run) / rundir.LABELS}: differs from the classes in split.json; restore it")
+        raise DataError(f"{Path(run) / LABELS}: differs from the classes in split.json; restore it")
     if doc.get("source") == "tfds":
         return DataSplit(classes, [], [], [], [], "tfds", None, doc["tfds"])
     splits = {name: [(p, int(y)) for p, y in doc.get(name, [])] for name in ("train", "val", "test")}
@@ -93,7 +94,7 @@ def recorded_split(run: str | os.PathLike) -> DataSplit:
             warnings.append(f"{root}: {len(new)} file(s) added since the run started (e.g. {new[0]}) are not used; "
                             "--resume keeps the recorded split -- start a new run to train on them")
     if not splits["train"] or not splits["val"]:
-        raise DataError(f"{Path(run) / rundir.SPLIT}: the recorded training or validation files are all missing; "
+        raise DataError(f"{Path(run) / SPLIT}: the recorded training or validation files are all missing; "
                         "restore the data or start a new run")
     return DataSplit(classes, splits["train"], splits["val"], splits["test"], skipped, doc.get("source", "folder"),
                      root, warnings=warnings)
@@ -139,7 +140,8 @@ def load_tfds(spec: str, data_dir: str | None = None, val_split: float = 0.2, se
 
 def load_source(data: str, val_split: float = 0.2, seed: int = 42, tfds_data_dir: str | None = None,
                 test_split: float = 0.0) -> DataSplit:
-    """Resolve a ``--data`` argument to a :class:`DataSplit` (``test_split``: see ``datasplit._finish``)."""
+    """Resolve a ``--data`` argument to a :class:`DataSplit` (``test_split``: see
+    :func:`cvkeras.data.split.finish_split`)."""
     if data.startswith("demo:"):
         from cvkeras.data.demo import DATASETS, ensure_demo
 

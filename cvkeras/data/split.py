@@ -105,7 +105,7 @@ def case_clashes(classes: list[str], where: str) -> list[str]:
             f"{' and '.join(map(quote, clashes[0]))}); they train as different classes -- merge them if they are one"]
 
 
-def _finish(classes: list[str], splits: dict[str, list[tuple[str, int]]], where: str, val_split: float,
+def finish_split(classes: list[str], splits: dict[str, list[tuple[str, int]]], where: str, val_split: float,
             seed: int, source: str, root: str | None,
             pre_skipped: list[tuple[str, str]] | None = None, test_split: float = 0.0) -> DataSplit:
     """Drop unreadable files, check every class has images, and split when no val split was given.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvkeras.models.registry import ModelSpec, get, resolve_alpha
+from cvkeras.models.registry import ModelSpec, resolve_model
 from cvkeras.run.config import unfreeze_fraction
 from cvkeras.serving.errors import CvkerasError, OptionError, first_line, quote
 from cvkeras.serving.formats import INPUT_NAME, OUTPUT_NAME
@@ -58,7 +58,8 @@ def _normalisation_layers(mode: str):
     raise OptionError(f"unknown preprocessing mode {quote(mode)}")
 
 
-def _resolve_weights(weights: str | None) -> str | None:
+def resolve_weights(weights: str | None) -> str | None:
+    """``--weights`` as Keras takes it: None (random), ``imagenet`` or a checked path to a no-top .h5."""
     if weights is None or str(weights).lower() in ("none", "random", ""):
         return None
     if str(weights).lower() == "imagenet":
@@ -80,7 +81,7 @@ def build_backbone(spec: ModelSpec, image_size: tuple[int, int], alpha: float | 
     shape = (int(image_size[0]), int(image_size[1]), 3)
     if min(shape[:2]) < spec.min_size:
         raise OptionError(f"{spec.name} needs an input of at least {spec.min_size} px, not {shape[:2]}")
-    resolved = _resolve_weights(weights)
+    resolved = resolve_weights(weights)
     try:
         base = ctor(include_top=False, weights=resolved, input_shape=shape, pooling=None, **kwargs)
     except ValueError as exc:  # Keras' word on a bad argument or a weights file of another shape
@@ -115,9 +116,8 @@ def build_classifier(
     """Build the classifier for a registry row; the softmax head always computes in float32."""
     import keras
 
-    spec = get(model) if isinstance(model, str) else model
-    alpha = resolve_alpha(spec, alpha)
-    size = tuple(image_size) if image_size else spec.input_size
+    choice = resolve_model(model, alpha, image_size or None)
+    spec, alpha, size = choice.spec, choice.alpha, choice.image_size
     inputs = keras.Input(shape=(size[0], size[1], 3), name=INPUT_NAME, dtype="float32")
     x = inputs
     for layer in _normalisation_layers(spec.preprocess):
@@ -125,7 +125,7 @@ def build_classifier(
     base = build_backbone(spec, size, alpha, weights)
     # Pretrained: BatchNorm stays in inference mode, also when unfrozen (its statistics are the
     # backbone's knowledge). From scratch there are no statistics yet, so BatchNorm must train.
-    pretrained = _resolve_weights(weights) is not None
+    pretrained = resolve_weights(weights) is not None
     if not pretrained:
         for layer in base.layers:  # Keras' 0.999 momentum needs thousands of steps to settle
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -240,7 +240,7 @@ def load_model(path: str | os.PathLike):
 
     import keras
 
-    from cvkeras.run.rundir import RunDirError
+    from cvkeras.serving.errors import RunDirError
 
     fix = "restore it or re-run `cvkeras finetune` to write it again"
     if not Path(path).is_file():

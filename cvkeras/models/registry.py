@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cvkeras.serving.errors import CvkerasError, OptionError, quote
@@ -121,3 +122,27 @@ def resolve_alpha(spec: ModelSpec, alpha: float | None) -> float | None:
     if float(alpha) not in spec.alphas:
         raise OptionError(f"{spec.name} supports --alpha {', '.join(map(str, spec.alphas))}, not {alpha}")
     return float(alpha)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a registry row decides for a model choice: the row, its width and its input size."""
+
+    spec: ModelSpec
+    alpha: float | None
+    image_size: list[int]  # [height, width]
+
+
+def resolve_model(model: str | ModelSpec, alpha: float | None = None,
+                  image_size: int | Sequence[int] | None = None) -> ResolvedModel:
+    """The one rule for a model choice: the row by name, the width checked (None: the family default) and the
+    input ``[height, width]`` (None: the row's default size; one side N: N x N). Sizes are range-checked by
+    :func:`cvkeras.run.config.validate_config`."""
+    spec = get(model) if isinstance(model, str) else model
+    if image_size is None:
+        size = list(spec.input_size)
+    else:
+        size = [image_size] if isinstance(image_size, int) else list(image_size)
+        if len(size) == 1:
+            size = size * 2
+    return ResolvedModel(spec, resolve_alpha(spec, alpha), size)

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cvkeras.models.registry import REGISTRY, ModelSpec, get, resolve_alpha
+from cvkeras.models.registry import REGISTRY, ModelSpec, resolve_model
 
 STATS_FILE = Path(__file__).with_name("model_stats.json")
 
 
-def _macs(base) -> int:
+def count_macs(base) -> int:
     """Multiply-accumulates of one image through the backbone's convolutions and dense layers."""
     import keras
 
@@ -64,14 +64,13 @@ def measure(model: str | ModelSpec, alpha: float | None = None, size: int | None
 
     from cvkeras.models.build import build_backbone
 
-    spec = get(model) if isinstance(model, str) else model
-    alpha = resolve_alpha(spec, alpha)
-    hw = (int(size), int(size)) if size else spec.input_size
+    choice = resolve_model(model, alpha, int(size) if size else None)
+    spec, alpha, hw = choice.spec, choice.alpha, tuple(choice.image_size)
     base = build_backbone(spec, hw, alpha, "none")
     params = int(sum(int(np.prod(w.shape)) for w in base.weights))
     row: dict[str, Any] = {"name": spec.name, "alpha": alpha, "input_size": list(hw), "params": params,
                            "float32_mb": round(params * 4 / 1e6, 2), "int8_mb": round(params / 1e6, 2),
-                           "gmacs": round(_macs(base) / 1e9, 3)}
+                           "gmacs": round(count_macs(base) / 1e9, 3)}
     if latency_runs > 0:
         import tensorflow as tf
 
@@ -101,7 +100,7 @@ def write_table(path: str | os.PathLike = STATS_FILE, latency_runs: int = 10) ->
     """Measure every registry row at its defaults and write the table (with the machine it ran on)."""
     import platform
 
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
 
     rows = [measure(spec, latency_runs=latency_runs) for spec in REGISTRY.values()]
     doc = {"schema": 1, "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -9,11 +9,10 @@ import os
 import re
 from pathlib import Path
 
-from cvkeras.models.registry import get
 from cvkeras.run import files as runfiles
 from cvkeras.run import rundir
 from cvkeras.run.config import FinetuneConfig
-from cvkeras.serving.errors import CvkerasError
+from cvkeras.serving.errors import CvkerasError, RunDirError
 
 
 class RunExistsError(CvkerasError, FileExistsError):
@@ -31,7 +30,7 @@ def next_run_dir(model: str, base: str | os.PathLike = "runs") -> Path:
     return base / f"{model}-{n}"
 
 
-def _check_output_vs_data(run: Path, data: str) -> None:
+def check_output_vs_data(run: Path, data: str) -> None:
     """Refuse an --output inside the data folder (it would be scanned as data) or holding the data."""
     if not data or data.startswith(("tfds:", "demo:")):
         return
@@ -59,15 +58,17 @@ def no_checkpoint_line(run: Path) -> str:
         done = []
     if done and (run / rundir.BEST).is_file():
         return (f"{run}: epoch(s) 1-{done[-1]} finished ({rundir.HISTORY}, {rundir.BEST} are complete) but their "
-                f"checkpoint {rundir.CHECKPOINTS}/{rundir.STATE} was never written (a write failed), so training "
+                f"checkpoint {runfiles.CHECKPOINTS}/{rundir.STATE} was never written (a write failed), so training "
                 "cannot continue from it; evaluate or export the run as it is, or start it again with --force")
     return (f"{run}: no checkpoint to resume from (the run stopped before its first epoch ended); start it again "
             "with --force")
 
 
-def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool,
+def prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool,
                  stack: contextlib.ExitStack) -> tuple[Path, FinetuneConfig]:
-    """The run directory to write, locked for this process; with --force only cvkeras' own files are removed."""
+    """The run directory to write, locked for this process; with --force only cvkeras' own files are removed.
+
+    ``cfg`` is resolved (:meth:`FinetuneConfig.resolved`): a new run is named after its canonical model."""
     if resume:
         if not output:
             raise RunExistsError("--resume needs --output RUN_DIR naming the run to continue")
@@ -77,8 +78,8 @@ def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: b
         stack.enter_context(runfiles.run_lock(run, "finetune --resume"))
         # A config without data means "as saved"; the CLI passes the saved config with its flags applied.
         return run, cfg if cfg.data else rundir.RunDir(run).config()
-    run = Path(output) if output else next_run_dir(get(cfg.model).name)
-    _check_output_vs_data(run, cfg.data)
+    run = Path(output) if output else next_run_dir(cfg.model)
+    check_output_vs_data(run, cfg.data)
     if run.exists() and not run.is_dir():
         raise RunExistsError(f"{run}: is a file; pass a folder to --output")
     if run.exists() and any(run.iterdir()):
@@ -88,7 +89,7 @@ def _prepare_run(cfg: FinetuneConfig, output: str | None, force: bool, resume: b
         # folder where anyone else put a file
         try:
             foreign = runfiles.foreign_entries(run)
-        except rundir.RunDirError as exc:
+        except RunDirError as exc:
             raise RunExistsError(f"{exc}; refusing to overwrite it, pick another --output") from None
         if foreign:
             raise RunExistsError(f"{run}: holds files cvkeras did not write (e.g. {foreign[0]}); refusing to "

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from cvkeras.data.augment import PRESETS as AUGMENT_PRESETS
-from cvkeras.models.registry import get, resolve_alpha
+from cvkeras.models.registry import ModelSpec, resolve_model
 from cvkeras.serving.errors import OptionError, quote
+from cvkeras.serving.metadata import MAX_INPUT_SIDE
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("name", "alpha", "image_size", "weights", "dropout"),
@@ -44,7 +45,6 @@ CLASS_WEIGHTS = ("auto", "none")
 #: Allowed values of the fields that have a fixed set (the CLI help lists them; validate_config checks them).
 CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "precision": PRECISIONS, "strategy": STRATEGIES,
                                        "class_weights": CLASS_WEIGHTS, "augment": ("auto", *AUGMENT_PRESETS)}
-MAX_IMAGE_SIDE = 4096  # a larger square input is a typo, not a model (and would exhaust memory)
 
 
 def is_finite_number(value: Any) -> bool:
@@ -149,6 +149,12 @@ class FinetuneConfig:
         d.update({k: v for k, v in overrides.items() if v is not None})
         return FinetuneConfig(**d)
 
+    def resolved(self) -> tuple[FinetuneConfig, ModelSpec]:
+        """A copy with what the registry row decides filled in -- canonical model name, width, ``[height, width]``
+        input (:func:`cvkeras.models.registry.resolve_model`) -- and the row. Called once per command."""
+        choice = resolve_model(self.model, self.alpha, self.image_size)
+        return replace(self, model=choice.spec.name, alpha=choice.alpha, image_size=choice.image_size), choice.spec
+
     @staticmethod
     def overrides(flags: dict[str, Any]) -> dict[str, Any]:
         """The command-line values that name a field (others ignored); a square ``image_size`` N -> [N, N]."""
@@ -236,21 +242,23 @@ def placeholder(cfg: FinetuneConfig) -> FinetuneConfig:
     return replace(cfg, **{name: stand_in[name] for name in AUTO_FIELDS if is_auto(getattr(cfg, name))})
 
 
-def validate_config(cfg: FinetuneConfig) -> None:
-    """Check every option before any file is touched, so a typo never leaves a half-made run."""
+def validate_config(cfg: FinetuneConfig) -> tuple[FinetuneConfig, ModelSpec]:
+    """Check every option before any file is touched, so a typo never leaves a half-made run.
+
+    Returns :meth:`FinetuneConfig.resolved`: the config with its model resolved, and the registry row."""
     from cvkeras.data.augment import Augmenter
 
-    spec = get(cfg.model)
+    given = cfg
     cfg = placeholder(cfg)  # "auto" settings are resolved from the data later (cvkeras.train.recipe)
     _check_numbers(cfg)
-    resolve_alpha(spec, cfg.alpha)
-    size = list(spec.input_size if cfg.image_size is None else cfg.image_size)
+    resolved, spec = given.resolved()
+    size = resolved.image_size
     if not size or len(size) > 2 or not all(type(v) is int for v in size):
         raise OptionError(f"--image-size must be one or two whole numbers of px, not {size}")
     if min(size) < spec.min_size:
         raise OptionError(f"--image-size {size} is below {spec.name}'s minimum of {spec.min_size} px")
-    if max(size) > MAX_IMAGE_SIDE:
-        raise OptionError(f"--image-size {size} is above the maximum of {MAX_IMAGE_SIDE} px")
+    if max(size) > MAX_INPUT_SIDE:
+        raise OptionError(f"--image-size {size} is above the maximum of {MAX_INPUT_SIDE} px")
     Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)
     unfreeze_fraction(cfg.unfreeze)
     check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
@@ -268,3 +276,4 @@ def validate_config(cfg: FinetuneConfig) -> None:
                           f"({cfg.val_split}), not {cfg.test_split}")
     if cfg.learning_rate <= 0 or cfg.fine_tune_learning_rate <= 0:
         raise OptionError("learning rates must be positive")
+    return resolved, spec

@@ -26,16 +26,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cvkeras.run.config import MAX_IMAGE_SIDE, FinetuneConfig
-from cvkeras.run.files import (
-    CHECKPOINTS,
-    EXPORT,
-    atomic_write,
-    mark_run,
-    write_json,
-)
+from cvkeras.run.config import FinetuneConfig
+from cvkeras.run.files import CHECKPOINTS, EXPORT, atomic_write, mark_run, write_json
 from cvkeras.serving.errors import CvkerasError, RunDirError, first_line, quote
 from cvkeras.serving.formats import LABELS, SPLIT, existing_file, labels_text, read_labels, read_split
+from cvkeras.serving.metadata import MAX_INPUT_SIDE
 
 CONFIG = "config.yaml"
 HISTORY = "history.csv"
@@ -48,19 +43,10 @@ STATE = "state.json"  # in checkpoints/: the trainer's progress, for --resume
 LAST = "last.keras"  # in checkpoints/: the last epoch's model with its optimizer state
 
 
-def write_labels(run: str | os.PathLike, labels: list[str]) -> Path:
-    """Write ``labels.txt`` (format: :mod:`cvkeras.serving.formats`) into a run or export folder."""
-    return atomic_write(Path(run) / LABELS, labels_text(labels))
-
-
-def write_config(run: str | os.PathLike, config: dict[str, Any]) -> Path:
-    import yaml
-
-    return atomic_write(Path(run) / CONFIG, yaml.safe_dump(config, sort_keys=False))
-
-
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``config.yaml`` (a file, or a run directory that holds one)."""
+    """Read a ``config.yaml`` as written (a file, or a folder that holds one), unchecked: ``--config``'s reader.
+
+    A run's own config is read with :meth:`RunDir.config_doc`, which also checks the fields readers rely on."""
     import yaml
 
     p = existing_file(path, CONFIG, RunDirError, "config not found; pass a run directory made by `cvkeras finetune`")
@@ -86,9 +72,9 @@ def _field(cfg: dict[str, Any], p: Path, section: str, name: str) -> Any:
         return values["name"]
     if (section, name) == ("model", "image_size"):
         size = values.get("image_size")
-        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_IMAGE_SIDE
+        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_INPUT_SIDE
                                                                 for v in size)):
-            raise RunDirError(f"{p}: field model.image_size must be [height, width] in 1..{MAX_IMAGE_SIDE}, "
+            raise RunDirError(f"{p}: field model.image_size must be [height, width] in 1..{MAX_INPUT_SIDE}, "
                               f"not {quote(size, 60)}; {fix}")
         return size
     if (section, name) == ("data", "seed"):
@@ -97,51 +83,6 @@ def _field(cfg: dict[str, Any], p: Path, section: str, name: str) -> Any:
             raise RunDirError(f"{p}: field data.seed must be an integer, not {quote(seed, 40)}; {fix}")
         return seed
     return values.get(name)
-
-
-def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
-    """A run's ``config.yaml`` with the fields readers rely on checked (model.name, model.image_size, data)."""
-    p = Path(run) / CONFIG
-    cfg = read_config(p)
-    _field(cfg, p, "model", "name")
-    _field(cfg, p, "model", "image_size")
-    for section in ("data", "train"):
-        if not isinstance(cfg.get(section, {}), dict):
-            raise RunDirError(f"{p}: field '{section}' must be a mapping; fix it or restore config.yaml from the run")
-    _field(cfg, p, "data", "seed")
-    return cfg
-
-
-def check_labels(run: str | os.PathLike, labels: list[str], outputs: int) -> None:
-    """Raise RunDirError unless ``labels.txt`` matches the model's outputs and the recorded split's classes."""
-    p = Path(run) / LABELS
-    if outputs != len(labels):
-        raise RunDirError(f"{p}: lists {len(labels)} classes but the model outputs {outputs}; "
-                          "restore the run's labels.txt (nothing was written)")
-    classes = read_split(run).get("classes")
-    if classes is not None and classes != labels:
-        raise RunDirError(f"{p}: class names differ from split.json's {quote(classes)}; "
-                          "restore the run's labels.txt (nothing was written)")
-
-
-def check_run(run: str | os.PathLike, need_model: bool = True) -> Path:
-    """Return the run directory as a Path, or raise RunDirError naming what is missing."""
-    p = Path(run)
-    if not p.is_dir():
-        raise RunDirError(f"{p}: run directory not found; pass the --output of `cvkeras finetune`")
-    for name in (CONFIG, LABELS, SPLIT) + ((BEST,) if need_model else ()):
-        if not (p / name).is_file():
-            raise RunDirError(f"{p / name}: missing; the run did not finish -- "
-                              "resume it with `cvkeras finetune --resume`")
-    read_run_config(p)  # every file a reader relies on is checked before any work starts
-    labels = read_labels(p)
-    classes = read_split(p).get("classes")
-    if classes is not None and classes != labels:
-        raise RunDirError(f"{p / LABELS}: class names differ from split.json's {quote(classes)}; "
-                          "restore the run's labels.txt")
-    return p
-
-
 
 
 class RunDir:
@@ -166,7 +107,7 @@ class RunDir:
     def create(cls, path: str | os.PathLike) -> RunDir:
         """A new (or empty) run directory, marked as cvkeras' so that every file written into it is recorded.
 
-        ``cvkeras finetune`` claims its output with :func:`cvkeras.run.claim._prepare_run` (lock, --force,
+        ``cvkeras finetune`` claims its output with :func:`cvkeras.run.claim.prepare_run` (lock, --force,
         --resume), which ends here too.
         """
         run = cls(path)
@@ -176,8 +117,22 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | os.PathLike, need_model: bool = True) -> RunDir:
-        """A finished run, checked before any work starts (RunDirError naming the file otherwise)."""
-        return cls(check_run(path, need_model))
+        """A finished run, checked before any work starts (RunDirError naming what is missing otherwise)."""
+        run = cls(path)
+        p = run.path
+        if not p.is_dir():
+            raise RunDirError(f"{p}: run directory not found; pass the --output of `cvkeras finetune`")
+        for name in (CONFIG, LABELS, SPLIT) + ((BEST,) if need_model else ()):
+            if not (p / name).is_file():
+                raise RunDirError(f"{p / name}: missing; the run did not finish -- "
+                                  "resume it with `cvkeras finetune --resume`")
+        run.config_doc()  # every file a reader relies on is checked before any work starts
+        labels = run.labels()
+        classes = run.split().get("classes")
+        if classes is not None and classes != labels:
+            raise RunDirError(f"{p / LABELS}: class names differ from split.json's {quote(classes)}; "
+                              "restore the run's labels.txt")
+        return run
 
     # --- where things are ---------------------------------------------------------------------------------
     def __truediv__(self, name: str) -> Path:
@@ -204,9 +159,21 @@ class RunDir:
         return self.path / EXPORT
 
     # --- reading ------------------------------------------------------------------------------------------
-    def config_doc(self) -> dict[str, Any]:
-        """``config.yaml`` as written (sections, plus the ``run`` facts), with the fields readers need checked."""
-        return read_run_config(self.path)
+    def config_doc(self, checked: bool = True) -> dict[str, Any]:
+        """``config.yaml`` as written (sections, plus the ``run`` facts), with the fields readers need checked
+        (model.name, model.image_size, data, train); unchecked (a view such as the report): as it is, or {}."""
+        p = self.path / CONFIG
+        if not checked:
+            return read_config(p) if p.is_file() else {}
+        cfg = read_config(p)
+        _field(cfg, p, "model", "name")
+        _field(cfg, p, "model", "image_size")
+        for section in ("data", "train"):
+            if not isinstance(cfg.get(section, {}), dict):
+                raise RunDirError(f"{p}: field '{section}' must be a mapping; fix it or restore config.yaml "
+                                  "from the run")
+        _field(cfg, p, "data", "seed")
+        return cfg
 
     def config(self) -> FinetuneConfig:
         """The run's settings as a :class:`FinetuneConfig` (a field it cannot hold is a RunDirError)."""
@@ -244,6 +211,22 @@ class RunDir:
     def split(self) -> dict[str, Any]:
         return read_split(self.path)
 
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json`` (the validation report), or {} before the run wrote one."""
+        return self.json_doc(METRICS) or {}
+
+    def json_doc(self, name: str) -> Any:
+        """A JSON file of the run (``name`` relative to it), None when there is none."""
+        import json
+
+        p = self.path / name
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def text_lines(self, name: str) -> list[str]:
+        """A text file of the run as lines (undecodable bytes replaced), [] when there is none."""
+        p = self.path / name
+        return p.read_text(errors="replace").splitlines() if p.is_file() else []
+
     def state(self) -> dict[str, Any] | None:
         """The trainer's progress (``checkpoints/state.json``), None before the first epoch ended."""
         import json
@@ -273,7 +256,15 @@ class RunDir:
                 f"`cvkeras finetune --resume --output {self.path}` completes it")
 
     def check_labels(self, labels: list[str], outputs: int) -> None:
-        check_labels(self.path, labels, outputs)
+        """RunDirError unless ``labels.txt`` matches the model's outputs and the recorded split's classes."""
+        p = self.path / LABELS
+        if outputs != len(labels):
+            raise RunDirError(f"{p}: lists {len(labels)} classes but the model outputs {outputs}; "
+                              "restore the run's labels.txt (nothing was written)")
+        classes = self.split().get("classes")
+        if classes is not None and classes != labels:
+            raise RunDirError(f"{p}: class names differ from split.json's {quote(classes)}; "
+                              "restore the run's labels.txt (nothing was written)")
 
     # --- writing ------------------------------------------------------------------------------------------
     def write_config(self, cfg: FinetuneConfig | dict[str, Any], run_info: dict[str, Any] | None = None) -> Path:
@@ -281,14 +272,21 @@ class RunDir:
         doc = cfg.to_dict() if isinstance(cfg, FinetuneConfig) else dict(cfg)
         if run_info is not None:
             doc["run"] = run_info
-        return write_config(self.path, doc)
+        import yaml
+
+        return atomic_write(self.path / CONFIG, yaml.safe_dump(doc, sort_keys=False))
 
     def write_labels(self, labels: list[str]) -> Path:
-        return write_labels(self.path, labels)
+        """Write ``labels.txt`` (format: :mod:`cvkeras.serving.formats`)."""
+        return atomic_write(self.path / LABELS, labels_text(labels))
 
     def write_split(self, doc: dict[str, Any]) -> Path:
         """Write ``split.json`` (build ``doc`` with :func:`cvkeras.serving.formats.split_doc`)."""
         return write_json(self.path / SPLIT, doc)
+
+    def write_metrics(self, report: dict[str, Any], suffix: str = "") -> Path:
+        """Write ``metrics.json``, or ``metrics<suffix>.json`` for another split or dataset (e.g. ``-test``)."""
+        return write_json(self.path / METRICS.replace(".json", f"{suffix}.json"), report)
 
     def write_state(self, state: dict[str, Any]) -> Path:
         return write_json(self.state_path, state)

@@ -66,7 +66,8 @@ class Distillation:
     def from_run(cls, run: str | os.PathLike, temperature: float = DEFAULT_TEMPERATURE,
                  alpha: float = DEFAULT_ALPHA, log: Callable[[str], None] | None = None) -> Distillation:
         """Check a teacher run directory (config, labels, split, best.keras present and consistent)."""
-        from cvkeras.run import rundir
+        from cvkeras.run.rundir import RunDir
+        from cvkeras.serving.errors import RunDirError
 
         check_settings(temperature, alpha)
         path = Path(run)
@@ -74,10 +75,10 @@ class Distillation:
             raise DistillError(f"{path}: teacher run directory not found; pass --teacher the --output of a "
                                "finished `cvkeras finetune`")
         try:
-            rundir.check_run(path)
-            cfg = rundir.read_run_config(path)
-            labels = rundir.read_labels(path / rundir.LABELS)
-        except rundir.RunDirError as exc:
+            rd = RunDir.open(path)
+            cfg = rd.config_doc()
+            labels = rd.labels()
+        except RunDirError as exc:
             raise DistillError(f"--teacher: {exc}") from None
         model = cfg["model"]
         return cls(path, float(temperature), float(alpha), labels, str(model["name"]), model.get("alpha"),
@@ -104,17 +105,19 @@ class Distillation:
     def attach(self, model: Any) -> None:
         """Give the student (built or loaded from a checkpoint) the distilling ``train_step``."""
         from cvkeras.models.build import load_model
-        from cvkeras.run.rundir import BEST, RunDirError
+        from cvkeras.run.rundir import RunDir
+        from cvkeras.serving.errors import RunDirError
 
+        teacher = RunDir(self.teacher_run)
         if self._teacher is None:
             try:
-                self._teacher = load_model(self.teacher_run / BEST)
+                self._teacher = load_model(teacher.best)
             except RunDirError as exc:
                 raise DistillError(f"--teacher: {exc}") from None
             self._teacher.trainable = False
             outputs = int(self._teacher.outputs[0].shape[-1])
             if outputs != len(self.labels):
-                raise DistillError(f"{self.teacher_run / BEST}: outputs {outputs} classes but labels.txt lists "
+                raise DistillError(f"{teacher.best}: outputs {outputs} classes but labels.txt lists "
                                    f"{len(self.labels)}; restore the teacher run")
         if self.log:
             width = f" (alpha {self.teacher_alpha:g})" if self.teacher_alpha is not None else ""

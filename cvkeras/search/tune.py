@@ -35,8 +35,8 @@ from cvkeras.search.tune_summary import (
     OBJECTIVES,
     TRIALS,
     TrialRecord,
-    _record,
     read_records,
+    record_trial,
     trial_name,
     write_summary,
 )
@@ -128,7 +128,7 @@ def make_tuner(run: Path, base: FinetuneConfig, fixed: set[str], objective: str,
             if trial.status != "COMPLETED":  # KerasTuner kept the traceback; the record has the one line
                 record_path = run / TRIALS / f"{trial_name(trial.trial_id)}.json"
                 if not record_path.is_file():  # an error before run_one could record it
-                    _record(run, TrialRecord(trial.trial_id, "failed", None, 0.0, trial_name(trial.trial_id),
+                    record_trial(run, TrialRecord(trial.trial_id, "failed", None, 0.0, trial_name(trial.trial_id),
                                              dict(trial.hyperparameters.values),
                                              (trial.message or "").strip().splitlines()[-1][:300]))
             best = write_summary(run, objective)
@@ -159,7 +159,7 @@ def run_one(run: Path, base: FinetuneConfig, trial: Any, key: str, objective: st
     import keras
     from keras_tuner.errors import FailedTrialError
 
-    from cvkeras.run import rundir
+    from cvkeras.run.files import CHECKPOINTS
     from cvkeras.run.rundir import STATE
     from cvkeras.train.trainer import finetune
 
@@ -170,7 +170,7 @@ def run_one(run: Path, base: FinetuneConfig, trial: Any, key: str, objective: st
     cfg = trial_config(base, values)
     shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
     log(f"trial {trial.trial_id}: {shown or 'the given recipe'} -> {out}")
-    resume = (out / rundir.CHECKPOINTS / STATE).is_file()  # an interrupted trial continues where it stopped
+    resume = (out / CHECKPOINTS / STATE).is_file()  # an interrupted trial continues where it stopped
     start = time.perf_counter()
     try:
         result = train(cfg, output=str(out), force=not resume, resume=resume, verbose=0,
@@ -183,12 +183,12 @@ def run_one(run: Path, base: FinetuneConfig, trial: Any, key: str, objective: st
         raise
     except Exception as exc:  # noqa: BLE001 -- any failure of one trial is recorded, the search goes on
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        _record(run, TrialRecord(trial.trial_id, "failed", None, round(time.perf_counter() - start, 1), name,
+        record_trial(run, TrialRecord(trial.trial_id, "failed", None, round(time.perf_counter() - start, 1), name,
                                  values, f"{type(exc).__name__}: {line}"))
         raise FailedTrialError(line) from None
     finally:
         keras.backend.clear_session()  # each trial builds its models afresh: free the last one's graph
-    _record(run, TrialRecord(trial.trial_id, "ok", score, round(time.perf_counter() - start, 1), name, values))
+    record_trial(run, TrialRecord(trial.trial_id, "ok", score, round(time.perf_counter() - start, 1), name, values))
     return {objective: score}
 
 
@@ -216,8 +216,8 @@ def tune(base: FinetuneConfig, output: str | os.PathLike, max_trials: int, fixed
     ``fixed`` names the FinetuneConfig fields the user set (not searched). ``train`` replaces
     :func:`cvkeras.train.trainer.finetune` (tests).
     """
-    from cvkeras.run import rundir
     from cvkeras.run.config import validate_config
+    from cvkeras.run.files import write_json
 
     log = log or (lambda line: print(line, flush=True))
     if objective not in OBJECTIVES:
@@ -266,7 +266,7 @@ def tune(base: FinetuneConfig, output: str | os.PathLike, max_trials: int, fixed
         log(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: trials from the oracle at "
             f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}")
     elif not resume:
-        rundir.write_json(run / MARKER, {"objective": objective, "algorithm": algorithm, "max_trials": max_trials,
+        write_json(run / MARKER, {"objective": objective, "algorithm": algorithm, "max_trials": max_trials,
                                          "fixed": sorted(fixed), "config": base.to_dict()})
     budget = None if time_budget_min is None else 60.0 * float(time_budget_min)
     tuner = make_tuner(run, base, fixed, objective, algorithm, max_trials, resume or worker, budget, log, train)

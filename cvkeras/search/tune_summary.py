@@ -61,7 +61,7 @@ def best_record(records: list[TrialRecord], direction: str) -> TrialRecord | Non
 
 def write_summary(run: Path, objective: str) -> TrialRecord | None:
     """Rewrite tune.csv, tune.png and the ``best`` link from the trial records; the best record."""
-    from cvkeras.run import rundir
+    from cvkeras.run.files import atomic_write
 
     records = read_records(run)
     direction = OBJECTIVES[objective][1]
@@ -72,7 +72,7 @@ def write_summary(run: Path, objective: str) -> TrialRecord | None:
     for r in records:
         w.writerow([r.trial, r.status, "" if r.objective is None else f"{r.objective:.6g}", f"{r.seconds:.1f}",
                     r.run, *[r.values.get(n, "") for n in names], r.worker, r.error])
-    rundir.atomic_write(run / CSV, buf.getvalue())
+    atomic_write(run / CSV, buf.getvalue())
     best = best_record(records, direction)
     _plot(run / PLOT, records, objective, best)
     link = run / BEST
@@ -86,10 +86,10 @@ def write_summary(run: Path, objective: str) -> TrialRecord | None:
 
 
 def _plot(path: Path, records: list[TrialRecord], objective: str, best: TrialRecord | None) -> None:
-    from cvkeras.analysis.plots import _plt
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.analysis.plots import pyplot
+    from cvkeras.run.files import atomic_write
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * len(records) + 3), 3.5))
     ok = [(int(r.trial), r.objective) for r in records if r.status == "ok" and r.objective is not None]
     bad = [int(r.trial) for r in records if r.status != "ok"]
@@ -112,8 +112,9 @@ def _plot(path: Path, records: list[TrialRecord], objective: str, best: TrialRec
     plt.close(fig)
 
 
-def _record(run: Path, record: TrialRecord) -> None:
-    from cvkeras.run import rundir
+def record_trial(run: Path, record: TrialRecord) -> None:
+    """Write one trial's record (``RUN/trials/<run>.json``), naming the worker that ran it."""
+    from cvkeras.run.files import write_json
 
     record.worker = record.worker or os.environ.get("KERASTUNER_TUNER_ID", "")
-    rundir.write_json(run / TRIALS / f"{record.run}.json", asdict(record))
+    write_json(run / TRIALS / f"{record.run}.json", asdict(record))

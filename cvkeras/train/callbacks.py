@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cvkeras.run import rundir
+from cvkeras.run.files import CHECKPOINTS, atomic_write, write_json
 
 #: ``loss``/``val_loss`` are the training objective (label smoothing; ``loss`` also class-weighted), not
 #: metrics.json's ``cross_entropy``; ``learning_rate_first_step`` is the rate of the epoch's first step.
@@ -75,11 +76,11 @@ def make_checkpointer(run: Path, export_model, state: dict[str, Any], patience: 
             if write:
                 if improved or not (run / rundir.BEST).exists():
                     export_model.set_weights(self.model.get_weights())
-                    rundir.atomic_write(run / rundir.BEST, lambda tmp: export_model.save(tmp))
-                rundir.atomic_write(run / rundir.HISTORY, history_csv(state["history"]))
-                ckpt = run / rundir.CHECKPOINTS
-                rundir.atomic_write(ckpt / rundir.LAST, lambda tmp: self.model.save(tmp))
-                rundir.write_json(ckpt / rundir.STATE, state)
+                    atomic_write(run / rundir.BEST, lambda tmp: export_model.save(tmp))
+                atomic_write(run / rundir.HISTORY, history_csv(state["history"]))
+                ckpt = run / CHECKPOINTS
+                atomic_write(ckpt / rundir.LAST, lambda tmp: self.model.save(tmp))
+                write_json(ckpt / rundir.STATE, state)
             if patience and state["wait"] >= patience:
                 self.model.stop_training = True
 

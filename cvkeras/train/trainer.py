@@ -9,7 +9,8 @@ interrupted run resumes where it stopped; the best model by validation accuracy 
 This module is the job from start to end; its parts live beside it: option checks in
 :mod:`cvkeras.run.config`, the run directory in :mod:`cvkeras.run.claim` / :mod:`cvkeras.run.rundir`, precision
 and strategies in :mod:`cvkeras.train.distribute`, the optimizer in :mod:`cvkeras.train.optim`, the per-epoch
-bookkeeping in :mod:`cvkeras.train.callbacks` and the two stages in :mod:`cvkeras.train.stages`.
+bookkeeping in :mod:`cvkeras.train.callbacks`, the pipelines in :mod:`cvkeras.train.datasets` and the two
+stages in :mod:`cvkeras.train.stages`.
 
 Example:
     >>> result = finetune(FinetuneConfig(data="demo:shapes", model="mobilenet_v2", alpha=0.35,
@@ -19,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -27,28 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvkeras.models.registry import get, resolve_alpha
 from cvkeras.run import files as runfiles
 from cvkeras.run import rundir
-from cvkeras.run.claim import RunExistsError, _check_output_vs_data, _prepare_run
+from cvkeras.run.claim import RunExistsError, check_output_vs_data, prepare_run
 from cvkeras.run.config import (
     FinetuneConfig,
     validate_config,
 )
 from cvkeras.run.rundir import RunDir
-from cvkeras.serving.errors import OptionError, first_line, printable, quote
+from cvkeras.serving.errors import OptionError, RunDirError, first_line, printable, quote
 from cvkeras.train.callbacks import make_checkpointer as _make_checkpointer
+from cvkeras.train.datasets import make_datasets
 from cvkeras.train.distribute import (
     is_chief,
     make_strategy,
     resolve_precision,
     split_cpu,
     worker_index,
-)
-from cvkeras.train.optim import (
-    class_weights,
-    label_counts,
-    with_sample_weights,
 )
 from cvkeras.train.recipe import resolve
 from cvkeras.train.stages import run_stages
@@ -123,8 +118,9 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
 
     if not cfg.data and not resume:
         raise OptionError("no data given; pass a class folder, a .csv manifest, tfds:NAME or demo:shapes")
-    if cfg.data or not resume:
-        validate_config(cfg)
+    spec = None
+    if cfg.data or not resume:  # the model is resolved once: registry row, width, input size
+        cfg, spec = validate_config(cfg)
     strategy = make_strategy(cfg.strategy)  # first: multi-worker needs it before other TF ops
     write = True  # every worker checkpoints (collectives need all of them); only the chief writes the run
     if not is_chief():  # a non-chief worker writes its own copy beside the run, never into it
@@ -133,17 +129,18 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         force = True
     if not resume:  # the data is scanned (and refused) before the run directory is touched
         if output:
-            _check_output_vs_data(Path(output), cfg.data)
+            check_output_vs_data(Path(output), cfg.data)
         split = load_source(cfg.data, cfg.val_split, cfg.seed, cfg.tfds_data_dir, cfg.test_split)
         leaks = finetune_leaks(split, cfg.dedupe)  # copies across splits: warned, --dedupe drops them
         if hook:
             hook.check(split.classes)
     before = None if output is None or not Path(output).is_dir() else any(Path(output).iterdir())  # None: new
-    run, cfg = _prepare_run(cfg, output, force, resume, stack)
+    run, cfg = prepare_run(cfg, output, force, resume, stack)
+    if spec is None:  # --resume as recorded: the run's own settings
+        cfg, spec = cfg.resolved()
     if not resume:  # runs before the lock is released: a failed set-up leaves no stub that blocks the retry
         stack.push(lambda exc_type, exc, tb: _undo_setup(run, before) if exc_type else None)
     rd = RunDir(run)
-    spec = _resolve_model(cfg)
     keras.utils.set_random_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
     keras.mixed_precision.set_global_policy(precision)
@@ -172,7 +169,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
                          recipe.record())
         if leaks:
             leaks.write(rd.path)
-    data = _datasets(cfg, split, run, num_classes)
+    data = make_datasets(cfg, split, run, num_classes)
 
     state: dict[str, Any] = rd.state() if resume else {
         "stage": 1, "epoch": 0, "global_epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0,
@@ -212,7 +209,7 @@ def _undo_setup(run: Path, had_files: bool | None) -> None:
         return
     try:
         runfiles.clear_run(run)  # manifest files only; refuses (removing nothing) if anyone else added a file
-    except (rundir.RunDirError, OSError):
+    except (RunDirError, OSError):
         return
     if not had_files:
         for name in (runfiles.MARKER, runfiles.LOCK):
@@ -229,19 +226,8 @@ def _load_checkpoint(rd: RunDir):
     try:
         return keras.saving.load_model(rd.last, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file, whatever Keras raises for it
-        raise rundir.RunDirError(f"{rd.last}: cannot load the checkpoint ({first_line(exc, 200)}); start the "
+        raise RunDirError(f"{rd.last}: cannot load the checkpoint ({first_line(exc, 200)}); start the "
                                  "run again with --force") from None
-
-
-def _resolve_model(cfg: FinetuneConfig):
-    """Fill in what the registry row decides (canonical name, width, input size); returns the row."""
-    spec = get(cfg.model)
-    cfg.model = spec.name
-    cfg.alpha = resolve_alpha(spec, cfg.alpha)
-    cfg.image_size = list(cfg.image_size or spec.input_size)
-    if len(cfg.image_size) == 1:
-        cfg.image_size = [cfg.image_size[0]] * 2
-    return spec
 
 
 def _recorded_split(rd: RunDir, cfg: FinetuneConfig):
@@ -271,51 +257,8 @@ def _write_run_files(rd: RunDir, cfg: FinetuneConfig, split, precision: str, rep
     rd.write_labels(split.classes)
     rd.write_split(split.to_json(cfg.seed))
     if split.skipped:
-        rundir.atomic_write(rd / rundir.SKIPPED, "".join(f"{runfiles.printable_path(p)}\t{why}\n"
-                                                         for p, why in split.skipped))
-
-
-@dataclass
-class _Data:
-    train_ds: Any
-    val_ds: Any
-    n_train: int
-    n_val: int
-    steps: int
-    weights: dict[int, float] | None
-
-
-def _datasets(cfg: FinetuneConfig, split, run: Path, num_classes: int) -> _Data:
-    """The training and validation tf.data pipelines (files or TFDS), steps per epoch and class weights."""
-    from cvkeras.data.augment import Augmenter
-    from cvkeras.data.pipeline import make_dataset, tfds_dataset
-
-    size = cfg.image_size
-    augmenter = Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)
-    if split.source == "tfds":
-        train_src, val_src = tfds_dataset(split.tfds, "train"), tfds_dataset(split.tfds, "val")
-        n_train, n_val = int(train_src.cardinality().numpy()), int(val_src.cardinality().numpy())
-        train_ds = make_dataset(None, None, size, cfg.batch_size, num_classes, True, augmenter, cfg.cache,
-                                cfg.seed, source=train_src, cache_tag=f"{run.resolve()}:train:{cfg.data}")
-        val_ds = make_dataset(None, None, size, cfg.batch_size, num_classes, cache=cfg.cache, source=val_src,
-                              cache_tag=f"{run.resolve()}:val:{cfg.data}")
-        counts = label_counts(train_src, num_classes) if cfg.class_weights != "none" else None
-    else:
-        n_train, n_val = len(split.train), len(split.val)
-        train_ds = make_dataset([p for p, _ in split.train], [y for _, y in split.train], size, cfg.batch_size,
-                                num_classes, True, augmenter, cfg.cache, cfg.seed, cache_tag=f"{run.resolve()}:train")
-        val_ds = make_dataset([p for p, _ in split.val], [y for _, y in split.val], size, cfg.batch_size,
-                              num_classes, cache=cfg.cache, cache_tag=f"{run.resolve()}:val")
-        counts = split.counts("train")
-    steps = int(cfg.epoch_steps)
-    if cfg.steps_per_epoch is not None:
-        steps = min(steps, int(cfg.steps_per_epoch))
-    if cfg.steps_per_epoch is not None or steps != math.ceil(n_train / cfg.batch_size):
-        train_ds = train_ds.repeat()
-    weights = class_weights(counts, cfg.class_weights) if counts else None
-    if weights:
-        train_ds = with_sample_weights(train_ds, weights, num_classes)
-    return _Data(train_ds, val_ds, n_train, n_val, steps, weights)
+        runfiles.atomic_write(rd / rundir.SKIPPED, "".join(f"{runfiles.printable_path(p)}\t{why}\n"
+                                                           for p, why in split.skipped))
 
 
 def _final_metrics(rd: RunDir, model_name: str, has_test: bool) -> dict[str, Any]:
@@ -330,6 +273,6 @@ def _final_metrics(rd: RunDir, model_name: str, has_test: bool) -> dict[str, Any
     if has_test:
         test = evaluate_run(rd.path, split="test", write=False)
         metrics["test"] = {k: test[k] for k in ("n", "accuracy", "cross_entropy", "macro_f1", "measured_on")}
-        rundir.write_json(rd / rundir.METRICS, metrics)
+        rd.write_metrics(metrics)
     refresh(rd.path, warn=lambda line: print(line, file=sys.stderr))
     return metrics

@@ -24,7 +24,7 @@ def convert(job: Job) -> None:
 
     from cvkeras.export.onnx import convert as to_onnx
     from cvkeras.export.onnx import fp16, quantize
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
 
     model, say, check, metadata = job.model, job.say, job.check, job.metadata
     opset, quant, repair = job.options.opset, job.options.quant_settings(), job.options.repair
@@ -87,7 +87,7 @@ def repair_onnx(res: ArtifactResult, pre: Path, job: Job, quant: QuantSettings, 
     from cvkeras.export import repair
     from cvkeras.export.onnx import convert as to_onnx
     from cvkeras.export.onnx import quantize, ranking
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
 
     calib_images = job.calib_images
 

@@ -25,7 +25,7 @@ from cvkeras.export.verify import ArtifactResult
 def convert(job: Job) -> None:
     """Make, check (and repair) every planned TFLite artifact."""
     from cvkeras.export.tflite import convert as to_tflite
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
 
     model, say, check, metadata = job.model, job.say, job.check, job.metadata
     io_type, repair, quant = job.options.io_type, job.options.repair, job.options.quant_settings()
@@ -149,7 +149,7 @@ def candidate_files(res: ArtifactResult, make: Callable[[list[LayerError]], tupl
     import shutil
 
     from cvkeras.export.tflite import convert as to_tflite
-    from cvkeras.run.rundir import atomic_write
+    from cvkeras.run.files import atomic_write
     from cvkeras.serving.metadata import sidecar_path
 
     def write(layers: list[LayerError], path: str) -> dict[str, Any]:
