@@ -73,7 +73,7 @@ def main() -> None:
         device_top1 = np.asarray([p.index for p in device])
         device_probs = np.concatenate([
             predictor.predict_batch(np.stack([load_resized(p, (size, size)) for p in paths[i:i + 64]])
-                                    .astype(np.float32)) for i in range(0, len(paths), 64)])
+                                    .astype(np.float32), raw=True) for i in range(0, len(paths), 64)])
         keras_top1 = keras_probs.argmax(1)
         scales = [jpeg_scale(*Image.open(p).size, (size, size)) for p in paths]
         return {

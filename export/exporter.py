@@ -73,6 +73,7 @@ class ExportReport:
     #: model files in the export folder that this export did not write and cvkeras cannot prove it wrote:
     #: left in place, never checked (see :func:`cvkeras.export.folder.unverified_files`)
     unverified_files: list[str] = field(default_factory=list)
+    temperature: float = 1.0  # the run's, written into every artifact's metadata (1: none recorded)
 
     @property
     def conversion_errors(self) -> list[ArtifactResult]:
@@ -111,6 +112,7 @@ class ExportReport:
             "run": self.run, "output": rel(self.output), "model_name": self.model_name,
             "input_size": self.input_size, "labels": self.labels,
             "keras": {"accuracy": self.keras_accuracy, "n": self.n_val},
+            "temperature": self.temperature,
             "images": self.images, "settings": settings, "passed": self.passed, "seconds": round(self.seconds, 1),
             "artifacts": [{**a.to_dict(), "path": rel(a.path)} for a in self.artifacts],
             "unverified_files": self.unverified_files,
@@ -187,12 +189,17 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
         rd = RunDir.open(run)
         labels, split, model_name = rd.labels(), rd.split(), rd.model_name()
         seed, size = rd.seed(), list(rd.image_size())
+        temperature = rd.temperature()
     except RunDirError as exc:
         raise ExportError(str(exc)) from None
     out_dir = Path(output) if output is not None else rd.export_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: exists and is not a directory; pass another --output")
 
+    if temperature is None:
+        say("no temperature in metrics.json (a run from before calibration; `cvkeras evaluate RUN` fits one): "
+            "the artifacts' scores stay uncalibrated (temperature 1)")
+    temperature = 1.0 if temperature is None else temperature
     say("loading best.keras")
     model = load_float32_model(rd, len(labels))
 
@@ -225,11 +232,11 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
         calib_images = fidelity.with_flips(data.calibration) if opts.calibration_flip else data.calibration
     settings_doc = opts.settings(0 if calib_images is None else len(calib_images), len(data.calibration))
     report = ExportReport(str(rd.path), str(out_dir), model_name, size, labels, keras_acc, int(val.sum()),
-                          settings_doc, images=data.counts())
+                          settings_doc, images=data.counts(), temperature=temperature)
 
     def metadata(precision: str, extra: dict[str, Any]):
         return meta_io.make_metadata(labels, size, model_name, precision, keras_acc,
-                                     {"val_samples": int(val.sum()), **extra})
+                                     {"val_samples": int(val.sum()), **extra}, temperature)
 
     results = {a.name: ArtifactResult(a.name, a.format, a.precision, str(out_dir / a.name))
                for a in opts.planned()}

@@ -62,6 +62,8 @@ class ArtifactResult:
     held_back_agreement: float | None = None
     held_back_agreement_ci: list[float] | None = None
     n_held_back: int = 0
+    ece: float | None = None  # calibration of the scores the device gives (the metadata's temperature applied)
+    nll: float | None = None
     measured_on: dict[str, Any] | None = None
     gate: str = ""
     error: str | None = None
@@ -123,6 +125,7 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
     result.held_back_agreement = report.held_back_agreement
     result.held_back_agreement_ci = report.held_back_agreement_ci
     result.n_held_back = report.n_held_back
+    result.ece, result.nll = report.ece, report.nll
     result.measured_on = {k: v for k, v in report.measured_on.items() if k != "accuracy"}
     if float32:
         ok = report.max_abs_diff is not None and report.max_abs_diff <= gates.float_tolerance

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvkeras.serving.calibration import temperature_problem
 from cvkeras.serving.errors import CvkerasError, first_line, quote
 from cvkeras.serving.formats import label_problem
 from cvkeras.serving.preprocess import contract
@@ -58,12 +59,15 @@ class ModelMetadata:
     producer: str = "cvkeras"
     producer_version: str = ""
     reference_accuracy: float | None = None  # Keras model's accuracy on the validation split
+    #: scores = softmax(log p / temperature) (:mod:`cvkeras.serving.calibration`); 1.0: as the model outputs them
+    temperature: float = 1.0
     preprocess: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.temperature = float(self.temperature)
         if not self.preprocess:
             self.preprocess = contract(*self.input_size)
 
@@ -89,6 +93,9 @@ class ModelMetadata:
             if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
                 raise MetadataError(f"{source}: metadata field input_size must be [height, width], not "
                                     f"{quote(size, 40)}; re-export the model")
+            problem = temperature_problem(known.get("temperature", 1.0))
+            if problem:
+                raise MetadataError(f"{source}: metadata field temperature {problem}; re-export the model")
             meta = cls(**known)
         except MetadataError:
             raise

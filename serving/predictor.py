@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from cvkeras.serving.batches import Batch, decode_batches, default_workers
+from cvkeras.serving.calibration import apply_temperature
 from cvkeras.serving.errors import OptionError, first_line, quote
 from cvkeras.serving.hints import failed_model_line, not_a_model_hint
 from cvkeras.serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
@@ -67,7 +68,8 @@ def _inference_errors(path: Path) -> Iterator[None]:
 
 
 class Predictor:
-    """A loaded model plus its metadata. Create with :meth:`Predictor.load`."""
+    """A loaded model plus its metadata. Create with :meth:`Predictor.load`. Its scores are calibrated: the
+    model's probabilities at the metadata's temperature (:mod:`cvkeras.serving.calibration`)."""
 
     def __init__(self, runner: Runner, metadata: ModelMetadata, path: Path,
                  decode_workers: int | None = None, mode: str = "auto",
@@ -165,6 +167,11 @@ class Predictor:
         return self._runner.kind
 
     @property
+    def temperature(self) -> float:
+        """The metadata's temperature: every score this predictor returns is ``softmax(log p / T)``."""
+        return self.metadata.temperature
+
+    @property
     def providers(self) -> list[str]:
         return list(self._runner.providers)
 
@@ -173,12 +180,13 @@ class Predictor:
                 f"input {self.input_size[0]}x{self.input_size[1]}, {self.metadata.precision}, {self.mode})")
 
     # --- raw runner ------------------------------------------------------------------------------------
-    def predict_batch(self, x: np.ndarray, use: str | None = None) -> np.ndarray:
-        """Probabilities ``(N, C)`` float32 for a float32 NHWC batch in ``0..255`` at the input size.
+    def predict_batch(self, x: np.ndarray, use: str | None = None, raw: bool = False) -> np.ndarray:
+        """Calibrated probabilities ``(N, C)`` float32 for a float32 NHWC batch in ``0..255`` at the input size.
 
         Splits into the model's fixed batch when it has one (TFLite: 1). Integer TFLite I/O is quantized
         and dequantized with the tensors' own scale and zero point. ``use`` ("latency"/"throughput")
-        picks the session in auto mode; default: latency for one image, throughput for more.
+        picks the session in auto mode; default: latency for one image, throughput for more. ``raw``: the
+        model's own output, before the metadata's temperature (what ``reference.npz`` is compared with).
         """
         x = np.asarray(x)
         h, w = self.input_size
@@ -192,7 +200,8 @@ class Predictor:
             parts = [runner.run(x[i : i + step]) for i in range(0, x.shape[0], step)]
         if not parts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return np.concatenate(parts, axis=0).astype(np.float32, copy=False).reshape(x.shape[0], -1)
+        probs = np.concatenate(parts, axis=0).astype(np.float32, copy=False).reshape(x.shape[0], -1)
+        return probs if raw else apply_temperature(probs, self.temperature)
 
     # --- decoding --------------------------------------------------------------------------------------
     def batches(self, sources: Sequence[ImageInput], batch_size: int = 16,
@@ -272,4 +281,5 @@ class Predictor:
                     x = self._local.x = np.empty((1, *self.input_size, 3), dtype=np.float32)
                 x[0] = arr
                 probs = runner.run(x)
-        return self._result(probs.reshape(-1), top_k, source_name(image))
+        probs = apply_temperature(np.asarray(probs, dtype=np.float32).reshape(-1), self.temperature)
+        return self._result(probs, top_k, source_name(image))

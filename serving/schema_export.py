@@ -20,6 +20,7 @@ EXPORT_FIELDS = (
     F("keras", "object", "", "the float32 Keras model on the labelled validation images"),
     F("keras.accuracy", "number", FRACTION, "its accuracy"),
     F("keras.n", "int", "images", "labelled validation images"),
+    F("temperature", "number", "", "the run's T (metrics.json), in every artifact's metadata; 1: none recorded"),
     F("images", "object", "", "image counts"),
     F("images.fidelity", "int", "images", "images every artifact is run on (val + held-back training)"),
     F("images.val", "int", "images", "labelled validation images: every gate and verdict figure"),
@@ -75,6 +76,9 @@ EXPORT_FIELDS = (
                                                                     "images (seen in training; never gated)"),
     F(f"{_ARTIFACT}.held_back_agreement_ci", "list[number]|null", INTERVAL, "its interval (Wilson)"),
     F(f"{_ARTIFACT}.n_held_back", "int", "images", "held-back training images"),
+    F(f"{_ARTIFACT}.ece", "number|null", FRACTION, "expected calibration error of its scores (T applied) on the "
+                                                    "validation images"),
+    F(f"{_ARTIFACT}.nll", "number|null", "nats", "their mean -log p(true class)"),
     F(f"{_ARTIFACT}.measured_on", "object|null", "", "figure -> the images it was measured on"),
     F(f"{_ARTIFACT}.measured_on.*", "object", "", "`images` (`validation`, ...) and `n`"),
     F(f"{_ARTIFACT}.measured_on.*.images", "string", "", "which images"),

@@ -7,6 +7,32 @@ from __future__ import annotations
 from cvkeras.serving.schema_fields import FRACTION
 from cvkeras.serving.schema_fields import Field as F
 
+
+def _calibration(at: str, where: str) -> tuple[F, ...]:
+    """The fields of a ``calibration`` block at ``at`` (temperature scaling, :mod:`cvkeras.serving.calibration`)."""
+    diagrams = tuple(f for key in ("before", "after") for f in (
+        F(f"{at}.reliability_{key}", "object", "", f"reliability diagram {key} the temperature, per confidence bin"),
+        F(f"{at}.reliability_{key}.count", "list[int]", "images", "images per bin (k/bins, (k+1)/bins]"),
+        F(f"{at}.reliability_{key}.confidence", "list", "probability", "their mean top-1 confidence (null: empty)"),
+        F(f"{at}.reliability_{key}.accuracy", "list", FRACTION, "their accuracy (null: empty bin)")))
+    return (
+        F(at, "object", "", f"temperature scaling {where}", False),
+        F(f"{at}.temperature", "number", "", "T: scores = softmax(log p / T); export writes it into the metadata"),
+        F(f"{at}.fitted", "bool", "", "true: T was fitted on these images (validation), so the after figures are "
+                                      "fitted, optimistic; false: nothing was fitted on them"),
+        F(f"{at}.bins", "int", "", "equal-width bins of the top-1 confidence (ECE, diagrams)"),
+        F(f"{at}.n", "int", "images", "images"),
+        F(f"{at}.ece_before", "number", FRACTION, "expected calibration error of the model's probabilities"),
+        F(f"{at}.ece_after", "number", FRACTION, "expected calibration error at temperature T"),
+        F(f"{at}.nll_before", "number", "nats", "mean -log p(true class), unclipped"),
+        F(f"{at}.nll_after", "number", "nats", "the same at temperature T"),
+        *diagrams,
+        F(f"{at}.measured_on", "object", "", "the images"),
+        F(f"{at}.measured_on.images", "string", "", "validation (T fitted on it), test or another dataset"),
+        F(f"{at}.measured_on.n", "int", "images", "how many"),
+    )
+
+
 METRICS_FIELDS = (
     F("schema", "string", "", "`cvkeras.metrics/1`"),
     F("n", "int", "images", "images evaluated"),
@@ -39,6 +65,8 @@ METRICS_FIELDS = (
     F("test.measured_on.images", "string", "", "test (evaluated once, at the end)"),
     F("test.measured_on.n", "int", "images", "how many"),
     F("test.measured_on.selection", "bool", "", "false: nothing was chosen on them"),
+    *_calibration("calibration", "(validation split: T fitted; test or `--data`: the run's T applied)"),
+    *_calibration("test.calibration", "on the test images: the run's T applied, the honest figures"),
 )
 
 _ROW = "models[]"

@@ -68,7 +68,8 @@ def validation_tables(report: ValidationReport) -> None:
         ("validation images compared", str(report.n_paired)),
         ("accuracy drop", f"{drop} (max {report.max_accuracy_drop:g})"),
         ("top-1 agreement", f"{agree} (min {100 * report.min_agreement:g} %)"),
-        ("max |p - p_ref|", "-" if report.max_abs_diff is None else f"{report.max_abs_diff:.4f}"),
+        ("max |p - p_ref|", "-" if report.max_abs_diff is None else f"{report.max_abs_diff:.4f}"
+         + (" (before the temperature)" if report.temperature != 1.0 else "")),
         ("matched reference outputs", str(report.n_reference)),
     ]
     if report.n_held_back:
@@ -76,6 +77,9 @@ def validation_tables(report: ValidationReport) -> None:
                                                      "images (seen in training; not gated)"))
     if report.n_seen:
         rows.append(("training images (apart)", f"{report.n_seen}, accuracy {_pct(report.seen_accuracy)}"))
+    if report.ece is not None:
+        rows.append(("calibration", f"ECE {report.ece:.4f}, NLL {report.nll:.4f} at temperature "
+                                    f"{report.temperature:.3g} (the scores the device gives)"))
     rows += [
         ("latency per image", f"{report.latency_ms_per_image:.2f} ms"),
         ("unreadable files", str(len(report.failures))),

@@ -17,6 +17,10 @@ training images) never enter those figures: they are counted apart (``n_seen``, 
 the held-back rows' agreement is reported beside the gate (``held_back_agreement``), never pooled into it.
 ``measured_on`` names the images and count of every figure.
 
+Like with like: the artifact's raw outputs are compared with the Keras reference's raw outputs (agreement and
+max|dp| as before temperatures), while ``ece`` and ``nll`` judge the scores the device gives, the model metadata's
+temperature applied (:mod:`cvkeras.serving.calibration`), on the images of the headline accuracy.
+
 Example:
     >>> p = Predictor.load("export/model_int8.onnx")
     >>> report = validate(p, scan_class_folder("data/val", p.labels), Reference.load("export"))
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvkeras.serving.calibration import apply_temperature, ece, nll
 from cvkeras.serving.images import class_folders, list_images
 from cvkeras.serving.parity import HEADLINE, NEW, VAL_ROLE, compare_with_reference, match_reference
 from cvkeras.serving.predictor import Predictor
@@ -133,7 +138,7 @@ def validate(
         for start in range(0, len(images), batch_size):
             x = _as_batch(images[start : start + batch_size], predictor.input_size)
             t0 = time.perf_counter()
-            chunks.append(predictor.predict_batch(x))
+            chunks.append(predictor.predict_batch(x, raw=True))
             model_seconds += time.perf_counter() - t0
         probs = np.concatenate(chunks) if chunks else np.zeros((0, num_classes), np.float32)
     else:
@@ -145,7 +150,7 @@ def validate(
             failures += [{"path": os.fspath(paths[i]), "error": e} for i, e in sorted(batch.errors.items())]
             if batch.indices:
                 t0 = time.perf_counter()
-                chunks.append(predictor.predict_batch(batch.x))
+                chunks.append(predictor.predict_batch(batch.x, raw=True))
                 model_seconds += time.perf_counter() - t0
                 kept += batch.indices
         probs = np.concatenate(chunks) if chunks else np.zeros((0, num_classes), np.float32)
@@ -177,6 +182,13 @@ def validate(
     )
     kinds = {str(r) for r in roles[unseen]}
     report.measured_on["accuracy"] = {"images": HEADLINE[frozenset(kinds)], "n": n}
+    # calibration of the scores the device gives (the metadata's temperature applied); parity below stays raw
+    t = report.temperature = predictor.temperature
+    report.ece = ece(apply_temperature(probs[unseen], t), labels[unseen])
+    report.nll = nll(probs[unseen], labels[unseen], t)
+    fitted = " (the temperature was fitted on the validation split)" if VAL_ROLE in kinds and t != 1.0 else ""
+    for figure in ("ece", "nll"):
+        report.measured_on[figure] = {"images": HEADLINE[frozenset(kinds)] + fitted, "n": n}
     seen = ~unseen
     if seen.any():
         report.n_seen = int(seen.sum())

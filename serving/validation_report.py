@@ -50,6 +50,9 @@ class ValidationReport:
     n_seen: int = 0  # images training saw (held-back rows, calibration, other training images): apart
     seen_accuracy: float | None = None
     measured_on: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure -> {"images", "n"}
+    temperature: float = 1.0  # the model metadata's: the scores are softmax(log p / temperature)
+    ece: float | None = None  # expected calibration error of those scores over the ``n`` images (15 bins)
+    nll: float | None = None  # their mean negative log-likelihood (nats)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``validate --json`` (``cvkeras.validation/2``, docs/json.md): the drop, its interval

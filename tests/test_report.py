@@ -15,7 +15,7 @@ from PIL import Image
 # MobileNet alpha 0.25: traces in half the time of MobileNetV2 alpha 0.35; no test here is about the backbone
 TINY = ["--model", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32",
         "--batch-size", "8"]
-SECTIONS = {"summary", "config", "curves", "confusion", "per-class", "mistakes", "skipped"}
+SECTIONS = {"summary", "config", "curves", "confusion", "per-class", "calibration", "mistakes", "skipped"}
 
 
 def _cli(*args):
@@ -82,7 +82,7 @@ def test_finetune_writes_a_self_contained_report(run):
     metrics = json.loads((run / "metrics.json").read_text())
     wrong = metrics["n"] - int(round(metrics["accuracy"] * metrics["n"]))
     assert page.cards == min(8, wrong)
-    assert len(page.images) == 2 + page.cards  # curves, confusion matrix, one overlay per mistake
+    assert len(page.images) == 3 + page.cards  # curves, confusion, reliability diagram, one overlay per mistake
     text = report.read_text()
     for cls in ("circle", "square", "triangle"):
         assert f"<td>{cls}</td>" in text

@@ -2,7 +2,9 @@
 
 ``classification_report`` is pure numpy (accuracy, top-k, loss, per-class precision/recall/F1/support,
 confusion matrix) so it can be checked independently; ``evaluate_run`` recomputes a run's report
-(``cvkeras evaluate RUN``) and writes ``metrics.json`` and ``confusion_matrix.png`` atomically.
+(``cvkeras evaluate RUN``) and writes ``metrics.json`` and ``confusion_matrix.png`` atomically. On the validation
+split it fits the run's temperature (the ``calibration`` block, :mod:`cvkeras.analysis.calibration`); on the
+test split or another dataset it applies the recorded one.
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, split: str = "
     report["split"] = split if data is None else None  # --data: all of another dataset, not a split of the run
     report["data"] = "run" if data is None else data
     report["measured_on"] = measured_on(split if data is None else None, len(labels))
+    from cvkeras.analysis.calibration import calibration_block
+
+    cal = calibration_block(probs, labels, split if data is None else None, None if split == "val" and data is None
+                            else rd.temperature())  # fitted on the run's val split, applied elsewhere
+    if cal is not None:
+        report["calibration"] = cal
     if write:
         # the run's own validation report is metrics.json; other evaluations get their own files
         default = data is None and split == "val"

@@ -1,7 +1,8 @@
 """``report.html``: one self-contained page a person would rather look at than read a run directory.
 
-Sections (each an ``<section id=...>``): summary, curves, confusion, per-class, mistakes (the
-highest-confidence wrong validation predictions, each with its Grad-CAM overlay), skipped files, the export
+Sections (each an ``<section id=...>``): summary, curves, confusion, per-class, calibration (temperature, ECE
+and NLL before and after, reliability diagram), mistakes (the highest-confidence wrong validation predictions,
+each with its Grad-CAM overlay), skipped files, the export
 table (when ``RUN/export/export_report.json`` exists) and the config. Images are embedded as base64 PNG,
 there are no scripts and no external resources, so the file opens from disk, offline, anywhere.
 
@@ -27,7 +28,7 @@ REPORT = "report.html"
 EXPORT_REPORT = Path("export") / "export_report.json"
 #: Columns of the export table, in order, when the artifact rows carry them.
 EXPORT_COLUMNS = ("name", "status", "paired_accuracy", "accuracy_drop", "agreement", "n_paired",
-                  "held_back_agreement", "n_held_back", "size_bytes", "latency_ms_per_image")
+                  "held_back_agreement", "n_held_back", "ece", "size_bytes", "latency_ms_per_image")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
@@ -155,6 +156,12 @@ def build_html(run: str | os.PathLike, mistakes: list[dict[str, Any]] | None = N
                  + (html_table(["class", "precision", "recall", "F1", "support"], rows) if rows
                     else "<p>no metrics</p>")
                  + "</section>")
+
+    from cvkeras.analysis.calibration import report_parts
+
+    text, header, rows, png = report_parts(metrics)
+    parts.append(f'<section id="calibration"><h2>Calibration</h2><p class=muted>{text}</p>'
+                 + (html_table(header, rows) + img_tag(png, "reliability diagram") if png else "") + "</section>")
 
     cards = []
     for m in mistakes or []:

@@ -44,6 +44,11 @@ def evaluate(
     table.add_column("value")
     for k, v in summary_rows(report):
         table.add_row(k, v)
+    cal = report.get("calibration")
+    if cal:
+        table.add_row("calibration", f"T {cal['temperature']:.3g}{' (fitted here)' if cal['fitted'] else ''}: ECE "
+                      f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, NLL {cal['nll_before']:.4f} -> "
+                      f"{cal['nll_after']:.4f}")
     console.print(table)
 
 

@@ -28,10 +28,11 @@ def print_table(report) -> None:
                         f"{report.n_val} validation images; accuracy, drop, agreement and max|dp| on those "
                         f"{im.get('val')} validation images (the gates); 'held-back' is the agreement on "
                         f"{im.get('held_back_train')} held-back training images (seen in training, not gated); "
-                        f"{im.get('calibration')} calibration images", title_justify="left",
+                        f"{im.get('calibration')} calibration images; ECE of the scores at the run's temperature "
+                        f"{report.temperature:.3g}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("artifact", no_wrap=True)
-    for col in ("acc %", "drop [95% CI]", "agree % [95% CI]", "held-back %", "max|dp|", "MB", "ms/img",
+    for col in ("acc %", "drop [95% CI]", "agree % [95% CI]", "held-back %", "max|dp|", "ECE", "MB", "ms/img",
                 "float layers"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -47,6 +48,7 @@ def print_table(report) -> None:
             a.name, _fmt(None if a.paired_accuracy is None else 100 * a.paired_accuracy, ".2f"), drop, agree,
             _fmt(None if a.held_back_agreement is None else 100 * a.held_back_agreement, ".2f"),
             _fmt(a.max_abs_diff, ".1e"),
+            _fmt(a.ece, ".3f"),
             _fmt(None if a.size_bytes is None else a.size_bytes / 1e6, ".2f"), _fmt(a.latency_ms_per_image, ".2f"),
             "-" if a.float_layers is None else str(len(a.float_layers)),
             f"[{colour}]{a.status}[/{colour}]",

@@ -170,6 +170,7 @@ def summary_lines(result) -> list[str]:
     """The end-of-run summary: best epoch, the validation figures, where plots and report went.
 
     Plain ``name  value`` lines rather than a table, so nothing is cut at any terminal width."""
+    from cvkeras.analysis.calibration import summary_line
     from cvkeras.analysis.evaluate import summary_rows
     from cvkeras.run.rundir import CONFUSION, CURVES
 
@@ -183,6 +184,9 @@ def summary_lines(result) -> list[str]:
         test = result.metrics.get("test")
         if test:
             lines.append(f"test accuracy      {test['accuracy']:.4f} on {test['n']} images (evaluated once)")
+        calibration = summary_line(result.metrics)
+        if calibration:
+            lines.append(calibration)
     plots = [name for name in (CURVES, CONFUSION, "report.html") if (run / name).is_file()]
     if plots:
         lines.append(f"saved      {', '.join(plots)} in {run}")

@@ -9,7 +9,7 @@ A run directory holds (all written atomically)::
     history.csv          one row per epoch, both stages
     best.keras           the best float32 model (input: RGB float32 0..255 NHWC, output: probabilities)
     checkpoints/         last.keras + state.json, for ``--resume``
-    metrics.json         accuracy, top-k, loss, per-class P/R/F1/support, confusion matrix
+    metrics.json         accuracy, top-k, loss, per-class P/R/F1/support, confusion matrix, temperature
     curves.png, confusion_matrix.png, skipped.txt (when files were skipped)
     .cvkeras-run         marker + manifest: every file cvkeras wrote here (``--force`` removes only those)
     .cvkeras-lock        the OS lock one writer holds (pid and host of the holder inside)
@@ -22,12 +22,14 @@ writes files: no TensorFlow. Atomic writes, the manifest and the lock are :mod:`
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from cvkeras.run.config import FinetuneConfig
 from cvkeras.run.files import CHECKPOINTS, EXPORT, atomic_write, mark_run, write_json
+from cvkeras.serving.calibration import temperature_problem
 from cvkeras.serving.errors import CvkerasError, RunDirError, first_line, quote
 from cvkeras.serving.formats import LABELS, SPLIT, existing_file, labels_text, read_labels, read_split
 from cvkeras.serving.metadata import MAX_INPUT_SIDE
@@ -215,10 +217,17 @@ class RunDir:
         """``metrics.json`` (the validation report), or {} before the run wrote one."""
         return self.json_doc(METRICS) or {}
 
+    def temperature(self) -> float | None:
+        """The temperature fitted on the val split (metrics.json ``calibration.temperature``); None before calibration.
+        One that is not a finite number > 0 is a RunDirError naming the file."""
+        cal = self.metrics().get("calibration")
+        t = cal.get("temperature") if isinstance(cal, dict) else None
+        if t is not None and (problem := temperature_problem(t)):
+            raise RunDirError(f"{self.path / METRICS}: calibration.temperature {problem}; `cvkeras evaluate` refits")
+        return None if t is None else float(t)
+
     def json_doc(self, name: str) -> Any:
         """A JSON file of the run (``name`` relative to it), None when there is none."""
-        import json
-
         p = self.path / name
         return json.loads(p.read_text()) if p.is_file() else None
 
@@ -229,8 +238,6 @@ class RunDir:
 
     def state(self) -> dict[str, Any] | None:
         """The trainer's progress (``checkpoints/state.json``), None before the first epoch ended."""
-        import json
-
         p = self.state_path
         if not p.is_file():
             return None

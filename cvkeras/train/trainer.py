@@ -272,7 +272,8 @@ def _final_metrics(rd: RunDir, model_name: str, has_test: bool) -> dict[str, Any
                 title=f"{model_name} - best epoch on the " + report_title(metrics, "val split"))
     if has_test:
         test = evaluate_run(rd.path, split="test", write=False)
-        metrics["test"] = {k: test[k] for k in ("n", "accuracy", "cross_entropy", "macro_f1", "measured_on")}
+        metrics["test"] = {k: test[k] for k in ("n", "accuracy", "cross_entropy", "macro_f1", "measured_on",
+                                                "calibration") if k in test}
         rd.write_metrics(metrics)
     refresh(rd.path, warn=lambda line: print(line, file=sys.stderr))
     return metrics
