@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cvkeras.serving.calibration import ECE_BINS, before_after, fit_temperature
+from cvkeras.serving.calibration import ECE_BINS, TEMPERATURE_RANGE, before_after, fit_temperature
 
 #: ``measured_on.images`` of each block: which images, and whether the temperature was fitted on them.
 IMAGES = {"val": "validation (the temperature was fitted on it: the after figures are fitted, optimistic)",
@@ -47,7 +47,9 @@ def summary_line(metrics: dict[str, Any]) -> str | None:
         return (f"ECE {block['ece_before']:.3f} -> {block['ece_after']:.3f}, "
                 f"NLL {block['nll_before']:.3f} -> {block['nll_after']:.3f}")
 
-    line = f"calibration  temperature {cal['temperature']:.3g}: val {figures(cal)} (fitted on val)"
+    t = cal["temperature"]
+    edge = " (the edge of its range)" if any(abs(t / b - 1) < 1e-3 for b in TEMPERATURE_RANGE) else ""
+    line = f"calibration  temperature {t:.3g}{edge}: val {figures(cal)} (fitted on val)"
     test = (metrics.get("test") or {}).get("calibration")
     if test:
         line += f"; test {figures(test)} (not fitted: the honest figure)"
