@@ -32,11 +32,10 @@ def _report(folder: Path) -> dict:
 def marked_hostile_run(int8_hostile_run, tmp_path_factory) -> Path:
     """A copy of the session's int8-hostile tiny run (tests/conftest.py), marked as `cvkeras finetune` marks its
     run folders; copied, since the test exports into it."""
-    from cvkeras.run import rundir
 
     run = tmp_path_factory.mktemp("export_folder") / "hostile"
     shutil.copytree(int8_hostile_run, run, ignore=shutil.ignore_patterns("export", runfiles.LOCK))
-    rundir.mark_run(run)
+    runfiles.mark_run(run)
     return run
 
 
@@ -98,15 +97,14 @@ def test_reexport_removes_the_previous_exports_models_and_marks_failed_ones(mark
 def test_remove_previous_export_needs_the_manifest(tmp_path):
     """Without a manifest entry a model file is not cvkeras's to remove; with one it goes."""
     from cvkeras.export.folder import remove_previous_export, unverified_files
-    from cvkeras.run import rundir
 
     run = tmp_path / "run"
     out = run / "export"
     out.mkdir(parents=True)
-    rundir.mark_run(run)
-    rundir.atomic_write(out / "model_int8.FAILED.onnx", b"ours")
-    rundir.atomic_write(out / "model_fp16.tflite", b"ours")
-    rundir.atomic_write(out / "model_fp16.tflite.json", b"{}")
+    runfiles.mark_run(run)
+    runfiles.atomic_write(out / "model_int8.FAILED.onnx", b"ours")
+    runfiles.atomic_write(out / "model_fp16.tflite", b"ours")
+    runfiles.atomic_write(out / "model_fp16.tflite.json", b"{}")
     (out / "model_dynamic.tflite").write_bytes(b"not recorded")
     (out / "notes.txt").write_text("keep")
     assert remove_previous_export(out) == ["model_fp16.tflite", "model_fp16.tflite.json", "model_int8.FAILED.onnx"]
@@ -125,9 +123,9 @@ def test_a_file_the_user_replaced_at_a_recorded_name_is_never_removed(tmp_path):
     run = tmp_path / "run"
     out = run / "export"
     out.mkdir(parents=True)
-    rundir.mark_run(run)
-    rundir.atomic_write(out / "model_int8.onnx", b"cvkeras wrote this")
-    rundir.atomic_write(out / "model.onnx", b"cvkeras wrote this too")
+    runfiles.mark_run(run)
+    runfiles.atomic_write(out / "model_int8.onnx", b"cvkeras wrote this")
+    runfiles.atomic_write(out / "model.onnx", b"cvkeras wrote this too")
     user = out / "model_int8.onnx"
     user.write_bytes(b"a hand-tuned model, longer than the old one")  # same name, the user's bytes
     assert remove_previous_export(out) == ["model.onnx"]
@@ -135,7 +133,7 @@ def test_a_file_the_user_replaced_at_a_recorded_name_is_never_removed(tmp_path):
     assert unverified_files(out, ["model.onnx"]) == ["model_int8.onnx"]
     assert runfiles.foreign_entries(run) == ["export/model_int8.onnx"]
     # same size, new content: the mtime tells (copied back with the old mtime and size, it would pass)
-    rundir.atomic_write(out / "model.onnx", b"0123456789")
+    runfiles.atomic_write(out / "model.onnx", b"0123456789")
     st = os.stat(out / "model.onnx")
     (out / "model.onnx").write_bytes(b"9876543210")
     os.utime(out / "model.onnx", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))

@@ -92,6 +92,7 @@ def build_run(
 
     from cvkeras.data.pipeline import decoded_dataset
     from cvkeras.models.build import build_classifier
+    from cvkeras.run import files as runfiles
     from cvkeras.run import rundir
     from cvkeras.run.config import FinetuneConfig
     from cvkeras.serving.formats import split_doc
@@ -109,7 +110,7 @@ def build_run(
     model.fit(x, y, batch_size=16, epochs=epochs, shuffle=True, verbose=0)
     run.mkdir(parents=True, exist_ok=True)
     rd = rundir.RunDir(run)  # not marked: a hand-made run, as a copied or older one would be
-    rundir.atomic_write(rd.best, lambda tmp: model.save(tmp))
+    runfiles.atomic_write(rd.best, lambda tmp: model.save(tmp))
     rd.write_labels(LABELS)
     rd.write_config(FinetuneConfig(data=str(data_root), model=model_name, alpha=alpha, image_size=list(SIZE),
                                    weights="none", dropout=0.0, seed=SEED, val_split=0.3))
