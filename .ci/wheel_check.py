@@ -6,7 +6,7 @@
    the main venv's packages (TensorFlow is not installed a second time); from the installed package, outside
    the repository, a short ``cvkeras finetune`` of the shipped photos from the shipped weights and an
    ``export --format onnx`` (float32, whose gate is exact) must exit 0. The full demo runs in the test suite
-   (``tests/test_demo.py``); its int8 verdict is issue #28's, not the packaging's.
+   (``tests/cvkeras/test_demo.py``); its int8 verdict is issue #28's, not the packaging's.
 3. Device side (``pip install cvkeras``): another fresh venv installs the wheel with its core dependencies
    only; TensorFlow must not be importable there, and ``cvkeras predict`` / ``validate`` on that exported
    model must exit 0.

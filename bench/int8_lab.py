@@ -37,11 +37,11 @@ def prep(run: Path) -> None:
     from cvkeras.export.onnx import quantize
     from cvkeras.run import rundir
 
-    cfg = rundir.read_config(run)
-    labels = rundir.read_labels(run)
-    model = load_float32_model(run, cfg, len(labels))
+    rd = rundir.RunDir(run)
+    labels = rd.labels()
+    model = load_float32_model(run, len(labels))
     size = tuple(int(d) for d in model.input_shape[1:3])
-    seed = int(cfg.get("data", {}).get("seed", 0))
+    seed = rd.seed()
     data = fidelity.fidelity_set(run, size, 300, seed)
     probs = _predict(model, data.images)
     lab = lab_dir(run)

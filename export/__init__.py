@@ -1,12 +1,12 @@
 """Export a fine-tuned run to checked, self-describing ONNX and TFLite artifacts (``cvkeras export``).
 
 Example:
-    >>> from export import export_run
+    >>> from cvkeras.export import export_run
     >>> report = export_run("runs/flowers", int8=True)
     >>> report.passed, [a.name for a in report.artifacts]
     (True, ['model.onnx', 'model_int8.onnx', 'model.tflite', 'model_int8.tflite', 'model_dynamic.tflite'])
 
-``import export`` is cheap: the names below are imported on first use; TensorFlow, tf2onnx and onnx only
+``import cvkeras.export`` is cheap: the names below are imported on first use; TensorFlow, tf2onnx and onnx only
 when a conversion runs.
 """
 

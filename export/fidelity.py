@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cvkeras.export.errors import ExportError
+from cvkeras.serving.formats import SPLIT
 
 #: Held-back training images beyond this many are not used (bounded memory: 224 px is 150 kB each).
 MAX_HELD_BACK = 10000
@@ -102,7 +103,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
     val = split.get("val") or []
     train = split.get("train") or []
     if not val:
-        raise ExportError(f"{Path(run) / rundir.SPLIT}: the validation split is empty; verification needs "
+        raise ExportError(f"{Path(run) / SPLIT}: the validation split is empty; verification needs "
                           "validation images")
     val_idx = stratified_sample([y for _, y in val], max_val, seed)
     val = [val[i] for i in val_idx]
@@ -116,7 +117,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
     if n_cal:
         calibration, _, cal_fail = _decode(cal_paths, size)
         if not len(calibration):
-            raise ExportError(f"{Path(run) / rundir.SPLIT}: none of the {n_cal} calibration images can be "
+            raise ExportError(f"{Path(run) / SPLIT}: none of the {n_cal} calibration images can be "
                               "decoded; int8 calibration needs readable training images")
     else:
         calibration, cal_fail = np.zeros((0, *size, 3), np.uint8), []
@@ -125,7 +126,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
     images, kept, failures = _decode([p for p, _, _ in items], size)
     items = [items[i] for i in kept]
     if not any(s == "val" for _, _, s in items):
-        raise ExportError(f"{Path(run) / rundir.SPLIT}: no validation image can be decoded; verification "
+        raise ExportError(f"{Path(run) / SPLIT}: no validation image can be decoded; verification "
                           "needs readable validation images")
     return FidelitySet(images, np.asarray([y for _, y, _ in items], np.int64),
                        np.asarray([s for _, _, s in items]), [p for p, _, _ in items], calibration,

@@ -1,4 +1,4 @@
-"""Package namespaces that import their public names on first use (``import serving`` / ``import export``
+"""Package namespaces that import their public names on first use (``cvkeras.serving`` / ``cvkeras.export``
 stay cheap: onnxruntime, TensorFlow and friends load only when a name that needs them is touched)."""
 
 from __future__ import annotations

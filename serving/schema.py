@@ -21,8 +21,8 @@ from cvkeras.serving.schema_serving import BENCHMARK_FIELDS, PREDICTION_FIELDS, 
 from cvkeras.serving.schema_training import CHECK_FIELDS, FINETUNE_FIELDS, METRICS_FIELDS, MODELS_FIELDS
 
 INTRO = """\
-Generated from `serving/schema.py` (`python -m cvkeras.serving.schema > docs/json.md`); `tests/test_json_schema.py`
-checks that this file is up to date and that every command's real JSON matches it.
+Generated from `serving/schema.py` (`python -m cvkeras.serving.schema > docs/json.md`);
+`tests/serving/test_json_schema.py` checks that this file is up to date and that every command's real JSON matches it.
 
 - Every document carries `"schema": "cvkeras.<kind>/<version>"`; the version goes up when a field changes
   meaning or is removed (added fields do not change it).

@@ -6,9 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
-from shapes_helpers import write_shapes
+
+from tests.support.markers import needs_train_extra
+from tests.support.shapes import write_shapes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test whose module needs the train extra ``tf`` (``-m "not tf"``: the device-side tests)."""
+    for item in items:
+        if needs_train_extra(Path(item.fspath)):
+            item.add_marker(pytest.mark.tf)
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +32,8 @@ def shapes_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def export_tiny_run(tmp_path_factory) -> Path:
-    """The session's tiny fine-tuned run (``export_helpers.make_tiny_run``); read-only: copy it to change it."""
-    from export_helpers import make_tiny_run
+    """The session's tiny fine-tuned run (``make_tiny_run``); read-only: copy it to change it."""
+    from tests.support.export_models import make_tiny_run
 
     return make_tiny_run(tmp_path_factory.mktemp("export_tiny"))
 
@@ -33,6 +42,6 @@ def export_tiny_run(tmp_path_factory) -> Path:
 def int8_hostile_run(export_tiny_run, tmp_path_factory) -> Path:
     """The tiny run's model rescaled so that full int8 fails on every CPU (``make_int8_hostile_run``);
     read-only: copy it to change it."""
-    from export_helpers import make_int8_hostile_run
+    from tests.support.export_models import make_int8_hostile_run
 
     return make_int8_hostile_run(export_tiny_run, tmp_path_factory.mktemp("int8_hostile") / "run")

@@ -220,3 +220,13 @@ def test_no_import_cycle_and_no_arrow_back_up():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+def test_the_tf_marker_follows_each_test_modules_imports():
+    """``pytest -m "not tf"`` is what a device install can run: the marker comes from imports, not from a list."""
+    from tests.support.markers import needs_train_extra
+
+    tests = REPO / "tests"
+    assert needs_train_extra(tests / "cvkeras" / "test_finetune.py")
+    assert needs_train_extra(tests / "serving" / "test_serving_cli.py")  # builds its models with onnx
+    assert not needs_train_extra(tests / "serving" / "test_serving_preprocess.py")

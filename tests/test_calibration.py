@@ -9,10 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import LABELS, SIZE, make_onnx, metadata, reference_probs, write_class_folder
-from typer.testing import CliRunner
 
-from cvkeras.cli import app
 from cvkeras.serving.calibration import (
     ECE_BINS,
     TEMPERATURE_RANGE,
@@ -25,10 +22,9 @@ from cvkeras.serving.calibration import (
 )
 from cvkeras.serving.metadata import MetadataError, ModelMetadata, read_metadata, sidecar_path
 from cvkeras.serving.schema import problems
-
-
-def _cli(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
+from tests.support.cli import TINY
+from tests.support.cli import invoke as _cli
+from tests.support.serving_models import LABELS, SIZE, make_onnx, metadata, reference_probs, write_class_folder
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -229,14 +225,13 @@ def test_the_block_the_console_line_and_the_report_section():
 def test_finetune_export_predict_validate_carry_the_temperature(tmp_path):
     import onnx
     import onnxruntime as ort
-    from shapes_helpers import write_shapes
 
     from cvkeras.serving.preprocess import load_image, to_model_input
+    from tests.support.shapes import write_shapes
 
     data = write_shapes(tmp_path / "shapes", per_class=16)
     run = tmp_path / "run"
-    tiny = ["--model", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-            "--epochs", "1", "--fine-tune-epochs", "0", "--steps-per-epoch", "2", "--test-split", "0.25"]
+    tiny = [*TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--steps-per-epoch", "2", "--test-split", "0.25"]
     trained = _cli("finetune", data, *tiny, "--output", run)
     assert trained.exit_code == 0, trained.output[-2000:]
     assert "calibration  temperature" in trained.stdout and "(fitted on val)" in trained.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 README_LIMIT = 12 * 1024
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
@@ -82,3 +82,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert shlex.split(demo)[-2:] == [".venv/bin/cvkeras", "demo"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert tests in ci.splitlines(), f".ci/run does not run README's test command: {tests}"
+
+
+def test_architecture_lists_every_module_once_under_its_folder():
+    """docs/architecture.md gives one line per module; a module added, moved or removed without it fails here."""
+    listed, folder = set(), None
+    for line in (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"\*\*`([\w/]+)/`\*\*", line):
+            folder = m.group(1)
+        elif (m := re.match(r"- `(\w+\.py)`: \S", line)) and folder:
+            assert f"{folder}/{m.group(1)}" not in listed, line
+            listed.add(f"{folder}/{m.group(1)}")
+    actual = {str(f.relative_to(ROOT)) for top in ("cvkeras", "export", "serving") for f in (ROOT / top).rglob("*.py")
+              if f.name != "__init__.py"}
+    assert listed == actual, {"missing": sorted(actual - listed), "stale": sorted(listed - actual)}

@@ -1,0 +1,1 @@
+"""Tests of the training side and the app (cvkeras/)."""

@@ -1,0 +1,1 @@
+"""Tests of serving/ (cvkeras.serving): the device side."""
