@@ -22,8 +22,7 @@ from cvkeras.serving.calibration import (
 )
 from cvkeras.serving.metadata import MetadataError, ModelMetadata, read_metadata, sidecar_path
 from cvkeras.serving.schema import problems
-from tests.support.cli import TINY
-from tests.support.cli import invoke as _cli
+from tests.support.cli import TINY, invoke
 from tests.support.serving_models import LABELS, SIZE, make_onnx, metadata, reference_probs, write_class_folder
 
 
@@ -118,7 +117,7 @@ def test_a_bad_temperature_is_refused_on_load_naming_the_file(tmp_path, bad):
         read_metadata(model)
     assert "\n" not in str(err.value)
     onnx_model = tmp_path / "bad.onnx"
-    result = _cli("predict", _onnx_with_metadata(onnx_model, json.dumps(doc)), tmp_path / "x.png")
+    result = invoke("predict", _onnx_with_metadata(onnx_model, json.dumps(doc)), tmp_path / "x.png")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "bad.onnx: metadata field temperature must be a" in result.stderr
 
@@ -174,7 +173,7 @@ def test_validate_compares_raw_with_raw_and_reports_the_calibrated_ece(hot, tmp_
     ref.mkdir()
     keys = np.array([f"{Path(p).parent.name}/{Path(p).name}" for p, _ in items])
     np.savez(ref / "reference.npz", paths=keys, labels=labels, probs=raw, accuracy=np.float64(0.75))
-    result = _cli("validate", model, "--data", data, "--reference", ref, "--json")
+    result = invoke("validate", model, "--data", data, "--reference", ref, "--json")
     doc = json.loads(result.stdout)
     assert problems(doc, "validation") == []
     assert doc["agreement"] == 1.0 and doc["max_abs_diff"] < 1e-5  # like with like: both raw
@@ -183,7 +182,7 @@ def test_validate_compares_raw_with_raw_and_reports_the_calibrated_ece(hot, tmp_
     assert doc["nll"] == pytest.approx(nll(raw, labels, 2.5), abs=1e-5)
     assert doc["measured_on"]["ece"] == {"images": "validation (the temperature was fitted on the validation split)",
                                          "n": len(items)}
-    table = _cli("validate", model, "--data", data, "--reference", ref)
+    table = invoke("validate", model, "--data", data, "--reference", ref)
     assert "ECE" in table.stdout and "temperature 2.5" in table.stdout
 
 
@@ -232,7 +231,7 @@ def test_finetune_export_predict_validate_carry_the_temperature(tmp_path):
     data = write_shapes(tmp_path / "shapes", per_class=16)
     run = tmp_path / "run"
     tiny = [*TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--steps-per-epoch", "2", "--test-split", "0.25"]
-    trained = _cli("finetune", data, *tiny, "--output", run)
+    trained = invoke("finetune", data, *tiny, "--output", run)
     assert trained.exit_code == 0, trained.output[-2000:]
     assert "calibration  temperature" in trained.stdout and "(fitted on val)" in trained.stdout
     metrics = json.loads((run / "metrics.json").read_text())
@@ -244,7 +243,7 @@ def test_finetune_export_predict_validate_carry_the_temperature(tmp_path):
     assert cal["nll_after"] <= cal["nll_before"] + 1e-9  # fitted on these images: never worse there
     assert 'id="calibration"' in (run / "report.html").read_text()
 
-    exported = _cli("export", run, "--threads", "1", "--json")
+    exported = invoke("export", run, "--threads", "1", "--json")
     assert exported.exit_code == 0, exported.output[-3000:]
     report = json.loads(exported.stdout)
     assert problems(report, "export_report") == [] and report["temperature"] == t
@@ -255,7 +254,7 @@ def test_finetune_export_predict_validate_carry_the_temperature(tmp_path):
     assert json.loads((run / "export" / "model.tflite.json").read_text())["temperature"] == t
 
     image = sorted((data / "circle").glob("*.png"))[0]
-    predicted = _cli("predict", run / "export" / "model.onnx", image, "--json", "--top-k", "3")
+    predicted = invoke("predict", run / "export" / "model.onnx", image, "--json", "--top-k", "3")
     assert predicted.exit_code == 0, predicted.output
     scores = {d["label"]: d["score"] for d in json.loads(predicted.stdout)["top_k"]}
     session = ort.InferenceSession(str(run / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -265,7 +264,7 @@ def test_finetune_export_predict_validate_carry_the_temperature(tmp_path):
     assert scores == pytest.approx({c: float(by_hand[i]) for i, c in enumerate(classes)}, abs=1e-5)
 
     for model in ("model.onnx", "model.tflite"):
-        validated = _cli("validate", run / "export" / model, "--json")
+        validated = invoke("validate", run / "export" / model, "--json")
         assert validated.exit_code == 0, validated.output[-2000:]
         doc = json.loads(validated.stdout)
         assert problems(doc, "validation") == [] and doc["temperature"] == t
