@@ -80,6 +80,7 @@ def test_demo_runs_the_product_commands_on_the_shipped_data(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 @pytest.mark.xfail(reason="issue #28 open: under issue #22's protocol the demo's int8 files can miss the 99 % "
                           "agreement gate on its 300 validation photos (the repair chooses on held-back training "
                           "photos), and export then exits 1", strict=False)
