@@ -65,21 +65,15 @@ def test_every_family_explains_with_its_registry_layer(name, alpha, size, layer)
         assert all(np.isclose(m, 1.0) or m == 0 for m in h.max(axis=(1, 2)))  # normalised, or no evidence
 
 
-def _cli(*args: str):
-
-
-    return invoke(str(a) for a in args)
-
-
 @pytest.mark.slow
 def test_explain_cli_end_to_end(shapes_dir, tmp_path):
     run = tmp_path / "run"
-    done = _cli("finetune", shapes_dir, *TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--output", run)
+    done = invoke("finetune", shapes_dir, *TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--output", run)
     assert done.exit_code == 0, done.output[-2000:]
     bad = shapes_dir / "circle" / "broken.png"
     bad.write_bytes(b"not a png")
     out = tmp_path / "cams"
-    result = _cli("explain", run, shapes_dir / "circle", shapes_dir / "square" / "square_000.png",
+    result = invoke("explain", run, shapes_dir / "circle", shapes_dir / "square" / "square_000.png",
                   "--method", "gradcam++", "--class", "square", "--output", out)
     assert result.exit_code == 0, result.output[-2000:]
     assert f"skipped {bad}" in result.stderr
@@ -92,7 +86,7 @@ def test_explain_cli_end_to_end(shapes_dir, tmp_path):
     assert "square" in result.stdout and "gradcam++" in result.stdout
     for args, words in ((["--layer", "nope"], "no layer 'nope'"), (["--class", "dog"], "unknown --class 'dog'"),
                         (["--method", "lime"], "unknown --method 'lime'")):
-        res = _cli("explain", run, shapes_dir / "square", *args, "--output", tmp_path / "x")
+        res = invoke("explain", run, shapes_dir / "square", *args, "--output", tmp_path / "x")
         assert res.exit_code == 2, res.output[-1500:]
         assert words in res.stderr and "Traceback" not in res.output
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
