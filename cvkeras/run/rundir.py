@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cvkeras.run.config import FinetuneConfig
-from cvkeras.run.files import CHECKPOINTS, EXPORT, atomic_write, mark_run, write_json
+from cvkeras.run.files import CACHE, CHECKPOINTS, EXPORT, atomic_write, mark_run, write_json
 from cvkeras.serving.errors import CvkerasError, RunDirError, first_line, quote
 from cvkeras.serving.formats import LABELS, SPLIT, existing_file, labels_text, read_labels, read_split
 from cvkeras.serving.metadata import MAX_INPUT_SIDE
@@ -157,6 +157,11 @@ class RunDir:
     @property
     def export_dir(self) -> Path:
         return self.path / EXPORT
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where ``--cache auto`` keeps a file cache of decoded images (scratch: removed after training)."""
+        return self.path / CACHE
 
     # --- reading ------------------------------------------------------------------------------------------
     def config_doc(self, checked: bool = True) -> dict[str, Any]:

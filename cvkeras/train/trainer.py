@@ -37,7 +37,7 @@ from cvkeras.run.config import (
 from cvkeras.run.rundir import RunDir
 from cvkeras.serving.errors import OptionError, RunDirError, first_line, printable, quote
 from cvkeras.train.callbacks import make_checkpointer as _make_checkpointer
-from cvkeras.train.datasets import make_datasets
+from cvkeras.train.datasets import finish_data, make_datasets
 from cvkeras.train.distribute import (
     is_chief,
     make_strategy,
@@ -189,9 +189,11 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     for line in header_lines(cfg, run, classes, data.n_train, data.n_val, len(split.test or ()),
                              model.count_params(), precision, strategy.num_replicas_in_sync):
         log(line)
+    log(f"cache      {data.cache}")
     log(recipe.summary())
     run_stages(model, strategy, cfg, data, state, checkpointer, [checkpointer, *(callbacks or [])], rd,
                 resume, pretrained, num_classes, verbose, log)
+    finish_data(data, split, rd, cfg.seed, write, warn)
     state["finished"] = True
     if write:
         rd.write_state(state)
