@@ -100,9 +100,17 @@ def decoded_dataset(paths: Sequence[str], labels: Sequence[int], size: Sequence[
         raw = tf.cond(i < n, lambda: tf.io.read_file(p), lambda: end)
         return decode_bytes(raw, size), y, i
 
+    def mark(x, y, i):
+        return x, y, tf.numpy_function(log.mark, [i], tf.int64, stateful=True)
+
+    def is_file(x, y, i):
+        return i < n
+
+    def drop_index(x, y, i):
+        return x, y
+
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
-    ds = ds.map(lambda x, y, i: (x, y, tf.numpy_function(log.mark, [i], tf.int64, stateful=True)))
-    return ds.filter(lambda x, y, i: i < n).map(lambda x, y, i: (x, y))
+    return ds.map(mark).filter(is_file).map(drop_index)
 
 
 def stratified_sample(labels: Sequence[int], max_samples: int | None, seed: int) -> np.ndarray:

@@ -1,9 +1,9 @@
 """The readability check every image gets before training: a header read, not a decode.
 
 Each file is opened with Pillow (format, mode, size from the header; PNG chunks checked by ``verify()``,
-which reads but does not inflate them). A JPEG whose last bytes hold no end-of-image marker (truncated,
-or a camera trailer after the image) and a BMP or GIF are decoded in full, so a truncated file is still
-caught here; every other decode error is caught by the tf.data pipeline itself
+which reads but does not inflate them). A JPEG or PNG whose last bytes hold no end marker (truncated, or a
+camera trailer after the image) and a BMP or GIF are decoded in full, so a truncated file is still caught
+here; every other decode error is caught by the tf.data pipeline itself
 (:class:`cvkeras.data.pipeline.DecodeLog`) and reported by the trainer in ``skipped.txt``.
 
 Example:
@@ -18,15 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from cvkeras.serving.preprocess import MAX_PIXELS, ImageError, load_image
 
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
-#: A JPEG's end-of-image marker is looked for in this many last bytes (zero padding after it is common).
-JPEG_TAIL = 64
+#: A JPEG's end-of-image marker (a PNG's IEND chunk) is looked for in this many last bytes (padding after
+#: it is common).
+TAIL = 64
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
 
 
-def jpeg_ends(path: str) -> bool:
-    """Whether the file's last :data:`JPEG_TAIL` bytes hold the JPEG end-of-image marker (one seek + read)."""
+def ends_whole(path: str, marker: bytes) -> bool:
+    """Whether the file's last :data:`TAIL` bytes hold its format's end marker (one seek and one read)."""
     with open(path, "rb") as fh:
-        fh.seek(max(0, os.fstat(fh.fileno()).st_size - JPEG_TAIL))
-        return b"\xff\xd9" in fh.read(JPEG_TAIL)
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - TAIL))
+        return marker in fh.read(TAIL)
 
 
 def header_problem(path: str) -> str | None:
@@ -42,7 +44,7 @@ def header_problem(path: str) -> str | None:
     except Exception:  # noqa: BLE001 - whatever the header parser raises, the decoder's own reason is reported
         fmt = None
     if fmt is None or w * h > MAX_PIXELS or w < 1 or h < 1 or fmt in ("BMP", "GIF") or (
-            fmt == "JPEG" and not jpeg_ends(path)):
+            fmt in END_MARKERS and not ends_whole(path, END_MARKERS[fmt])):
         try:
             load_image(path)
         except ImageError as exc:
