@@ -61,18 +61,20 @@ def camera_like(seed: int, label: int) -> bytes:
 
 def write_one(job: tuple[Path, int, int]) -> None:
     path, seed, label = job
-    if not path.exists():
-        path.write_bytes(camera_like(seed, label))
+    if not path.exists():  # written whole (temporary name, then renamed): an interrupted run leaves no stub
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(camera_like(seed, label))
+        tmp.rename(path)
 
 
 def generate(root: Path, sizes: list[int], workers: int) -> dict[int, Path]:
     """The data sets, generated once (existing files are kept): size -> folder."""
     per_class = max(sizes) // CLASSES
     pool = root / "pool"
-    jobs = []
     for c in range(CLASSES):
         (pool / f"c{c}").mkdir(parents=True, exist_ok=True)
-        jobs += [(pool / f"c{c}" / f"img_{i:05d}.jpg", c * 1_000_003 + i, c) for i in range(per_class)]
+    jobs = [(pool / f"c{c}" / f"img_{i:05d}.jpg", c * 1_000_003 + i, c) for i in range(per_class)
+            for c in range(CLASSES)]  # round-robin: the smaller sets are complete first
     with ProcessPoolExecutor(workers) as ex:
         list(ex.map(write_one, jobs, chunksize=64))
     out = {}

@@ -68,7 +68,8 @@ def make_datasets(cfg: FinetuneConfig, split, run: Path, num_classes: int) -> Tr
     steps = int(cfg.epoch_steps)
     if cfg.steps_per_epoch is not None:
         steps = min(steps, int(cfg.steps_per_epoch))
-    if cfg.steps_per_epoch is not None or steps != math.ceil(n_train / cfg.batch_size):
+    # a pipeline that drops undecodable files has no known length: Keras would run it dry after one epoch
+    if cfg.steps_per_epoch is not None or steps != math.ceil(n_train / cfg.batch_size) or logs:
         train_ds = train_ds.repeat()
     weights = class_weights(counts, cfg.class_weights) if counts else None
     if weights:

@@ -99,6 +99,9 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
 
     # Keras warns that fit()'s shuffle flag is ignored for a tf.data input; ours is shuffled in the pipeline.
     warnings.filterwarnings("ignore", message=".*shuffle=True. was passed", category=UserWarning)
+    # Keras says "ran out of data" when a dataset of unknown length (files that fail to decode are dropped:
+    # cvkeras.data.decode_log) first ends; validation then learns its length, and training data repeats
+    warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with contextlib.ExitStack() as stack:  # holds the run directory's lock until training is done

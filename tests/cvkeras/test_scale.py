@@ -3,6 +3,7 @@ failures caught by the pipeline, and ``--cache auto``."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -82,9 +83,11 @@ def test_finetune_drops_a_file_tensorflow_cannot_decode_and_lists_it(tmp_path):
     data = write_shapes(tmp_path / "shapes", per_class=6, size=32)
     (data / "circle" / "zz_bad.jpg").write_bytes(damaged_jpeg())
     run = tmp_path / "run"
-    result = invoke("finetune", data, *TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--output", run)
+    result = invoke("finetune", data, *TINY, "--epochs", "2", "--fine-tune-epochs", "0", "--output", run)
     assert result.exit_code == 0, result.output
     assert "cache      memory: " in result.output
+    losses = [float(r["loss"]) for r in csv.DictReader(open(run / "history.csv"))]
+    assert len(losses) == 2 and all(v > 0 for v in losses), losses  # every epoch trained (no pipeline run dry)
     assert "skipped 1 unreadable file" in result.output and "could not be decoded while training" in result.output
     assert "zz_bad.jpg" in (run / "skipped.txt").read_text()
     split = json.loads((run / "split.json").read_text())
