@@ -66,7 +66,9 @@ def finetune(
     dedupe: bool = typer.Option(None, "--dedupe/--no-dedupe", help="Drop validation/test images that copy a "
                                 "training image (exact or near copies are always reported)."),
     seed: int = typer.Option(None, help="Seed for the split, shuffling, augmentation and init."),
-    cache: str = typer.Option(None, help="memory, none, or a file path prefix for a file cache."),
+    cache: str = typer.Option(None, help="Where decoded images are kept: memory, none, a file path prefix, or "
+                                         "auto (memory when they fit a quarter of the available RAM, else a file "
+                                         "cache in the run, else none)."),
     tfds_data_dir: str = typer.Option(None, help="TFDS data_dir (a prepared or offline copy)."),
     precision: str = typer.Option(None, help="Numeric precision; auto: mixed_float16 on a GPU of compute "
                                                  "capability 7.0+, else float32."),

@@ -74,13 +74,17 @@ def file_signature(path: str) -> Signature:
     """Digest the bytes, read the size from the header and hash a 32x32 decode of one image file."""
     from PIL import Image
 
-    from cvkeras.serving.preprocess import load_resized
+    from cvkeras.serving.preprocess import ImageError, load_resized
 
     with open(path, "rb") as f:
         data = f.read()
     with Image.open(path) as img:
         width, height = img.size
-    thumb = load_resized(data, (HASH_SIZE, HASH_SIZE))
+    try:
+        thumb = load_resized(data, (HASH_SIZE, HASH_SIZE))
+    except ImageError:  # data damaged past its header (the readability check reads headers): it copies nothing
+        blank = colour_layout(np.zeros((HASH_SIZE, HASH_SIZE, 3), np.uint8))[0] * 0  # a zero layout matches none
+        return Signature(hashlib.sha256(data).hexdigest(), 0, width, height, blank)
     return Signature(hashlib.sha256(data).hexdigest(), int(phash_array(thumb)[0]), width, height,
                      colour_layout(thumb)[0])
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cvkeras.data.decode_log import DecodeLog, sentinel_png
 from cvkeras.serving import preprocess as contract
 from cvkeras.serving.errors import first_line, quote
 
@@ -28,7 +29,13 @@ def decode_resize(path, size: Sequence[int]):
     """
     import tensorflow as tf
 
-    raw = tf.io.read_file(path)
+    return decode_bytes(tf.io.read_file(path), size)
+
+
+def decode_bytes(raw, size: Sequence[int]):
+    """:func:`decode_resize` of the file's bytes."""
+    import tensorflow as tf
+
     is_jpeg = tf.strings.substr(raw, 0, 2) == b"\xff\xd8"
 
     def jpeg():
@@ -72,13 +79,38 @@ def resize_image(img, size: Sequence[int]):
     return tf.ensure_shape(img, [height, width, 3])
 
 
-def decoded_dataset(paths: Sequence[str], labels: Sequence[int], size: Sequence[int]):
-    """(image float32 HWC 0..255, label int32) per file, decoded in parallel, order kept."""
+def decoded_dataset(paths: Sequence[str], labels: Sequence[int], size: Sequence[int], log: DecodeLog | None = None):
+    """(image float32 HWC 0..255, label int32) per file, decoded in parallel, order kept.
+
+    With ``log``, a file that fails to decode is dropped (and named in ``log``) instead of ending the pass.
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, dtype=np.int32)))
-    return ds.map(lambda p, y: (decode_resize(p, size), y), num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
+    labels = np.asarray(labels, dtype=np.int32)
+    if log is None:
+        ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
+        return ds.map(lambda p, y: (decode_resize(p, size), y), num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True)
+    n = len(paths)
+    end = tf.constant(sentinel_png())
+    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)) + [""], np.append(labels, np.int32(0)),
+                                             np.arange(n + 1, dtype=np.int64)))
+
+    def load(p, y, i):
+        raw = tf.cond(i < n, lambda: tf.io.read_file(p), lambda: end)
+        return decode_bytes(raw, size), y, i
+
+    def mark(x, y, i):
+        return x, y, tf.numpy_function(log.mark, [i], tf.int64, stateful=True)
+
+    def is_file(x, y, i):
+        return i < n
+
+    def drop_index(x, y, i):
+        return x, y
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    return ds.map(mark).filter(is_file).map(drop_index)
 
 
 def stratified_sample(labels: Sequence[int], max_samples: int | None, seed: int) -> np.ndarray:
@@ -130,8 +162,14 @@ def load_split_images(
     paths = [p for p, _ in items]
     labels = np.asarray([y for _, y in items], dtype=np.int64)
     idx = stratified_sample(labels, max_samples, seed)
-    ds = decoded_dataset([paths[i] for i in idx], labels[idx], size).batch(64)
+    log = DecodeLog([paths[i] for i in idx])
+    ds = decoded_dataset(log.paths, labels[idx], size, log).batch(64)
     images = np.concatenate([x.numpy().astype(np.uint8) for x, _ in ds]) if len(idx) else np.zeros((0, *size, 3))
+    bad = {p for p, _ in log.failures() or []}
+    if bad:
+        print(f"warning: {len(bad)} {split} file(s) could not be decoded (e.g. {sorted(bad)[0]}); skipped",
+              file=sys.stderr)
+        idx = np.asarray([i for i in idx if paths[i] not in bad], dtype=np.int64)
     return images, labels[idx], [paths[i] for i in idx]
 
 
@@ -164,6 +202,7 @@ def make_dataset(
     seed: int = 0,
     source: Any = None,
     cache_tag: str = "",
+    log: DecodeLog | None = None,
 ):
     """The full input pipeline: decode/resize -> cache -> shuffle -> batch -> augment -> prefetch.
 
@@ -171,6 +210,7 @@ def make_dataset(
     dataset (TFDS). Labels come out one-hot float32 (label smoothing and mixup need soft labels).
     ``cache`` is ``memory``, ``none`` or a file path prefix for data that does not fit in memory; the
     file cache is named by :func:`cache_file` (prefix + the content and ``cache_tag``, e.g. run and split).
+    ``log`` (files only): files that fail to decode are dropped and named there (:class:`DecodeLog`).
     """
     import tensorflow as tf
 
@@ -179,7 +219,7 @@ def make_dataset(
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         n = None
     else:
-        ds = decoded_dataset(paths, labels, size)
+        ds = decoded_dataset(paths, labels, size, log)
         n = len(paths)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), y))  # cache 8-bit values: 4x less memory traffic
     if cache == "memory":

@@ -1,21 +1,18 @@
-"""The labelled split every data source resolves to (:class:`DataSplit`), the seeded stratified split, the
-readability check every image gets before training, and the data error type.
+"""The labelled split every data source resolves to (:class:`DataSplit`), the seeded stratified split
+(after the readability check of :mod:`cvkeras.data.readable`), and the data error type.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from cvkeras.data.readable import check_readable
 from cvkeras.serving.errors import CvkerasError, quote
 from cvkeras.serving.formats import label_problem
-from cvkeras.serving.preprocess import ImageError, load_image
-
-TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
 
 
 class DataError(CvkerasError, ValueError):
@@ -47,28 +44,6 @@ class DataSplit:
     def counts(self, split: str = "train") -> list[int]:
         c = Counter(y for _, y in getattr(self, split))
         return [c.get(i, 0) for i in range(len(self.classes))]
-
-
-def _check_readable(paths: list[str], workers: int = 8) -> tuple[list[bool], list[tuple[str, str]]]:
-    """Decode every file once; returns ok flags and (path, reason) for the unreadable ones."""
-
-    from PIL import Image
-
-    def probe(p: str) -> str | None:
-        try:
-            load_image(p)
-        except ImageError as exc:
-            return str(exc).split(": ", 1)[-1]
-        with Image.open(p) as img:  # what Pillow reads, TensorFlow's decoders may not
-            if img.format not in TF_FORMATS:
-                return f"{img.format} image (training decodes JPEG, PNG, BMP, GIF only); convert it to PNG"
-            if img.format == "BMP" and (img.mode not in ("RGB", "RGBA", "L") or img.info.get("compression")):
-                return f"{img.mode} or compressed BMP (TensorFlow decodes it wrongly); save it as PNG"
-        return None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(probe, paths))
-    return [r is None for r in reasons], [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
 
 
 def stratified_split(
@@ -114,8 +89,7 @@ def finish_split(classes: list[str], splits: dict[str, list[tuple[str, int]]], w
     stratified, independent of the validation draw), then validation is drawn from the rest so that it is
     still ``val_split`` of all images."""
     all_items = [it for items in splits.values() for it in items]
-    ok, skipped = _check_readable([p for p, _ in all_items])
-    skipped = list(pre_skipped or []) + skipped
+    skipped = list(pre_skipped or []) + check_readable([p for p, _ in all_items])
     bad = {p for p, _ in skipped}
     splits = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
     if len(classes) < 2:

@@ -68,7 +68,7 @@ class FinetuneConfig:
     test_split: float = 0.0
     seed: int = 42
     tfds_data_dir: str | None = None
-    cache: str = "memory"
+    cache: str = "auto"
     batch_size: int = 32
     augment: str = "auto"  # auto: medium below 100 training images per class, else light (cvkeras.train.recipe)
     randaugment: bool = False

@@ -21,6 +21,7 @@ MARKER = ".cvkeras-run"
 LOCK = ".cvkeras-lock"
 CHECKPOINTS = "checkpoints"
 EXPORT = "export"
+CACHE = "cache"  # the decoded-image file cache of --cache auto: scratch, always cvkeras's own
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], None]) -> Path:
@@ -67,7 +68,7 @@ class RunLockedError(RunDirError):
 
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp.*$")  # atomic_write's mkstemp names
-_OWN_DIRS = (CHECKPOINTS, EXPORT)  # folders cvkeras makes (they may be left empty by a failed write)
+_OWN_DIRS = (CHECKPOINTS, EXPORT, CACHE)  # folders cvkeras makes (they may be left empty by a failed write)
 
 
 def _write_marker(run: Path, files: list[str], stats: dict[str, list[int]] | None = None) -> None:
@@ -165,7 +166,8 @@ def foreign_entries(run: str | os.PathLike) -> list[str]:
             full = os.path.join(root, name)
             temp = _TEMP.match(name)
             ours_temp = temp and (base / temp.group("name")).as_posix() in ours | {MARKER}
-            if os.path.islink(full) or not (rel in ours or ours_temp or name.startswith(f"{MARKER}.")):
+            scratch = base.parts[:1] == (CACHE,)
+            if os.path.islink(full) or not (rel in ours or ours_temp or scratch or name.startswith(f"{MARKER}.")):
                 foreign.append(rel)
         for d in dirs:
             rel = (base / d).as_posix()

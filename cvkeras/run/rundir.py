@@ -8,16 +8,14 @@ A run directory holds (all written atomically)::
                           "val": [...], "test": [...]}  (paths absolute; tfds runs keep "tfds" instead)
     history.csv          one row per epoch, both stages
     best.keras           the best float32 model (input: RGB float32 0..255 NHWC, output: probabilities)
-    checkpoints/         last.keras + state.json, for ``--resume``
+    checkpoints/         last.keras + state.json, for ``--resume``; cache/ a file cache while training
     metrics.json         accuracy, top-k, loss, per-class P/R/F1/support, confusion matrix, temperature
     curves.png, confusion_matrix.png, skipped.txt (when files were skipped)
     .cvkeras-run         marker + manifest: every file cvkeras wrote here (``--force`` removes only those)
     .cvkeras-lock        the OS lock one writer holds (pid and host of the holder inside)
 
-From ``config.yaml``, ``split.json`` and ``labels.txt`` alone a reader finds the model, its input size
-and the images to calibrate on. :class:`RunDir` is the one reader and writer of this contract: finetune,
-evaluate, explain, report, the exporter and the tests all go through it. This module only reads and
-writes files: no TensorFlow. Atomic writes, the manifest and the lock are :mod:`cvkeras.run.files`'.
+:class:`RunDir` is the one reader and writer of this contract (finetune, evaluate, explain, report, export, tests);
+no TensorFlow here. Atomic writes, the manifest and the lock are :mod:`cvkeras.run.files`'.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cvkeras.run.config import FinetuneConfig
-from cvkeras.run.files import CHECKPOINTS, EXPORT, atomic_write, mark_run, write_json
+from cvkeras.run.files import CACHE, CHECKPOINTS, EXPORT, atomic_write, mark_run, write_json
 from cvkeras.serving.calibration import temperature_problem
 from cvkeras.serving.errors import CvkerasError, RunDirError, first_line, quote
 from cvkeras.serving.formats import LABELS, SPLIT, existing_file, labels_text, read_labels, read_split
@@ -159,6 +157,10 @@ class RunDir:
     @property
     def export_dir(self) -> Path:
         return self.path / EXPORT
+
+    @property
+    def cache_dir(self) -> Path:  # --cache auto's file cache of decoded images (removed after training)
+        return self.path / CACHE
 
     # --- reading ------------------------------------------------------------------------------------------
     def config_doc(self, checked: bool = True) -> dict[str, Any]:

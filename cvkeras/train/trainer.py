@@ -37,7 +37,7 @@ from cvkeras.run.config import (
 from cvkeras.run.rundir import RunDir
 from cvkeras.serving.errors import OptionError, RunDirError, first_line, printable, quote
 from cvkeras.train.callbacks import make_checkpointer as _make_checkpointer
-from cvkeras.train.datasets import make_datasets
+from cvkeras.train.datasets import finish_data, make_datasets
 from cvkeras.train.distribute import (
     is_chief,
     make_strategy,
@@ -99,6 +99,9 @@ def finetune(cfg: FinetuneConfig, output: str | None = None, force: bool = False
 
     # Keras warns that fit()'s shuffle flag is ignored for a tf.data input; ours is shuffled in the pipeline.
     warnings.filterwarnings("ignore", message=".*shuffle=True. was passed", category=UserWarning)
+    # Keras says "ran out of data" when a dataset of unknown length (files that fail to decode are dropped:
+    # cvkeras.data.decode_log) first ends; validation then learns its length, and training data repeats
+    warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with contextlib.ExitStack() as stack:  # holds the run directory's lock until training is done
@@ -189,9 +192,11 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
     for line in header_lines(cfg, run, classes, data.n_train, data.n_val, len(split.test or ()),
                              model.count_params(), precision, strategy.num_replicas_in_sync):
         log(line)
+    log(f"cache      {data.cache}")
     log(recipe.summary())
     run_stages(model, strategy, cfg, data, state, checkpointer, [checkpointer, *(callbacks or [])], rd,
                 resume, pretrained, num_classes, verbose, log)
+    finish_data(data, split, rd, cfg.seed, write, warn)
     state["finished"] = True
     if write:
         rd.write_state(state)

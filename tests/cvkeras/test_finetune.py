@@ -213,6 +213,14 @@ def test_two_local_workers_train_in_sync(tmp_path, shapes_dir):
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [r["stage"] for r in rows] == ["1", "2"] and all(r["val_accuracy"] for r in rows)
     assert yaml.safe_load((run / "config.yaml").read_text())["run"]["replicas"] == 2
+    # only the chief writes the run (docs/cluster.md): every file in it is one the chief recorded writing,
+    # and the other worker wrote nothing outside its own folder
+    from cvkeras.run.files import foreign_entries
+
+    assert foreign_entries(run) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".run-worker1", "backbone.weights.h5", "run",
+                                                                 "shapes"])
+    assert f"Results saved to {run}" in outputs[0] and f"Results saved to {run}" not in outputs[1]
 
 
 def test_bad_options_and_unsafe_outputs_fail_before_any_file_is_written(tmp_path, shapes_dir):
