@@ -1,6 +1,4 @@
-"""The run directory: the contract between ``cvkeras finetune``, ``evaluate`` and ``export``.
-
-A run directory holds (all written atomically)::
+"""The run directory: the contract between ``cvkeras finetune``, ``evaluate`` and ``export``. It holds::
 
     config.yaml          the whole resolved configuration (``--config`` reads it back)
     labels.txt           one class name per line, index = line number
@@ -11,8 +9,8 @@ A run directory holds (all written atomically)::
     checkpoints/         last.keras + state.json, for ``--resume``; cache/ a file cache while training
     metrics.json         accuracy, top-k, loss, per-class P/R/F1/support, confusion matrix, temperature
     curves.png, confusion_matrix.png, skipped.txt (when files were skipped)
-    .cvkeras-run         marker + manifest: every file cvkeras wrote here (``--force`` removes only those)
-    .cvkeras-lock        the OS lock one writer holds (pid and host of the holder inside)
+    .cvkeras-run         marker + manifest: every file cvkeras wrote here (``--force`` removes only those);
+                         .cvkeras-lock: the OS lock one writer holds (pid and host of the holder inside)
 
 :class:`RunDir` is the one reader and writer of this contract (finetune, evaluate, explain, report, export, tests);
 no TensorFlow here. Atomic writes, the manifest and the lock are :mod:`cvkeras.run.files`'.
