@@ -59,7 +59,7 @@ def test_a_file_damaged_past_its_header_is_dropped_and_named_by_the_pipeline(tmp
     log = DecodeLog([str(tmp_path / n) for n in ("good.jpg", "bad.jpg", "good.jpg")])
     ds = decoded_dataset(log.paths, [0, 1, 2], (32, 32), log)
     it = iter(ds)
-    assert int(next(it)[1]) == 0 and log.failures() is None  # the pass has not ended: nothing known yet
+    assert int(next(it)[1]) == 0  # (prefetching may already have read the whole pass: failures are judged after it)
     assert [int(y) for _, y in it] == [2]
     assert [p for p, _ in log.failures()] == [str(tmp_path / "bad.jpg")]
 
