@@ -276,3 +276,8 @@ def printable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+
+
+def skipped_lines(items: list[tuple[str, str]]) -> str:
+    """``skipped.txt``'s lines for (path, reason) pairs: printable path, a tab, the reason."""
+    return "".join(f"{printable_path(p)}\t{why}\n" for p, why in items)

@@ -101,5 +101,5 @@ def finish_data(data: TrainData, split: Any, rd: RunDir, seed: int, write: bool,
     if write:
         rd.write_split(split.to_json(seed))
         listed = rd.text_lines(rundir.SKIPPED)
-        runfiles.atomic_write(rd / rundir.SKIPPED, "".join(f"{line}\n" for line in listed) + "".join(
-            f"{runfiles.printable_path(p)}\t{why}\n" for p, why in bad))
+        runfiles.atomic_write(rd / rundir.SKIPPED,
+                              "".join(f"{line}\n" for line in listed) + runfiles.skipped_lines(bad))

@@ -262,8 +262,7 @@ def _write_run_files(rd: RunDir, cfg: FinetuneConfig, split, precision: str, rep
     rd.write_labels(split.classes)
     rd.write_split(split.to_json(cfg.seed))
     if split.skipped:
-        runfiles.atomic_write(rd / rundir.SKIPPED, "".join(f"{runfiles.printable_path(p)}\t{why}\n"
-                                                           for p, why in split.skipped))
+        runfiles.atomic_write(rd / rundir.SKIPPED, runfiles.skipped_lines(split.skipped))
 
 
 def _final_metrics(rd: RunDir, model_name: str, has_test: bool) -> dict[str, Any]:
