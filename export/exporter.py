@@ -39,6 +39,7 @@ import numpy as np
 from cvkeras.export import fidelity, folder
 from cvkeras.export import metadata as meta_io
 from cvkeras.export.errors import ExportError
+from cvkeras.export.flip_risk import PASS_CHANCE, flip_chances, pass_chance
 from cvkeras.export.folder import REPORT_FILE
 from cvkeras.export.job import Job
 from cvkeras.export.onnx import steps as onnx_steps
@@ -251,16 +252,26 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     held = data.held_back
     search_ref = reference.subset(held)
     search_gates = Gates(100.0, opts.search_agreement(), opts.float_tolerance)
+    val_probs = reference.probs[data.val]  # the float model's margins the candidates' noise is applied to
 
     def fast_check(path: str) -> tuple[bool, dict[str, Any]]:
         """A repair candidate on the held-back training images' arrays (the same pixels as the files): the
-        repair chooses on these, never on the validation images its verdict is then measured on once."""
+        repair chooses on these, never on the validation images its verdict is then measured on once. It
+        holds when its agreement there reaches the search's level and its chance to pass the validation gate,
+        predicted from its margin erosions there (:mod:`cvkeras.export.flip_risk`), is at least PASS_CHANCE."""
         if not held.any():
             raise ExportError(f"{path}: no held-back training image to choose the repair on (calibration used "
                               "every readable training image); lower --calibration-samples")
         res = verify_artifact(ArtifactResult(Path(path).name, "", "int8", path),
                               (data.images[held], data.labels[held]), search_ref, search_gates, opts.threads)
-        return res.status == "passed", {**res.to_dict(), "accuracy_drop": None}
+        from cvkeras.serving.predictor import Predictor
+
+        probs = Predictor.load(path, threads=opts.threads).predict_batch(data.images[held], raw=True)
+        chances = flip_chances(search_ref.probs, probs, val_probs)
+        chance = pass_chance(chances, opts.min_agreement)
+        predicted = float(1 - chances.mean()) if len(chances) else 1.0
+        return res.status == "passed" and chance >= PASS_CHANCE, {
+            **res.to_dict(), "accuracy_drop": None, "predicted_agreement": predicted, "pass_chance": chance}
 
     job = Job(model, opts, results, calib_images, data.calibration, metadata, say, check, fast_check)
     for fmt in dict.fromkeys(a.format for a in opts.planned()):  # the table's order: ONNX, then TFLite

@@ -7,10 +7,13 @@
 
 2. Rank layers by that error, worst first, and keep the top ``k`` in float: ``k`` doubles (1, 2, 4 ...)
    until the candidate holds, then a bisection finds the smallest holding ``k`` (:func:`search`). Candidates
-   are checked on the held-back training images only (top-1 agreement >= ``ExportOptions.search_agreement()``),
-   never on the validation images: the search's choice is then judged once, from its files, on validation,
-   like any artifact. The outcome is not monotone in ``k`` (a flip more or less is noise), so a search that
-   looked at the validation images would ship its luckiest draw; ``attempts`` lists every candidate tried.
+   are run on the held-back training images only, never on the validation images: a candidate holds when its
+   top-1 agreement there reaches ``ExportOptions.search_agreement()`` and its chance to pass the validation
+   gate, predicted from its margin erosions there applied to the float model's validation margins
+   (:mod:`cvkeras.export.flip_risk`: held-back images alone almost never flip), is at least ``PASS_CHANCE``.
+   The search's choice is then judged once, from its files, on validation, like any artifact. The outcome is
+   not monotone in ``k`` (a flip more or less is noise), so a search that looked at the validation images
+   would ship its luckiest draw; ``attempts`` lists every candidate tried.
 
 3. :func:`repair_artifact` runs that loop for any format through a :class:`CandidateFiles` adapter (how a
    candidate is written next to the artifact, how the passing one replaces it, how a candidate is removed)
@@ -61,6 +64,8 @@ class Attempt:
     size_bytes: int
     latency_ms_per_image: float
     n_images: int = 0
+    predicted_agreement: float | None = None  # on validation, from the held-back erosions (flip_risk)
+    pass_chance: float | None = None  # of the validation gate, from the same
 
 
 @dataclass
@@ -95,11 +100,15 @@ def search(ranking: Sequence[LayerError], build: Callable[[list[str]], None],
         build(names[:k])
         built.append(k)
         ok, fig = check()
+        predicted = fig.get("predicted_agreement")
         say(f"  {k} layer(s) in float: agreement {100 * (fig.get('agreement') or 0):.2f} % on "
-            f"{fig.get('n_reference', 0)} held-back training images -> {'holds' if ok else 'not yet'}")
+            f"{fig.get('n_reference', 0)} held-back training images"
+            + ("" if predicted is None else f"; predicted on validation {100 * predicted:.2f} %, "
+                                            f"{100 * fig.get('pass_chance', 0):.0f} % chance to pass")
+            + f" -> {'holds' if ok else 'not yet'}")
         result.attempts.append(Attempt(k, fig.get("agreement"), fig.get("accuracy_drop"), ok,
                                        int(fig.get("size_bytes") or 0), float(fig.get("latency_ms_per_image") or 0.0),
-                                       int(fig.get("n_reference") or 0)))
+                                       int(fig.get("n_reference") or 0), predicted, fig.get("pass_chance")))
         outcome[k] = ok
         return ok
 

@@ -107,7 +107,12 @@ EXPORT_FIELDS = (
     F(f"{_REPAIR}.attempts[].float_layers", "int", "layers", "layers in float"),
     F(f"{_REPAIR}.attempts[].agreement", "number|null", FRACTION, "its agreement on the held-back images"),
     F(f"{_REPAIR}.attempts[].accuracy_drop", "null", "", "not measured (training images)"),
-    F(f"{_REPAIR}.attempts[].passed", "bool", "", "held `settings.repair_min_agreement`"),
+    F(f"{_REPAIR}.attempts[].predicted_agreement", "number|null", FRACTION, "its agreement predicted on validation "
+      "from its margin erosions on the held-back images (`cvkeras.export.flip_risk`)"),
+    F(f"{_REPAIR}.attempts[].pass_chance", "number|null", FRACTION, "its predicted chance to pass the validation "
+      "agreement gate"),
+    F(f"{_REPAIR}.attempts[].passed", "bool", "", "held-back agreement >= `settings.repair_min_agreement` and "
+      "pass_chance >= 0.95"),
     F(f"{_REPAIR}.attempts[].n_images", "int", "images", "held-back training images it was checked on"),
     F(f"{_REPAIR}.attempts[].size_bytes", "int", "bytes", "its size"),
     F(f"{_REPAIR}.attempts[].latency_ms_per_image", "number", "ms", "its latency"),

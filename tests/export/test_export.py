@@ -473,6 +473,10 @@ def test_int8_onnx_missing_the_gate_is_repaired_with_float_layers(hostile_export
     assert rep["searched_on"] == "held_back_train"
     assert {a["n_images"] for a in rep["attempts"]} == {row["n_held_back"]} and row["n_held_back"] > 0
     assert all(a["accuracy_drop"] is None for a in rep["attempts"])
+    # a candidate holds only when its agreement predicted on validation from its held-back erosions holds too
+    level = json.loads((out / "export_report.json").read_text())["settings"]["repair_min_agreement"]
+    assert all(0 <= a["predicted_agreement"] <= 1 and 0 <= a["pass_chance"] <= 1 for a in rep["attempts"])
+    assert all(a["passed"] == (a["agreement"] >= level and a["pass_chance"] >= 0.95) for a in rep["attempts"])
     assert rep["judged_on"] == {"images": "validation", "n": row["n_reference"], "agreement": row["agreement"],
                                 "accuracy_drop": row["accuracy_drop"], "passed": True}
     assert any(a["float_layers"] == len(row["float_layers"]) and a["passed"] for a in rep["attempts"])
