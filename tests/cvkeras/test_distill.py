@@ -126,9 +126,9 @@ def test_distill_end_to_end_through_the_cli(tmp_path):
     data = write_shapes(tmp_path / "shapes", per_class=8, size=40)
     quick = ["--weights", "none", "--batch-size", "8", "--epochs", "1", "--fine-tune-epochs", "1",
              "--steps-per-epoch", "2", "--quiet"]
-    teacher = tmp_path / "teacher"
-    result = invoke("finetune", str(data), "-m", "mobilenet_v2", "--alpha", "0.35", "--image-size", "48", *quick,
-                    "-o", str(teacher))
+    teacher = tmp_path / "teacher"  # another input size than the student's; one stage: it only has to exist
+    result = invoke("finetune", str(data), "-m", "mobilenet", "--alpha", "0.25", "--image-size", "48", *quick,
+                    "--fine-tune-epochs", "0", "--steps-per-epoch", "1", "-o", str(teacher))
     assert result.exit_code == 0, result.output
     student = tmp_path / "student"
     result = invoke("distill", str(data), "--teacher", str(teacher), "--student", "mobilenet", "--width", "0.25",
@@ -153,7 +153,7 @@ def test_distill_end_to_end_through_the_cli(tmp_path):
     keras.backend.clear_session()
 
     assert invoke("evaluate", str(student)).exit_code == 0
-    exported = invoke("export", str(student))
+    exported = invoke("export", str(student), "--format", "onnx")  # TFLite export is the same for any run
     assert exported.exit_code == 0, exported.output
     assert (student / "export" / "model.onnx").is_file()
 

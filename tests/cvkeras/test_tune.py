@@ -80,8 +80,8 @@ def test_tune_end_to_end_with_a_failed_trial_resume_and_export_of_best(tmp_path,
     calls = []
 
     def first_diverges(cfg, **kw):  # trial 0 fails as a NaN loss would; the search must go on
-        calls.append(kw["output"])
-        if len(calls) == 1:
+        calls.append((cfg, kw["output"]))
+        if len(calls) != 2:  # the resumed trial too: only the resume's bookkeeping is checked, not training again
             raise TrainingDivergedError("the loss became NaN or infinite at batch 1 of epoch 1")
         return real(cfg, **kw)
 
@@ -105,13 +105,16 @@ def test_tune_end_to_end_with_a_failed_trial_resume_and_export_of_best(tmp_path,
     assert again.exit_code == 0, again.output
     rows = list(csv.DictReader((run / "tune.csv").open()))
     assert [r["trial"] for r in rows] == ["0", "1", "2"] and len(calls) == 3
+    assert [r["status"] for r in rows] == ["failed", "ok", "failed"] and os.readlink(run / "best").endswith("_001")
+    cfg, output = calls[2]  # the new trial got a full config of the same search and its own folder
+    assert cfg.data == str(data) and cfg.augment == "light" and os.path.basename(output) == "trial_002"
 
     # the best trial is an ordinary run: its config replays, and `cvkeras export RUN/best` works
     best = run / "best"
     cfg = FinetuneConfig.from_dict(rundir.read_config(best / "config.yaml"))
     rec = json.loads((run / "trials" / f"{os.readlink(best).split('/')[-1]}.json").read_text())
     assert cfg.learning_rate == pytest.approx(rec["values"]["learning_rate"]) and cfg.augment == "light"
-    exported = invoke("export", str(best), catch_exceptions=False)
+    exported = invoke("export", str(best), "--format", "onnx", catch_exceptions=False)  # one format suffices
     assert exported.exit_code == 0, exported.output
     assert (best / "export" / "model.onnx").is_file()
 
