@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cvkeras.serving.schema import problems
 from tests.support.cli import invoke
 from tests.support.export_models import write_foreign
 
@@ -46,6 +47,7 @@ def _val_files(run: Path) -> list[str]:
 
 def test_export_chooses_the_threshold_on_validation_and_reports_foreign_figures(exported):
     report, out = exported
+    assert problems(report, "export_report") == []
     u = report["unknown"]
     assert u["score"] == "cos_proto" and u["accept_target"] == 0.5
     assert u["chosen_on"] == {"images": "validation", "n": report["images"]["val"]}
@@ -66,6 +68,7 @@ def test_predict_says_unknown_for_foreign_images_and_validate_reports_the_same_f
     assert res.exit_code == 0, res.output
     rows = _json_lines(res.stdout)
     assert len(rows) == 24 and all(isinstance(r["unknown"], bool) for r in rows)
+    assert all(problems(r, "prediction") == [] for r in rows)
     assert sum(r["unknown"] for r in rows) >= 18  # mostly unknown
     assert all((r["unknown_score"] > report["unknown"]["threshold"]) == r["unknown"] for r in rows)
     val = invoke("predict", out / "model.onnx", *_val_files(export_tiny_run), "--json")
@@ -75,6 +78,7 @@ def test_predict_says_unknown_for_foreign_images_and_validate_reports_the_same_f
     assert "unknown" in table.stdout
     v = invoke("validate", out / "model.onnx", "--run", export_tiny_run, "--ood", foreign, "--json")
     assert v.exit_code == 0, v.output
+    assert problems(json.loads(v.stdout), "validation") == []
     got, want = json.loads(v.stdout)["unknown"], report["artifacts"][0]["unknown"]
     assert got["accept_rate"] == want["accept_rate"] and got["ood"] == pytest.approx(want["ood"])
 
