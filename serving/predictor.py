@@ -127,8 +127,9 @@ class Predictor:
             raise MetadataError(f"{p}: metadata has {len(meta.labels)} labels but the model outputs "
                                 f"{runner.num_classes} classes; re-export the model")
         if meta.unknown is not None and runner.features_dim != (dim := meta.unknown["shape"][1]):
+            have = "has none" if runner.features_dim is None else f"gives {runner.features_dim} values"
             raise MetadataError(f"{p}: metadata's unknown detector needs a {dim}-value {FEATURES_NAME!r} output, "
-                                f"the model has {runner.features_dim or 'no'}; re-export the model")
+                                f"the model {have}; re-export the model")
         if meta.failed_check:
             warnings.warn(failed_model_line(p, meta.failed_check), FailedModelWarning, stacklevel=2)
         return cls(runner, meta, p, decode_workers, mode,

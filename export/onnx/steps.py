@@ -108,7 +108,9 @@ def repair_onnx(res: ArtifactResult, pre: Path, job: Job, quant: QuantSettings, 
         p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True,
                                    report=rounding)
         meta = meta_io.onnx_metadata(to_onnx.load(res.path), res.path)
-        meta_io.embed_onnx(p if meta.unknown is None else with_features(p, meta, res.name), meta)
+        if meta.unknown is not None:
+            p = with_features(p, meta, res.name)
+        meta_io.embed_onnx(p, meta)
         atomic_write(path, lambda tmp: to_onnx.save(p, tmp))
         return rounding
 
