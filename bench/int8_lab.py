@@ -32,9 +32,10 @@ def lab_dir(run: Path) -> Path:
 
 def prep(run: Path) -> None:
     from cvkeras.export import fidelity
-    from cvkeras.export.exporter import _predict, load_float32_model
+    from cvkeras.export.exporter import load_float32_model
     from cvkeras.export.onnx import convert as to_onnx
     from cvkeras.export.onnx import quantize
+    from cvkeras.export.unknown import keras_outputs
     from cvkeras.run import rundir
 
     rd = rundir.RunDir(run)
@@ -43,7 +44,7 @@ def prep(run: Path) -> None:
     size = tuple(int(d) for d in model.input_shape[1:3])
     seed = rd.seed()
     data = fidelity.fidelity_set(run, size, 300, seed)
-    probs = _predict(model, data.images)
+    probs = keras_outputs(model, data.images, False)[0]
     lab = lab_dir(run)
     np.savez(lab / "data.npz", images=data.images, labels=data.labels, splits=data.splits,
              calibration=data.calibration, keras=probs)

@@ -34,9 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cvkeras.export import fidelity, folder
+from cvkeras.export import fidelity, folder, unknown
 from cvkeras.export import metadata as meta_io
 from cvkeras.export.errors import ExportError
 from cvkeras.export.flip_risk import PASS_CHANCE, flip_chances, pass_chance
@@ -49,6 +47,7 @@ from cvkeras.export.options import (
 from cvkeras.export.tflite import steps as tflite_steps
 from cvkeras.export.verify import ArtifactResult, Gates, verify_artifact
 from cvkeras.serving.errors import first_line
+from cvkeras.serving.images import expand_paths
 from cvkeras.serving.reference import REFERENCE_FILE, Reference, relative_paths
 
 EXPORT_DIR = "export"
@@ -75,6 +74,7 @@ class ExportReport:
     #: left in place, never checked (see :func:`cvkeras.export.folder.unverified_files`)
     unverified_files: list[str] = field(default_factory=list)
     temperature: float = 1.0  # the run's, written into every artifact's metadata (1: none recorded)
+    unknown: dict[str, Any] | None = None  # the unknown detector (cvkeras.export.unknown.report_block); None: off
 
     @property
     def conversion_errors(self) -> list[ArtifactResult]:
@@ -113,7 +113,7 @@ class ExportReport:
             "run": self.run, "output": rel(self.output), "model_name": self.model_name,
             "input_size": self.input_size, "labels": self.labels,
             "keras": {"accuracy": self.keras_accuracy, "n": self.n_val},
-            "temperature": self.temperature,
+            "temperature": self.temperature, "unknown": self.unknown,
             "images": self.images, "settings": settings, "passed": self.passed, "seconds": round(self.seconds, 1),
             "artifacts": [{**a.to_dict(), "path": rel(a.path)} for a in self.artifacts],
             "unverified_files": self.unverified_files,
@@ -211,8 +211,15 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     except RunDirError as exc:
         raise ExportError(f"{exc}; verification needs validation images") from None
     say(f"running the Keras model on {len(data.labels)} fidelity images")
-    keras_probs = _predict(model, data.images)
+    keras_probs, keras_feats = unknown.keras_outputs(model, data.images, opts.unknown)
     val = data.val
+    detector = ref_scores = None
+    if keras_feats is not None:
+        detector = unknown.fit(keras_feats, data.labels, val, data.held_back, len(labels), opts.unknown_accept)
+        ref_scores = detector.scores(keras_feats)
+        ood = None if opts.ood is None else unknown.ood_scores(model, opts.ood, (size[0], size[1]), detector)
+        say(f"unknown detector: threshold {detector.threshold:.4f} accepts {100 * opts.unknown_accept:g} % of the "
+            f"{int(val.sum())} validation images (prototypes from {int(data.held_back.sum())} training images)")
     keras_acc = float((keras_probs[val].argmax(1) == data.labels[val]).mean())
     folder.prepare_output(out_dir)
     removed = folder.remove_previous_export(out_dir)
@@ -226,7 +233,7 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     atomic_write(out_dir / REFERENCE_FILE, Reference(
         keras_probs, data.labels, ref_paths, keras_acc, splits=data.splits,
         calibration=relative_paths(data.calibration_paths, root), seen=relative_paths(data.seen_paths, root),
-    ).to_bytes())
+        unknown_scores=ref_scores).to_bytes())
 
     calib_images = None
     if opts.int8:
@@ -234,20 +241,26 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     settings_doc = opts.settings(0 if calib_images is None else len(calib_images), len(data.calibration))
     report = ExportReport(str(rd.path), str(out_dir), model_name, size, labels, keras_acc, int(val.sum()),
                           settings_doc, images=data.counts(), temperature=temperature)
+    if detector is not None:
+        report.unknown = unknown.report_block(detector, ref_scores[val], int(data.held_back.sum()), ood)
 
     def metadata(precision: str, extra: dict[str, Any]):
+        detect = detector is not None and extra.get("format") == "onnx"  # TFLite: no features output yet
         return meta_io.make_metadata(labels, size, model_name, precision, keras_acc,
-                                     {"val_samples": int(val.sum()), **extra}, temperature)
+                                     {"val_samples": int(val.sum()), **extra}, temperature,
+                                     detector.to_dict() if detect else None)
 
     results = {a.name: ArtifactResult(a.name, a.format, a.precision, str(out_dir / a.name))
                for a in opts.planned()}
     gates = Gates(opts.max_accuracy_drop, opts.min_agreement, opts.float_tolerance)
     reference = Reference.load(out_dir)  # what `cvkeras validate` reads
     items = data.items()
+    ood_files = None if opts.ood is None or detector is None else \
+        [p for p, error in expand_paths([opts.ood]) if error is None]
 
     def check(res: ArtifactResult) -> ArtifactResult:
         say(f"verifying {res.name} on {len(data.labels)} images")
-        return verify_artifact(res, items, reference, gates, opts.threads)
+        return verify_artifact(res, items, reference, gates, opts.threads, ood=ood_files)
 
     held = data.held_back
     search_ref = reference.subset(held)
@@ -284,12 +297,3 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     report.seconds = time.perf_counter() - t0
     write_json(out_dir / REPORT_FILE, report.to_dict())
     return report
-
-
-def _predict(model, images: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Keras probabilities for uint8 images, converted to float32 a chunk at a time (bounded memory)."""
-    parts = [model.predict(images[i : i + chunk].astype(np.float32), batch_size=32, verbose=0)
-             for i in range(0, len(images), chunk)]
-    return np.concatenate(parts).astype(np.float32)
-
-

@@ -73,7 +73,7 @@ def calibration_count(n_train: int, samples: int) -> int:
     return max(1, min(samples, n_train // 2)) if n_train else 0
 
 
-def _decode(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+def decode(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
     from cvkeras.serving.preprocess import ImageError, load_resized
 
     out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
@@ -115,7 +115,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
     cal_paths = [str(train[i][0]) for i in cal_idx]
     seen = np.setdiff1d(np.arange(len(train)), np.concatenate([cal_idx, rest]))
     if n_cal:
-        calibration, _, cal_fail = _decode(cal_paths, size)
+        calibration, _, cal_fail = decode(cal_paths, size)
         if not len(calibration):
             raise ExportError(f"{Path(run) / SPLIT}: none of the {n_cal} calibration images can be "
                               "decoded; int8 calibration needs readable training images")
@@ -123,7 +123,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
         calibration, cal_fail = np.zeros((0, *size, 3), np.uint8), []
     items = [(str(p), int(y), "val") for p, y in val] + [(str(train[i][0]), int(train[i][1]), "train")
                                                           for i in rest]
-    images, kept, failures = _decode([p for p, _, _ in items], size)
+    images, kept, failures = decode([p for p, _, _ in items], size)
     items = [items[i] for i in kept]
     if not any(s == "val" for _, _, s in items):
         raise ExportError(f"{Path(run) / SPLIT}: no validation image can be decoded; verification "

@@ -18,14 +18,15 @@ from cvkeras.serving.metadata import METADATA_KEY, ModelMetadata, metadata_from_
 
 def make_metadata(labels: Sequence[str], input_size: Sequence[int], model_name: str, precision: str,
                   reference_accuracy: float | None, extra: dict[str, Any] | None = None,
-                  temperature: float = 1.0) -> ModelMetadata:
+                  temperature: float = 1.0, unknown: dict[str, Any] | None = None) -> ModelMetadata:
     """The metadata of one artifact (precision: float32 | fp16 | int8 | dynamic; ``temperature``: the run's,
-    which the device applies to the model's probabilities)."""
+    which the device applies to the model's probabilities; ``unknown``: the detector's block,
+    :meth:`cvkeras.serving.unknown.UnknownDetector.to_dict`)."""
     return ModelMetadata(
         labels=list(labels), input_size=(int(input_size[0]), int(input_size[1])), model_name=model_name,
         precision=precision, producer_version=__version__,
         reference_accuracy=None if reference_accuracy is None else float(reference_accuracy),
-        temperature=float(temperature), extra=dict(extra or {}),
+        temperature=float(temperature), unknown=unknown, extra=dict(extra or {}),
     )
 
 

@@ -9,6 +9,7 @@ once, before anything is read or written.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
@@ -19,6 +20,7 @@ from cvkeras.export.settings import DEFAULT_CALIBRATION, DEFAULT_SAMPLES, METHOD
 from cvkeras.export.tflite.convert import IO_TYPES
 from cvkeras.export.verify import DEFAULT_FLOAT_TOLERANCE
 from cvkeras.serving.errors import quote
+from cvkeras.serving.unknown import DEFAULT_ACCEPT
 from cvkeras.serving.validate import DEFAULT_MIN_AGREEMENT
 
 FORMATS = ("onnx", "tflite")
@@ -92,6 +94,9 @@ class ExportOptions:
     repair: bool = True
     calibration_flip: bool = True
     float_stem: bool = True  # False (--int8-stem): model_int8.onnx quantizes its stem too (QuantSettings.float_stem 0)
+    unknown: bool = True  # the unknown detector in the ONNX artifacts (cvkeras.serving.unknown); --unknown off
+    unknown_accept: float = DEFAULT_ACCEPT  # fraction of validation images its threshold accepts
+    ood: str | None = None  # photos of none of the classes: the detector's AUROC and false-accept rate (--ood)
 
     def checked(self) -> ExportOptions:
         """This object with ``formats`` parsed, after checking every value (ExportError naming the flag)."""
@@ -115,6 +120,11 @@ class ExportOptions:
             raise ExportError("--max-accuracy-drop and the float tolerance must not be negative")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ExportError(f"--min-agreement must be a fraction in 0..1, not {self.min_agreement}")
+        if not (isinstance(self.unknown_accept, int | float) and 0.0 < self.unknown_accept <= 1.0):
+            raise ExportError(f"--unknown-accept must be a fraction in 0..1 (e.g. 0.95), not {self.unknown_accept}")
+        if self.ood is not None and not (self.unknown and os.path.isdir(self.ood)):
+            raise ExportError(f"{self.ood}: --ood needs a folder of photos of none of the classes"
+                              + ("" if self.unknown else " and --unknown on"))
         if self.repair_min_agreement is not None and not 0.0 <= self.repair_min_agreement <= 1.0:
             raise ExportError(f"--repair-min-agreement must be a fraction in 0..1, not {self.repair_min_agreement}")
         return replace(self, formats=fmts, quant=self.quant_settings())
@@ -145,6 +155,8 @@ class ExportOptions:
             "min_agreement": self.min_agreement, "repair": self.repair,
             "repair_min_agreement": self.search_agreement(),
             "float_tolerance": self.float_tolerance, "threads": self.threads,
+            "unknown": self.unknown, "unknown_accept": self.unknown_accept if self.unknown else None,
+            "ood": self.ood,
         }
 
     def to_dict(self) -> dict[str, Any]:

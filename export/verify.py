@@ -69,6 +69,7 @@ class ArtifactResult:
     error: str | None = None
     float_layers: list[str] | None = None  # layers an int8 repair kept in float32
     repair: dict[str, Any] | None = None
+    unknown: dict[str, Any] | None = None  # the unknown detector's figures (``validate --json``'s ``unknown``)
 
     @property
     def ok(self) -> bool:
@@ -92,11 +93,13 @@ def gate_for(precision: str, gates: Gates) -> str:
 
 
 def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: Gates = Gates(),
-                    threads: int | None = None, batch_size: int = 1) -> ArtifactResult:
+                    threads: int | None = None, batch_size: int = 1, ood: list[str] | None = None
+                    ) -> ArtifactResult:
     """Run ``result.path`` on ``items`` against ``reference``; fill the figures and status (returned).
 
     ``items`` and ``reference`` are what ``cvkeras.serving.validate.validate`` takes (files or arrays, a
-    ``Reference``). ``batch_size`` 1 makes ``latency_ms_per_image`` the per-image latency a device sees.
+    ``Reference``); ``ood``: foreign photos for the unknown detector's figures. ``batch_size`` 1 makes
+    ``latency_ms_per_image`` the per-image latency a device sees.
     """
     from cvkeras.serving.predictor import Predictor
     from cvkeras.serving.validate import validate
@@ -108,7 +111,7 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
     try:
         predictor = Predictor.load(path, threads=threads)
         report = validate(predictor, items, reference, gates.max_accuracy_drop, batch_size,
-                          0.0 if float32 else gates.min_agreement)
+                          0.0 if float32 else gates.min_agreement, ood if predictor.unknown else None)
     except Exception as exc:  # ModelError, MetadataError, runtime failures: report, keep the file
         result.status = "failed"
         result.error = f"{path.name}: cannot be run ({first_line(exc)})"
@@ -126,6 +129,7 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
     result.held_back_agreement_ci = report.held_back_agreement_ci
     result.n_held_back = report.n_held_back
     result.ece, result.nll = report.ece, report.nll
+    result.unknown = report.unknown
     result.measured_on = {k: v for k, v in report.measured_on.items() if k != "accuracy"}
     if float32:
         ok = report.max_abs_diff is not None and report.max_abs_diff <= gates.float_tolerance

@@ -133,6 +133,9 @@ def validate(
     min_agreement: Annotated[float, typer.Option(
         "--min-agreement", min=0.0, max=1.0, help="Smallest top-1 agreement with the reference (fraction).",
     )] = DEFAULT_MIN_AGREEMENT,
+    ood: Annotated[Path | None, typer.Option(
+        "--ood", show_default=False, help="Photos of none of the classes: AUROC and false-accept rate of the "
+        "model's unknown detector.")] = None,
 ) -> None:
     """Check an exported model's accuracy against the Keras model it came from; no TensorFlow needed.
 
@@ -161,7 +164,8 @@ def validate(
         ref = None
         if reference is not None or (ref_dir / REFERENCE_FILE).is_file():
             ref = Reference.load(ref_dir)
-        report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size, min_agreement)
+        ood_files = None if ood is None else ood_images(ood, model, predictor.unknown is not None)
+        report = run_validation(predictor, items, ref, max_accuracy_drop, batch_size, min_agreement, ood_files)
     if json_out:
         print_json(report.to_dict())
     else:
@@ -172,6 +176,20 @@ def validate(
     if report.gate_failures:
         typer.echo(f"error: {model.name}: {'; '.join(report.gate_failures)}", err=True)
     raise typer.Exit(0 if report.passed else 1)
+
+
+def ood_images(folder: Path, model: Path, has_detector: bool) -> list[str]:
+    """The image files under ``folder`` (``--ood``); an OptionError when there are none or the model has no
+    unknown detector to judge."""
+    if not has_detector:
+        raise OptionError(f"{model}: has no unknown detector for --ood; re-export it with `cvkeras export` "
+                          "(--unknown on, the default; ONNX models)")
+    if not folder.is_dir():
+        raise OptionError(f"{folder}: --ood must be a folder of photos of none of the classes")
+    files = [p for p, error in expand_paths([folder]) if error is None]
+    if not files:
+        raise OptionError(f"{folder}: --ood folder has no images")
+    return files
 
 
 def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:

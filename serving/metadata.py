@@ -23,6 +23,7 @@ from cvkeras.serving.calibration import temperature_problem
 from cvkeras.serving.errors import CvkerasError, first_line, quote
 from cvkeras.serving.formats import label_problem
 from cvkeras.serving.preprocess import contract
+from cvkeras.serving.unknown import unknown_problem
 
 METADATA_KEY = "cvkeras"
 SCHEMA_VERSION = 1
@@ -61,6 +62,8 @@ class ModelMetadata:
     reference_accuracy: float | None = None  # Keras model's accuracy on the validation split
     #: scores = softmax(log p / temperature) (:mod:`cvkeras.serving.calibration`); 1.0: as the model outputs them
     temperature: float = 1.0
+    #: the "unknown" detector (:mod:`cvkeras.serving.unknown`); None: the model always answers a class
+    unknown: dict[str, Any] | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -112,6 +115,8 @@ class ModelMetadata:
         problem = label_problem(meta.labels)
         if problem:
             raise MetadataError(f"{source}: metadata labels: {problem}; re-export the model")
+        if meta.unknown is not None and (problem := unknown_problem(meta.unknown, len(meta.labels))):
+            raise MetadataError(f"{source}: metadata field unknown {problem}; re-export the model")
         return meta
 
 

@@ -6,19 +6,12 @@ The model file carries everything needed -- labels, input size, preprocessing co
     >>> p = Predictor.load("export/model_int8.onnx", threads=2)
     >>> p.predict("daisy.jpg").label
     'daisy'
-    >>> [r.label for r in p.predict(["a.jpg", "b.png"])]
-    ['daisy', 'roses']
 
-Two ways to use the CPU, chosen per call by ``mode`` (see :data:`MODES`):
-
-* ``"latency"`` -- one image at a time, as fast as the runtime goes: ONNX Runtime threads spin between
-  operators (``session.intra_op.allow_spinning=1``, sequential execution), images decode inline, and a
-  single in-memory image goes straight into a preallocated input with no thread pool or generator.
-* ``"throughput"`` -- folders and batches: decoding and resizing (Pillow; it releases the GIL) run in a
-  small thread pool that works on the next batch while the runtime infers the current one, and the
-  runtime's idle threads sleep instead of spinning so the decoders get the cores.
-* ``"auto"`` (default) -- latency settings for a single image, throughput settings for a sequence; each
-  ONNX Runtime session is created on first use (LiteRT has one interpreter for both).
+Two ways to use the CPU, chosen per call by ``mode`` (see :data:`MODES`): ``"latency"`` -- one image at a
+time, ONNX Runtime threads spinning between operators, inline decoding into a preallocated input;
+``"throughput"`` -- folders and batches, Pillow decoding the next batch in a small thread pool while the
+runtime (threads sleeping, leaving the cores to the decoders) infers the current one; ``"auto"`` (default) --
+latency for a single image, throughput for a sequence, each ONNX Runtime session made on first use.
 
 Large JPEGs are decoded DCT-scaled at the size the model needs (``cvkeras.serving.preprocess.jpeg_scale``).
 """
@@ -42,8 +35,9 @@ from cvkeras.serving.errors import OptionError, first_line, quote
 from cvkeras.serving.hints import failed_model_line, not_a_model_hint
 from cvkeras.serving.metadata import FailedModelWarning, MetadataError, ModelMetadata
 from cvkeras.serving.preprocess import JPEG_SCALING, load_resized
-from cvkeras.serving.results import ImageInput, Prediction, is_single, source_name
+from cvkeras.serving.results import ImageInput, Prediction, is_single, ranked, source_name
 from cvkeras.serving.runners import ModelError, OnnxRunner, Runner, TFLiteRunner
+from cvkeras.serving.unknown import FEATURES_NAME, UnknownDetector
 
 #: ``Predictor`` modes: settings for one image at a time, for batches and folders, or chosen per call.
 MODES = ("latency", "throughput", "auto")
@@ -69,7 +63,8 @@ def _inference_errors(path: Path) -> Iterator[None]:
 
 class Predictor:
     """A loaded model plus its metadata. Create with :meth:`Predictor.load`. Its scores are calibrated: the
-    model's probabilities at the metadata's temperature (:mod:`cvkeras.serving.calibration`)."""
+    model's probabilities at the metadata's temperature (:mod:`cvkeras.serving.calibration`); a model exported
+    with an unknown detector (:mod:`cvkeras.serving.unknown`) also says per image whether it is ``unknown``."""
 
     def __init__(self, runner: Runner, metadata: ModelMetadata, path: Path,
                  decode_workers: int | None = None, mode: str = "auto",
@@ -78,6 +73,9 @@ class Predictor:
         self.path = path
         self.mode = check_mode(mode)
         self.decode_workers = decode_workers if decode_workers is not None else default_workers()
+        #: the metadata's unknown detector (None: every image gets a class and no unknown verdict)
+        self.unknown = None if metadata.unknown is None else UnknownDetector.from_dict(metadata.unknown,
+                                                                                       len(metadata.labels))
         #: Decode large JPEGs DCT-scaled: the contract of models exported with that rule (not older ones).
         self.jpeg_scaling = metadata.preprocess.get("jpeg_scaling") == JPEG_SCALING
         first = "throughput" if mode == "throughput" else "latency"
@@ -128,6 +126,10 @@ class Predictor:
         if runner.num_classes is not None and runner.num_classes != len(meta.labels):
             raise MetadataError(f"{p}: metadata has {len(meta.labels)} labels but the model outputs "
                                 f"{runner.num_classes} classes; re-export the model")
+        if meta.unknown is not None and runner.features_dim != (dim := meta.unknown["shape"][1]):
+            have = "has none" if runner.features_dim is None else f"gives {runner.features_dim} values"
+            raise MetadataError(f"{p}: metadata's unknown detector needs a {dim}-value {FEATURES_NAME!r} output, "
+                                f"the model {have}; re-export the model")
         if meta.failed_check:
             warnings.warn(failed_model_line(p, meta.failed_check), FailedModelWarning, stacklevel=2)
         return cls(runner, meta, p, decode_workers, mode,
@@ -181,7 +183,13 @@ class Predictor:
 
     # --- raw runner ------------------------------------------------------------------------------------
     def predict_batch(self, x: np.ndarray, use: str | None = None, raw: bool = False) -> np.ndarray:
-        """Calibrated probabilities ``(N, C)`` float32 for a float32 NHWC batch in ``0..255`` at the input size.
+        """Calibrated probabilities ``(N, C)`` float32 for a float32 NHWC batch (see :meth:`predict_arrays`)."""
+        return self.predict_arrays(x, use, raw)[0]
+
+    def predict_arrays(self, x: np.ndarray, use: str | None = None,
+                       raw: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities ``(N, C)`` float32 for a float32 NHWC batch in ``0..255`` at the input size,
+        and each image's ``unknown_score`` (None without an unknown detector).
 
         Splits into the model's fixed batch when it has one (TFLite: 1). Integer TFLite I/O is quantized
         and dequantized with the tensors' own scale and zero point. ``use`` ("latency"/"throughput")
@@ -197,11 +205,19 @@ class Predictor:
         runner = self._runner_for(use or ("latency" if x.shape[0] == 1 else "throughput"))
         step = runner.batch or max(1, x.shape[0])
         with _inference_errors(self.path):
-            parts = [runner.run(x[i : i + step]) for i in range(0, x.shape[0], step)]
+            parts = [self._run(runner, x[i : i + step]) for i in range(0, x.shape[0], step)]
         if not parts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        probs = np.concatenate(parts, axis=0).astype(np.float32, copy=False).reshape(x.shape[0], -1)
-        return probs if raw else apply_temperature(probs, self.temperature)
+            return np.zeros((0, len(self.labels)), dtype=np.float32), None
+        probs = np.concatenate([p for p, _ in parts]).astype(np.float32, copy=False).reshape(x.shape[0], -1)
+        scores = None if self.unknown is None else np.concatenate([s for _, s in parts])
+        return (probs if raw else apply_temperature(probs, self.temperature)), scores
+
+    def _run(self, runner: Runner, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's probabilities and, with an unknown detector, the unknown scores of batch ``x``."""
+        if self.unknown is None:
+            return runner.run(x), None
+        probs, feats = runner.run_features(x)  # type: ignore[union-attr]  # load checked the features output
+        return probs, self.unknown.scores(feats)
 
     # --- decoding --------------------------------------------------------------------------------------
     def batches(self, sources: Sequence[ImageInput], batch_size: int = 16,
@@ -218,18 +234,13 @@ class Predictor:
         return decode_batches(sources, self.input_size, batch_size, self.jpeg_scaling, self.decode_workers, overlap)
 
     # --- prediction ------------------------------------------------------------------------------------
-    def _result(self, probs: np.ndarray, top_k: int, path: str | None) -> Prediction:
-        k = max(1, min(top_k, probs.shape[0]))
-        values = probs.tolist()
-        # all three pick the first of equal scores; plain Python is quickest for a few classes
-        if k == 1:
-            order = [int(probs.argmax())]
-        elif len(values) <= 64:
-            order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
-        else:
-            order = np.argsort(-probs, kind="stable")[:k].tolist()
-        top = [(self.labels[i], values[i]) for i in order]
-        return Prediction(label=top[0][0], index=order[0], score=top[0][1], top_k=top, path=path)
+    def _result(self, probs: np.ndarray, top_k: int, path: str | None, unknown_score: float | None = None
+                ) -> Prediction:
+        pred = ranked(probs, self.labels, top_k, path)
+        if unknown_score is not None and self.unknown is not None:
+            pred.unknown_score = float(unknown_score)
+            pred.unknown = pred.unknown_score > self.unknown.threshold
+        return pred
 
     def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5,
                      batch_size: int = 16) -> Iterator[Prediction]:
@@ -239,14 +250,14 @@ class Predictor:
         """
         use = "latency" if self.mode == "latency" else "throughput"
         for batch in self.batches(images, batch_size, overlap=use == "throughput"):
-            probs = self.predict_batch(batch.x, use) if batch.indices else np.zeros((0, len(self.labels)))
-            rows = dict(zip(batch.indices, probs, strict=True))
+            probs, scores = self.predict_arrays(batch.x, use) if batch.indices else (None, None)
+            rows = dict(zip(batch.indices, range(len(batch.indices)), strict=True))
             for i in sorted([*batch.indices, *batch.errors]):
                 name = source_name(images[i])
                 if i in batch.errors:
                     yield Prediction(None, -1, float("nan"), path=name, error=batch.errors[i])
                 else:
-                    yield self._result(rows[i], top_k, name)
+                    yield self._result(probs[rows[i]], top_k, name, None if scores is None else scores[rows[i]])
 
     @overload
     def predict(self, images: str | os.PathLike | bytes | Image.Image, top_k: int = ...,
@@ -272,6 +283,7 @@ class Predictor:
         """The single-image path: latency settings, inline decode into a preallocated per-thread input."""
         runner = self._runner_for("latency")
         arr = load_resized(image, self.input_size, self.jpeg_scaling)  # raises ImageError
+        scores = None
         with _inference_errors(self.path):
             if isinstance(runner, TFLiteRunner) and runner.takes_uint8_image:
                 probs = runner.run_uint8(arr)
@@ -280,6 +292,6 @@ class Predictor:
                 if x is None:
                     x = self._local.x = np.empty((1, *self.input_size, 3), dtype=np.float32)
                 x[0] = arr
-                probs = runner.run(x)
+                probs, scores = self._run(runner, x)
         probs = apply_temperature(np.asarray(probs, dtype=np.float32).reshape(-1), self.temperature)
-        return self._result(probs, top_k, source_name(image))
+        return self._result(probs, top_k, source_name(image), None if scores is None else scores[0])

@@ -6,7 +6,9 @@ the data root, as the run recorded it: ``val/daisy/000.jpg`` and ``train/daisy/0
 ``split`` per row (``"val"``: the validation split, what gates are decided on; ``"train"``: a training image
 held back from calibration, reported apart), ``accuracy`` (the Keras accuracy, a fraction, on the "val" rows),
 ``calibration`` (paths of the training images int8 calibration was fitted on) and ``seen`` (paths of the other
-training images): what ``validate`` needs to keep every image training or export saw out of its figures.
+training images): what ``validate`` needs to keep every image training or export saw out of its figures;
+``unknown_scores`` (N,) float32: the Keras model's unknown score per row (:mod:`cvkeras.serving.unknown`), what
+an artifact's accept/reject decisions are compared with.
 
 Images are matched to rows by their recorded relative path: an image path matches a row when it ends with
 that row's path, whatever the root (so a copy of the data folder elsewhere still matches). Row paths must be
@@ -89,6 +91,7 @@ class Reference:
     splits: np.ndarray | None = None
     calibration: list[str] = field(default_factory=list)  # training images int8 was calibrated on (no row)
     seen: list[str] = field(default_factory=list)  # the other training images without a row
+    unknown_scores: np.ndarray | None = None  # the Keras model's unknown score per row (None: no detector)
 
     def __post_init__(self) -> None:
         if self.paths is not None and (dup := first_repeat(self.paths)) is not None:
@@ -118,7 +121,11 @@ class Reference:
             raise ValidationError(f"{p}: split and probs differ in length; re-run `cvkeras export`")
         acc = float(data["accuracy"]) if "accuracy" in data else None
         extra = {k: [str(s) for s in data[k]] for k in ("calibration", "seen") if k in data}
-        return cls(probs=probs, labels=labels, paths=paths, accuracy=acc, source=str(p), splits=splits, **extra)
+        scores = np.asarray(data["unknown_scores"], np.float32) if "unknown_scores" in data else None
+        if scores is not None and scores.shape != (n,):
+            raise ValidationError(f"{p}: unknown_scores and probs differ in length; re-run `cvkeras export`")
+        return cls(probs=probs, labels=labels, paths=paths, accuracy=acc, source=str(p), splits=splits,
+                   unknown_scores=scores, **extra)
 
     def row_splits(self) -> np.ndarray:
         """The split of every row (VAL where none was recorded)."""
@@ -127,7 +134,8 @@ class Reference:
     def subset(self, rows: np.ndarray) -> Reference:
         """The reference of ``rows`` (a mask or indices), matched by position (no paths)."""
         labels = None if self.labels is None else self.labels[rows]
-        return Reference(self.probs[rows], labels, None, None, self.source)
+        scores = None if self.unknown_scores is None else self.unknown_scores[rows]
+        return Reference(self.probs[rows], labels, None, None, self.source, unknown_scores=scores)
 
     def to_bytes(self) -> bytes:
         """The ``.npz`` file's content (what :meth:`load` reads back)."""
@@ -137,6 +145,8 @@ class Reference:
             arrays["paths"] = np.asarray(list(self.paths), dtype=str)
         if self.splits is not None:
             arrays["split"] = np.asarray(list(self.splits), dtype=str)
+        if self.unknown_scores is not None:
+            arrays["unknown_scores"] = np.asarray(self.unknown_scores, dtype=np.float32)
         for name in ("calibration", "seen"):
             if getattr(self, name):
                 arrays[name] = np.asarray(list(getattr(self, name)), dtype=str)

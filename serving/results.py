@@ -25,22 +25,45 @@ class Prediction:
     top_k: list[tuple[str, float]] = field(default_factory=list)
     path: str | None = None
     error: str | None = None
+    #: with an unknown detector (:mod:`cvkeras.serving.unknown`): whether the image is like none of the
+    #: training images, and its score (higher = less like them); None without one
+    unknown: bool | None = None
+    unknown_score: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"path", "label", "index", "score", "top_k": [{"label", "score"}]}``."""
+        """JSON-ready form: ``{"path", "label", "index", "score", "top_k": [{"label", "score"}]}``, plus
+        ``unknown`` and ``unknown_score`` with an unknown detector."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {
+        doc = {
             "path": self.path,
             "label": self.label,
             "index": self.index,
             "score": self.score,
             "top_k": [{"label": name, "score": score} for name, score in self.top_k],
         }
+        if self.unknown is not None:
+            doc["unknown"], doc["unknown_score"] = self.unknown, self.unknown_score
+        return doc
+
+
+def ranked(probs: np.ndarray, labels: list[str], top_k: int, path: str | None) -> Prediction:
+    """The :class:`Prediction` of one image's scores ``probs``: the ``top_k`` best classes, best first."""
+    k = max(1, min(top_k, probs.shape[0]))
+    values = probs.tolist()
+    # all three pick the first of equal scores; plain Python is quickest for a few classes
+    if k == 1:
+        order = [int(probs.argmax())]
+    elif len(values) <= 64:
+        order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
+    else:
+        order = np.argsort(-probs, kind="stable")[:k].tolist()
+    top = [(labels[i], values[i]) for i in order]
+    return Prediction(label=top[0][0], index=order[0], score=top[0][1], top_k=top, path=path)
 
 
 def is_single(images: Any) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 
 from cvkeras.serving.errors import CvkerasError, first_line, quote
 from cvkeras.serving.metadata import ModelMetadata, metadata_from_props, read_metadata
+from cvkeras.serving.unknown import FEATURES_NAME
 
 #: ONNX Runtime session config key: "1" selects exact (U8U8) int8 kernels on x86 CPUs without VNNI.
 X64_QUANT_PRECISION = "session.x64quantprecision"
@@ -112,12 +113,21 @@ class OnnxRunner:
         self.hw = tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:3])
         out_shape = self.session.get_outputs()[0].shape
         self.num_classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+        feats = [o for o in self.session.get_outputs()[1:] if o.name == FEATURES_NAME]
+        #: length of the ``features`` output (the pooled features, :mod:`cvkeras.serving.unknown`); None: none
+        self.features_dim = (feats[0].shape[-1] if feats and isinstance(feats[0].shape[-1], int) else 0) \
+            if feats else None
 
     def metadata(self) -> ModelMetadata:
         return metadata_from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(self._outputs, {self.input_name: x})[0]
+
+    def run_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and pooled features of one batch, in one run (a model with a ``features`` output)."""
+        probs, feats = self.session.run([self.output_name, FEATURES_NAME], {self.input_name: x})
+        return probs, np.asarray(feats, dtype=np.float32).reshape(len(feats), -1)
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
@@ -168,6 +178,7 @@ class TFLiteRunner:
         self.spinning = None  # LiteRT has no such setting
         self.hw = (int(shape[1]), int(shape[2]))
         self.num_classes = int(self.out["shape"][-1])
+        self.features_dim = None  # the unknown detector is exported for ONNX only (docs/unknown.md)
         self.in_scale, self.in_zero = self.inp["quantization"]
         self.out_scale, self.out_zero = self.out["quantization"]
         #: uint8 input with scale 1 and zero point 0 (``cvkeras export --int8``): a decoded uint8 image

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from cvkeras.serving.schema_fields import FRACTION, INTERVAL
 from cvkeras.serving.schema_fields import Field as F
+from cvkeras.serving.schema_serving import unknown_fields
 
 _ARTIFACT = "artifacts[]"
 _REPAIR = f"{_ARTIFACT}.repair"
@@ -49,6 +50,26 @@ EXPORT_FIELDS = (
                                                              "training images"),
     F("settings.float_tolerance", "number", "probability", "largest max_abs_diff a float32 artifact may have"),
     F("settings.threads", "int|null", "threads", "runtime threads (null: the runtime's choice)"),
+    F("settings.unknown", "bool", "", "`--unknown on`: the ONNX artifacts carry the unknown detector"),
+    F("settings.unknown_accept", "number|null", FRACTION, "`--unknown-accept`"),
+    F("settings.ood", "string|null", "", "`--ood` folder"),
+    F("unknown", "object|null", "", "the unknown detector (docs/unknown.md); null: `--unknown off`"),
+    F("unknown.score", "string", "", "`cos_proto`"),
+    F("unknown.formats", "list[string]", "", "the formats whose artifacts carry it (`onnx`)"),
+    F("unknown.accept_target", "number", FRACTION, "`--unknown-accept`"),
+    F("unknown.threshold", "number", "", "unknown when `unknown_score` is above it"),
+    F("unknown.features", "int", "", "length of the `features` output"),
+    F("unknown.prototypes_from", "object", "", "the images the class prototypes are the means of"),
+    F("unknown.prototypes_from.images", "string", "", "`held-back training`"),
+    F("unknown.prototypes_from.n", "int", "images", "how many"),
+    F("unknown.chosen_on", "object", "", "the images the threshold was chosen on"),
+    F("unknown.chosen_on.images", "string", "", "`validation`"),
+    F("unknown.chosen_on.n", "int", "images", "how many"),
+    F("unknown.keras_accept_rate", "number", FRACTION, "validation images the Keras model's features accept"),
+    F("unknown.ood", "object|null", "", "the Keras model on the `--ood` photos"),
+    F("unknown.ood.n", "int", "images", "readable --ood images"),
+    F("unknown.ood.auroc", "number|null", FRACTION, "chance a foreign photo scores above a validation image"),
+    F("unknown.ood.false_accept", "number|null", FRACTION, "foreign photos accepted at the threshold"),
     F("passed", "bool", "", "every artifact passed"),
     F("seconds", "number", "s", "export wall time"),
     F("unverified_files", "list[string]", "", "model files in the export folder that this export did not make "
@@ -86,6 +107,7 @@ EXPORT_FIELDS = (
     F(f"{_ARTIFACT}.gate", "string", "", "the gate, in words"),
     F(f"{_ARTIFACT}.error", "string|null", "", "why it did not pass"),
     F(f"{_ARTIFACT}.float_layers", "list[string]|null", "", "layers a repair kept in float32"),
+    *unknown_fields(f"{_ARTIFACT}.unknown"),
     F(f"{_REPAIR}", "object|null", "", "the int8 repair, when one ran"),
     F(f"{_REPAIR}.error", "string", "", "the repair itself failed", False),
     F(f"{_REPAIR}.passed", "bool", "", "a mix held on the held-back training images", False),

@@ -17,7 +17,30 @@ PREDICTION_FIELDS = (
     F("top_k[].label", "string", "", "class"),
     F("top_k[].score", "number|null", "probability", "probability"),
     F("error", "string", "", "only for a file that could not be classified (then no label/score)", False),
+    F("unknown", "bool", "", "like none of the training images (`unknown_score` > the model's threshold); only "
+                             "for a model with an unknown detector (docs/unknown.md)", False),
+    F("unknown_score", "number", "", "1 - max cosine of its features to the class prototypes; higher = less like "
+                                     "the training images", False),
 )
+
+
+def unknown_fields(at: str) -> tuple[F, ...]:
+    """The fields of an ``unknown`` block at ``at`` (the detector's figures on one model, ``validate``)."""
+    return (
+        F(at, "object|null", "", "the unknown detector's figures; null: the model has none (docs/unknown.md)"),
+        F(f"{at}.score", "string", "", "`cos_proto`"),
+        F(f"{at}.threshold", "number", "", "unknown when `unknown_score` is above it"),
+        F(f"{at}.accept_target", "number", FRACTION, "the validation images' acceptance it was chosen for"),
+        F(f"{at}.accept_rate", "number", FRACTION, "images accepted (not unknown), of the `n` of `accuracy`"),
+        F(f"{at}.n", "int", "images", "images of `accept_rate`"),
+        F(f"{at}.agreement", "number|null", FRACTION, "same accept/reject decision as the Keras model, validation"),
+        F(f"{at}.n_agreement", "int", "images", "validation images of `agreement`"),
+        F(f"{at}.ood", "object|null", "", "`--ood` photos of none of the classes"),
+        F(f"{at}.ood.n", "int", "images", "readable --ood images"),
+        F(f"{at}.ood.auroc", "number|null", FRACTION, "chance a foreign photo scores above an accepted-set image"),
+        F(f"{at}.ood.false_accept", "number|null", FRACTION, "foreign photos accepted at the threshold"),
+    )
+
 
 VALIDATION_FIELDS = (
     F("schema", "string", "", "`cvkeras.validation/2`"),
@@ -58,6 +81,7 @@ VALIDATION_FIELDS = (
     F("support", "object", "", "images per class"),
     F("support.*", "int", "images", "images of one class"),
     F("latency_ms_per_image", "number", "ms", "mean model time per image (decoding excluded)"),
+    *unknown_fields("unknown"),
     F("failures", "list", "", "unreadable files"),
     F("failures[].path", "string", "", "the file"),
     F("failures[].error", "string", "", "why"),

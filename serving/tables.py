@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 def prediction_table(results: list[Prediction], top_k: int) -> None:
-    """The ``predict`` table: file, label, score and (``top_k`` > 1) the best classes; errors in red."""
+    """The ``predict`` table: file, label (``unknown`` for an image the model's detector rejects), score and
+    (``top_k`` > 1) the best classes; errors in red."""
     from rich.markup import escape as escape_markup
 
     def escape(text: str) -> str:  # file names and labels are user text: no markup, no control characters
@@ -30,7 +31,9 @@ def prediction_table(results: list[Prediction], top_k: int) -> None:
     rows = []
     for r in results:
         if r.ok:
-            row = [escape(r.path or ""), escape(str(r.label)), f"{r.score:.3f}"]
+            # an image like none of the training images shows `unknown`; top-k still lists the closest classes
+            label = "[yellow]unknown[/yellow]" if r.unknown else escape(str(r.label))
+            row = [escape(r.path or ""), label, f"{r.score:.3f}"]
             if top_k > 1:
                 row.append(escape(", ".join(f"{name} {score:.3f}" for name, score in r.top_k)))
         else:
@@ -80,6 +83,14 @@ def validation_tables(report: ValidationReport) -> None:
     if report.ece is not None:
         rows.append(("calibration", f"ECE {report.ece:.4f}, NLL {report.nll:.4f} at temperature "
                                     f"{report.temperature:.3g} (the scores the device gives)"))
+    if (u := report.unknown) is not None:
+        rows.append(("unknown: accepted", f"{_pct(u['accept_rate'])} of {u['n']} images (target "
+                                          f"{100 * u['accept_target']:g} %, threshold {u['threshold']:.4f})"))
+        if u["agreement"] is not None:
+            rows.append(("unknown: same decision as Keras", f"{_pct(u['agreement'])} on {u['n_agreement']} images"))
+        if u["ood"] is not None:
+            rows.append(("unknown: --ood images", f"AUROC {u['ood']['auroc']:.3f}, falsely accepted "
+                                                   f"{_pct(u['ood']['false_accept'])} of {u['ood']['n']}"))
     rows += [
         ("latency per image", f"{report.latency_ms_per_image:.2f} ms"),
         ("unreadable files", str(len(report.failures))),

@@ -19,7 +19,10 @@ the held-back rows' agreement is reported beside the gate (``held_back_agreement
 
 Like with like: the artifact's raw outputs are compared with the Keras reference's raw outputs (agreement and
 max|dp| as before temperatures), while ``ece`` and ``nll`` judge the scores the device gives, the model metadata's
-temperature applied (:mod:`cvkeras.serving.calibration`), on the images of the headline accuracy.
+temperature applied (:mod:`cvkeras.serving.calibration`), on the images of the headline accuracy. A model with an
+unknown detector (:mod:`cvkeras.serving.unknown`) also gets ``unknown``: its acceptance rate on those images, its
+accept/reject agreement with the Keras model's on the validation rows, and with ``ood`` (photos of none of the
+classes) the AUROC and false-accept rate at its threshold.
 
 Example:
     >>> p = Predictor.load("export/model_int8.onnx")
@@ -42,6 +45,7 @@ from cvkeras.serving.parity import HEADLINE, NEW, VAL_ROLE, compare_with_referen
 from cvkeras.serving.predictor import Predictor
 from cvkeras.serving.preprocess import IMAGE_EXTENSIONS, resize
 from cvkeras.serving.reference import Reference, ValidationError
+from cvkeras.serving.unknown import SCORE, ood_figures
 from cvkeras.serving.validation_report import ValidationReport
 
 #: Default smallest top-1 agreement with the float model (``--min-agreement`` of export and validate).
@@ -107,6 +111,7 @@ def validate(
     max_accuracy_drop: float = 1.0,
     batch_size: int = 32,
     min_agreement: float = 0.0,
+    ood: list[str | os.PathLike] | None = None,
 ) -> ValidationReport:
     """Evaluate ``predictor`` on labelled ``items`` and compare with the Keras ``reference``.
 
@@ -116,6 +121,7 @@ def validate(
         reference: a :class:`Reference`, an export folder holding ``reference.npz``, or None.
         max_accuracy_drop: largest allowed drop, in percentage points, for ``passed``.
         min_agreement: smallest allowed top-1 agreement with the reference (fraction), for ``passed``.
+        ood: image files of none of the model's classes (a model with an unknown detector): AUROC, false-accept.
 
     With a reference (images matched by their recorded relative path, or by position for arrays), the
     gated figures are computed on its validation rows only and the headline accuracy on images no training
@@ -128,6 +134,7 @@ def validate(
     num_classes = len(predictor.labels)
     failures: list[dict[str, str]] = []
     model_seconds = 0.0
+    score_chunks: list[np.ndarray] = []
     if isinstance(items, tuple):
         images, labels_arr = items
         labels = np.asarray(labels_arr, dtype=np.int64)
@@ -138,7 +145,9 @@ def validate(
         for start in range(0, len(images), batch_size):
             x = _as_batch(images[start : start + batch_size], predictor.input_size)
             t0 = time.perf_counter()
-            chunks.append(predictor.predict_batch(x, raw=True))
+            probs_x, scores_x = predictor.predict_arrays(x, raw=True)
+            chunks.append(probs_x)
+            score_chunks += [] if scores_x is None else [scores_x]
             model_seconds += time.perf_counter() - t0
         probs = np.concatenate(chunks) if chunks else np.zeros((0, num_classes), np.float32)
     else:
@@ -150,7 +159,9 @@ def validate(
             failures += [{"path": os.fspath(paths[i]), "error": e} for i, e in sorted(batch.errors.items())]
             if batch.indices:
                 t0 = time.perf_counter()
-                chunks.append(predictor.predict_batch(batch.x, raw=True))
+                probs_x, scores_x = predictor.predict_arrays(batch.x, raw=True)
+                chunks.append(probs_x)
+                score_chunks += [] if scores_x is None else [scores_x]
                 model_seconds += time.perf_counter() - t0
                 kept += batch.indices
         probs = np.concatenate(chunks) if chunks else np.zeros((0, num_classes), np.float32)
@@ -202,7 +213,38 @@ def validate(
         report.accuracy_drop = 100.0 * (report.reference_accuracy - report.accuracy)
         report.measured_on["accuracy_drop"] = {"images": "given images vs the metadata's accuracy on other images",
                                                "n": n}
+    if predictor.unknown is not None:
+        report.unknown = _unknown(predictor, np.concatenate(score_chunks), unseen, rows, roles, reference, ood,
+                                  batch_size)
+        report.measured_on["unknown.accept_rate"] = {"images": HEADLINE[frozenset(kinds)], "n": n}
+        if report.unknown["agreement"] is not None:
+            report.measured_on["unknown.agreement"] = {"images": "validation", "n": report.unknown["n_agreement"]}
     report.apply_gates()
     return report
+
+
+def _unknown(predictor: Predictor, scores: np.ndarray, unseen: np.ndarray, rows: np.ndarray, roles: np.ndarray,
+             reference: Reference | None, ood: list[str | os.PathLike] | None, batch_size: int) -> dict:
+    """The ``unknown`` block of the report (see the module docstring)."""
+    det = predictor.unknown
+    assert det is not None
+    rejected = scores > det.threshold
+    doc = {"score": SCORE, "threshold": det.threshold, "accept_target": det.accept,
+           "accept_rate": float((~rejected[unseen]).mean()), "n": int(unseen.sum()), "agreement": None,
+           "n_agreement": 0, "ood": None}
+    val = roles == VAL_ROLE
+    if reference is not None and reference.unknown_scores is not None and val.any():
+        ref_rejected = reference.unknown_scores[rows[val]] > det.threshold
+        doc["agreement"] = float((ref_rejected == rejected[val]).mean())
+        doc["n_agreement"] = int(val.sum())
+    if ood is not None:
+        out: list[np.ndarray] = []
+        for batch in predictor.batches(list(ood), batch_size):
+            if batch.indices:
+                out.append(predictor.predict_arrays(batch.x, raw=True)[1])
+        if not out:
+            raise ValidationError(f"none of the {len(ood)} --ood images can be read; pass a folder of photos")
+        doc["ood"] = ood_figures(scores[unseen], np.concatenate(out), det.threshold)
+    return doc
 
 

@@ -53,6 +53,8 @@ class ValidationReport:
     temperature: float = 1.0  # the model metadata's: the scores are softmax(log p / temperature)
     ece: float | None = None  # expected calibration error of those scores over the ``n`` images (15 bins)
     nll: float | None = None  # their mean negative log-likelihood (nats)
+    #: the unknown detector's figures (acceptance, agreement with Keras, ``ood``); None: the model has none
+    unknown: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``validate --json`` (``cvkeras.validation/2``, docs/json.md): the drop, its interval

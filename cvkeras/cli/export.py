@@ -115,6 +115,12 @@ def export(
                                     help="Keep model_int8.onnx's stem (input normalisation, first convs) in float32, "
                                          "which ONNX Runtime's CPU kernels run faster; --int8-stem for an all-int8 "
                                          "graph (e.g. an int8-only accelerator)."),
+    unknown: str = typer.Option("on", "--unknown", help="on: the ONNX models say `unknown` for images like none "
+                                "of the training images (docs/unknown.md); off: they always answer a class."),
+    unknown_accept: float = typer.Option(ExportOptions.unknown_accept, "--unknown-accept",
+                                         help="Fraction of the validation images the unknown threshold accepts."),
+    ood: Path | None = typer.Option(None, "--ood", show_default=False, help="Photos of none of the classes: "
+                                    "report the unknown detector's AUROC and false-accept rate on them."),
     json_out: bool = typer.Option(False, "--json", help="Print export_report.json on stdout instead of the "
                                                         "table (docs/json.md)."),
 ) -> None:
@@ -139,11 +145,16 @@ def export(
     from cvkeras.run.rundir import RunDir
 
     with command_errors():  # also an OSError such as a read-only run directory
+        if unknown not in ("on", "off"):
+            from cvkeras.export.errors import ExportError
+
+            raise ExportError(f"--unknown must be on or off, not {printable(unknown)!r}")
         options = ExportOptions(
             formats=format, int8=int8, fp16=fp16, calibration=calibration, calibration_samples=calibration_samples,
             io_type=io_type, opset=opset, max_accuracy_drop=max_accuracy_drop, threads=threads,
             min_agreement=min_agreement, repair=repair, calibration_flip=calibration_flip, float_stem=float_stem,
-            repair_min_agreement=repair_min_agreement,
+            repair_min_agreement=repair_min_agreement, unknown=unknown == "on", unknown_accept=unknown_accept,
+            ood=None if ood is None else str(ood),
         ).checked()  # every option, before the run directory is locked or read
         with run_lock(run, "export") if run.is_dir() else contextlib.nullcontext():
             unfinished = RunDir(run).unfinished()
@@ -170,4 +181,17 @@ def export(
     if report.exit_code:
         raise typer.Exit(report.exit_code)
     if not json_out:
+        print_unknown(report.unknown)
         print(f"all {len(report.artifacts)} artifacts verified; report: {Path(report.output) / REPORT_FILE}")
+
+
+def print_unknown(block: dict | None) -> None:
+    """One line on the unknown detector: threshold, acceptance, and the --ood figures when given."""
+    if block is None:
+        return
+    line = (f"unknown ({block['score']}, ONNX models): threshold {block['threshold']:.4f}, Keras accepts "
+            f"{100 * block['keras_accept_rate']:.1f} % of {block['chosen_on']['n']} validation images")
+    if block["ood"] is not None:
+        o = block["ood"]
+        line += f"; --ood: AUROC {o['auroc']:.3f}, {100 * o['false_accept']:.1f} % of {o['n']} falsely accepted"
+    print(line)

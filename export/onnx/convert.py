@@ -109,3 +109,33 @@ def save(proto, path: str | os.PathLike) -> None:
     """Serialise a model to ``path`` (call through ``atomic_write``)."""
     with open(path, "wb") as fh:
         fh.write(proto.SerializeToString())
+
+
+#: Ops between the classifier's MatMul/Gemm and the model output: bias, softmax, casts and (de)quantization.
+_HEAD_PASS = {"Add", "Softmax", "Identity", "Cast", "QuantizeLinear", "DequantizeLinear", "Reshape", "Flatten"}
+
+
+def add_features_output(proto, dim: int, artifact: str = "model.onnx") -> None:
+    """Make the classifier head's input (the pooled features) a second graph output ``features`` (N, dim)
+    float32, for the unknown detector (:mod:`cvkeras.serving.unknown`); idempotent.
+
+    Found by walking back from the ``probs`` output through the head's bias, softmax, casts and
+    (de)quantization to its MatMul/Gemm, whose data input it is; a Cast to float32 covers fp16 graphs.
+    """
+    from onnx import TensorProto, helper
+
+    from cvkeras.serving.unknown import FEATURES_NAME
+
+    graph = proto.graph
+    if any(o.name == FEATURES_NAME for o in graph.output):
+        return
+    producer = {out: node for node in graph.node for out in node.output}
+    node = producer.get(graph.output[0].name)
+    while node is not None and node.op_type in _HEAD_PASS:
+        node = producer.get(node.input[0])
+    if node is None or node.op_type not in ("MatMul", "Gemm"):
+        raise ConversionError(artifact, "cannot find the classifier's MatMul/Gemm to export the features of "
+                                        "the unknown detector; export with --unknown off")
+    graph.node.append(helper.make_node("Cast", [node.input[0]], [FEATURES_NAME], to=TensorProto.FLOAT,
+                                       name="features_cast"))
+    graph.output.append(helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["N", int(dim)]))

@@ -45,7 +45,10 @@ def convert(job: Job) -> None:
     float_extra = {"format": "onnx", "opset": opset}
 
     def save(res: ArtifactResult, p, extra: dict[str, Any]) -> None:
-        meta_io.embed_onnx(p, metadata(res.precision, extra))
+        meta = metadata(res.precision, extra)
+        if meta.unknown is not None:  # the detector reads the pooled features: a second output, on a copy
+            p = with_features(p, meta, res.name)
+        meta_io.embed_onnx(p, meta)
         atomic_write(res.path, lambda tmp: to_onnx.save(p, tmp))
         res.status = "converted"
 
@@ -57,9 +60,10 @@ def convert(job: Job) -> None:
             f"{len(calib_images)} images)")
         int8_extra = {**float_extra, "quantization": quant.to_dict(), "calibration_samples": len(calib_images)}
         with tempfile.TemporaryDirectory(prefix="cvkeras-int8-") as tmp:
-            pre = Path(tmp) / "pre.onnx"
+            pre, single = Path(tmp) / "pre.onnx", Path(tmp) / "float.onnx"
+            to_onnx.save(proto, single)  # quantized from the one-output graph; the features output is added after
             try:
-                quantize.preprocess(base.path, pre, res.name)
+                quantize.preprocess(single, pre, res.name)
                 # report=: what GPTQ and bias correction did goes into the artifact's metadata
                 save(res, quantize.quantize_int8(pre, calib_images, quant, res.name, preprocessed=True,
                                                  report=int8_extra), int8_extra)
@@ -103,7 +107,10 @@ def repair_onnx(res: ArtifactResult, pre: Path, job: Job, quant: QuantSettings, 
         nodes = [n for r in layers for n in (r.nodes or [r.name])]
         p = quantize.quantize_int8(pre, calib_images, quant, res.name, exclude=nodes, preprocessed=True,
                                    report=rounding)
-        meta_io.embed_onnx(p, meta_io.onnx_metadata(to_onnx.load(res.path), res.path))
+        meta = meta_io.onnx_metadata(to_onnx.load(res.path), res.path)
+        if meta.unknown is not None:
+            p = with_features(p, meta, res.name)
+        meta_io.embed_onnx(p, meta)
         atomic_write(path, lambda tmp: to_onnx.save(p, tmp))
         return rounding
 
@@ -111,3 +118,13 @@ def repair_onnx(res: ArtifactResult, pre: Path, job: Job, quant: QuantSettings, 
                            lambda path: Path(path).unlink(missing_ok=True))
     repair.repair_artifact(res, "per-layer int8 error (onnxruntime qdq_loss_debug)", rank, files, extra,
                            job.fast_check, job.check, job.say)
+
+
+def with_features(proto, meta, artifact: str):
+    """A copy of ``proto`` with the ``features`` output the metadata's unknown detector reads."""
+    from cvkeras.export.onnx import convert as to_onnx
+
+    out = type(proto)()
+    out.CopyFrom(proto)
+    to_onnx.add_features_output(out, meta.unknown["shape"][1], artifact)
+    return out

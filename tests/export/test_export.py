@@ -184,8 +184,9 @@ def test_onnx_graphs_contract(exported):
     for name in ("model.onnx", "model_int8.onnx", "model_fp16.onnx"):
         model = onnx.load(out / name)
         onnx.checker.check_model(model, full_check=True)
-        (inp,), (outp,) = model.graph.input, model.graph.output
-        assert inp.name == "image" and outp.name == "probs"
+        (inp,), (outp, feats) = model.graph.input, model.graph.output  # features: the unknown detector's
+        assert inp.name == "image" and outp.name == "probs" and feats.name == "features"
+        assert feats.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         dims = inp.type.tensor_type.shape.dim
         assert not dims[0].HasField("dim_value"), "batch dimension must be dynamic"
         assert [d.dim_value for d in dims[1:]] == [*SIZE, 3]
@@ -193,7 +194,8 @@ def test_onnx_graphs_contract(exported):
         assert outp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     q = onnx.load(out / "model_int8.onnx")
     ops = [n.op_type for n in q.graph.node]
-    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and ops[-1] == "Softmax"
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert next(n.op_type for n in q.graph.node if "probs" in n.output) == "Softmax"
     inits = {t.name: t for t in q.graph.initializer}
     per_channel = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
                    and inits[n.input[0]].data_type == onnx.TensorProto.INT8

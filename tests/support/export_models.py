@@ -248,3 +248,23 @@ def stem_onnx_net(path) -> None:
              init("w3", 8, 16, 1, 1), init("b3", 8), init("w4", 48, 8, 1, 1), init("b4", 48),
              init("w5", 4, 48), init("b5", 4)]
     save_onnx_net(path, "stem", nodes, inits)
+
+
+def write_foreign(root: Path, n: int = 24, seed: int = 7) -> Path:
+    """``n`` images of none of the tiny run's classes under ``root``: grey checkerboards, dark text-like
+    dashes on light paper and colour noise (the generated foreign set of the unknown detector's tests)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        if i % 3 == 0:
+            yy, xx = np.mgrid[0:64, 0:64]
+            step = int(rng.integers(4, 12))
+            img = (((yy // step + xx // step) % 2) * 200 + 30)[..., None].repeat(3, 2)
+        elif i % 3 == 1:
+            img = np.full((64, 64, 3), 235)
+            for r in range(4, 60, 8):
+                img[r : r + 3, rng.integers(0, 20) : rng.integers(40, 64)] = 20
+        else:
+            img = rng.integers(0, 256, (64, 64, 3))
+        Image.fromarray(img.astype(np.uint8)).save(root / f"foreign_{i:02d}.png")
+    return root
