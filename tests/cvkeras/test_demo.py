@@ -71,7 +71,7 @@ def test_demo_runs_the_product_commands_on_the_shipped_data(tmp_path: Path) -> N
     assert finetune[finetune.index("--weights") + 1] == str(demo.WEIGHTS)
     # one stage on the frozen backbone: the two-stage recipe reached the same 83.00 % and quantized worse
     assert int(finetune[finetune.index("--epochs") + 1]) > 0 and "--fine-tune-epochs" in finetune
-    assert export == ["export", str(run), "--int8"]
+    assert export == ["export", str(run), "--int8", "--format", "onnx"]  # what the device steps run
     assert validate == ["validate", str(run / "export" / "model_int8.onnx"), "--run", str(run)]
     assert predict[:2] == ["predict", str(run / "export" / "model_int8.onnx")]
     assert sorted(Path(p).parent.name for p in predict[2:-2]) == CLASSES
@@ -81,9 +81,10 @@ def test_demo_runs_the_product_commands_on_the_shipped_data(tmp_path: Path) -> N
 
 @pytest.mark.slow
 @pytest.mark.demo
-@pytest.mark.xfail(reason="issue #28 open: under issue #22's protocol the demo's int8 files can miss the 99 % "
-                          "agreement gate on its 300 validation photos (the repair chooses on held-back training "
-                          "photos), and export then exits 1", strict=False)
+@pytest.mark.xfail(reason="issue #28 open: the demo's int8 ONNX model misses the 99 % agreement gate on its 300 "
+                          "validation photos (97.3 %: 1.3-2.7 % of them flip, measured on 1000 unshipped flower "
+                          "photos too), and no mix of float layers is predicted to hold (all 49 weighted layers "
+                          "float: 98.8 %): the int8 noise is diffuse; export then exits 1", strict=False)
 def test_demo_end_to_end(tmp_path: Path) -> None:
     """``cvkeras demo`` fine-tunes, exports, validates and predicts with every gate passed; the report shows
     real mistakes with Grad-CAM, and the last lines say what to run on your own photos."""
@@ -94,7 +95,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert metrics["accuracy"] >= 0.8, metrics["accuracy"]
     report = json.loads((run / "export" / "export_report.json").read_text())
     statuses = {a["name"]: a["status"] for a in report["artifacts"]}
-    assert len(statuses) == 5 and set(statuses.values()) == {"passed"}, statuses
+    assert list(statuses) == ["model.onnx", "model_int8.onnx"] and set(statuses.values()) == {"passed"}, statuses
     html = (run / "report.html").read_text(encoding="utf-8")
     mistakes = html.split('<section id="mistakes">', 1)[1].split("</section>", 1)[0]
     assert mistakes.count('<div class="card">') >= 1 and "<img" in mistakes
