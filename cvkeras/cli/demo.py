@@ -27,9 +27,9 @@ from rich.console import Console
 FLOWER_FLAGS = ["--model", "mobilenet_v2", "--alpha", "0.35", "--image-size", "160", "--val-split", "0.4",
                 "--epochs", "10", "--fine-tune-epochs", "0"]
 
-#: The flower demo exports what its device step runs, ONNX (float32 and int8): TFLite's converter, its int8
-#: fitting and repair took 6-9 of the 16 minutes of a whole demo measured here (2026-12-05); `cvkeras export
-#: RUN --int8` makes every format.
+#: The flower demo exports what its device steps run, ONNX (float32 and int8). With TFLite too, a whole demo
+#: took 16 minutes here (2026-12-05, loaded machine), of which model_int8.tflite's GPTQ and bias correction
+#: alone 76 s and its repair ten more quantize-and-verify rounds; `cvkeras export RUN --int8` makes every format.
 DEMO_EXPORT = ["--format", "onnx"]
 
 #: Settings that make a from-scratch model learn the shapes within a couple of minutes on a CPU.
