@@ -21,6 +21,9 @@ from cvkeras.data.decode_log import DecodeLog, sentinel_png
 from cvkeras.serving import preprocess as contract
 from cvkeras.serving.errors import first_line, quote
 
+#: Decoded images a shuffle buffer holds (TFDS sources, and later passes over a cache); bounds its memory.
+SHUFFLE_BUFFER = 10_000
+
 
 def decode_resize(path, size: Sequence[int]):
     """TensorFlow twin of ``cvkeras.serving.preprocess.load_resized``: file path -> float32 HWC 0..255.
@@ -79,22 +82,26 @@ def resize_image(img, size: Sequence[int]):
     return tf.ensure_shape(img, [height, width, 3])
 
 
-def decoded_dataset(paths: Sequence[str], labels: Sequence[int], size: Sequence[int], log: DecodeLog | None = None):
-    """(image float32 HWC 0..255, label int32) per file, decoded in parallel, order kept.
+def decoded_dataset(paths: Sequence[str], labels: Sequence[int], size: Sequence[int], log: DecodeLog | None = None,
+                    shuffle_seed: int | None = None, reshuffle: bool = False):
+    """(image float32 HWC 0..255, label int32) per file, decoded in parallel, in order.
 
-    With ``log``, a file that fails to decode is dropped (and named in ``log``) instead of ending the pass.
+    With ``shuffle_seed`` the file list (names, not images: no decode waits on it) is put in a seeded random
+    order first -- drawn anew on each pass with ``reshuffle``, else the same on every pass. With ``log``, a
+    file that fails to decode is dropped (and named in ``log``) instead of ending the pass.
     """
     import tensorflow as tf
 
     labels = np.asarray(labels, dtype=np.int32)
-    if log is None:
-        ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
-        return ds.map(lambda p, y: (decode_resize(p, size), y), num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=True)
     n = len(paths)
+    files = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels, np.arange(n, dtype=np.int64)))
+    if shuffle_seed is not None and n:
+        files = files.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=reshuffle)
+    if log is None:
+        return files.map(lambda p, y, i: (decode_resize(p, size), y), num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=True)
     end = tf.constant(sentinel_png())
-    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)) + [""], np.append(labels, np.int32(0)),
-                                             np.arange(n + 1, dtype=np.int64)))
+    ds = files.concatenate(tf.data.Dataset.from_tensors((tf.constant(""), np.int32(0), np.int64(n))))  # last
 
     def load(p, y, i):
         raw = tf.cond(i < n, lambda: tf.io.read_file(p), lambda: end)
@@ -204,7 +211,7 @@ def make_dataset(
     cache_tag: str = "",
     log: DecodeLog | None = None,
 ):
-    """The full input pipeline: decode/resize -> cache -> shuffle -> batch -> augment -> prefetch.
+    """The full input pipeline: shuffle files -> decode/resize -> cache -> shuffle -> batch -> augment -> prefetch.
 
     ``paths``/``labels`` name image files; alternatively ``source`` is a ready (uint8 image, label)
     dataset (TFDS). Labels come out one-hot float32 (label smoothing and mixup need soft labels).
@@ -214,23 +221,34 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    cached = bool(cache) and cache != "none"
     if source is not None:
         ds = source.map(lambda x, y: (resize_image(x, size), tf.cast(y, tf.int32)),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        n = None
-    else:
-        ds = decoded_dataset(paths, labels, size, log)
-        n = len(paths)
+    else:  # training: the file list is shuffled, so the first batch waits for its own images only
+        ds = decoded_dataset(paths, labels, size, log, seed if training else None, reshuffle=not cached)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), y))  # cache 8-bit values: 4x less memory traffic
     if cache == "memory":
         ds = ds.cache()
-    elif cache and cache != "none":
+    elif cached:
         ds = ds.cache(cache_file(str(cache), paths, labels, size, cache_tag))
-    if training:
-        ds = ds.shuffle(min(n or 10_000, 10_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def batched(images):
+        images = images.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
+        return images.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    if training and source is not None:  # TFDS: its records come in a fixed order
+        ds = batched(ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True))
+    elif training and cached:
+        # The first pass fills the cache in the shuffled file order (decoding as it goes, no buffer to fill
+        # first); every later pass shuffles the cached images anew. A new iterator (a second fit() stage)
+        # starts with a pass in the cache's order again.
+        again = ds.shuffle(min(len(paths), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        ds = batched(ds).concatenate(batched(again).repeat())
+    else:  # validation, or no cache: every pass decodes, the file list reshuffled per pass when training
+        ds = batched(ds)
     if training and augmenter is not None and augmenter.active:
         # One seed per batch, new each epoch, fixed by the seed: stateless augmentation runs in parallel
         # and still gives the same batches for the same --seed.
