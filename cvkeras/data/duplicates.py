@@ -251,11 +251,11 @@ def finetune_leaks(split: Any, dedupe: bool) -> Leaks | None:
     byte copies only above :data:`NEAR_CHECK_MAX` images without ``dedupe``).
 
     Adds one warning to ``split.warnings``; with ``dedupe`` the held-out copies leave the split and join
-    ``split.skipped`` (so skipped.txt lists them). TFDS sources have no files to hash: None.
+    ``split.skipped`` (so skipped.txt lists them). TFDS and TFRecord sources have no files to hash: None.
     """
     from cvkeras.data.split import DataError
 
-    if split.source == "tfds":
+    if split.source in ("tfds", "tfrecord"):
         return None
     n = len(split.train) + len(split.val) + len(split.test)
     near = dedupe or n <= NEAR_CHECK_MAX
