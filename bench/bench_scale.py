@@ -13,8 +13,9 @@ as a child process of each code version, interleaved (old, new, old, new ...):
 * ``peak_rss_mb``: the child's peak resident memory (``wait4`` rusage);
 * ``total_s``: the whole command, final evaluation and report included.
 
-``--old DIR`` is a copy of the code to compare with (``git archive main | tar -x -C DIR``); the child
-points the editable install's package mapping at it. The host's load is recorded (load averages, cores).
+``--old DIR`` is a copy of the code to compare with (``git archive main | tar -x -C DIR``), ``--new DIR``
+optionally one of the code under test; the child points the editable install's package mapping at it. The
+host's load is recorded (load averages, cores).
 
 Example:
     nice python bench/bench_scale.py --root /work/scratch/scale --sizes 1000 10000 --old /work/scratch/scale/main
@@ -157,6 +158,8 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("/work/scratch/scale"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--old", help="a copy of the code to compare with (e.g. main's)")
+    ap.add_argument("--new", help="a copy of the code under test (default: the installed checkout; a copy keeps "
+                                  "edits made while the bench runs out of it)")
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -174,7 +177,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     load = [os.getloadavg()]
     runs = []
-    versions = ([("old", args.old)] if args.old else []) + [("new", None)]
+    versions = ([("old", args.old)] if args.old else []) + [("new", args.new)]
     for n in sorted(args.sizes):
         for name, code in versions:  # interleaved: each size runs old then new back to back
             row = {"version": name, "files": n, **measure(folders[n], code, work, args.image_size)}

@@ -73,15 +73,21 @@ def calibration_count(n_train: int, samples: int) -> int:
     return max(1, min(samples, n_train // 2)) if n_train else 0
 
 
-def decode(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+def decode(paths: list[str], size: tuple[int, int], records: bool = False
+           ) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+    """Device decodes of ``paths`` (``records``: TFRecord items, whose encoded bytes are read first)."""
     from cvkeras.serving.preprocess import ImageError, load_resized
 
+    if records:
+        from cvkeras.data.tfrecord import encoded_bytes
+
+        blobs = encoded_bytes(paths)
     out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
     kept: list[int] = []
     failures: list[dict[str, str]] = []
     for i, p in enumerate(paths):
         try:
-            out[len(kept)] = load_resized(p, size)
+            out[len(kept)] = load_resized(blobs[p] if records else p, size)
             kept.append(i)
         except ImageError as exc:  # Pillow cannot read what TensorFlow could: the device cannot either
             failures.append({"path": p, "error": str(exc)})
@@ -102,6 +108,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
         return _tfds_set(run, split, size, calibration_samples, seed, max_val)
     val = split.get("val") or []
     train = split.get("train") or []
+    records = split.get("source") == "tfrecord"
     if not val:
         raise ExportError(f"{Path(run) / SPLIT}: the validation split is empty; verification needs "
                           "validation images")
@@ -115,7 +122,7 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
     cal_paths = [str(train[i][0]) for i in cal_idx]
     seen = np.setdiff1d(np.arange(len(train)), np.concatenate([cal_idx, rest]))
     if n_cal:
-        calibration, _, cal_fail = decode(cal_paths, size)
+        calibration, _, cal_fail = decode(cal_paths, size, records)
         if not len(calibration):
             raise ExportError(f"{Path(run) / SPLIT}: none of the {n_cal} calibration images can be "
                               "decoded; int8 calibration needs readable training images")
@@ -123,19 +130,20 @@ def fidelity_set(run: str | os.PathLike, size: tuple[int, int], calibration_samp
         calibration, cal_fail = np.zeros((0, *size, 3), np.uint8), []
     items = [(str(p), int(y), "val") for p, y in val] + [(str(train[i][0]), int(train[i][1]), "train")
                                                           for i in rest]
-    images, kept, failures = decode([p for p, _, _ in items], size)
+    images, kept, failures = decode([p for p, _, _ in items], size, records)
     items = [items[i] for i in kept]
     if not any(s == "val" for _, _, s in items):
         raise ExportError(f"{Path(run) / SPLIT}: no validation image can be decoded; verification "
                           "needs readable validation images")
     return FidelitySet(images, np.asarray([y for _, y, _ in items], np.int64),
-                       np.asarray([s for _, _, s in items]), [p for p, _, _ in items], calibration,
+                       np.asarray([s for _, _, s in items]), None if records else [p for p, _, _ in items], calibration,
                        cal_paths, failures + cal_fail, [str(train[i][0]) for i in seen])
 
 
 def _tfds_set(run, split: dict, size, calibration_samples, seed, max_val) -> FidelitySet:
     """TFDS runs have no files: the arrays TensorFlow decodes are all there is."""
-    from cvkeras.data.pipeline import stratified_sample, tfds_split_arrays
+    from cvkeras.data.pipeline import stratified_sample
+    from cvkeras.data.tfds_source import tfds_split_arrays
 
     vx, vy = tfds_split_arrays(split, "val", size)
     keep = stratified_sample(vy, max_val, seed)

@@ -201,9 +201,9 @@ def run_val_split(run: Path, labels: list[str]) -> list[tuple[Path, int]]:
     from cvkeras.serving import formats
 
     doc = formats.read_split(run)
-    if doc.get("source") == "tfds" or not doc.get("val"):
-        raise OptionError(f"{run / formats.SPLIT}: records no validation files (a TFDS run keeps them in TFDS); "
-                         "pass --data with a folder of labelled images")
+    if doc.get("source") in ("tfds", "tfrecord") or not doc.get("val"):
+        raise OptionError(f"{run / formats.SPLIT}: records no validation files (a TFDS or TFRecord run keeps them in "
+                          "its records); pass --data with a folder of labelled images")
     classes = doc.get("classes") or formats.read_labels(run)
     if classes != list(labels):
         raise OptionError(f"{run / formats.SPLIT}: classes {', '.join(classes)} differ from the model's "

@@ -103,6 +103,8 @@ def read_split(run: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(doc.get("tfds"), dict) or not isinstance(doc["tfds"].get("splits"), dict):
             raise RunDirError(f"{p}: field 'tfds' must describe the TFDS splits; {fix}")
         return doc
+    if doc.get("source") == "tfrecord" and not isinstance(doc.get("tfrecord"), dict):
+        raise RunDirError(f"{p}: field 'tfrecord' must list the shards; {fix}")
     n = len(classes) if classes is not None else None
     for name in ("train", "val", "test"):
         items = doc.get(name, [])

@@ -25,8 +25,9 @@ err = Console(stderr=True)
 
 
 def finetune(
-    data: str = typer.Argument(None, help="Class folder, CSV manifest (path,label[,split]), tfds:NAME[:cfg] "
-                                          "or demo:shapes. Required unless --config or --resume gives it."),
+    data: str = typer.Argument(None, help="Class folder, CSV manifest (path,label[,split]), tfds:NAME[:cfg], "
+                                          "tfrecord:PATTERN (shards; docs/usage.md) or demo:shapes. Required "
+                                          "unless --config or --resume gives it."),
     model: str = typer.Option(None, "--model", "-m", help="Registry name (see `cvkeras models`)."),
     alpha: float = typer.Option(None, help="Width multiplier, for families that have one."),
     image_size: int = typer.Option(None, "--image-size", help="Square input size in px "

@@ -78,6 +78,11 @@ def analyse(data: str, choice: ResolvedModel, weights: str,
     extractor, size = feature_extractor(choice, weights)
     if split.source == "tfds":
         return _analyse_tfds(split, extractor, size, weights)
+    if split.source == "tfrecord":
+        from cvkeras.data.split import DataError
+
+        raise DataError(f"{data}: cvkeras check reads image files, not TFRecord shards; check the folder the "
+                        "shards were written from")
     items = [(p, y, name) for name in SPLITS for p, y in getattr(split, name)]
     paths = [p for p, _, _ in items]
     labels = np.asarray([y for _, y, _ in items], dtype=np.int64)
@@ -114,7 +119,8 @@ def _analyse_tfds(split, extractor, size: list[int], weights: str) -> Analysis:
     """TFDS sources: the examples as TensorFlow decodes them (no files: exact means the same pixels)."""
     import hashlib
 
-    from cvkeras.data.pipeline import resize_image, tfds_dataset
+    from cvkeras.data.pipeline import resize_image
+    from cvkeras.data.tfds_source import tfds_dataset
     from cvkeras.serving.preprocess import load_resized
 
     keys, names, labels, sigs, thumbs, resized = [], [], [], [], [], []

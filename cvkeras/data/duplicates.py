@@ -28,6 +28,9 @@ import numpy as np
 PHASH_MAX_DISTANCE = 12
 LAYOUT_MIN = 0.90
 COSINE_MIN = 0.5
+#: finetune decodes thumbnails to look for near copies up to this many images (or with --dedupe); above it,
+#: its start-up check compares bytes only (:mod:`cvkeras.data.same_bytes`).
+NEAR_CHECK_MAX = 1_000
 HASH_SIZE = 32  # grey thumbnail side the DCT is taken over
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -198,22 +201,28 @@ def group_pairs(n: int, exact: list[tuple[int, int]], near: list[tuple[int, int]
     return groups
 
 
-def cross_split_leaks(split: Any, workers: int = 4) -> tuple[list[Group], list[str]]:
+def cross_split_leaks(split: Any, workers: int = 4, near: bool = True) -> tuple[list[Group], list[str]]:
     """Exact and near copies between the training split and val/test of a file-based ``DataSplit``:
     the groups (each holding a training image) and the item keys ``split:index`` (``split`` ``val`` or
-    ``test``) of the held-out copies. Hashes and byte digests only: no model, no full decode."""
+    ``test``) of the held-out copies. Hashes and byte digests only: no model, no full decode. Without
+    ``near``, byte copies only (:func:`cvkeras.data.same_bytes.byte_copies`: reads only same-size files)."""
+    from cvkeras.data.same_bytes import byte_copies
+
     items = [(name, i, p, y) for name in ("train", "val", "test") for i, (p, y) in enumerate(getattr(split, name))]
     if not split.val and not split.test:
         return [], []
-    sigs = file_signatures([p for _, _, p, _ in items], workers)
-    hashes = np.asarray([s.phash for s in sigs], dtype=np.uint64)
     names = [name for name, *_ in items]
-    train = np.flatnonzero(np.asarray(names) == "train")
-    held = np.flatnonzero(np.asarray(names) != "train")
-    near = near_pairs(hashes, np.stack([s.layout for s in sigs]), rows=train, cols=held)
-    exact = [p for p in exact_pairs([s.sha256 for s in sigs], hashes, lambda i: pixel_digest(items[i][2]))
-             if (names[p[0]] == "train") != (names[p[1]] == "train")]
-    groups = [g for g in group_pairs(len(items), exact, near, names, [y for *_, y in items]) if g.cross_split]
+    if near:
+        sigs = file_signatures([p for _, _, p, _ in items], workers)
+        hashes = np.asarray([s.phash for s in sigs], dtype=np.uint64)
+        train = np.flatnonzero(np.asarray(names) == "train")
+        held = np.flatnonzero(np.asarray(names) != "train")
+        near_found = near_pairs(hashes, np.stack([s.layout for s in sigs]), rows=train, cols=held)
+        exact = exact_pairs([s.sha256 for s in sigs], hashes, lambda i: pixel_digest(items[i][2]))
+    else:
+        near_found, exact = [], byte_copies([p for *_, p, _ in items], [n == "train" for n in names], workers)
+    exact = [p for p in exact if (names[p[0]] == "train") != (names[p[1]] == "train")]
+    groups = [g for g in group_pairs(len(items), exact, near_found, names, [y for *_, y in items]) if g.cross_split]
     drop = [f"{items[m][0]}:{items[m][1]}" for g in groups for m in g.members if names[m] != "train"]
     return groups, drop
 
@@ -238,16 +247,22 @@ class Leaks:
 
 
 def finetune_leaks(split: Any, dedupe: bool) -> Leaks | None:
-    """finetune's cheap check: validation/test images that copy a training image (exact or near, by hash).
+    """finetune's cheap check: validation/test images that copy a training image (exact or near, by hash;
+    byte copies only above :data:`NEAR_CHECK_MAX` images without ``dedupe``).
 
     Adds one warning to ``split.warnings``; with ``dedupe`` the held-out copies leave the split and join
-    ``split.skipped`` (so skipped.txt lists them). TFDS sources have no files to hash: None.
+    ``split.skipped`` (so skipped.txt lists them). TFDS and TFRecord sources have no files to hash: None.
     """
     from cvkeras.data.split import DataError
 
-    if split.source == "tfds":
+    if split.source in ("tfds", "tfrecord"):
         return None
-    groups, drop = cross_split_leaks(split)
+    n = len(split.train) + len(split.val) + len(split.test)
+    near = dedupe or n <= NEAR_CHECK_MAX
+    if not near:
+        split.warnings.append(f"{n} images: finetune looked for byte copies across splits only (near copies are "
+                              f"searched up to {NEAR_CHECK_MAX} images, or with --dedupe); `cvkeras check` finds both")
+    groups, drop = cross_split_leaks(split, near=near)
     if not groups:
         return None
     items = [(f"{name}:{i}", p, name) for name in ("train", "val", "test") for i, (p, _) in

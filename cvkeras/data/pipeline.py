@@ -19,7 +19,10 @@ import numpy as np
 
 from cvkeras.data.decode_log import DecodeLog, sentinel_png
 from cvkeras.serving import preprocess as contract
-from cvkeras.serving.errors import first_line, quote
+from cvkeras.serving.errors import quote
+
+#: Decoded images a shuffle buffer holds (TFDS sources, and later passes over a cache); bounds its memory.
+SHUFFLE_BUFFER = 10_000
 
 
 def decode_resize(path, size: Sequence[int]):
@@ -79,25 +82,40 @@ def resize_image(img, size: Sequence[int]):
     return tf.ensure_shape(img, [height, width, 3])
 
 
-def decoded_dataset(paths: Sequence[str], labels: Sequence[int], size: Sequence[int], log: DecodeLog | None = None):
-    """(image float32 HWC 0..255, label int32) per file, decoded in parallel, order kept.
+def decoded_dataset(paths: Sequence[str], labels: Sequence[int], size: Sequence[int], log: DecodeLog | None = None,
+                    shuffle_seed: int | None = None, reshuffle: bool = False):
+    """(image float32 HWC 0..255, label int32) per file, decoded in parallel, in order.
 
-    With ``log``, a file that fails to decode is dropped (and named in ``log``) instead of ending the pass.
+    With ``shuffle_seed`` the file list (names, not images: no decode waits on it) is put in a seeded random
+    order first -- drawn anew on each pass with ``reshuffle``, else the same on every pass. ``log``: see
+    :func:`decode_elements`.
     """
     import tensorflow as tf
 
-    labels = np.asarray(labels, dtype=np.int32)
-    if log is None:
-        ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
-        return ds.map(lambda p, y: (decode_resize(p, size), y), num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=True)
     n = len(paths)
-    end = tf.constant(sentinel_png())
-    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)) + [""], np.append(labels, np.int32(0)),
-                                             np.arange(n + 1, dtype=np.int64)))
+    files = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, dtype=np.int32),
+                                                np.arange(n, dtype=np.int64)))
+    if shuffle_seed is not None and n:
+        files = files.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=reshuffle)
+    return decode_elements(files, n, tf.io.read_file, size, log)
 
-    def load(p, y, i):
-        raw = tf.cond(i < n, lambda: tf.io.read_file(p), lambda: end)
+
+def decode_elements(ds, n: int, fetch: Any, size: Sequence[int], log: DecodeLog | None = None):
+    """(image, label) of a dataset of ``(source, label, index)``: ``fetch(source)`` gives the encoded bytes
+    (a file read, a record's field); ``index`` (0..n-1) names the element in ``log``.
+
+    With ``log``, an element that fails to decode is dropped (and named in ``log``) instead of ending the pass.
+    """
+    import tensorflow as tf
+
+    if log is None:
+        return ds.map(lambda x, y, i: (decode_bytes(fetch(x), size), y), num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True)
+    end = tf.constant(sentinel_png())
+    ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(""), np.int32(0), np.int64(n))))  # last
+
+    def load(x, y, i):
+        raw = tf.cond(i < n, lambda: fetch(x), lambda: end)
         return decode_bytes(raw, size), y, i
 
     def mark(x, y, i):
@@ -146,31 +164,37 @@ def load_split_images(
     size = image_size or list(rd.image_size())
     seed = rd.seed() if seed is None else int(seed)
     if split_doc.get("source") == "tfds":
+        from cvkeras.data.tfds_source import tfds_split_arrays
+
         images, labels = tfds_split_arrays(split_doc, split, size)
         idx = stratified_sample(labels, max_samples, seed)
         return images[idx], labels[idx], [f"tfds:{split}:{i}" for i in idx]
     items = split_doc.get(split) or []
     if not items:
         raise RunDirError(f"{run}/split.json: split {quote(split)} is empty")
-    gone = [p for p, _ in items if not os.path.isfile(p)]  # e.g. a run copied without (all of) its data
+    meta = split_doc.get("tfrecord")  # TFRecord items name records (SHARD#INDEX), not files
+    gone = [] if meta else [p for p, _ in items if not os.path.isfile(p)]  # e.g. a run copied without its data
     if gone:
         print(f"warning: {len(gone)} of {len(items)} {split} file(s) in split.json are missing (e.g. {gone[0]}); "
               "skipped", file=sys.stderr)
         items = [it for it in items if it[0] not in set(gone)]
         if not items:
             raise RunDirError(f"{run}/split.json: none of the {split} files exist any more; restore the data")
-    paths = [p for p, _ in items]
-    labels = np.asarray([y for _, y in items], dtype=np.int64)
-    idx = stratified_sample(labels, max_samples, seed)
-    log = DecodeLog([paths[i] for i in idx])
-    ds = decoded_dataset(log.paths, labels[idx], size, log).batch(64)
-    images = np.concatenate([x.numpy().astype(np.uint8) for x, _ in ds]) if len(idx) else np.zeros((0, *size, 3))
+    chosen = [(str(items[i][0]), int(items[i][1])) for i in stratified_sample([y for _, y in items], max_samples, seed)]
+    if meta:
+        from cvkeras.data.tfrecord import in_record_order, record_dataset
+
+        chosen = in_record_order(meta, chosen)
+    log = DecodeLog([p for p, _ in chosen])
+    ds = (record_dataset(meta, chosen, size, log) if meta else
+          decoded_dataset(log.paths, [y for _, y in chosen], size, log)).batch(64)
+    images = np.concatenate([x.numpy().astype(np.uint8) for x, _ in ds]) if chosen else np.zeros((0, *size, 3))
     bad = {p for p, _ in log.failures() or []}
     if bad:
         print(f"warning: {len(bad)} {split} file(s) could not be decoded (e.g. {sorted(bad)[0]}); skipped",
               file=sys.stderr)
-        idx = np.asarray([i for i in idx if paths[i] not in bad], dtype=np.int64)
-    return images, labels[idx], [paths[i] for i in idx]
+        chosen = [it for it in chosen if it[0] not in bad]
+    return images, np.asarray([y for _, y in chosen], dtype=np.int64), [p for p, _ in chosen]
 
 
 def cache_file(prefix: str, paths: Sequence[str] | None, labels: Sequence[int] | None, size: Sequence[int],
@@ -203,34 +227,52 @@ def make_dataset(
     source: Any = None,
     cache_tag: str = "",
     log: DecodeLog | None = None,
+    records: dict[str, Any] | None = None,
 ):
-    """The full input pipeline: decode/resize -> cache -> shuffle -> batch -> augment -> prefetch.
+    """The full input pipeline: shuffle files -> decode/resize -> cache -> shuffle -> batch -> augment -> prefetch.
 
     ``paths``/``labels`` name image files; alternatively ``source`` is a ready (uint8 image, label)
     dataset (TFDS). Labels come out one-hot float32 (label smoothing and mixup need soft labels).
     ``cache`` is ``memory``, ``none`` or a file path prefix for data that does not fit in memory; the
     file cache is named by :func:`cache_file` (prefix + the content and ``cache_tag``, e.g. run and split).
     ``log`` (files only): files that fail to decode are dropped and named there (:class:`DecodeLog`).
+    ``records``: ``paths`` are TFRecord items of these shards (:func:`cvkeras.data.tfrecord.record_dataset`).
     """
     import tensorflow as tf
 
+    cached = bool(cache) and cache != "none"
     if source is not None:
         ds = source.map(lambda x, y: (resize_image(x, size), tf.cast(y, tf.int32)),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        n = None
-    else:
-        ds = decoded_dataset(paths, labels, size, log)
-        n = len(paths)
+    elif records is not None:
+        from cvkeras.data.tfrecord import record_dataset
+
+        ds = record_dataset(records, list(zip(paths, labels, strict=True)), size, log, seed if training else None,
+                            reshuffle=not cached)
+    else:  # training: the file list is shuffled, so the first batch waits for its own images only
+        ds = decoded_dataset(paths, labels, size, log, seed if training else None, reshuffle=not cached)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), y))  # cache 8-bit values: 4x less memory traffic
     if cache == "memory":
         ds = ds.cache()
-    elif cache and cache != "none":
+    elif cached:
         ds = ds.cache(cache_file(str(cache), paths, labels, size, cache_tag))
-    if training:
-        ds = ds.shuffle(min(n or 10_000, 10_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def batched(images):
+        images = images.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
+        return images.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    if training and source is not None:  # TFDS: its records come in a fixed order
+        ds = batched(ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True))
+    elif training and cached:
+        # The first pass fills the cache in the shuffled file order (decoding as it goes, no buffer to fill
+        # first); every later pass shuffles the cached images anew. A new iterator (a second fit() stage)
+        # starts with a pass in the cache's order again.
+        again = ds.shuffle(min(len(paths), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        ds = batched(ds).concatenate(batched(again).repeat())
+    else:  # validation, or no cache: every pass decodes, the file list reshuffled per pass when training
+        ds = batched(ds)
     if training and augmenter is not None and augmenter.active:
         # One seed per batch, new each epoch, fixed by the seed: stateless augmentation runs in parallel
         # and still gives the same batches for the same --seed.
@@ -243,33 +285,3 @@ def make_dataset(
     options = tf.data.Options()
     options.threading.max_intra_op_parallelism = 1  # parallelism comes from the maps, not inside each op
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
-# --- TFDS sources: the arrays and datasets TensorFlow decodes ---------------------------------------------
-
-def tfds_dataset(tfds_meta: dict[str, Any], split: str):
-    """The (uint8 image, label) tf.data dataset of one split of a TFDS source."""
-    import tensorflow_datasets as tfds
-
-    from cvkeras.data.sources import DataError
-
-    name = tfds_meta["splits"].get(split)
-    if not name:
-        raise DataError(f"tfds:{tfds_meta['name']}: has no {split} split")
-    full = tfds_meta["name"] + (f"/{tfds_meta['config']}" if tfds_meta.get("config") else "")
-    try:
-        return tfds.load(full, split=name, data_dir=tfds_meta.get("data_dir"), as_supervised=True,
-                         shuffle_files=False, download=True)
-    except Exception as exc:  # offline, not prepared, bad split name...
-        raise DataError(f"tfds:{full}: cannot load split {quote(name)} ({first_line(exc, 200)}); "
-                        "prepare it or pass --tfds-data-dir") from None
-
-
-def tfds_split_arrays(split_doc: dict[str, Any], split: str, size) -> tuple[np.ndarray, np.ndarray]:
-    """All images of a TFDS split, resized per the contract, as uint8 arrays (for calibration/eval)."""
-    ds = tfds_dataset(split_doc["tfds"], split).map(lambda x, y: (resize_image(x, size), y)).batch(256)
-    xs, ys = [], []
-    for x, y in ds:
-        xs.append(x.numpy().astype(np.uint8))
-        ys.append(y.numpy())
-    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)

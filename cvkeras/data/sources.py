@@ -6,6 +6,7 @@
   otherwise a seeded stratified split is made);
 * a CSV manifest ``path,label[,split]`` (paths relative to the CSV);
 * ``tfds:NAME[:config]`` through tensorflow-datasets;
+* ``tfrecord:PATTERN``, sharded TFRecord files (see :mod:`cvkeras.data.tfrecord`);
 * ``demo:shapes``, a generated dataset (see :mod:`cvkeras.data.demo`).
 
 Every image is decoded once before training (in threads, with the device decoder of
@@ -77,6 +78,9 @@ def recorded_split(run: str | os.PathLike) -> DataSplit:
         raise DataError(f"{Path(run) / LABELS}: differs from the classes in split.json; restore it")
     if doc.get("source") == "tfds":
         return DataSplit(classes, [], [], [], [], "tfds", None, doc["tfds"])
+    if doc.get("source") == "tfrecord":  # records, not files: the shards are read again as recorded
+        return DataSplit(classes, *([(p, int(y)) for p, y in doc.get(name, [])] for name in ("train", "val", "test")),
+                         [], "tfrecord", doc.get("root"), tfrecord=doc["tfrecord"])
     splits = {name: [(p, int(y)) for p, y in doc.get(name, [])] for name in ("train", "val", "test")}
     warnings, skipped = [], []
     for name, items in splits.items():
@@ -153,6 +157,10 @@ def load_source(data: str, val_split: float = 0.2, seed: int = 42, tfds_data_dir
             raise DataError(f"{data}: --test-split is for folders and CSV files; a TFDS dataset's own test split "
                             "is evaluated when it has one")
         return load_tfds(data, tfds_data_dir, val_split, seed)
+    if data.startswith("tfrecord:"):
+        from cvkeras.data.tfrecord import load_tfrecord
+
+        return load_tfrecord(data, val_split, seed, test_split)
     if data.lower().endswith(".csv"):
         return read_csv(data, val_split, seed, test_split)
     return scan_folder(data, val_split, seed, test_split=test_split)

@@ -31,6 +31,7 @@ class DataSplit:
     source: str = "folder"
     root: str | None = None
     tfds: dict[str, Any] | None = None  # for tfds sources: name, config, data_dir, split names
+    tfrecord: dict[str, Any] | None = None  # for tfrecord sources: shards and records per shard
     warnings: list[str] = field(default_factory=list)  # oddities worth a line (the run goes on)
 
     def to_json(self, seed: int) -> dict[str, Any]:
@@ -38,6 +39,8 @@ class DataSplit:
         from cvkeras.serving.formats import split_doc
 
         extra = {} if self.tfds is None else {"tfds": self.tfds}
+        if self.tfrecord is not None:
+            extra["tfrecord"] = self.tfrecord
         return split_doc(self.source, self.root, seed, self.classes,
                          {name: getattr(self, name) for name in ("train", "val", "test")}, **extra)
 
@@ -82,14 +85,15 @@ def case_clashes(classes: list[str], where: str) -> list[str]:
 
 def finish_split(classes: list[str], splits: dict[str, list[tuple[str, int]]], where: str, val_split: float,
             seed: int, source: str, root: str | None,
-            pre_skipped: list[tuple[str, str]] | None = None, test_split: float = 0.0) -> DataSplit:
+            pre_skipped: list[tuple[str, str]] | None = None, test_split: float = 0.0,
+            check_files: bool = True) -> DataSplit:
     """Drop unreadable files, check every class has images, and split when no val split was given.
 
     ``test_split`` > 0 and no test split given: that fraction of all images is set aside first (seeded,
     stratified, independent of the validation draw), then validation is drawn from the rest so that it is
-    still ``val_split`` of all images."""
+    still ``val_split`` of all images. ``check_files`` False: the items are not files (TFRecord records)."""
     all_items = [it for items in splits.values() for it in items]
-    skipped = list(pre_skipped or []) + check_readable([p for p, _ in all_items])
+    skipped = list(pre_skipped or []) + (check_readable([p for p, _ in all_items]) if check_files else [])
     bad = {p for p, _ in skipped}
     splits = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
     if len(classes) < 2:

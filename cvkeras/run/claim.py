@@ -32,7 +32,7 @@ def next_run_dir(model: str, base: str | os.PathLike = "runs") -> Path:
 
 def check_output_vs_data(run: Path, data: str) -> None:
     """Refuse an --output inside the data folder (it would be scanned as data) or holding the data."""
-    if not data or data.startswith(("tfds:", "demo:")):
+    if not data or data.startswith(("tfds:", "tfrecord:", "demo:")):
         return
     src = Path(data).expanduser().resolve()
     out = run.expanduser().resolve()

@@ -39,7 +39,8 @@ def make_datasets(cfg: FinetuneConfig, split, run: Path, num_classes: int) -> Tr
     from cvkeras.data.augment import Augmenter
     from cvkeras.data.cache import resolve_cache
     from cvkeras.data.decode_log import DecodeLog
-    from cvkeras.data.pipeline import make_dataset, tfds_dataset
+    from cvkeras.data.pipeline import make_dataset
+    from cvkeras.data.tfds_source import tfds_dataset
 
     size = cfg.image_size
     augmenter = Augmenter(cfg.augment, cfg.randaugment, cfg.mixup, cfg.cutmix, cfg.seed)
@@ -61,9 +62,9 @@ def make_datasets(cfg: FinetuneConfig, split, run: Path, num_classes: int) -> Tr
         logs = [DecodeLog([p for p, _ in split.train]), DecodeLog([p for p, _ in split.val])]
         train_ds = make_dataset(logs[0].paths, [y for _, y in split.train], size, cfg.batch_size, num_classes,
                                 True, augmenter, cache.value, cfg.seed, cache_tag=f"{run.resolve()}:train",
-                                log=logs[0])
+                                log=logs[0], records=split.tfrecord)
         val_ds = make_dataset(logs[1].paths, [y for _, y in split.val], size, cfg.batch_size, num_classes,
-                              cache=cache.value, cache_tag=f"{run.resolve()}:val", log=logs[1])
+                              cache=cache.value, cache_tag=f"{run.resolve()}:val", log=logs[1], records=split.tfrecord)
         counts = split.counts("train")
     steps = int(cfg.epoch_steps)
     if cfg.steps_per_epoch is not None:

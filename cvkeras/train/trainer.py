@@ -160,7 +160,7 @@ def _finetune(cfg: FinetuneConfig, output: str | None, force: bool, resume: bool
         log(f"--weights {cfg.weights}: training the whole network in every stage (--unfreeze all)")
         cfg.unfreeze = "all"
     if split.source == "tfds":
-        from cvkeras.data.pipeline import tfds_dataset
+        from cvkeras.data.tfds_source import tfds_dataset
 
         n_train = int(tfds_dataset(split.tfds, "train").cardinality().numpy())
     else:

@@ -201,8 +201,8 @@ def test_check_error_is_a_cvkeras_error():
 def test_check_reads_a_tfds_source_as_finetune_splits_it():
     import tensorflow_datasets as tfds
 
-    from cvkeras.data.pipeline import tfds_dataset
     from cvkeras.data.sources import load_source
+    from cvkeras.data.tfds_source import tfds_dataset
 
     with tfds.testing.mock_data(num_examples=40):
         result = invoke("check", "tfds:tf_flowers", *TINY, "--json")

@@ -168,7 +168,7 @@ def test_tfds_source_with_mock_data(tmp_path):
         s = load_source("tfds:tf_flowers", val_split=0.25)
         assert s.source == "tfds" and len(s.classes) == 5
         assert s.tfds["splits"]["val"] == "train[:25%]"
-        from cvkeras.data.pipeline import tfds_split_arrays
+        from cvkeras.data.tfds_source import tfds_split_arrays
 
         x, y = tfds_split_arrays(s.to_json(0), "val", (16, 16))
         assert x.shape[1:] == (16, 16, 3) and x.dtype == np.uint8 and len(x) == len(y) > 0
