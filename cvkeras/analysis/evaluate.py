@@ -62,7 +62,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[s
 
 def predict_paths(model, paths: list[str], size, batch_size: int = 64) -> np.ndarray:
     """Keras model probabilities for image files through the training decode/resize (no augmentation)."""
-    from cvkeras.data.pipeline import decoded_dataset
+    from cvkeras.data.decode import decoded_dataset
 
     ds = decoded_dataset(paths, np.zeros(len(paths), dtype=np.int32), size).batch(batch_size)
     out = [model.predict_on_batch(x) for x, _ in ds]

@@ -101,7 +101,7 @@ def analyse(data: str, choice: ResolvedModel, weights: str,
 
 def _file_features(extractor, paths: list[str], labels: np.ndarray, size: list[int]) -> np.ndarray:
     """Pooled features of every file, decoded by finetune's own pipeline (no augmentation)."""
-    from cvkeras.data.pipeline import decoded_dataset
+    from cvkeras.data.decode import decoded_dataset
 
     ds = decoded_dataset(paths, labels, size).map(lambda x, y: x).batch(32).prefetch(2)
     return normed(extractor.predict(ds, verbose=0))
@@ -119,7 +119,7 @@ def _analyse_tfds(split, extractor, size: list[int], weights: str) -> Analysis:
     """TFDS sources: the examples as TensorFlow decodes them (no files: exact means the same pixels)."""
     import hashlib
 
-    from cvkeras.data.pipeline import resize_image
+    from cvkeras.data.resize import resize_image
     from cvkeras.data.tfds_source import tfds_dataset
     from cvkeras.serving.preprocess import load_resized
 

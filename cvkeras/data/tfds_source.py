@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from cvkeras.data.pipeline import resize_image
+from cvkeras.data.resize import resize_image
 from cvkeras.serving.errors import first_line, quote
 
 
@@ -14,7 +14,7 @@ def tfds_dataset(tfds_meta: dict[str, Any], split: str):
     """The (uint8 image, label) tf.data dataset of one split of a TFDS source."""
     import tensorflow_datasets as tfds
 
-    from cvkeras.data.sources import DataError
+    from cvkeras.data.split import DataError
 
     name = tfds_meta["splits"].get(split)
     if not name:

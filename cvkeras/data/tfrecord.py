@@ -119,11 +119,11 @@ def record_dataset(meta: dict[str, Any], items: Sequence[tuple[str, int]], size:
     In shard order, item order within a shard (:func:`in_record_order` sorts items so); with
     ``shuffle_seed`` the shards come in a seeded random order (anew each pass with ``reshuffle``), read
     four at a time, through a buffer of :data:`RECORD_BUFFER` encoded records. ``log``: see
-    :func:`cvkeras.data.pipeline.decode_elements`.
+    :func:`cvkeras.data.decode.decode_elements`.
     """
     import tensorflow as tf
 
-    from cvkeras.data.pipeline import decode_elements
+    from cvkeras.data.decode import decode_elements
 
     shards, counts = list(meta["shards"]), [int(c) for c in meta["counts"]]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

@@ -97,7 +97,7 @@ def test_stratified_split_keeps_small_classes_in_both_splits():
 
 def test_tf_pipeline_matches_the_device_decoder(tmp_path):
     """The contract: TF decode+resize (training) == Pillow decode+resize (serving), to rounding."""
-    from cvkeras.data.pipeline import decoded_dataset
+    from cvkeras.data.decode import decoded_dataset
     from cvkeras.serving.preprocess import load_image, resize
 
     rng = np.random.default_rng(0)

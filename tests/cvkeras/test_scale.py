@@ -49,8 +49,8 @@ def test_the_readability_check_reads_headers_not_pixels(tmp_path, monkeypatch):
 
 
 def test_a_file_damaged_past_its_header_is_dropped_and_named_by_the_pipeline(tmp_path):
+    from cvkeras.data.decode import decoded_dataset
     from cvkeras.data.decode_log import DecodeLog
-    from cvkeras.data.pipeline import decoded_dataset
     from cvkeras.data.readable import header_problem
 
     Image.new("RGB", (40, 40), "red").save(tmp_path / "good.jpg")

@@ -84,7 +84,7 @@ def test_tensorflow_and_pillow_scaled_decodes_are_bit_identical(sampling, progre
 def test_training_pipeline_decodes_large_jpegs_like_the_device(tmp_path):
     """The contract with scaling: TF pipeline (training) == Pillow (serving), to resize rounding."""
     pytest.importorskip("tensorflow")
-    from cvkeras.data.pipeline import decoded_dataset
+    from cvkeras.data.decode import decoded_dataset
 
     cases = [(400, 300), (257, 129), (97, 61), (60, 40), (1200, 90)]  # downscales, as the contract test
     paths = []

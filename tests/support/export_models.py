@@ -90,7 +90,7 @@ def build_run(
     """A finished run directory at ``run`` (images under ``data_root``), head trained ``epochs`` epochs."""
     import keras
 
-    from cvkeras.data.pipeline import decoded_dataset
+    from cvkeras.data.decode import decoded_dataset
     from cvkeras.models.build import build_classifier
     from cvkeras.run import files as runfiles
     from cvkeras.run import rundir
