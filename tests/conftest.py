@@ -11,6 +11,9 @@ from tests.support.markers import needs_train_extra
 from tests.support.shapes import write_shapes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# pytest-xdist's workers set COLUMNS=80, and the CLI's console then folds its tables (names, statuses) where a
+# serial run, without COLUMNS, prints them whole: every worker sees what a serial run sees.
+os.environ.pop("COLUMNS", None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
