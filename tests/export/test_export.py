@@ -537,6 +537,7 @@ def test_when_no_mix_passes_export_exits_1_and_keeps_the_full_int8_file(hostile_
     assert result.exit_code == 1, result.output + result.stderr
     (line,) = _errors(result)
     assert line.startswith("error: model_int8.onnx: ") and "no mix of int8 and float layers passes (tried 1" in line
+    assert "best predicted chance to pass on validation" in line and "files are the checked alternatives" in line
     row = json.loads((out / "export_report.json").read_text())["artifacts"][1]
     assert row["status"] == "failed" and row["float_layers"] is None and row["repair"]["passed"] is False
     assert row["agreement"] == row["repair"]["full_int8"]["agreement"] < 0.99  # the full int8 file is kept
