@@ -104,7 +104,8 @@ def export(
              "on the validation images (held-back training images are reported apart, never gated)."),
     repair: bool = typer.Option(ExportOptions.repair, "--repair/--no-repair",
                                 help="When int8 misses a gate, keep its worst layers in float: the fewest that "
-                                     "hold on held-back training images, then judged once on validation."),
+                                     "hold on held-back training images with a 95 % predicted chance to pass on "
+                                     "validation, then judged once on validation."),
     repair_min_agreement: float | None = typer.Option(
         ExportOptions.repair_min_agreement, "--repair-min-agreement", show_default=False,
         help="Agreement the repair's search needs on the held-back training images (fraction; default: a "
