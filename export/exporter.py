@@ -37,7 +37,7 @@ from typing import Any
 from cvkeras.export import fidelity, folder, unknown
 from cvkeras.export import metadata as meta_io
 from cvkeras.export.errors import ExportError
-from cvkeras.export.flip_risk import PASS_CHANCE, flip_chances, pass_chance
+from cvkeras.export.flip_risk import PASS_CHANCE, flip_chances, pass_chance, predicted_agreement
 from cvkeras.export.folder import REPORT_FILE
 from cvkeras.export.job import Job
 from cvkeras.export.onnx import steps as onnx_steps
@@ -214,10 +214,13 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     keras_probs, keras_feats = unknown.keras_outputs(model, data.images, opts.unknown)
     val = data.val
     detector = ref_scores = None
+    ood_files = None if opts.ood is None or keras_feats is None else \
+        [p for p, error in expand_paths([opts.ood]) if error is None]
     if keras_feats is not None:
         detector = unknown.fit(keras_feats, data.labels, val, data.held_back, len(labels), opts.unknown_accept)
         ref_scores = detector.scores(keras_feats)
-        ood = None if opts.ood is None else unknown.ood_scores(model, opts.ood, (size[0], size[1]), detector)
+        ood = None if ood_files is None else unknown.ood_scores(model, opts.ood, ood_files, (size[0], size[1]),
+                                                                 detector)
         say(f"unknown detector: threshold {detector.threshold:.4f} accepts {100 * opts.unknown_accept:g} % of the "
             f"{int(val.sum())} validation images (prototypes from {int(data.held_back.sum())} training images)")
     keras_acc = float((keras_probs[val].argmax(1) == data.labels[val]).mean())
@@ -255,8 +258,6 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     gates = Gates(opts.max_accuracy_drop, opts.min_agreement, opts.float_tolerance)
     reference = Reference.load(out_dir)  # what `cvkeras validate` reads
     items = data.items()
-    ood_files = None if opts.ood is None or detector is None else \
-        [p for p, error in expand_paths([opts.ood]) if error is None]
 
     def check(res: ArtifactResult) -> ArtifactResult:
         say(f"verifying {res.name} on {len(data.labels)} images")
@@ -282,9 +283,9 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
         probs = Predictor.load(path, threads=opts.threads).predict_batch(data.images[held], raw=True)
         chances = flip_chances(search_ref.probs, probs, val_probs)
         chance = pass_chance(chances, opts.min_agreement)
-        predicted = float(1 - chances.mean()) if len(chances) else 1.0
         return res.status == "passed" and chance >= PASS_CHANCE, {
-            **res.to_dict(), "accuracy_drop": None, "predicted_agreement": predicted, "pass_chance": chance}
+            **res.to_dict(), "accuracy_drop": None, "predicted_agreement": predicted_agreement(chances),
+            "pass_chance": chance}
 
     job = Job(model, opts, results, calib_images, data.calibration, metadata, say, check, fast_check)
     for fmt in dict.fromkeys(a.format for a in opts.planned()):  # the table's order: ONNX, then TFLite

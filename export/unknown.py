@@ -44,12 +44,12 @@ def fit(feats: np.ndarray, labels: np.ndarray, val: np.ndarray, held: np.ndarray
     return UnknownDetector.fit(feats[held], labels[held], feats[val], num_classes, accept)
 
 
-def ood_scores(model, folder: str | os.PathLike, size: tuple[int, int], detector: UnknownDetector) -> np.ndarray:
-    """The Keras model's unknown scores of the photos under ``folder`` (``--ood``), decoded as on the device."""
+def ood_scores(model, folder: str | os.PathLike, files: list[str], size: tuple[int, int],
+               detector: UnknownDetector) -> np.ndarray:
+    """The Keras model's unknown scores of the photos ``files`` under ``folder`` (``--ood``), decoded as on the
+    device."""
     from cvkeras.export.fidelity import decode
-    from cvkeras.serving.images import expand_paths
 
-    files = [p for p, error in expand_paths([folder]) if error is None]
     images, _, _ = decode(files, size)
     if not len(images):
         raise ExportError(f"{folder}: --ood has no readable images; pass a folder of photos of none of the classes")

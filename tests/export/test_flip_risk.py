@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cvkeras.export.flip_risk import erosions, margins, pass_chance, predicted_agreement
+from cvkeras.export.flip_risk import erosions, flip_chances, margins, pass_chance, predicted_agreement
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -30,10 +30,10 @@ def test_prediction_matches_the_flips_of_noise_like_the_measured_one() -> None:
     f_seen, q_seen = _softmax(seen), _softmax(seen + noise(4000))
     assert np.all(q_seen.argmax(1) == f_seen.argmax(1))
     actual = np.mean(_softmax(target + noise(4000)).argmax(1) == 0)
-    predicted = predicted_agreement(f_seen, q_seen, _softmax(target))
+    predicted = predicted_agreement(flip_chances(f_seen, q_seen, _softmax(target)))
     assert abs(predicted - actual) < 0.02 and predicted < 0.97, (predicted, actual)
-    assert predicted_agreement(f_seen, f_seen, _softmax(target)) == 1.0  # no erosion: nothing flips
-    assert predicted_agreement(f_seen[:0], q_seen[:0], _softmax(target)) == 1.0  # nothing measured
+    assert predicted_agreement(flip_chances(f_seen, f_seen, _softmax(target))) == 1.0  # no erosion: nothing flips
+    assert predicted_agreement(flip_chances(f_seen[:0], q_seen[:0], _softmax(target))) == 1.0  # nothing measured
 
 
 def test_pass_chance_is_the_chance_of_no_more_flips_than_the_gate_allows() -> None:
