@@ -9,10 +9,10 @@
 * ``tfrecord:PATTERN``, sharded TFRecord files (see :mod:`cvkeras.data.tfrecord`);
 * ``demo:shapes``, a generated dataset (see :mod:`cvkeras.data.demo`).
 
-Every image is decoded once before training (in threads, with the device decoder of
-``cvkeras.serving.preprocess``, and checked to be a format TensorFlow decodes the same way); unreadable files are
-skipped and reported, structural problems raise
-:class:`DataError` with one line naming the path and the fix.
+Before training each file's header is read, not the image (:mod:`cvkeras.data.readable`: a format TensorFlow
+decodes the same way as the device); a file that fails to decode later is caught by the input pipeline. Both
+kinds are skipped and reported in skipped.txt; structural problems raise :class:`DataError` with one line naming
+the path and the fix.
 """
 
 from __future__ import annotations
