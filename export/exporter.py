@@ -245,13 +245,13 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
     report = ExportReport(str(rd.path), str(out_dir), model_name, size, labels, keras_acc, int(val.sum()),
                           settings_doc, images=data.counts(), temperature=temperature)
     if detector is not None:
-        report.unknown = unknown.report_block(detector, ref_scores[val], int(data.held_back.sum()), ood)
+        report.unknown = unknown.report_block(detector, ref_scores[val], int(data.held_back.sum()), ood,
+                                              opts.formats)
 
     def metadata(precision: str, extra: dict[str, Any]):
-        detect = detector is not None and extra.get("format") == "onnx"  # TFLite: no features output yet
         return meta_io.make_metadata(labels, size, model_name, precision, keras_acc,
                                      {"val_samples": int(val.sum()), **extra}, temperature,
-                                     detector.to_dict() if detect else None)
+                                     None if detector is None else detector.to_dict())
 
     results = {a.name: ArtifactResult(a.name, a.format, a.precision, str(out_dir / a.name))
                for a in opts.planned()}

@@ -94,7 +94,7 @@ class ExportOptions:
     repair: bool = True
     calibration_flip: bool = True
     float_stem: bool = True  # False (--int8-stem): model_int8.onnx quantizes its stem too (QuantSettings.float_stem 0)
-    unknown: bool = True  # the unknown detector in the ONNX artifacts (cvkeras.serving.unknown); --unknown off
+    unknown: bool = True  # the unknown detector in every artifact (cvkeras.serving.unknown); --unknown off
     unknown_accept: float = DEFAULT_ACCEPT  # fraction of validation images its threshold accepts
     ood: str | None = None  # photos of none of the classes: the detector's AUROC and false-accept rate (--ood)
 

@@ -10,6 +10,7 @@ images' scores -- nothing is fitted on them, so their acceptance is what a devic
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -57,10 +58,11 @@ def ood_scores(model, folder: str | os.PathLike, files: list[str], size: tuple[i
 
 
 def report_block(detector: UnknownDetector, val_scores: np.ndarray, n_held: int,
-                 ood: np.ndarray | None) -> dict[str, Any]:
-    """The ``unknown`` block of ``export_report.json``: the detector, where it was fitted and chosen, the
-    Keras model's acceptance on the validation images and, with ``--ood``, its figures on foreign photos."""
-    return {"score": SCORE, "formats": ["onnx"], "accept_target": detector.accept, "threshold": detector.threshold,
+                 ood: np.ndarray | None, formats: Sequence[str]) -> dict[str, Any]:
+    """The ``unknown`` block of ``export_report.json``: the detector, the ``formats`` whose artifacts carry
+    it (every exported one), where it was fitted and chosen, the Keras model's acceptance on the validation
+    images and, with ``--ood``, its figures on foreign photos."""
+    return {"score": SCORE, "formats": list(formats), "accept_target": detector.accept, "threshold": detector.threshold,
             "features": detector.dim, "prototypes_from": {"images": "held-back training", "n": int(n_held)},
             "chosen_on": {"images": "validation", "n": int(len(val_scores))},
             "keras_accept_rate": float((val_scores <= detector.threshold).mean()),

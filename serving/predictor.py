@@ -286,7 +286,8 @@ class Predictor:
         scores = None
         with _inference_errors(self.path):
             if isinstance(runner, TFLiteRunner) and runner.takes_uint8_image:
-                probs = runner.run_uint8(arr)
+                probs, feats = runner.run_uint8(arr, self.unknown is not None)
+                scores = None if self.unknown is None else self.unknown.scores(feats)
             else:
                 x = getattr(self._local, "x", None)
                 if x is None:

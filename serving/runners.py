@@ -148,7 +148,11 @@ def quantize_input(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int
 
 
 class TFLiteRunner:
-    """A LiteRT interpreter (fixed batch of 1); (de)quantizes integer I/O with the tensors' own params."""
+    """A LiteRT interpreter (fixed batch of 1); (de)quantizes integer I/O with the tensors' own params.
+
+    The probabilities are the first output not named ``features``; the unknown detector's pooled features,
+    when the model has them, the output named ``features`` (found by name: outputs carry no order contract).
+    """
 
     kind = "tflite"
 
@@ -170,7 +174,9 @@ class TFLiteRunner:
         self.path = path
         self.providers = ["LiteRT"]
         self.inp = self.interpreter.get_input_details()[0]
-        self.out = self.interpreter.get_output_details()[0]
+        outputs = self.interpreter.get_output_details()
+        self.out = next((o for o in outputs if o["name"] != FEATURES_NAME), outputs[0])
+        feats = next((o for o in outputs if o["name"] == FEATURES_NAME and o is not self.out), None)
         shape = list(self.inp["shape"])
         if len(shape) != 4 or shape[3] != 3:
             raise ModelError(f"{path}: input shape {shape} is not [1, H, W, 3]; export with `cvkeras export`")
@@ -178,9 +184,10 @@ class TFLiteRunner:
         self.spinning = None  # LiteRT has no such setting
         self.hw = (int(shape[1]), int(shape[2]))
         self.num_classes = int(self.out["shape"][-1])
-        self.features_dim = None  # the unknown detector is exported for ONNX only (docs/unknown.md)
+        self.feat = feats
+        #: length of the ``features`` output (the pooled features, :mod:`cvkeras.serving.unknown`); None: none
+        self.features_dim = None if feats is None else int(np.prod(feats["shape"][1:]))
         self.in_scale, self.in_zero = self.inp["quantization"]
-        self.out_scale, self.out_zero = self.out["quantization"]
         #: uint8 input with scale 1 and zero point 0 (``cvkeras export --int8``): a decoded uint8 image
         #: is already the quantized input, no float round trip needed.
         self.takes_uint8_image = (np.dtype(self.inp["dtype"]) == np.uint8 and self.in_scale == 1.0
@@ -195,26 +202,40 @@ class TFLiteRunner:
             raise ModelError(f"{self.path}: integer input without quantization parameters; re-export it")
         return quantize_input(x, dtype, self.in_scale, self.in_zero)
 
-    def _dequantize(self, y: np.ndarray) -> np.ndarray:
-        if np.dtype(self.out["dtype"]).kind == "f":
+    def _output(self, detail: dict) -> np.ndarray:
+        """Output ``detail``'s tensor as one float32 row, dequantized with its own scale and zero point."""
+        y = self.interpreter.get_tensor(detail["index"]).reshape(1, -1)
+        if np.dtype(detail["dtype"]).kind == "f":
             return y.astype(np.float32, copy=False)
-        if not self.out_scale:
+        scale, zero = detail["quantization"]
+        if not scale:
             raise ModelError(f"{self.path}: integer output without quantization parameters; re-export it")
-        return (y.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
+        return (y.astype(np.float32) - np.float32(zero)) * np.float32(scale)
 
-    def run_uint8(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities for one HWC uint8 image fed as is (only when :attr:`takes_uint8_image`)."""
-        self.interpreter.set_tensor(self.inp["index"], image[None])
+    def _invoke(self, q: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        self.interpreter.set_tensor(self.inp["index"], q)
         self.interpreter.invoke()
-        return self._dequantize(self.interpreter.get_tensor(self.out["index"]).reshape(1, -1))
+        return self._output(self.out), (self._output(self.feat) if features and self.feat else None)
+
+    def run_uint8(self, image: np.ndarray, features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities for one HWC uint8 image fed as is (only when :attr:`takes_uint8_image`) and, with
+        ``features``, its pooled features (None for a model without them)."""
+        return self._invoke(image[None], features)
+
+    def _run_all(self, x: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        rows = [self._invoke(self._quantize(x[i : i + 1]), features) for i in range(x.shape[0])]
+        probs = np.concatenate([p for p, _ in rows]) if rows else np.zeros((0, self.num_classes), np.float32)
+        if not features or self.feat is None:
+            return probs, None
+        return probs, (np.concatenate([f for _, f in rows]) if rows
+                       else np.zeros((0, self.features_dim or 0), np.float32))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(x.shape[0]):
-            self.interpreter.set_tensor(self.inp["index"], self._quantize(x[i : i + 1]))
-            self.interpreter.invoke()
-            out.append(self._dequantize(self.interpreter.get_tensor(self.out["index"]).reshape(1, -1)))
-        return np.concatenate(out, axis=0) if out else np.zeros((0, self.num_classes), np.float32)
+        return self._run_all(x, False)[0]
+
+    def run_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and pooled features of a batch (a model with a ``features`` output)."""
+        return self._run_all(x, True)  # type: ignore[return-value]  # load checked the features output
 
 
 Runner = OnnxRunner | TFLiteRunner

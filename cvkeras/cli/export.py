@@ -116,8 +116,9 @@ def export(
                                     help="Keep model_int8.onnx's stem (input normalisation, first convs) in float32, "
                                          "which ONNX Runtime's CPU kernels run faster; --int8-stem for an all-int8 "
                                          "graph (e.g. an int8-only accelerator)."),
-    unknown: str = typer.Option("on", "--unknown", help="on: the ONNX models say `unknown` for images like none "
-                                "of the training images (docs/unknown.md); off: they always answer a class."),
+    unknown: str = typer.Option("on", "--unknown", help="on: the models (ONNX and TFLite) say `unknown` for "
+                                "images like none of the training images (docs/unknown.md); off: they always answer "
+                                "a class."),
     unknown_accept: float = typer.Option(ExportOptions.unknown_accept, "--unknown-accept",
                                          help="Fraction of the validation images the unknown threshold accepts."),
     ood: Path | None = typer.Option(None, "--ood", show_default=False, help="Photos of none of the classes: "
@@ -190,7 +191,8 @@ def print_unknown(block: dict | None) -> None:
     """One line on the unknown detector: threshold, acceptance, and the --ood figures when given."""
     if block is None:
         return
-    line = (f"unknown ({block['score']}, ONNX models): threshold {block['threshold']:.4f}, Keras accepts "
+    kinds = " and ".join({"onnx": "ONNX", "tflite": "TFLite"}.get(f, f) for f in block["formats"])
+    line = (f"unknown ({block['score']}, {kinds} models): threshold {block['threshold']:.4f}, Keras accepts "
             f"{100 * block['keras_accept_rate']:.1f} % of {block['chosen_on']['n']} validation images")
     if block["ood"] is not None:
         o = block["ood"]

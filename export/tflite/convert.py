@@ -145,6 +145,46 @@ def head_tensors(calibrated: bytes) -> list[str]:
     return out
 
 
+def add_features_output(blob: bytes, artifact: str = "model.tflite") -> bytes:
+    """``blob`` with the classifier's input -- the pooled features the FULLY_CONNECTED feeding the output
+    SOFTMAX reads -- as a second output named ``features``, for the unknown detector
+    (:mod:`cvkeras.serving.unknown`); the probabilities stay output 0. The head is float in every variant
+    (:func:`int8_model`), so the tensor is float32: in the full-int8 file the DEQUANTIZE's output, the same
+    values an int8 output would give once dequantized, without a second (de)quantization on the device.
+
+    Raises:
+        ConversionError: the graph does not end FULLY_CONNECTED -> SOFTMAX, or the FC reads no float input.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from cvkeras.serving.unknown import FEATURES_NAME
+
+    g = _graph(blob)
+    producer = {o: op for op in g.ops for o in op["outputs"]}
+    op = producer.get(g.output)
+    fc = producer.get(op["inputs"][0]) if op is not None and op["op_name"] == "SOFTMAX" else None
+    index = fc["inputs"][0] if fc is not None and fc["op_name"] == "FULLY_CONNECTED" else None
+    if index is None or np.dtype(g.tensors[index]["dtype"]) != np.float32:
+        raise ConversionError(artifact, "cannot find the classifier's float FULLY_CONNECTED to export the "
+                                        "features of the unknown detector; export with --unknown off")
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+    sub = model.subgraphs[0]
+    if index not in list(sub.outputs):
+        sub.outputs = [*sub.outputs, index]
+        sub.tensors[index].name = FEATURES_NAME
+        for sig in model.signatureDefs or []:  # a signature runner finds it by name too
+            entry = _schema().TensorMapT()
+            entry.name, entry.tensorIndex = FEATURES_NAME, index
+            sig.outputs = [*(sig.outputs or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _schema():
+    from tensorflow.lite.python import schema_py_generated
+
+    return schema_py_generated
+
+
 def input_type(path: str | os.PathLike) -> str:
     """The input dtype of the TFLite model in ``path`` (``uint8``, ``int8``, ``float32``)."""
     return _graph(Path(path).read_bytes()).input_dtype.name
@@ -192,7 +232,8 @@ def compact(blob: bytes, artifact: str = "model.tflite") -> bytes:
     """``blob`` without the strings LiteRT does not need, and with its repeated quantization vectors stored once.
 
     Names (tensor, subgraph, signature) are ~4 % of a small int8 model (38 KB of 0.96 MB for MobileNetV2
-    a0.5); the device reads inputs and outputs by index and the labels from the sidecar. The schema gives
+    a0.5); the device reads inputs and outputs by index and the labels from the sidecar; only the
+    ``features`` output (:func:`add_features_output`) keeps its name. The schema gives
     every per-channel tensor its own int64 zero-point vector, all zeros for int8 weights, and often a
     scale vector equal to another tensor's: identical vectors are written once and shared by offset, which
     FlatBuffers allows (a table refers to a vector by offset; nothing says one owner). MobileNetV2 a0.35's
@@ -206,9 +247,15 @@ def compact(blob: bytes, artifact: str = "model.tflite") -> bytes:
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from cvkeras.serving.unknown import FEATURES_NAME
+
     try:
         model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+        keep = [t for sub in model.subgraphs for i in sub.outputs if (t := sub.tensors[i]).name
+                in (FEATURES_NAME, FEATURES_NAME.encode())]  # the runner finds the features output by name
         flatbuffer_utils.strip_strings(model)
+        for tensor in keep:
+            tensor.name = FEATURES_NAME
         builder = _sharing_builder()(1024)
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
         return bytes(builder.Output())

@@ -51,12 +51,13 @@ def convert(job: Job) -> None:
                         reference = float_blob(blobs, saved, res.name)
                         blob = fit_rounding(blob, reference, calib_images, quant, res.name, extra, say,
                                             hybrid=res.precision == "dynamic")
-                    named, blob = blob, to_tflite.compact(blob, res.name)  # names serve fitting and repair
+                    meta = metadata(res.precision, extra)
+                    named, blob = blob, finish(blob, meta.unknown is not None, res.name)  # names serve fitting
                 except ExportError as exc:
                     fail_result(res, exc)
                     continue
                 atomic_write(res.path, blob)
-                meta_io.write_sidecar(res.path, metadata(res.precision, extra))
+                meta_io.write_sidecar(res.path, meta)
                 res.status = "converted"
                 check(res)
                 if repair and res.status == "failed" and not res.error.endswith("cannot be run"):
@@ -67,6 +68,15 @@ def convert(job: Job) -> None:
     except ConversionError as exc:  # the SavedModel trace failed: no TFLite variant can be made
         for res in wanted:
             fail_result(res, ConversionError(res.name, str(exc).split(": ", 1)[-1]))
+
+
+def finish(blob: bytes, features: bool, artifact: str) -> bytes:
+    """The file an artifact's fitted ``blob`` is written as: with the unknown detector's ``features`` output
+    when ``features`` (added last, so the fitting and repair work on one-output graphs, as for ONNX), and
+    compacted."""
+    from cvkeras.export.tflite import convert as to_tflite
+
+    return to_tflite.compact(to_tflite.add_features_output(blob, artifact) if features else blob, artifact)
 
 
 def float_blob(blobs: dict[str, bytes], saved: str, artifact: str = "model_int8.tflite") -> bytes:
@@ -144,17 +154,20 @@ def repair_dynamic(res: ArtifactResult, blob: bytes, reference: bytes, job: Job,
 
 def candidate_files(res: ArtifactResult, make: Callable[[list[LayerError]], tuple[bytes, dict[str, Any]]],
                     metadata: Callable[[str, dict[str, Any]], Any]) -> CandidateFiles:
-    """The TFLite repair candidates of ``res``: ``make(layers) -> (blob, fitting record)`` written compacted
-    next to the artifact with a copy of its sidecar; the passing one replaces it with its own metadata."""
+    """The TFLite repair candidates of ``res``: ``make(layers) -> (blob, fitting record)`` written
+    (:func:`finish`) next to the artifact with a copy of its sidecar; the passing one replaces it with its own
+    metadata."""
     import shutil
 
     from cvkeras.export.tflite import convert as to_tflite
     from cvkeras.run.files import atomic_write
     from cvkeras.serving.metadata import sidecar_path
 
+    features = metadata(res.precision, {}).unknown is not None
+
     def write(layers: list[LayerError], path: str) -> dict[str, Any]:
         blob, rounding = make(layers)
-        atomic_write(path, to_tflite.compact(blob, res.name))
+        atomic_write(path, finish(blob, features, res.name))
         shutil.copyfile(sidecar_path(res.path), sidecar_path(path))
         return rounding
 
