@@ -434,6 +434,7 @@ def test_dynamic_tflite_missing_the_gate_gets_float_weights_for_its_worst_ops(ho
     search, two thirds of this export's time) is recorded instead of run: this test is about the dynamic model.
     """
     import cvkeras.export.tflite.steps as tflite_steps
+    from cvkeras.serving import Predictor
     from cvkeras.serving.metadata import read_metadata
 
     full_int8 = []
@@ -450,6 +451,7 @@ def test_dynamic_tflite_missing_the_gate_gets_float_weights_for_its_worst_ops(ho
     assert "Conv_1" in rep["ranking"][0]["name"] and rep["ranking"][0]["metric"] == "weight noise/signal"
     assert rep["size_cost"] > 1.0  # float weights are 4 bytes each
     assert read_metadata(out / "model_dynamic.tflite").extra["float_layers"] == row["float_layers"]
+    assert Predictor.load(out / "model_dynamic.tflite").unknown is not None  # the candidate kept its features
     assert not list(out.glob("*.candidate.*"))
     line = next(x for x in result.output.splitlines() if x.startswith("model_dynamic.tflite: repaired, "))
     assert "Conv_1" in line and "size x" in line
