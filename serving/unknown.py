@@ -1,9 +1,10 @@
 """"unknown" on the device: is an image like the training images at all? Numpy only.
 
-A classifier always answers one of its classes, also for a photo of none of them. The exported ONNX model
-gives a second output, ``features`` (the pooled features the classifier head reads), and the metadata
-carries the detector (:class:`UnknownDetector`): the class prototypes -- the mean of the L2-normalised
-features of each class's training images, normalised again -- and a threshold. An image's
+A classifier always answers one of its classes, also for a photo of none of them. The exported model (ONNX
+and TFLite) gives a second output, ``features`` (the pooled features the classifier head reads), and the
+metadata (ONNX ``metadata_props``, TFLite sidecar) carries the detector (:class:`UnknownDetector`): the
+class prototypes -- the mean of the L2-normalised features of each class's training images, normalised
+again -- and a threshold. An image's
 ``unknown_score`` is ``1 - max_c cos(f, prototype_c)``, higher = less like the training images, and it is
 ``unknown`` when the score is above the threshold.
 
