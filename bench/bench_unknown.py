@@ -8,6 +8,7 @@ Per backbone (MobileNetV2 a0.35, MobileNet a0.25; real ImageNet weights, 160 px)
    training images (60 % per class, seeded), split.json with 20 % validation, the temperature fitted on it in
    metrics.json; the other 20 % is a test folder nothing is fitted or chosen on;
 2. ``cvkeras export RUN --format onnx --int8 --ood FAR`` (threshold at 95 % of the validation images);
+   ``--format tflite``: the same with ``model.tflite`` and the full-integer ``model_int8.tflite`` (uint8 in);
 3. per artifact (float32, int8), through ``serving``: ECE before/after the temperature and the acceptance on
    the test images, accept/reject agreement of int8 with float32 on test + near + far images, AUROC and
    false-accept rate on near-OOD (the two other flower classes) and far-OOD (400 generated images: smooth
@@ -16,7 +17,8 @@ Per backbone (MobileNetV2 a0.35, MobileNet a0.25; real ImageNet weights, 160 px)
    (interleaved rounds, one thread), and the bytes the detector adds to the file.
 
 The head is trained on frozen features (no backbone fine-tuning): the run is what stage 1 of the recipe gives.
-Usage: ``python bench/bench_unknown.py [--backbones mnv2_a035,mnv1_a025] [--sets A,B]``. Out: bench/out/unknown/.
+Usage: ``python bench/bench_unknown.py [--backbones mnv2_a035,mnv1_a025] [--sets A,B] [--format onnx|tflite]``.
+Out: bench/out/unknown/ (``results.json``; ``results_tflite.json`` for ``--format tflite``).
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def cost(pred, image: np.ndarray, rounds: int = 7, iters: int = 100) -> dict:
             "metadata_bytes": len(json.dumps(pred.metadata.unknown))}
 
 
-def cell(bb: str, set_name: str, far: Path) -> dict:
+def cell(bb: str, set_name: str, far: Path, fmt: str = "onnx") -> dict:
     from cvkeras.serving.calibration import apply_temperature, ece
     from cvkeras.serving.images import list_images
     from cvkeras.serving.predictor import Predictor
@@ -195,9 +197,10 @@ def cell(bb: str, set_name: str, far: Path) -> dict:
     classes = SETS[set_name]
     base = OUT / f"{bb}_{set_name}"
     folders = make_run(base / "run", bb, classes)
-    export = base / "export"
+    export = base / ("export" if fmt == "onnx" else f"export_{fmt}")
+    names = (f"model.{fmt}", f"model_int8.{fmt}")
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "cvkeras.cli", "export", str(base / "run"), "--format", "onnx",
+    res = subprocess.run([sys.executable, "-m", "cvkeras.cli", "export", str(base / "run"), "--format", fmt,
                           "--int8", "--ood", str(far), "--output", str(export), "--json", "--threads", "1"],
                          capture_output=True, text=True)
     if res.returncode not in (0, 1):
@@ -210,14 +213,15 @@ def cell(bb: str, set_name: str, far: Path) -> dict:
     sets = {"test": test, "near": [str(p) for c in os.listdir(folders["near"]) for p in
                                    list_images(folders["near"] / c)], "far": [str(p) for p in list_images(far)]}
     decisions = {}
-    for name in ("model.onnx", "model_int8.onnx"):
+    for name in names:
         pred = Predictor.load(export / name, threads=1, mode="throughput")
         out = {k: scores_of(pred, v) for k, v in sets.items()}
         thr, t = pred.unknown.threshold, pred.temperature
         p_test, s_test = out["test"]
         decisions[name] = np.concatenate([out[k][1] > thr for k in sets])
+        row = next(a for a in report["artifacts"] if a["name"] == name)
         doc["artifacts"][name] = {
-            "status": next(a["status"] for a in report["artifacts"] if a["name"] == name),
+            "status": row["status"], "export_unknown": row.get("unknown"),  # its validation figures vs Keras
             "accuracy_test": float((p_test.argmax(1) == labels).mean()), "temperature": t,
             "ece_before": ece(p_test, labels), "ece_after": ece(apply_temperature(p_test, t), labels),
             "accept_rate_test": float((s_test <= thr).mean()), "n_test": len(test),
@@ -228,7 +232,7 @@ def cell(bb: str, set_name: str, far: Path) -> dict:
             "size_bytes": (export / name).stat().st_size,
             "cost": cost(pred, load_resized(test[0], (S, S))),
         }
-    same = decisions["model.onnx"] == decisions["model_int8.onnx"]
+    same = decisions[names[0]] == decisions[names[1]]
     doc["int8_agreement"] = {"all": float(same.mean()), "n": int(len(same))}
     return doc
 
@@ -237,12 +241,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", default=",".join(BACKBONES))
     ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--format", default="onnx", choices=("onnx", "tflite"))
     args = ap.parse_args()
     far = far_images(OUT / "far")
-    cells = {f"{bb}/{s}": cell(bb, s, far) for bb in args.backbones.split(",") for s in args.sets.split(",")}
+    cells = {f"{bb}/{s}": cell(bb, s, far, args.format) for bb in args.backbones.split(",")
+             for s in args.sets.split(",")}
     doc = {"what": "unknown detector (cos_proto) through cvkeras export + serving, issue #24 point 4",
-           "goals": GOALS, "cells": cells}
-    (OUT / "results.json").write_text(json.dumps(doc, indent=1))
+           "format": args.format, "goals": GOALS, "cells": cells}
+    (OUT / ("results.json" if args.format == "onnx" else f"results_{args.format}.json")).write_text(
+        json.dumps(doc, indent=1))
     print(json.dumps(doc, indent=1))
 
 
