@@ -140,6 +140,36 @@ def test_broken_detector_sidecar_or_missing_features_output_is_one_line_error(ex
         assert str(bad.name) in res.stderr and "Traceback" not in res.output
 
 
+def _int8_features_output(src: Path, dst: Path) -> Path:
+    """A copy of full-int8 ``src`` whose features output is the int8 input of the DEQUANTIZE feeding the head."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(src.read_bytes()))
+    sub = model.subgraphs[0]
+    feats = int(sub.outputs[1])
+    op = next(o for o in sub.operators if feats in list(o.outputs))
+    assert model.operatorCodes[op.opcodeIndex].builtinCode == 6  # DEQUANTIZE
+    sub.outputs = [int(sub.outputs[0]), int(op.inputs[0])]
+    sub.tensors[int(op.inputs[0])].name, sub.tensors[feats].name = b"features", None
+    dst.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    shutil.copyfile(sidecar_path(src), sidecar_path(dst))
+    return dst
+
+
+def test_runner_dequantizes_an_int8_features_output_to_the_same_scores(exported, foreign, tmp_path):
+    """The design choice of docs/unknown.md: an int8 features output, dequantized by the runner with its
+    scale and zero point, scores exactly as the float one the export writes."""
+    from cvkeras.serving import Predictor
+
+    _, out = exported
+    q = _int8_features_output(out / "model_int8.tflite", tmp_path / "q.tflite")
+    assert np.dtype(_outputs(q)[1]["dtype"]) == np.int8
+    files = sorted(str(p) for p in foreign.iterdir())
+    want = [r.unknown_score for r in Predictor.load(out / "model_int8.tflite").predict(files)]
+    got = [r.unknown_score for r in Predictor.load(q).predict(files)]
+    assert got == want
+
+
 def test_unknown_off_gives_single_output_tflite_without_unknown_fields(export_tiny_run, foreign, tmp_path):
     out = tmp_path / "export"
     res = invoke("export", export_tiny_run, "--format", "tflite", "--unknown", "off", "--output", out, "--json")
