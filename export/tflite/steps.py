@@ -2,7 +2,8 @@
 (full integer, its rounding fitted to the data by GPTQ and bias correction like ``model_int8.onnx``, and
 repaired with the QuantizationDebugger's denylist when it misses a gate), ``model_fp16.tflite`` and
 ``model_dynamic.tflite`` (its int8 weights rounded by GPTQ too, and its worst ops given float weights when it
-misses a gate); each with its JSON metadata sidecar.
+misses a gate); each with its JSON metadata sidecar and, with the unknown detector, its ``features`` output
+(:func:`finish`).
 """
 
 from __future__ import annotations
