@@ -1,6 +1,7 @@
 """Rebuild the demo's packaged photo set (``cvkeras/demo_data/flowers``) from the full flowers set.
 
-A seeded sample of ``--per-class`` photos of each of the 5 classes (byte-duplicates left out), scaled down to
+A seeded sample of ``--per-class`` photos of each class (byte-duplicates and near copies of a photo already
+picked left out, by the pHash test ``cvkeras finetune`` runs, so the demo's leak check starts clean), scaled down to
 ``--size`` px on the long side and re-encoded as JPEG, plus ``ATTRIBUTION.txt``: each shipped photo's author,
 source and licence, copied from the set's own ``LICENSE.txt``. Run it only to change the shipped set:
 
@@ -15,10 +16,14 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
+from cvkeras.data.duplicates import file_signature, near_pairs
+
 HEADER = """Demo photos of `cvkeras demo`: {n} photos, {per_class} of each class, sampled (seed {seed}) from the
-TensorFlow "flower_photos" set and scaled down to at most {size} px on the long side (JPEG quality {quality}).
+TensorFlow "flower_photos" set (copies and near copies of a picked photo left out) and scaled down to at
+most {size} px on the long side (JPEG quality {quality}).
 Source: {source}
 All images are licensed under the Creative Commons Attribution 2.0 licence,
 https://creativecommons.org/licenses/by/2.0/ -- credit the photographers listed below when you use them.
@@ -35,6 +40,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--quality", type=int, default=85)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classes", nargs="*", help="class folders to ship (default: all)")
     args = ap.parse_args()
     licence = (args.source / "LICENSE.txt").read_text(encoding="utf-8").splitlines()
     credits = {line.split(" ", 1)[0]: line for line in licence if " CC-BY " in line}
@@ -43,8 +49,10 @@ def main() -> None:
         shutil.rmtree(args.target)
     rng = random.Random(args.seed)
     seen: set[str] = set()
+    hashes: list[int] = []
+    layouts: list = []
     lines = []
-    classes = sorted(d.name for d in args.source.iterdir() if d.is_dir())
+    classes = args.classes or sorted(d.name for d in args.source.iterdir() if d.is_dir())
     for cls in classes:
         files = sorted((args.source / cls).glob("*.jpg"))
         rng.shuffle(files)
@@ -54,7 +62,13 @@ def main() -> None:
             digest = hashlib.sha256(f.read_bytes()).hexdigest()
             if key not in credits or digest in seen:
                 continue
+            sig = file_signature(str(f))
+            if hashes and near_pairs(np.array([*hashes, sig.phash], np.uint64), np.stack([*layouts, sig.layout]),
+                                     rows=np.array([len(hashes)])):
+                continue
             seen.add(digest)
+            hashes.append(sig.phash)
+            layouts.append(sig.layout)
             img = Image.open(f).convert("RGB")
             img.thumbnail((args.size, args.size), Image.Resampling.LANCZOS)
             (args.target / cls).mkdir(parents=True, exist_ok=True)
