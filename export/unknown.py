@@ -29,9 +29,12 @@ def keras_outputs(model, images: np.ndarray, features: bool, chunk: int = 256
         model = keras.Model(model.inputs, [model.outputs[0], model.layers[-1].input])
     probs, feats = [], []
     for i in range(0, len(images), chunk):
-        out = model.predict(images[i : i + chunk].astype(np.float32), batch_size=32, verbose=0)
-        probs.append(out[0] if features else out)
-        feats += [out[1]] if features else []
+        x = images[i : i + chunk].astype(np.float32)
+        n = len(x)  # every batch full (the last one zero-padded): one traced predict step, not one per shape
+        x = np.concatenate([x, np.zeros((-n % 32, *x.shape[1:]), np.float32)]) if n % 32 else x
+        out = model.predict(x, batch_size=32, verbose=0)
+        probs.append((out[0] if features else out)[:n])
+        feats += [out[1][:n]] if features else []
     p = np.concatenate(probs).astype(np.float32)
     return p, (np.concatenate(feats).reshape(len(p), -1).astype(np.float32) if features else None)
 
