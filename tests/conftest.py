@@ -48,3 +48,11 @@ def int8_hostile_run(export_tiny_run, tmp_path_factory) -> Path:
     from tests.support.export_models import make_int8_hostile_run
 
     return make_int8_hostile_run(export_tiny_run, tmp_path_factory.mktemp("int8_hostile") / "run")
+
+
+@pytest.fixture(scope="session")
+def foreign(tmp_path_factory) -> Path:
+    """Generated photos of none of the tiny run's classes (``write_foreign``), for the unknown detector."""
+    from tests.support.export_models import write_foreign
+
+    return write_foreign(tmp_path_factory.mktemp("foreign") / "photos")

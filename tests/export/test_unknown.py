@@ -16,19 +16,11 @@ import numpy as np
 import pytest
 
 from cvkeras.serving.schema import problems
-from tests.support.cli import invoke
-from tests.support.export_models import write_foreign
+from tests.support.cli import invoke, json_lines
 
 pytestmark = pytest.mark.slow
 
 
-def _json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-@pytest.fixture(scope="module")
-def foreign(tmp_path_factory) -> Path:
-    return write_foreign(tmp_path_factory.mktemp("foreign") / "photos")
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +58,13 @@ def test_predict_says_unknown_for_foreign_images_and_validate_reports_the_same_f
     report, out = exported
     res = invoke("predict", out / "model_int8.onnx", foreign, "--json")
     assert res.exit_code == 0, res.output
-    rows = _json_lines(res.stdout)
+    rows = json_lines(res.stdout)
     assert len(rows) == 24 and all(isinstance(r["unknown"], bool) for r in rows)
     assert all(problems(r, "prediction") == [] for r in rows)
     assert sum(r["unknown"] for r in rows) >= 18  # mostly unknown
     assert all((r["unknown_score"] > report["unknown"]["threshold"]) == r["unknown"] for r in rows)
     val = invoke("predict", out / "model.onnx", *_val_files(export_tiny_run), "--json")
-    accepted = [not r["unknown"] for r in _json_lines(val.stdout)]
+    accepted = [not r["unknown"] for r in json_lines(val.stdout)]
     assert abs(np.mean(accepted) - report["unknown"]["keras_accept_rate"]) < 1e-9  # float32 = Keras decisions
     table = invoke("predict", out / "model.onnx", foreign, "--top-k", "1")
     assert "unknown" in table.stdout
@@ -118,7 +110,7 @@ def test_unknown_off_gives_no_unknown_fields(export_tiny_run, foreign, tmp_path)
     res = invoke("export", export_tiny_run, "--format", "onnx", "--unknown", "off", "--output", out, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["unknown"] is None
-    rows = _json_lines(invoke("predict", out / "model.onnx", foreign, "--json").stdout)
+    rows = json_lines(invoke("predict", out / "model.onnx", foreign, "--json").stdout)
     assert rows and all("unknown" not in r and "unknown_score" not in r for r in rows)
     v = invoke("validate", out / "model.onnx", "--run", export_tiny_run, "--ood", foreign)
     assert v.exit_code == 2 and "no unknown detector" in v.stderr

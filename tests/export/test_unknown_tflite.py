@@ -16,17 +16,13 @@ import pytest
 
 from cvkeras.serving.metadata import sidecar_path
 from cvkeras.serving.schema import problems
-from tests.support.cli import invoke
-from tests.support.export_models import write_foreign
+from tests.support.cli import invoke, json_lines
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ai_edge_litert")
 
 TFLITE = ("model.tflite", "model_int8.tflite", "model_fp16.tflite", "model_dynamic.tflite")
 
-
-def _json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def _interpreter(path: Path):
@@ -38,10 +34,6 @@ def _interpreter(path: Path):
 def _outputs(path: Path) -> list[dict]:
     return _interpreter(path).get_output_details()
 
-
-@pytest.fixture(scope="module")
-def foreign(tmp_path_factory) -> Path:
-    return write_foreign(tmp_path_factory.mktemp("foreign") / "photos")
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +80,11 @@ def test_predict_says_unknown_from_tflite_and_validate_reports_the_export_figure
     report, out = exported
     res = invoke("predict", out / "model_int8.tflite", foreign, "--json")
     assert res.exit_code == 0, res.output
-    rows = _json_lines(res.stdout)
+    rows = json_lines(res.stdout)
     assert len(rows) == 24 and all(problems(r, "prediction") == [] for r in rows)
     assert sum(r["unknown"] for r in rows) >= 18  # mostly unknown
     assert all((r["unknown_score"] > report["unknown"]["threshold"]) == r["unknown"] for r in rows)
-    one = _json_lines(invoke("predict", out / "model_int8.tflite", rows[0]["path"], "--json").stdout)[0]
+    one = json_lines(invoke("predict", out / "model_int8.tflite", rows[0]["path"], "--json").stdout)[0]
     assert one["unknown_score"] == pytest.approx(rows[0]["unknown_score"], abs=1e-6)  # uint8 single-image path
     v = invoke("validate", out / "model_int8.tflite", "--run", export_tiny_run, "--ood", foreign, "--json")
     assert v.exit_code == 0, v.output
@@ -177,5 +169,5 @@ def test_unknown_off_gives_single_output_tflite_without_unknown_fields(export_ti
     assert json.loads(res.stdout)["unknown"] is None
     assert len(_outputs(out / "model.tflite")) == 1
     assert json.loads(sidecar_path(out / "model.tflite").read_text())["unknown"] is None
-    rows = _json_lines(invoke("predict", out / "model.tflite", foreign, "--json").stdout)
+    rows = json_lines(invoke("predict", out / "model.tflite", foreign, "--json").stdout)
     assert rows and all("unknown" not in r and "unknown_score" not in r for r in rows)

@@ -15,3 +15,10 @@ TINY = ["--model", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image
 def invoke(*args: Any, **kwargs: Any) -> Result:
     """Run ``cvkeras ARGS`` in-process (arguments may be paths or numbers); ``kwargs`` go to ``CliRunner.invoke``."""
     return CliRunner().invoke(app, [str(a) for a in args], **kwargs)
+
+
+def json_lines(text: str) -> list[dict]:
+    """The JSON objects of a command's output, one per line (``predict --json``)."""
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
