@@ -35,6 +35,9 @@ import numpy as np
 SCORE = "cos_proto"
 #: The default fraction of in-distribution images accepted (``cvkeras export --unknown-accept``).
 DEFAULT_ACCEPT = 0.95
+#: Below this share of the Keras model's accept/reject decisions kept (on the validation images), export warns
+#: that a reduced-precision file's "unknown" answers drift from the float model's (issue #24's goal).
+MIN_DECISION_AGREEMENT = 0.99
 #: The exported model's second output: the pooled features (N, D) float32.
 FEATURES_NAME = "features"
 _EPS = 1e-12

@@ -177,6 +177,8 @@ def export(
         print(f"warning: {Path(report.output) / name}: not made by this export, and cvkeras cannot prove it "
               "wrote it, so it was left in place unverified (listed in unverified_files of the report); "
               "delete or move it", file=sys.stderr)
+    for line in unknown_drift(report.artifacts):
+        print(line, file=sys.stderr)
     for a in report.artifacts:
         if not a.ok:
             print(f"error: {a.error or a.name + ': ' + a.status}", file=sys.stderr)
@@ -185,6 +187,22 @@ def export(
     if not json_out:
         print_unknown(report.unknown)
         print(f"all {len(report.artifacts)} artifacts verified; report: {Path(report.output) / REPORT_FILE}")
+
+
+def unknown_drift(artifacts) -> list[str]:
+    """A warning per artifact whose unknown/known decisions keep fewer than ``MIN_DECISION_AGREEMENT`` of the
+    Keras model's on the validation images (a reduced-precision file near the threshold)."""
+    from cvkeras.serving.unknown import MIN_DECISION_AGREEMENT
+
+    out = []
+    for a in artifacts:
+        u = a.unknown or {}
+        if u.get("agreement") is not None and u["agreement"] < MIN_DECISION_AGREEMENT:
+            out.append(f"warning: {a.name}: its unknown/known answers agree with the Keras model's on "
+                       f"{100 * u['agreement']:.2f} % of {u.get('n_agreement')} validation images (under "
+                       f"{100 * MIN_DECISION_AGREEMENT:g} %): images near the threshold flip; the float32 "
+                       "file keeps them")
+    return out
 
 
 def print_unknown(block: dict | None) -> None:

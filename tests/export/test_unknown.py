@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from cvkeras.cli.export import unknown_drift
 from cvkeras.serving.schema import problems
+from cvkeras.serving.unknown import MIN_DECISION_AGREEMENT
 from tests.support.cli import invoke, json_lines
 
 pytestmark = pytest.mark.slow
@@ -30,7 +33,7 @@ def exported(export_tiny_run, foreign, tmp_path_factory):
     result = invoke("export", export_tiny_run, "--format", "onnx", "--int8", "--unknown-accept", "0.5",
                     "--ood", foreign, "--output", out, "--threads", "1", "--json")
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout), out
+    return json.loads(result.stdout), out, result.stderr
 
 
 def _val_files(run: Path) -> list[str]:
@@ -38,7 +41,7 @@ def _val_files(run: Path) -> list[str]:
 
 
 def test_export_chooses_the_threshold_on_validation_and_reports_foreign_figures(exported):
-    report, out = exported
+    report, out, stderr = exported
     assert problems(report, "export_report") == []
     u = report["unknown"]
     assert u["score"] == "cos_proto" and u["accept_target"] == 0.5
@@ -51,11 +54,23 @@ def test_export_chooses_the_threshold_on_validation_and_reports_foreign_figures(
         assert a["unknown"]["n_agreement"] == report["images"]["val"]
         assert a["unknown"]["ood"]["n"] == 24
     assert report["artifacts"][0]["unknown"]["agreement"] == 1.0  # float32 ONNX: Keras's own decisions
+    for a in report["artifacts"]:  # a file whose decisions drift from the float model's is named, only it
+        drift = a["unknown"]["agreement"] < MIN_DECISION_AGREEMENT
+        assert (f"warning: {a['name']}: its unknown/known answers agree" in stderr) == drift, stderr
+
+
+def test_unknown_drift_warns_below_the_goal_only() -> None:
+    row = SimpleNamespace(name="model_int8.onnx", unknown={"agreement": 0.9835, "n_agreement": 300})
+    (line,) = unknown_drift([row, SimpleNamespace(name="model.onnx", unknown={"agreement": 1.0}),
+                             SimpleNamespace(name="x.onnx", unknown=None)])
+    assert line.startswith("warning: model_int8.onnx: its unknown/known answers agree with the Keras model's on "
+                           "98.35 % of 300 validation images (under 99 %)")
+    assert unknown_drift([SimpleNamespace(name="a", unknown={"agreement": MIN_DECISION_AGREEMENT})]) == []
 
 
 def test_predict_says_unknown_for_foreign_images_and_validate_reports_the_same_figures(exported, foreign,
                                                                                        export_tiny_run):
-    report, out = exported
+    report, out, _ = exported
     res = invoke("predict", out / "model_int8.onnx", foreign, "--json")
     assert res.exit_code == 0, res.output
     rows = json_lines(res.stdout)
@@ -89,7 +104,7 @@ def _with_metadata(src: Path, dst: Path, change) -> Path:
 
 
 def test_broken_detector_metadata_or_missing_features_output_is_one_line_error(exported, foreign, tmp_path):
-    _, out = exported
+    _, out, _ = exported
 
     def wrong_shape(doc, proto):
         doc["unknown"]["shape"] = [2, doc["unknown"]["shape"][1]]

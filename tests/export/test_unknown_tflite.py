@@ -43,11 +43,11 @@ def exported(export_tiny_run, foreign, tmp_path_factory):
     result = invoke("export", export_tiny_run, "--format", "tflite", "--int8", "--fp16", "--unknown-accept", "0.5",
                     "--ood", foreign, "--output", out, "--threads", "1", "--json")
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout), out
+    return json.loads(result.stdout), out, result.stderr
 
 
 def test_every_tflite_file_has_a_named_float_features_output_after_its_probabilities(exported):
-    report, out = exported
+    report, out, _ = exported
     dim = report["unknown"]["features"]
     for name in TFLITE:
         probs, feats = _outputs(out / name)  # exactly two outputs
@@ -61,7 +61,7 @@ def test_every_tflite_file_has_a_named_float_features_output_after_its_probabili
 
 
 def test_export_reports_acceptance_and_agreement_of_each_tflite_artifact(exported):
-    report, out = exported
+    report, out, _ = exported
     assert problems(report, "export_report") == []
     u = report["unknown"]
     assert u["formats"] == ["tflite"] and u["accept_target"] == 0.5
@@ -77,7 +77,7 @@ def test_export_reports_acceptance_and_agreement_of_each_tflite_artifact(exporte
 
 def test_predict_says_unknown_from_tflite_and_validate_reports_the_export_figures(exported, foreign,
                                                                                   export_tiny_run):
-    report, out = exported
+    report, out, _ = exported
     res = invoke("predict", out / "model_int8.tflite", foreign, "--json")
     assert res.exit_code == 0, res.output
     rows = json_lines(res.stdout)
@@ -114,7 +114,7 @@ def _with_sidecar(src: Path, dst: Path, change) -> Path:
 
 
 def test_broken_detector_sidecar_or_missing_features_output_is_one_line_error(exported, foreign, tmp_path):
-    _, out = exported
+    _, out, _ = exported
 
     def wrong_shape(doc):
         doc["unknown"]["shape"] = [2, doc["unknown"]["shape"][1]]
@@ -153,7 +153,7 @@ def test_runner_dequantizes_an_int8_features_output_to_the_same_scores(exported,
     scale and zero point, scores exactly as the float one the export writes."""
     from cvkeras.serving import Predictor
 
-    _, out = exported
+    _, out, _ = exported
     q = _int8_features_output(out / "model_int8.tflite", tmp_path / "q.tflite")
     assert np.dtype(_outputs(q)[1]["dtype"]) == np.int8
     files = sorted(str(p) for p in foreign.iterdir())
