@@ -125,3 +125,20 @@ def test_byte_copies_reads_a_page_from_each_end_of_same_size_files(tmp_path, mon
         paths.append(str(tmp_path / f"{i}.jpg"))
     assert same_bytes.byte_copies(paths) == []
     assert sum(read) <= 6 * 2 * 8192  # at most two pages a file (a 64 KiB edge read 128 KiB)
+
+
+def test_scan_resolves_each_folder_once_and_symlinked_files_to_their_target(tmp_path, monkeypatch):
+    from cvkeras.data.sources import scan_folder
+
+    for c in ("a", "b"):
+        numbered_pngs(tmp_path / "data" / c, 6)
+    numbered_pngs(tmp_path / "elsewhere", 1)
+    (tmp_path / "data" / "a" / "link.png").symlink_to(tmp_path / "elsewhere" / "000.png")
+    expected = sorted(str(p.resolve()) for p in (tmp_path / "data").rglob("*.png"))
+    calls = []
+    real = Path.resolve
+    monkeypatch.setattr(Path, "resolve", lambda self, *a, **k: calls.append(self) or real(self, *a, **k))
+    split = scan_folder(tmp_path / "data", val_split=0.25, seed=0)
+    assert sorted(p for p, _ in split.train + split.val) == expected
+    assert str(tmp_path / "elsewhere" / "000.png") in expected
+    assert len(calls) < 13 - 2  # folders and the one symlink, not each of the 13 files
