@@ -149,6 +149,9 @@ def child(args: argparse.Namespace) -> None:
     doc = {"marks": marks, "code": trainer.__file__, "skipped": skipped,
            "header": [line for line in lines if line.startswith(("data ", "cache "))]}
     Path(args.marks).write_text(json.dumps(doc))
+    if skipped is None:  # ended mid-epoch: tf.data's reader threads stay blocked and would hold up the exit
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def measure(data: Path, code: str | None, work: Path, image_size: int, steps: int | None) -> dict:
