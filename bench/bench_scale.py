@@ -4,7 +4,8 @@ Camera-like JPEGs (1600x1200: a smooth colour field, a few shapes, sensor-like n
 classes) are generated once under ``--root`` (not the repository): ``pool/`` holds the largest set and each
 size ``nN/`` hard-links the first N/10 files of every class. For every size, the same finetune (MobileNetV2
 alpha 0.35, random weights, ``--image-size`` px, batch 32, one stage-1 epoch of one pass, stage 2 off) runs
-as a child process of each code version, interleaved (old, new, old, new ...):
+as a child process of each code version, interleaved (new, old, new, old ...: the new code first, so a long
+old run cannot hold it up):
 
 * ``t_first_step_s``: from starting the child to the end of its first training step (TensorFlow import,
   data scan and checks, model build, first batch);
@@ -213,9 +214,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     load = [os.getloadavg()]
     runs = []
-    versions = ([("old", args.old)] if args.old else []) + [("new", args.new)]
+    versions = [("new", args.new)] + ([("old", args.old)] if args.old else [])
     for n in sorted(args.sizes):
-        for name, code in versions:  # interleaved: each size runs old then new back to back
+        for name, code in versions:  # interleaved: each size runs new then old back to back
             row = {"version": name, "files": n, **measure(folders[n], code, work, args.image_size, args.steps)}
             runs.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
