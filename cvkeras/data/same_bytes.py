@@ -18,8 +18,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-#: Bytes read from each end of a same-size file before any file is read in full.
-EDGE = 64 << 10
+#: Bytes read from each end of a same-size file before any file is read in full: one page. Different photos
+#: differ in their last bytes (entropy-coded data) almost always, and generated or camera sets of 50 000 files
+#: share sizes by the thousand, so this read is paid by most files (64 KiB here read several GB at 50 000).
+EDGE = 4 << 10
 
 
 def edges_digest(path: str) -> str:

@@ -101,3 +101,44 @@ def test_finetune_check_above_the_near_limit_finds_byte_copies_across_splits(tmp
     assert [(Path(h).name, Path(t).name, kind) for h, t, kind, _ in leaks.rows] == [
         ("red_001_again.png", "red_001.png", "exact")]
     assert any("byte copies across splits only" in w for w in split.warnings)
+
+
+def test_byte_copies_reads_a_page_from_each_end_of_same_size_files(tmp_path, monkeypatch):
+    """Files that share a size but differ are told apart by their edges: a few KiB each, not the whole file."""
+    import builtins
+
+    from cvkeras.data import same_bytes
+
+    read = []
+
+    def counting_open(path, mode="r", *args, **kwargs):
+        fh = builtins.open(path, mode, *args, **kwargs)
+        real_read = fh.read
+        fh.read = lambda n=-1: (lambda b: read.append(len(b)) or b)(real_read(n))
+        return fh
+
+    monkeypatch.setattr(same_bytes, "open", counting_open, raising=False)
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(6):  # one size, different bytes: photos of one camera that happen to match in size
+        (tmp_path / f"{i}.jpg").write_bytes(rng.bytes(300_000))
+        paths.append(str(tmp_path / f"{i}.jpg"))
+    assert same_bytes.byte_copies(paths) == []
+    assert sum(read) <= 6 * 2 * 8192  # at most two pages a file (a 64 KiB edge read 128 KiB)
+
+
+def test_scan_resolves_each_folder_once_and_symlinked_files_to_their_target(tmp_path, monkeypatch):
+    from cvkeras.data.sources import scan_folder
+
+    for c in ("a", "b"):
+        numbered_pngs(tmp_path / "data" / c, 6)
+    numbered_pngs(tmp_path / "elsewhere", 1)
+    (tmp_path / "data" / "a" / "link.png").symlink_to(tmp_path / "elsewhere" / "000.png")
+    expected = sorted(str(p.resolve()) for p in (tmp_path / "data").rglob("*.png"))
+    calls = []
+    real = Path.resolve
+    monkeypatch.setattr(Path, "resolve", lambda self, *a, **k: calls.append(self) or real(self, *a, **k))
+    split = scan_folder(tmp_path / "data", val_split=0.25, seed=0)
+    assert sorted(p for p, _ in split.train + split.val) == expected
+    assert str(tmp_path / "elsewhere" / "000.png") in expected
+    assert len(calls) < 13 - 2  # folders and the one symlink, not each of the 13 files
