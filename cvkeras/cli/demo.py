@@ -84,9 +84,10 @@ def demo_steps(run: Path, force: bool, shapes: bool, model: str = "model_int8.on
             ["predict", path, *photos, "--top-k", "2"]]
 
 
-def refused_int8(run: Path) -> str | None:
-    """When export refused only int8 files (their gates missed, the float32 model passed), the verdict line the
-    demo prints before it goes on with ``model.onnx``; None when anything else failed (then the demo stops)."""
+def refused_int8(run: Path) -> tuple[str, str] | None:
+    """When export refused only int8 files (their gates missed, the float32 model passed): the verdict line the
+    demo prints and the ONNX file its device steps then run (``model_int8.onnx`` if that one passed, else
+    ``model.onnx``); None when anything else failed (then the demo stops)."""
     from cvkeras.analysis.report import EXPORT_REPORT
     from cvkeras.run.rundir import RunDir
     from cvkeras.serving.schema import upgrade_export_report
@@ -100,9 +101,10 @@ def refused_int8(run: Path) -> str | None:
             for a in failed):  # an int8 file that could not even be run is an error, not a verdict
         return None
     names = ", ".join(str(a["name"]) for a in failed)
+    use = "model_int8.onnx" if status.get("model_int8.onnx") == "passed" else "model.onnx"
     return (f"verdict: export refused {names} (its gate, above: kept for inspection, never for deployment); "
-            "the float32 model.onnx passed, so the demo goes on with it. With your own photos int8 passes when "
-            "the classes are far apart for the model; else ship model.onnx, or try --fp16 or a larger backbone.")
+            f"{use} passed, so the demo goes on with it. With your own photos int8 passes when the classes are "
+            "far apart for the model; else ship model.onnx, or try --fp16 or a larger backbone."), use
 
 
 def run_demo(output: str, force: bool, console: Console, app: Any, shapes: bool = False) -> int:
@@ -115,8 +117,8 @@ def run_demo(output: str, force: bool, console: Console, app: Any, shapes: bool 
         code = _run(app, console, args)
         verdict = refused_int8(run) if code == 1 and args[0] == "export" else None
         if verdict:
-            console.print(f"[yellow]{verdict}[/]", highlight=False)
-            steps[i + 1:] = demo_steps(run, force, shapes, model="model.onnx")[i + 1:]
+            console.print(f"[yellow]{verdict[0]}[/]", highlight=False)
+            steps[i + 1:] = demo_steps(run, force, shapes, model=verdict[1])[i + 1:]
         elif code:
             console.print(f"[red]step `cvkeras {args[0]}` failed with exit code {code}[/]")
             return code

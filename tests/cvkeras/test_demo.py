@@ -91,9 +91,12 @@ def test_demo_goes_on_with_float_only_when_int8_missed_its_gate(tmp_path: Path) 
     refused = {"name": "model_int8.onnx", "status": "failed", "agreement": 0.98,
                "error": "model_int8.onnx: agreement 98.00 % < 99 %"}
     _report(tmp_path, float_ok, refused)
-    line = refused_int8(tmp_path)
-    assert line is not None and line.startswith("verdict: export refused model_int8.onnx (its gate, above")
-    assert "goes on with it" in line
+    line, use = refused_int8(tmp_path)
+    assert line.startswith("verdict: export refused model_int8.onnx (its gate, above")
+    assert use == "model.onnx" and "model.onnx passed, so the demo goes on with it" in line
+    tflite = {"name": "model_int8.tflite", "status": "failed", "agreement": 0.98}
+    _report(tmp_path, float_ok, {**refused, "status": "passed"}, tflite)  # --shapes: every format
+    assert refused_int8(tmp_path)[1] == "model_int8.onnx"  # the ONNX int8 file passed: the device steps keep it
     _report(tmp_path, float_ok, {**refused, "agreement": None, "error": "model_int8.onnx: cannot be run (x)"})
     assert refused_int8(tmp_path) is None  # could not run: an error, not a verdict
     _report(tmp_path, {**float_ok, "status": "failed"}, refused)
