@@ -69,6 +69,8 @@ def test_cache_auto_is_memory_when_it_fits_else_a_file_in_the_run_else_none(tmp_
 
     small = cache.resolve_cache("auto", 1000, (224, 224), tmp_path / "cache", memory=8 << 30)
     assert small.value == "memory" and "0.15 GB" in small.line and "a quarter" in small.line
+    # the machine's own free disk must not decide the test: 100 GB free, then 1 GB
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: type("U", (), {"free": 100 << 30})())
     big = cache.resolve_cache("auto", 100_000, (224, 224), tmp_path / "cache", memory=8 << 30)
     assert big.value == str(tmp_path / "cache" / "images") and big.scratch == tmp_path / "cache"
     assert "15.05 GB" in big.line and "removed after training" in big.line
