@@ -190,14 +190,15 @@ def export(
 
 
 def unknown_drift(artifacts) -> list[str]:
-    """A warning per artifact whose unknown/known decisions keep fewer than ``MIN_DECISION_AGREEMENT`` of the
-    Keras model's on the validation images (a reduced-precision file near the threshold)."""
+    """A warning per artifact that passed its gates but whose unknown/known decisions keep fewer than
+    ``MIN_DECISION_AGREEMENT`` of the Keras model's on the validation images (a reduced-precision file near
+    the threshold); a refused file has its error line already."""
     from cvkeras.serving.unknown import MIN_DECISION_AGREEMENT
 
     out = []
     for a in artifacts:
         u = a.unknown or {}
-        if u.get("agreement") is not None and u["agreement"] < MIN_DECISION_AGREEMENT:
+        if a.ok and u.get("agreement") is not None and u["agreement"] < MIN_DECISION_AGREEMENT:
             out.append(f"warning: {a.name}: its unknown/known answers agree with the Keras model's on "
                        f"{100 * u['agreement']:.2f} % of {u.get('n_agreement')} validation images (under "
                        f"{100 * MIN_DECISION_AGREEMENT:g} %): images near the threshold flip; the float32 "
