@@ -278,10 +278,9 @@ def export_run(run: str | os.PathLike, output: str | os.PathLike | None = None,
                               "every readable training image); lower --calibration-samples")
         res = verify_artifact(ArtifactResult(Path(path).name, "", "int8", path),
                               (data.images[held], data.labels[held]), search_ref, search_gates, opts.threads)
-        from cvkeras.serving.predictor import Predictor
-
-        probs = Predictor.load(path, threads=opts.threads).predict_batch(data.images[held], raw=True)
-        chances = flip_chances(search_ref.probs, probs, val_probs)
+        if res.probs is None:  # a candidate that cannot be run stops the export, as loading it did
+            raise ExportError(res.error or f"{path}: cannot be run")
+        chances = flip_chances(search_ref.probs, res.probs, val_probs)
         chance = pass_chance(chances, opts.min_agreement)
         return res.status == "passed" and chance >= PASS_CHANCE, {
             **res.to_dict(), "accuracy_drop": None, "predicted_agreement": predicted_agreement(chances),

@@ -12,9 +12,11 @@ reported beside it (``held_back_agreement``), never pooled into the gate.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cvkeras.serving.errors import first_line
 from cvkeras.serving.validate import DEFAULT_MIN_AGREEMENT
@@ -70,6 +72,9 @@ class ArtifactResult:
     float_layers: list[str] | None = None  # layers an int8 repair kept in float32
     repair: dict[str, Any] | None = None
     unknown: dict[str, Any] | None = None  # the unknown detector's figures (``validate --json``'s ``unknown``)
+    #: the artifact's raw probabilities on the images it was verified on (``ValidationReport.probs``); not in
+    #: the JSON
+    probs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -80,7 +85,8 @@ class ArtifactResult:
         other proportion there (the attributes keep points, the unit of the gate flag and the console)."""
         from cvkeras.serving.schema import points_to_fraction
 
-        d = asdict(self)
+        d = asdict(replace(self, probs=None))
+        del d["probs"]
         d["accuracy_drop"] = points_to_fraction(self.accuracy_drop)
         d["accuracy_drop_ci"] = points_to_fraction(self.accuracy_drop_ci)
         return d
@@ -130,6 +136,7 @@ def verify_artifact(result: ArtifactResult, items: Any, reference: Any, gates: G
     result.n_held_back = report.n_held_back
     result.ece, result.nll = report.ece, report.nll
     result.unknown = report.unknown
+    result.probs = report.probs
     result.measured_on = {k: v for k, v in report.measured_on.items() if k != "accuracy"}
     if float32:
         ok = report.max_abs_diff is not None and report.max_abs_diff <= gates.float_tolerance

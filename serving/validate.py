@@ -189,7 +189,7 @@ def validate(
         model=str(predictor.path), n=n, accuracy=float(correct[unseen].mean()), reference_accuracy=None,
         accuracy_drop=None, max_accuracy_drop=float(max_accuracy_drop), passed=True, per_class=per_class,
         support=support, latency_ms_per_image=1000.0 * model_seconds / len(labels), failures=failures,
-        min_agreement=float(min_agreement),
+        min_agreement=float(min_agreement), probs=probs,
     )
     kinds = {str(r) for r in roles[unseen]}
     report.measured_on["accuracy"] = {"images": HEADLINE[frozenset(kinds)], "n": n}

@@ -4,8 +4,11 @@ gates (the accuracy drop and the top-1 agreement with the reference). Standard l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -55,13 +58,17 @@ class ValidationReport:
     nll: float | None = None  # their mean negative log-likelihood (nats)
     #: the unknown detector's figures (acceptance, agreement with Keras, ``ood``); None: the model has none
     unknown: dict[str, Any] | None = None
+    #: the model's raw probabilities (before the temperature) per readable image, in ``items`` order; not in
+    #: the JSON (export's repair search reads them instead of running a candidate twice)
+    probs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``validate --json`` (``cvkeras.validation/2``, docs/json.md): the drop, its interval
         and its gate as fractions, like every other proportion there."""
         from cvkeras.serving.schema import points_to_fraction, schema_id
 
-        d = {"schema": schema_id("validation"), **asdict(self)}
+        d = {"schema": schema_id("validation"), **asdict(replace(self, probs=None))}
+        del d["probs"]
         for key in ("accuracy_drop", "accuracy_drop_ci", "max_accuracy_drop"):
             d[key] = points_to_fraction(d[key])
         return d
