@@ -183,7 +183,7 @@ def ood_images(folder: Path, model: Path, has_detector: bool) -> list[str]:
     unknown detector to judge."""
     if not has_detector:
         raise OptionError(f"{model}: has no unknown detector for --ood; re-export it with `cvkeras export` "
-                          "(--unknown on, the default; ONNX models)")
+                          "(--unknown on, the default)")
     if not folder.is_dir():
         raise OptionError(f"{folder}: --ood must be a folder of photos of none of the classes")
     files = [p for p, error in expand_paths([folder]) if error is None]
